@@ -1,0 +1,171 @@
+//! The internal, validated configuration that the allocator and the planner consume.
+//!
+//! Nothing here knows about YAML or the metallb.io wire types; `config::validate` builds these values from them,
+//! and only values that passed validation exist. Other modules rely on the invariants stated on each type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::selector::Selector;
+
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: &IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// An inclusive range of addresses of one family: `start <= end`, both of the same family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpRange {
+    start: IpAddr,
+    end: IpAddr,
+}
+
+/// Why two addresses do not form a range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("{start} and {end} are of different address families")]
+    MixedFamilies { start: IpAddr, end: IpAddr },
+    #[error("range {start}-{end} is reversed: its start is above its end")]
+    Reversed { start: IpAddr, end: IpAddr },
+}
+
+impl IpRange {
+    pub fn new(start: IpAddr, end: IpAddr) -> Result<IpRange, RangeError> {
+        if Family::of(&start) != Family::of(&end) {
+            return Err(RangeError::MixedFamilies { start, end });
+        }
+        if start > end {
+            return Err(RangeError::Reversed { start, end });
+        }
+        Ok(IpRange { start, end })
+    }
+
+    /// The range covering every address of a CIDR, network and broadcast addresses included, as MetalLB does.
+    pub fn from_cidr(net: IpNet) -> IpRange {
+        IpRange {
+            start: net.network(),
+            end: net.broadcast(),
+        }
+    }
+
+    pub fn single(ip: IpAddr) -> IpRange {
+        IpRange { start: ip, end: ip }
+    }
+
+    pub fn start(&self) -> IpAddr {
+        self.start
+    }
+
+    pub fn end(&self) -> IpAddr {
+        self.end
+    }
+
+    pub fn family(&self) -> Family {
+        Family::of(&self.start)
+    }
+
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        Family::of(ip) == self.family() && self.start <= *ip && *ip <= self.end
+    }
+
+    pub fn overlaps(&self, other: &IpRange) -> bool {
+        self.family() == other.family() && self.start <= other.end && other.start <= self.end
+    }
+
+    /// The number of addresses in the range, saturating at `u128::MAX` for the whole IPv6 space.
+    pub fn size(&self) -> u128 {
+        (to_u128(self.end) - to_u128(self.start)).saturating_add(1)
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// An address as an integer, for arithmetic on ranges. IPv4 addresses map to 0..2^32.
+pub fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4) as u128,
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The inverse of [`to_u128`] for a given family. `n` must fit the family (below 2^32 for IPv4).
+pub fn from_u128(family: Family, n: u128) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4((n as u32).into()),
+        Family::V6 => IpAddr::V6(n.into()),
+    }
+}
+
+/// A validated address pool (`IPAddressPool`, or an `address-pools` entry of the legacy ConfigMap).
+///
+/// Invariants: `ranges` is non-empty and sorted, and no two ranges overlap; no two pools of one [`super::Config`]
+/// overlap either.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    pub ranges: Vec<IpRange>,
+    /// `spec.autoAssign`, default true: the pool serves Services that do not name it.
+    pub auto_assign: bool,
+    /// `spec.avoidBuggyIPs`: never hand out addresses ending in .0 or .255 (IPv4 only).
+    pub avoid_buggy_ips: bool,
+    /// `spec.serviceAllocation`: which Services the pool is limited to, and its priority among pools.
+    pub service_allocation: Option<ServiceAllocation>,
+}
+
+impl Pool {
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.ranges.iter().any(|r| r.contains(ip))
+    }
+
+    pub fn has_family(&self, family: Family) -> bool {
+        self.ranges.iter().any(|r| r.family() == family)
+    }
+}
+
+/// `IPAddressPool.spec.serviceAllocation`.
+///
+/// A Service is allowed when it matches every non-empty criterion: its namespace is listed in `namespaces` or its
+/// namespace's labels match one of `namespace_selectors` (either suffices when both are given), and its labels match
+/// one of `service_selectors`. MetalLB reads a lower `priority` as preferred; a pool without one comes after every
+/// pool with one.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ServiceAllocation {
+    pub priority: Option<i32>,
+    pub namespaces: Vec<String>,
+    pub namespace_selectors: Vec<Selector>,
+    pub service_selectors: Vec<Selector>,
+}
+
+/// Labels of an object, as Kubernetes stores them.
+pub type Labels = BTreeMap<String, String>;
