@@ -3,3 +3,4 @@
 pub mod alloc;
 pub mod config;
 pub mod k8s;
+pub mod telemetry;
