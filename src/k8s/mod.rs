@@ -1,4 +1,5 @@
 //! Everything that talks to the Kubernetes API: watches, the in-memory index, status and annotation writers, and the
 //! allocator's Lease. Decisions are made elsewhere; this module carries them in and out.
 
+pub mod index;
 pub mod leader;
