@@ -82,11 +82,17 @@ impl<K: Resource + Clone> ObjectIndex<K> {
 
     /// Replaces the whole contents. Returns whether anything changed.
     pub fn reset(&mut self, objs: impl IntoIterator<Item = K>) -> bool {
-        let fresh: BTreeMap<ObjectKey, K> = objs.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
+        let fresh: BTreeMap<ObjectKey, K> =
+            objs.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
         let changed = fresh.len() != self.objects.len()
-            || fresh.iter().zip(self.objects.iter()).any(|((ka, a), (kb, b))| {
-                ka != kb || a.meta().resource_version.is_none() || a.meta().resource_version != b.meta().resource_version
-            });
+            || fresh
+                .iter()
+                .zip(self.objects.iter())
+                .any(|((ka, a), (kb, b))| {
+                    ka != kb
+                        || a.meta().resource_version.is_none()
+                        || a.meta().resource_version != b.meta().resource_version
+                });
         self.objects = fresh;
         self.synced = true;
         changed
@@ -102,7 +108,9 @@ impl<K: Resource + Clone> ObjectIndex<K> {
                 false
             }
             watcher::Event::InitApply(obj) => {
-                self.relisting.get_or_insert_default().insert(ObjectKey::of(&obj), obj);
+                self.relisting
+                    .get_or_insert_default()
+                    .insert(ObjectKey::of(&obj), obj);
                 false
             }
             watcher::Event::InitDone => {
