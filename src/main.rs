@@ -1,1 +1,118 @@
-fn main() {}
+//! The `ironlb` command: argument parsing and dispatch only. Each subcommand's work lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ironlb", version, about = "LoadBalancer Services for bare-metal Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node agent (the DaemonSet entry point).
+    Agent(Box<ironlb::agent::AgentArgs>),
+    /// Check MetalLB configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Convert a legacy MetalLB ConfigMap (the `config` payload or the whole object) to metallb.io CRD YAML.
+    Migrate {
+        /// The ConfigMap file.
+        file: PathBuf,
+        /// The namespace the objects are written in.
+        #[arg(long, env = "IRONLB_CONFIG_NAMESPACE", default_value = "metallb-system")]
+        namespace: String,
+    },
+    /// Show which IP every LoadBalancer Service would get, offline; exit 2 if an assigned IP would move.
+    Plan {
+        /// MetalLB configuration: files or directories of YAML (CRDs or the legacy ConfigMap).
+        #[arg(long, required = true)]
+        config: Vec<PathBuf>,
+        /// Services as `kubectl get svc -A -o yaml` prints them.
+        #[arg(long)]
+        services: PathBuf,
+        /// Handle only Services of this loadBalancerClass (default: Services with no class).
+        #[arg(long, env = "IRONLB_LB_CLASS")]
+        lb_class: Option<String>,
+    },
+    /// Print the metallb.io CRD manifests generated from IronLB's types.
+    Crds,
+    /// The embedded lab.
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate YAML files or directories; print a summary, or every error as `Kind/name: field: message`.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Run only the lab's Kubernetes API server and write a kubeconfig for it.
+    Api(ironlb::lab::api::ApiArgs),
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ironlb: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Agent(args) => {
+            ironlb::telemetry::init_json_logs();
+            runtime()?.block_on(ironlb::agent::run(*args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { paths }) => {
+            let valid = ironlb::config::check(&paths, &mut out)?;
+            Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Migrate { file, namespace } => {
+            ironlb::config::migrate_file(&file, &namespace, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan {
+            config,
+            services,
+            lb_class,
+        } => {
+            let moved = ironlb::alloc::plan::run(&config, &services, lb_class.as_deref(), &mut out)?;
+            Ok(if moved { ExitCode::from(2) } else { ExitCode::SUCCESS })
+        }
+        Command::Crds => {
+            use std::io::Write;
+            out.write_all(ironlb::config::crd_manifests().as_bytes())
+                .context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab(LabCommand::Api(args)) => {
+            ironlb::telemetry::init_json_logs();
+            runtime()?.block_on(ironlb::lab::api::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}

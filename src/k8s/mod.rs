@@ -2,5 +2,7 @@
 //! allocator's Lease. Decisions are made elsewhere; this module carries them in and out.
 
 pub mod index;
+pub mod allocation;
 pub mod leader;
+pub mod state;
 pub mod status;

@@ -1,0 +1,518 @@
+//! `ironlb agent`: the DaemonSet process. It wires the watches, the allocator's leader election, the allocation
+//! pass and the writers together; each of those lives in its own module and is tested there.
+//!
+//! ```text
+//!  watcher tasks (one per kind) ──Change──▶ ┌────────────┐
+//!  Elector ──watch<bool> leader──────────▶ │ main loop   │──patches──▶ API (status, annotations)
+//!  shutdown signal ──────────────────────▶ │ ClusterState│──Events───▶ API (events.k8s.io)
+//!                                          └────────────┘──ready────▶ /readyz
+//! ```
+//!
+//! Only the main loop owns `ClusterState`. A pass runs after a short settle delay, so a burst of changes costs one
+//! pass, and never while a previous pass's writes are under way.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement};
+use crate::k8s::allocation::{AllocationController, Note, Pass, ServiceAction, Settings};
+use crate::k8s::leader::{Elector, LeaseTiming};
+use crate::k8s::state::{Change, ClusterState, Touched};
+use crate::k8s::status::IngressMode;
+
+/// The name of the legacy MetalLB ConfigMap, read from the config namespace.
+pub const LEGACY_CONFIGMAP: &str = "config";
+/// The Lease that elects the allocator.
+pub const ALLOCATOR_LEASE: &str = "ironlb-allocator";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct AgentArgs {
+    /// This node's name, from the downward API.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// A kubeconfig to use instead of the in-cluster configuration.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The agent's own namespace, holding its Lease and Secrets.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "ironlb-system")]
+    pub namespace: String,
+    /// Where the metallb.io objects and the legacy ConfigMap are read.
+    #[arg(long, env = "IRONLB_CONFIG_NAMESPACE", default_value = "metallb-system")]
+    pub config_namespace: String,
+    /// Handle only Services of this loadBalancerClass. Without it, Services with no class.
+    #[arg(long, env = "IRONLB_LB_CLASS")]
+    pub lb_class: Option<String>,
+    /// The metrics and health listener.
+    #[arg(long, env = "IRONLB_METRICS_ADDR", default_value = "0.0.0.0:7472")]
+    pub metrics_addr: SocketAddr,
+    /// How long a dead allocator blocks the others, in seconds.
+    #[arg(long, env = "IRONLB_LEASE_DURATION", default_value_t = 5)]
+    pub lease_duration: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot build a Kubernetes client")]
+    Client(#[source] kube::Error),
+    #[error("cannot read kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot listen on {addr} for metrics")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Builds the client and runs until SIGTERM or Ctrl-C.
+pub async fn run(args: AgentArgs) -> Result<()> {
+    let client = client(args.kubeconfig.as_deref()).await?;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: args.metrics_addr,
+            source,
+        })?;
+    run_with(args, client, listener, shutdown_signal()).await
+}
+
+/// A client from `kubeconfig`, or from the environment (in-cluster, then `~/.kube/config`).
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|source| Error::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Client(kube::Error::InferConfig(e)))?,
+    };
+    Client::try_from(config).map_err(Error::Client)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// The allocator's metrics.
+#[derive(Clone, Default)]
+pub struct AllocationMetrics {
+    pool_size: Family<PoolLabels, Gauge>,
+    pool_used: Family<PoolLabels, Gauge>,
+    pool_free: Family<PoolLabels, Gauge>,
+    allocations: Counter,
+    failures: Family<ReasonLabels, Gauge>,
+    leader: Gauge,
+    watch_restarts: Family<KindLabels, Counter>,
+    api_writes: Counter,
+    dropped_writes: Counter,
+}
+
+impl AllocationMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = AllocationMetrics::default();
+        registry.register("ironlb_pool_addresses", "Addresses in each pool", m.pool_size.clone());
+        registry.register("ironlb_pool_addresses_used", "Addresses of each pool held by Services", m.pool_used.clone());
+        registry.register("ironlb_pool_addresses_free", "Addresses of each pool still free", m.pool_free.clone());
+        registry.register("ironlb_allocations", "IPs assigned to Services by this agent", m.allocations.clone());
+        registry.register(
+            "ironlb_allocation_failures",
+            "Services currently without an IP, by reason",
+            m.failures.clone(),
+        );
+        registry.register("ironlb_allocator_leader", "1 while this agent is the allocator", m.leader.clone());
+        registry.register("ironlb_watch_restarts", "Watch streams that failed and restarted", m.watch_restarts.clone());
+        registry.register("ironlb_api_writes", "Writes sent to the Kubernetes API", m.api_writes.clone());
+        registry.register(
+            "ironlb_dropped_writes",
+            "Writes dropped because this agent was no longer the allocator",
+            m.dropped_writes.clone(),
+        );
+        m
+    }
+}
+
+/// Runs the agent with its dependencies handed in, until `shutdown` resolves.
+pub async fn run_with(
+    args: AgentArgs,
+    client: Client,
+    metrics_listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let mut registry = Registry::default();
+    let metrics = AllocationMetrics::register(&mut registry);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    tokio::spawn(crate::telemetry::serve(
+        metrics_listener,
+        Arc::new(registry),
+        ready_rx,
+        stopped(stop_rx.clone()),
+    ));
+
+    let (changes_tx, mut changes) = mpsc::channel::<Change>(1024);
+    spawn_watches(&client, &args, changes_tx, &metrics);
+
+    let (leader_tx, mut leader) = watch::channel(false);
+    let timing = LeaseTiming {
+        duration: Duration::from_secs(args.lease_duration.max(2)),
+        renew_deadline: Duration::from_secs(args.lease_duration.max(2)) * 4 / 5,
+        ..LeaseTiming::default()
+    };
+    let elector = Elector::new(
+        Api::<Lease>::namespaced(client.clone(), &args.namespace),
+        &args.namespace,
+        ALLOCATOR_LEASE,
+        &args.node_name,
+        timing,
+    );
+    let elector_task = tokio::spawn(elector.run(leader_tx, stopped(stop_rx.clone())));
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "ironlb".into(),
+            instance: Some(args.node_name.clone()),
+        },
+    );
+    let mut writer = Writer {
+        client: client.clone(),
+        recorder,
+        metrics: metrics.clone(),
+        leader: leader.clone(),
+    };
+    let mut controller = AllocationController::new(Settings {
+        lb_class: args.lb_class.clone(),
+        ingress_mode: IngressMode::Vip,
+    });
+    let mut state = ClusterState::default();
+    let mut dirty = false;
+    let mut retry_after: Option<tokio::time::Instant> = None;
+    const SETTLE: Duration = Duration::from_millis(10);
+
+    tokio::pin!(shutdown);
+    loop {
+        let due = if dirty && *leader.borrow() && state.is_synced() {
+            let at = retry_after.unwrap_or_else(|| tokio::time::Instant::now() + SETTLE);
+            Some(at)
+        } else {
+            None
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            change = changes.recv() => {
+                let Some(change) = change else { break };
+                if state.handle(change) != Touched::Nothing {
+                    dirty = true;
+                }
+                // Drain what is already queued before deciding anything.
+                while let Ok(change) = changes.try_recv() {
+                    if state.handle(change) != Touched::Nothing {
+                        dirty = true;
+                    }
+                }
+                if state.is_synced() && !*ready_tx.borrow() {
+                    tracing::info!(node = %args.node_name, "all watches synced");
+                    ready_tx.send_replace(true);
+                }
+            }
+            changed = leader.changed() => {
+                if changed.is_err() { break }
+                let leading = *leader.borrow_and_update();
+                metrics.leader.set(i64::from(leading));
+                if leading {
+                    // A new leader reports current problems itself and recomputes everything from status.
+                    controller.reset_notes();
+                    dirty = true;
+                    retry_after = None;
+                }
+            }
+            _ = sleep_until(due) => {
+                dirty = false;
+                retry_after = None;
+                let validated = crate::config::validate(&state.config_sources(&args.config_namespace));
+                let pass = controller.pass(&state, &validated);
+                record_usage(&metrics, &state, &validated, &pass);
+                if let Err(retry) = writer.apply(&mut state, pass).await {
+                    dirty = true;
+                    retry_after = Some(tokio::time::Instant::now() + retry);
+                }
+            }
+        }
+    }
+    stop_tx.send_replace(true);
+    let _ = elector_task.await;
+    Ok(())
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn record_usage(
+    metrics: &AllocationMetrics,
+    state: &ClusterState,
+    validated: &crate::config::Validated,
+    pass: &Pass,
+) {
+    let _ = state;
+    let mut used: BTreeMap<&str, u64> = BTreeMap::new();
+    for svc in state.services.values() {
+        let ips = crate::k8s::status::ingress_ips(svc);
+        for ip in ips {
+            if let Some(pool) = validated.config.pools.values().find(|p| p.contains(&ip)) {
+                *used.entry(pool.name.as_str()).or_default() += 1;
+            }
+        }
+    }
+    for pool in validated.config.pools.values() {
+        let size: u128 = pool.ranges.iter().map(|r| r.size()).fold(0u128, u128::saturating_add);
+        let size = i64::try_from(size).unwrap_or(i64::MAX);
+        let used = i64::try_from(*used.get(pool.name.as_str()).unwrap_or(&0)).unwrap_or(i64::MAX);
+        let labels = PoolLabels {
+            pool: pool.name.clone(),
+        };
+        metrics.pool_size.get_or_create(&labels).set(size);
+        metrics.pool_used.get_or_create(&labels).set(used);
+        metrics.pool_free.get_or_create(&labels).set(size.saturating_sub(used));
+    }
+    metrics.failures.clear();
+    for (reason, count) in &pass.failures {
+        metrics
+            .failures
+            .get_or_create(&ReasonLabels { reason: reason.clone() })
+            .set(i64::try_from(*count).unwrap_or(i64::MAX));
+    }
+}
+
+fn spawn_watches(client: &Client, args: &AgentArgs, tx: mpsc::Sender<Change>, metrics: &AllocationMetrics) {
+    let cfg_ns = args.config_namespace.as_str();
+    let all = || watcher::Config::default();
+    spawn_watch(Api::<Service>::all(client.clone()), all(), &tx, metrics, "Service", Change::Service);
+    spawn_watch(
+        Api::<EndpointSlice>::all(client.clone()),
+        all(),
+        &tx,
+        metrics,
+        "EndpointSlice",
+        Change::EndpointSlice,
+    );
+    spawn_watch(Api::<Node>::all(client.clone()), all(), &tx, metrics, "Node", Change::Node);
+    spawn_watch(Api::<Namespace>::all(client.clone()), all(), &tx, metrics, "Namespace", Change::Namespace);
+    spawn_watch(
+        Api::<ConfigMap>::namespaced(client.clone(), cfg_ns),
+        all().fields(&format!("metadata.name={LEGACY_CONFIGMAP}")),
+        &tx,
+        metrics,
+        "ConfigMap",
+        Change::ConfigMap,
+    );
+    spawn_watch(Api::<IPAddressPool>::namespaced(client.clone(), cfg_ns), all(), &tx, metrics, "IPAddressPool", Change::Pool);
+    spawn_watch(
+        Api::<L2Advertisement>::namespaced(client.clone(), cfg_ns),
+        all(),
+        &tx,
+        metrics,
+        "L2Advertisement",
+        Change::L2Advertisement,
+    );
+    spawn_watch(
+        Api::<BGPAdvertisement>::namespaced(client.clone(), cfg_ns),
+        all(),
+        &tx,
+        metrics,
+        "BGPAdvertisement",
+        Change::BgpAdvertisement,
+    );
+    spawn_watch(Api::<BGPPeer>::namespaced(client.clone(), cfg_ns), all(), &tx, metrics, "BGPPeer", Change::BgpPeer);
+    spawn_watch(Api::<Community>::namespaced(client.clone(), cfg_ns), all(), &tx, metrics, "Community", Change::Community);
+    spawn_watch(
+        Api::<BFDProfile>::namespaced(client.clone(), cfg_ns),
+        all(),
+        &tx,
+        metrics,
+        "BFDProfile",
+        Change::BfdProfile,
+    );
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tx: &mpsc::Sender<Change>,
+    metrics: &AllocationMetrics,
+    kind: &'static str,
+    wrap: fn(watcher::Event<K>) -> Change,
+) where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let tx = tx.clone();
+    let restarts = metrics.watch_restarts.get_or_create(&KindLabels { kind: kind.into() }).clone();
+    tokio::spawn(async move {
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    if tx.send(wrap(event)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    restarts.inc();
+                    tracing::warn!(%error, kind, "watch failed; retrying with backoff");
+                }
+            }
+        }
+    });
+}
+
+/// Sends a pass's writes and Events, as long as this agent is the allocator.
+struct Writer {
+    client: Client,
+    recorder: Recorder,
+    metrics: AllocationMetrics,
+    leader: watch::Receiver<bool>,
+}
+
+impl Writer {
+    /// Applies every action. On an API error it returns how long to wait before the next pass; the actions that
+    /// succeeded are already reflected in `state`.
+    async fn apply(&mut self, state: &mut ClusterState, pass: Pass) -> std::result::Result<(), Duration> {
+        let mut retry = None;
+        for note in pass.config {
+            if self.gate() {
+                self.publish(&note.note, &note.reference).await;
+            }
+        }
+        for action in pass.services {
+            if !self.gate() {
+                continue;
+            }
+            match self.write_service(state, &action).await {
+                Ok(()) => {
+                    for note in &action.notes {
+                        if note.reason == "IPAllocated" {
+                            self.metrics.allocations.inc();
+                        }
+                        self.publish(note, &action.reference).await;
+                    }
+                }
+                Err(error) => {
+                    let conflict = matches!(&error, kube::Error::Api(s) if s.code == 409);
+                    tracing::warn!(service = %action.service, %error, "writing Service failed; will retry");
+                    let wait = if conflict { Duration::from_millis(50) } else { Duration::from_secs(1) };
+                    retry = Some(retry.map_or(wait, |r: Duration| r.min(wait)));
+                }
+            }
+        }
+        retry.map_or(Ok(()), Err)
+    }
+
+    /// True while leading; otherwise counts a dropped write.
+    fn gate(&mut self) -> bool {
+        let leading = *self.leader.borrow();
+        if !leading {
+            self.metrics.dropped_writes.inc();
+        }
+        leading
+    }
+
+    async fn write_service(&self, state: &mut ClusterState, action: &ServiceAction) -> Result<(), kube::Error> {
+        let api: Api<Service> = Api::namespaced(self.client.clone(), &action.service.namespace);
+        let params = PatchParams::default();
+        if let Some(patch) = &action.metadata {
+            let svc = api.patch(&action.service.name, &params, &Patch::Merge(patch)).await?;
+            self.metrics.api_writes.inc();
+            state.services.apply(svc);
+        }
+        if let Some(patch) = &action.status {
+            let svc = api.patch_status(&action.service.name, &params, &Patch::Merge(patch)).await?;
+            self.metrics.api_writes.inc();
+            tracing::info!(service = %action.service, status = %patch, "wrote Service status");
+            state.services.apply(svc);
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, note: &Note, reference: &k8s_openapi::api::core::v1::ObjectReference) {
+        let event = Event {
+            type_: if note.warning { EventType::Warning } else { EventType::Normal },
+            reason: note.reason.to_string(),
+            note: Some(note.message.clone()),
+            action: note.reason.to_string(),
+            secondary: None,
+        };
+        match self.recorder.publish(&event, reference).await {
+            Ok(()) => self.metrics.api_writes.inc(),
+            Err(error) => tracing::warn!(%error, reason = note.reason, "publishing an Event failed"),
+        };
+    }
+}
