@@ -63,14 +63,22 @@ impl<K> Default for ObjectIndex<K> {
 
 impl<K: Resource + Clone> ObjectIndex<K> {
     /// Adds or replaces an object. Returns whether anything changed: an object seen again at the same
-    /// resourceVersion is not a change.
+    /// resourceVersion is not a change, and neither is an older one. The agent puts the API's reply to its own writes
+    /// into the index at once, so a watch event from before that write can arrive afterwards; resourceVersions are
+    /// opaque by contract, but every API server issues them as increasing integers, and only then are they compared.
     pub fn apply(&mut self, obj: K) -> bool {
         let key = ObjectKey::of(&obj);
-        if let Some(old) = self.objects.get(&key)
-            && old.meta().resource_version.is_some()
-            && old.meta().resource_version == obj.meta().resource_version
-        {
-            return false;
+        if let Some(old) = self.objects.get(&key) {
+            let (old_rv, new_rv) = (&old.meta().resource_version, &obj.meta().resource_version);
+            if old_rv.is_some() && old_rv == new_rv {
+                return false;
+            }
+            let number = |rv: &Option<String>| rv.as_deref().and_then(|v| v.parse::<u64>().ok());
+            if let (Some(old_n), Some(new_n)) = (number(old_rv), number(new_rv))
+                && new_n < old_n
+            {
+                return false;
+            }
         }
         self.objects.insert(key, obj);
         true
@@ -170,6 +178,8 @@ mod tests {
         assert!(index.apply(svc("a", "web", "1")));
         assert!(!index.apply(svc("a", "web", "1")));
         assert!(index.apply(svc("a", "web", "2")));
+        assert!(!index.apply(svc("a", "web", "1")), "an older version must not replace a newer one");
+        assert_eq!(index.get(&ObjectKey::new("a", "web")).unwrap().metadata.resource_version.as_deref(), Some("2"));
         assert_eq!(index.len(), 1);
         assert!(index.delete(&svc("a", "web", "2")));
         assert!(!index.delete(&svc("a", "web", "2")));
