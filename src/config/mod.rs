@@ -5,10 +5,17 @@ pub mod community;
 pub mod crd;
 pub mod duration;
 pub mod legacy;
+pub mod load;
 pub mod model;
 pub mod selector;
+pub mod validate;
 
 pub use crd::crd_manifests;
 pub use legacy::{migrate, migrate_to_yaml};
+pub use load::{Document, LoadError, Sources, load_paths};
 pub use model::{Family, IpRange, Labels, Pool, RangeError, ServiceAllocation};
 pub use selector::{Selector, SelectorError};
+pub use validate::{
+    BfdProfile, BgpAdvertisement, Config, Diagnostic, L2Advertisement, Peer, PeerEndpoint,
+    PeerPassword, RemoteAsn, Validated, validate,
+};
