@@ -1068,3 +1068,955 @@ pub fn pool_size(pool: &Pool) -> (u128, u128) {
     }
     (v4, v6)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::crd::{
+        BFDProfileSpec, BGPAdvertisementSpec, BGPPeerSpec, CommunityAlias, CommunitySpec,
+        IPAddressPoolSpec, L2AdvertisementSpec,
+    };
+    use crate::config::load::LegacySource;
+    use k8s_openapi::api::core::v1::SecretReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, ObjectMeta};
+
+    fn meta(name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("metallb-system".into()),
+            ..Default::default()
+        }
+    }
+
+    fn pool(name: &str, addresses: &[&str]) -> crd::IPAddressPool {
+        crd::IPAddressPool {
+            metadata: meta(name),
+            spec: IPAddressPoolSpec {
+                addresses: addresses.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    fn labelled(mut p: crd::IPAddressPool, k: &str, v: &str) -> crd::IPAddressPool {
+        p.metadata.labels = Some([(k.to_string(), v.to_string())].into());
+        p
+    }
+
+    fn l2(name: &str, pools: &[&str]) -> crd::L2Advertisement {
+        crd::L2Advertisement {
+            metadata: meta(name),
+            spec: L2AdvertisementSpec {
+                ip_address_pools: (!pools.is_empty())
+                    .then(|| pools.iter().map(|p| p.to_string()).collect()),
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    fn bgp_adv(name: &str, spec: BGPAdvertisementSpec) -> crd::BGPAdvertisement {
+        crd::BGPAdvertisement {
+            metadata: meta(name),
+            spec,
+            status: None,
+        }
+    }
+
+    fn peer(name: &str) -> crd::BGPPeer {
+        crd::BGPPeer {
+            metadata: meta(name),
+            spec: BGPPeerSpec {
+                my_asn: 64512,
+                peer_asn: Some(64513),
+                peer_address: Some("10.0.0.1".into()),
+                ..Default::default()
+            },
+            status: None,
+        }
+    }
+
+    fn with(f: impl FnOnce(&mut BGPPeerSpec)) -> crd::BGPPeer {
+        let mut p = peer("p");
+        f(&mut p.spec);
+        p
+    }
+
+    fn community(name: &str, aliases: &[(&str, &str)]) -> crd::Community {
+        crd::Community {
+            metadata: meta(name),
+            spec: CommunitySpec {
+                communities: Some(
+                    aliases
+                        .iter()
+                        .map(|(n, v)| CommunityAlias {
+                            name: Some(n.to_string()),
+                            value: Some(v.to_string()),
+                        })
+                        .collect(),
+                ),
+            },
+            status: None,
+        }
+    }
+
+    fn bad_selector() -> LabelSelector {
+        LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "k".into(),
+                operator: "Equals".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        }
+    }
+
+    /// The diagnostics as `Kind/name: field: message` lines.
+    fn lines(d: &[Diagnostic]) -> Vec<String> {
+        d.iter().map(ToString::to_string).collect()
+    }
+
+    fn has(d: &[Diagnostic], kind: &str, name: &str, field: &str, needle: &str) -> bool {
+        d.iter().any(|d| {
+            d.kind == kind && d.name == name && d.field == field && d.message.contains(needle)
+        })
+    }
+
+    fn peer_errors(p: crd::BGPPeer) -> Vec<Diagnostic> {
+        let v = validate(&Sources {
+            peers: vec![p],
+            ..Default::default()
+        });
+        assert_eq!(v.config.peers.is_empty(), !v.errors.is_empty());
+        v.errors
+    }
+
+    #[test]
+    fn diagnostics_display_kind_name_field_message() {
+        let d = Diagnostic::new("IPAddressPool", "a", "spec.addresses[0]", "bad");
+        assert_eq!(d.to_string(), "IPAddressPool/a: spec.addresses[0]: bad");
+        assert_eq!(Diagnostic::new("K", "n", "", "m").to_string(), "K/n: m");
+    }
+
+    #[test]
+    fn pools_sort_and_merge_ranges_and_default_auto_assign() {
+        let v = validate(&Sources {
+            pools: vec![pool(
+                "a",
+                &[
+                    "10.0.1.0/24",
+                    "10.0.0.0/24",
+                    "fc00::/124",
+                    "10.0.2.0-10.0.2.9",
+                    "192.168.1.5/24",
+                ],
+            )],
+            l2_advertisements: vec![l2("all", &[])],
+            ..Default::default()
+        });
+        assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
+        let p = &v.config.pools["a"];
+        let ranges: Vec<_> = p.ranges.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            ranges,
+            [
+                "10.0.0.0-10.0.2.9",
+                "192.168.1.0-192.168.1.255",
+                "fc00::-fc00::f"
+            ]
+        );
+        assert!(p.auto_assign);
+        assert!(!p.avoid_buggy_ips);
+        assert_eq!(pool_size(p), (256 * 2 + 10 + 256, 16));
+    }
+
+    #[test]
+    fn bad_addresses_are_rejected_per_entry() {
+        let v = validate(&Sources {
+            pools: vec![
+                pool(
+                    "bad",
+                    &[
+                        "10.0.0.0/33",
+                        "10.0.0.9-10.0.0.1",
+                        "10.0.0.1-fc00::1",
+                        "10.0.0.7",
+                        "x",
+                    ],
+                ),
+                pool("empty", &[]),
+                pool("good", &["10.1.0.0/24"]),
+            ],
+            ..Default::default()
+        });
+        let e = &v.errors;
+        assert!(
+            has(
+                e,
+                "IPAddressPool",
+                "bad",
+                "spec.addresses[0]",
+                "neither a CIDR"
+            ),
+            "{:?}",
+            lines(e)
+        );
+        assert!(has(
+            e,
+            "IPAddressPool",
+            "bad",
+            "spec.addresses[1]",
+            "reversed"
+        ));
+        assert!(has(
+            e,
+            "IPAddressPool",
+            "bad",
+            "spec.addresses[2]",
+            "different address families"
+        ));
+        assert!(has(
+            e,
+            "IPAddressPool",
+            "bad",
+            "spec.addresses[3]",
+            "10.0.0.7/32"
+        ));
+        assert!(has(
+            e,
+            "IPAddressPool",
+            "bad",
+            "spec.addresses[4]",
+            "neither a CIDR"
+        ));
+        assert!(has(
+            e,
+            "IPAddressPool",
+            "empty",
+            "spec.addresses",
+            "at least one"
+        ));
+        assert_eq!(v.config.pools.keys().collect::<Vec<_>>(), ["good"]);
+    }
+
+    #[test]
+    fn overlapping_pools_reject_the_later_name_and_name_the_other() {
+        // Given in reverse order: name order decides, not input order.
+        let v = validate(&Sources {
+            pools: vec![
+                pool("b", &["10.0.0.128/25"]),
+                pool("a", &["10.0.0.0/24"]),
+                pool("c", &["10.0.1.0/24"]),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(v.errors.len(), 1, "{:?}", lines(&v.errors));
+        assert!(has(
+            &v.errors,
+            "IPAddressPool",
+            "b",
+            "spec.addresses",
+            "of IPAddressPool/a"
+        ));
+        assert_eq!(v.config.pools.keys().collect::<Vec<_>>(), ["a", "c"]);
+    }
+
+    #[test]
+    fn overlap_inside_one_pool_is_rejected() {
+        let v = validate(&Sources {
+            pools: vec![pool("a", &["10.0.0.0/24", "10.0.0.5-10.0.0.6"])],
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "IPAddressPool",
+            "a",
+            "spec.addresses",
+            "same pool"
+        ));
+    }
+
+    #[test]
+    fn service_allocation_is_compiled_and_checked() {
+        let mut p = pool("a", &["10.0.0.0/24"]);
+        p.spec.service_allocation = Some(crd::ServiceAllocationSpec {
+            priority: Some(5),
+            namespaces: Some(vec!["x".into(), "y".into()]),
+            service_selectors: Some(vec![LabelSelector::default()]),
+            ..Default::default()
+        });
+        let v = validate(&Sources {
+            pools: vec![p.clone()],
+            ..Default::default()
+        });
+        let a = v.config.pools["a"].service_allocation.as_ref().unwrap();
+        assert_eq!(
+            (a.priority, a.namespaces.len(), a.service_selectors.len()),
+            (Some(5), 2, 1)
+        );
+
+        let sa = p.spec.service_allocation.as_mut().unwrap();
+        sa.namespaces = Some(vec!["x".into(), "x".into()]);
+        sa.namespace_selectors = Some(vec![LabelSelector::default(), bad_selector()]);
+        let v = validate(&Sources {
+            pools: vec![p],
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "IPAddressPool",
+            "a",
+            "spec.serviceAllocation.namespaces[1]",
+            "twice"
+        ));
+        assert!(has(
+            &v.errors,
+            "IPAddressPool",
+            "a",
+            "spec.serviceAllocation.namespaceSelectors[1]",
+            "Equals"
+        ));
+        assert!(v.config.pools.is_empty());
+    }
+
+    #[test]
+    fn a_valid_peer_gets_defaults_and_derived_timers() {
+        let v = validate(&Sources {
+            peers: vec![with(|s| s.hold_time = Some("90s".into()))],
+            ..Default::default()
+        });
+        assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
+        let p = &v.config.peers["p"];
+        assert_eq!(p.port, 179);
+        assert_eq!(p.remote_asn, RemoteAsn::Fixed(64513));
+        assert_eq!(
+            p.endpoint,
+            PeerEndpoint::Address("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(p.hold_time, Some(Duration::from_secs(90)));
+        assert_eq!(p.keepalive_time, Some(Duration::from_secs(30)));
+
+        let v = validate(&Sources {
+            peers: vec![with(|s| s.keepalive_time = Some("20s".into()))],
+            ..Default::default()
+        });
+        assert_eq!(v.config.peers["p"].hold_time, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn asn_rules() {
+        assert!(has(
+            &peer_errors(with(|s| s.my_asn = 0)),
+            "BGPPeer",
+            "p",
+            "spec.myASN",
+            "required"
+        ));
+        assert!(has(
+            &peer_errors(with(|s| s.peer_asn = None)),
+            "BGPPeer",
+            "p",
+            "spec.peerASN",
+            "required"
+        ));
+        assert!(has(
+            &peer_errors(with(|s| s.dynamic_asn = Some("external".into()))),
+            "BGPPeer",
+            "p",
+            "spec.dynamicASN",
+            "mutually exclusive"
+        ));
+        assert!(has(
+            &peer_errors(with(|s| {
+                s.peer_asn = None;
+                s.dynamic_asn = Some("both".into());
+            })),
+            "BGPPeer",
+            "p",
+            "spec.dynamicASN",
+            "\"both\""
+        ));
+        assert!(
+            peer_errors(with(|s| {
+                s.peer_asn = None;
+                s.dynamic_asn = Some("internal".into());
+            }))
+            .is_empty()
+        );
+        assert!(has(
+            &peer_errors(with(|s| {
+                s.peer_asn = Some(64512);
+                s.ebgp_multi_hop = Some(true);
+            })),
+            "BGPPeer",
+            "p",
+            "spec.ebgpMultiHop",
+            "iBGP"
+        ));
+        assert!(peer_errors(with(|s| s.ebgp_multi_hop = Some(true))).is_empty());
+        assert!(has(
+            &peer_errors(with(|s| s.local_asn = Some(0))),
+            "BGPPeer",
+            "p",
+            "spec.localASN",
+            "1"
+        ));
+    }
+
+    #[test]
+    fn endpoint_and_address_rules() {
+        let e = peer_errors(with(|s| s.peer_address = None));
+        assert!(has(&e, "BGPPeer", "p", "spec.peerAddress", "required"));
+        let e = peer_errors(with(|s| s.interface = Some("eth0".into())));
+        assert!(has(
+            &e,
+            "BGPPeer",
+            "p",
+            "spec.interface",
+            "mutually exclusive"
+        ));
+        let e = peer_errors(with(|s| s.peer_address = Some("10.0.0.300".into())));
+        assert!(has(&e, "BGPPeer", "p", "spec.peerAddress", "not an IP"));
+        let e = peer_errors(with(|s| s.source_address = Some("nope".into())));
+        assert!(has(&e, "BGPPeer", "p", "spec.sourceAddress", "not an IP"));
+        let e = peer_errors(with(|s| s.router_id = Some("fc00::1".into())));
+        assert!(has(&e, "BGPPeer", "p", "spec.routerID", "IPv4"));
+        let e = peer_errors(with(|s| s.peer_port = Some(0)));
+        assert!(has(&e, "BGPPeer", "p", "spec.peerPort", "1..=16384"));
+    }
+
+    #[test]
+    fn timer_rules() {
+        let e = peer_errors(with(|s| s.hold_time = Some("2s".into())));
+        assert!(
+            has(&e, "BGPPeer", "p", "spec.holdTime", "0 or at least 3s"),
+            "{:?}",
+            lines(&e)
+        );
+        assert!(peer_errors(with(|s| s.hold_time = Some("0s".into()))).is_empty());
+        assert!(peer_errors(with(|s| s.hold_time = Some("3s".into()))).is_empty());
+        let e = peer_errors(with(|s| {
+            s.hold_time = Some("30s".into());
+            s.keepalive_time = Some("31s".into());
+        }));
+        assert!(has(
+            &e,
+            "BGPPeer",
+            "p",
+            "spec.keepaliveTime",
+            "above the hold time 30s"
+        ));
+        let e = peer_errors(with(|s| s.hold_time = Some("ninety".into())));
+        assert!(has(&e, "BGPPeer", "p", "spec.holdTime", "not a duration"));
+        let e = peer_errors(with(|s| s.keepalive_time = Some("-1s".into())));
+        assert!(has(&e, "BGPPeer", "p", "spec.keepaliveTime", "negative"));
+        let e = peer_errors(with(|s| s.keepalive_time = Some("500ms".into())));
+        assert!(
+            has(&e, "BGPPeer", "p", "spec.keepaliveTime", "0 or at least 3s"),
+            "{:?}",
+            lines(&e)
+        );
+        let e = peer_errors(with(|s| s.connect_time = Some("1.5s".into())));
+        assert!(has(&e, "BGPPeer", "p", "spec.connectTime", "whole number"));
+        assert!(peer_errors(with(|s| s.connect_time = Some("120s".into()))).is_empty());
+    }
+
+    #[test]
+    fn password_rules() {
+        let secret = Some(SecretReference {
+            name: Some("s".into()),
+            namespace: None,
+        });
+        let e = peer_errors(with(|s| {
+            s.password = Some("pw".into());
+            s.password_secret = secret.clone();
+        }));
+        assert!(has(
+            &e,
+            "BGPPeer",
+            "p",
+            "spec.passwordSecret",
+            "mutually exclusive"
+        ));
+        // An empty reference, as MetalLB's converter writes, is no reference.
+        let v = validate(&Sources {
+            peers: vec![with(|s| {
+                s.password = Some("pw".into());
+                s.password_secret = Some(SecretReference::default());
+            })],
+            ..Default::default()
+        });
+        assert_eq!(
+            v.config.peers["p"].password,
+            Some(PeerPassword::Inline("pw".into()))
+        );
+        assert!(
+            !format!("{:?}", v.config.peers["p"]).contains("pw\""),
+            "Debug leaks the password"
+        );
+        let e = peer_errors(with(|s| s.password = Some("a\nb".into())));
+        assert!(has(&e, "BGPPeer", "p", "spec.password", "line break"));
+    }
+
+    #[test]
+    fn peer_selectors_and_bfd_references() {
+        let e = peer_errors(with(|s| {
+            s.node_selectors = Some(vec![LabelSelector::default(), bad_selector()])
+        }));
+        assert!(has(&e, "BGPPeer", "p", "spec.nodeSelectors[1]", "Equals"));
+        let e = peer_errors(with(|s| s.bfd_profile = Some("missing".into())));
+        assert!(has(
+            &e,
+            "BGPPeer",
+            "p",
+            "spec.bfdProfile",
+            "BFDProfile/missing does not exist"
+        ));
+
+        let profile = crd::BFDProfile {
+            metadata: meta("fast"),
+            spec: BFDProfileSpec {
+                receive_interval: Some(300),
+                ..Default::default()
+            },
+            status: None,
+        };
+        let v = validate(&Sources {
+            bfd_profiles: vec![profile],
+            peers: vec![with(|s| {
+                s.bfd_profile = Some("fast".into());
+                s.vrf = Some("red".into());
+            })],
+            ..Default::default()
+        });
+        assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
+        assert!(has(
+            &v.warnings,
+            "BGPPeer",
+            "p",
+            "spec.bfdProfile",
+            "does not act on it yet"
+        ));
+        assert!(has(
+            &v.warnings,
+            "BGPPeer",
+            "p",
+            "spec.vrf",
+            "does not act on it yet"
+        ));
+        assert!(has(&v.warnings, "BFDProfile", "fast", "", "no BFD session"));
+    }
+
+    #[test]
+    fn bfd_ranges_follow_metallb() {
+        let profile = crd::BFDProfile {
+            metadata: meta("b"),
+            spec: BFDProfileSpec {
+                detect_multiplier: Some(1),
+                transmit_interval: Some(60001),
+                minimum_ttl: Some(254),
+                ..Default::default()
+            },
+            status: None,
+        };
+        let v = validate(&Sources {
+            bfd_profiles: vec![profile],
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "BFDProfile",
+            "b",
+            "spec.detectMultiplier",
+            "2..=255"
+        ));
+        assert!(has(
+            &v.errors,
+            "BFDProfile",
+            "b",
+            "spec.transmitInterval",
+            "10..=60000"
+        ));
+        assert_eq!(v.errors.len(), 2);
+    }
+
+    #[test]
+    fn v1beta1_peers_are_read_as_v1beta2_with_a_warning() {
+        let old: crd::v1beta1::BGPPeer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "metallb.io/v1beta1", "kind": "BGPPeer", "metadata": {"name": "old"},
+            "spec": {"myASN": 1, "peerASN": 2, "peerAddress": "10.0.0.2"}
+        }))
+        .unwrap();
+        let v = validate(&Sources {
+            peers_v1beta1: vec![old],
+            ..Default::default()
+        });
+        assert!(v.config.peers.contains_key("old"));
+        assert!(has(
+            &v.warnings,
+            "BGPPeer",
+            "old",
+            "apiVersion",
+            "deprecated"
+        ));
+    }
+
+    #[test]
+    fn duplicate_names_reject_the_second() {
+        let v = validate(&Sources {
+            peers: vec![peer("p"), with(|s| s.my_asn = 7)],
+            ..Default::default()
+        });
+        assert!(has(&v.errors, "BGPPeer", "p", "metadata.name", "same name"));
+        assert_eq!(v.config.peers["p"].my_asn, 64512, "the first one is kept");
+    }
+
+    #[test]
+    fn communities_resolve_values_and_aliases() {
+        let v = validate(&Sources {
+            pools: vec![pool("a", &["10.0.0.0/24"])],
+            communities: vec![
+                community(
+                    "c1",
+                    &[("no-export", "65535:65281"), ("big", "large:1:2:3")],
+                ),
+                community("c2", &[("no-export", "1:1")]),
+                community("c3", &[("bad", "70000:1")]),
+            ],
+            bgp_advertisements: vec![bgp_adv(
+                "adv",
+                BGPAdvertisementSpec {
+                    communities: Some(vec!["no-export".into(), "big".into(), "64512:1".into()]),
+                    ..Default::default()
+                },
+            )],
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "Community",
+            "c2",
+            "spec.communities[0].name",
+            "already defined"
+        ));
+        assert!(has(
+            &v.errors,
+            "Community",
+            "c3",
+            "spec.communities[0].value",
+            "0 to 65535"
+        ));
+        let adv = &v.config.bgp_advertisements["adv"];
+        let values: Vec<_> = adv.communities.iter().map(ToString::to_string).collect();
+        assert_eq!(values, ["64512:1", "65535:65281", "large:1:2:3"]);
+        assert_eq!(
+            adv.pools,
+            BTreeSet::from(["a".to_string()]),
+            "no pool list: all pools"
+        );
+    }
+
+    #[test]
+    fn unknown_community_alias_and_out_of_range_value_are_errors() {
+        let v = validate(&Sources {
+            bgp_advertisements: vec![bgp_adv(
+                "adv",
+                BGPAdvertisementSpec {
+                    communities: Some(vec!["NO_SUCH".into(), "1:65536".into()]),
+                    ..Default::default()
+                },
+            )],
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.communities[0]",
+            "nor an alias"
+        ));
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.communities[1]",
+            "0 to 65535"
+        ));
+        assert!(v.config.bgp_advertisements.is_empty());
+    }
+
+    #[test]
+    fn bgp_advertisement_lengths_and_selectors() {
+        let adv = |spec| {
+            validate(&Sources {
+                bgp_advertisements: vec![bgp_adv("adv", spec)],
+                ..Default::default()
+            })
+        };
+        let v = adv(BGPAdvertisementSpec {
+            aggregation_length: Some(33),
+            aggregation_length_v6: Some(129),
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.aggregationLength",
+            "1..=32"
+        ));
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.aggregationLengthV6",
+            "0..=128"
+        ));
+        let v = adv(BGPAdvertisementSpec {
+            aggregation_length: Some(24),
+            service_selectors: Some(vec![LabelSelector::default()]),
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.serviceSelectors",
+            "aggregation"
+        ));
+        let v = adv(BGPAdvertisementSpec {
+            aggregation_length: Some(24),
+            local_pref: Some(150),
+            peers: Some(vec!["nobody".into()]),
+            ..Default::default()
+        });
+        assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
+        let a = &v.config.bgp_advertisements["adv"];
+        assert_eq!(
+            (a.aggregation_length, a.aggregation_length_v6, a.local_pref),
+            (24, 128, Some(150))
+        );
+        assert!(has(
+            &v.warnings,
+            "BGPAdvertisement",
+            "adv",
+            "spec.peers[0]",
+            "BGPPeer/nobody"
+        ));
+        let v = adv(BGPAdvertisementSpec {
+            node_selectors: Some(vec![bad_selector()]),
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.nodeSelectors[0]",
+            "Equals"
+        ));
+    }
+
+    #[test]
+    fn advertisements_select_pools_by_list_and_by_label() {
+        let mut by_label = l2("by-label", &[]);
+        by_label.spec.ip_address_pool_selectors = Some(vec![LabelSelector {
+            match_labels: Some([("tier".to_string(), "gold".to_string())].into()),
+            ..Default::default()
+        }]);
+        let v = validate(&Sources {
+            pools: vec![
+                pool("a", &["10.0.0.0/24"]),
+                labelled(pool("b", &["10.0.1.0/24"]), "tier", "gold"),
+                pool("c", &["10.0.2.0/24"]),
+            ],
+            l2_advertisements: vec![l2("by-list", &["a", "missing"]), by_label],
+            ..Default::default()
+        });
+        assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
+        let names = |a: &str| {
+            v.config.l2_advertisements[a]
+                .pools
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("by-list"), ["a"]);
+        assert_eq!(names("by-label"), ["b"]);
+        assert!(has(
+            &v.warnings,
+            "L2Advertisement",
+            "by-list",
+            "spec.ipAddressPools[1]",
+            "IPAddressPool/missing"
+        ));
+        assert!(has(
+            &v.warnings,
+            "IPAddressPool",
+            "c",
+            "",
+            "never announced"
+        ));
+        assert!(!has(
+            &v.warnings,
+            "IPAddressPool",
+            "a",
+            "",
+            "never announced"
+        ));
+    }
+
+    #[test]
+    fn l2_advertisement_checks() {
+        let mut adv = l2("adv", &["a", "a"]);
+        adv.spec.node_selectors = Some(vec![bad_selector()]);
+        adv.spec.preferred_node_selectors = Some(vec![crd::PreferredNodeSelector {
+            preference: LabelSelector::default(),
+            weight: 0,
+        }]);
+        let v = validate(&Sources {
+            pools: vec![pool("a", &["10.0.0.0/24"])],
+            l2_advertisements: vec![adv],
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "L2Advertisement",
+            "adv",
+            "spec.ipAddressPools[1]",
+            "twice"
+        ));
+        assert!(has(
+            &v.errors,
+            "L2Advertisement",
+            "adv",
+            "spec.nodeSelectors[0]",
+            "Equals"
+        ));
+        assert!(has(
+            &v.errors,
+            "L2Advertisement",
+            "adv",
+            "spec.preferredNodeSelectors[0].weight",
+            "1..=100"
+        ));
+        assert!(v.config.l2_advertisements.is_empty());
+        assert!(has(
+            &v.warnings,
+            "IPAddressPool",
+            "a",
+            "",
+            "never announced"
+        ));
+    }
+
+    #[test]
+    fn one_invalid_object_never_drops_the_valid_ones() {
+        let v = validate(&Sources {
+            pools: vec![pool("good", &["10.0.0.0/24"]), pool("bad", &["nope"])],
+            peers: vec![peer("ok"), with(|s| s.my_asn = 0)],
+            l2_advertisements: vec![l2("adv", &["good", "bad"])],
+            malformed: vec![Diagnostic::new("BGPPeer", "typo", "spec", "invalid type")],
+            ..Default::default()
+        });
+        assert_eq!(v.config.pools.keys().collect::<Vec<_>>(), ["good"]);
+        assert_eq!(v.config.peers.keys().collect::<Vec<_>>(), ["ok"]);
+        assert_eq!(
+            v.config.l2_advertisements["adv"].pools,
+            BTreeSet::from(["good".to_string()])
+        );
+        assert_eq!(v.errors.len(), 3, "{:?}", lines(&v.errors));
+    }
+
+    #[test]
+    fn the_legacy_configmap_is_converted_and_validated() {
+        let legacy = LegacySource {
+            name: "ConfigMap/config".into(),
+            namespace: Some("metallb-system".into()),
+            payload: "
+peers: [{my-asn: 64512, peer-asn: 64512, peer-address: 10.0.0.1, hold-time: 1s}]
+address-pools:
+- {name: l2, protocol: layer2, addresses: [192.168.1.0/24]}
+- {name: other, protocol: l2, addresses: [192.168.2.0/24]}
+"
+            .into(),
+        };
+        let v = validate(&Sources {
+            legacy: Some(legacy.clone()),
+            ..Default::default()
+        });
+        assert!(v.config.pools.contains_key("l2"));
+        assert!(
+            v.config.l2_advertisements["l2advertisement1"]
+                .pools
+                .contains("l2")
+        );
+        assert!(
+            has(
+                &v.errors,
+                "BGPPeer",
+                "peer1",
+                "spec.holdTime",
+                "legacy ConfigMap"
+            ),
+            "{:?}",
+            lines(&v.errors)
+        );
+        assert!(has(
+            &v.warnings,
+            "ConfigMap",
+            "ConfigMap/config",
+            "data.config",
+            "\"l2\""
+        ));
+        assert!(has(
+            &v.warnings,
+            "IPAddressPool",
+            "other",
+            "",
+            "never announced"
+        ));
+        assert!(!v.warnings.iter().any(|w| w.message.contains("alongside")));
+
+        // Beside CRDs it is still read, with a warning, and a CRD wins a name clash.
+        let v = validate(&Sources {
+            legacy: Some(legacy),
+            pools: vec![pool("l2", &["10.9.0.0/24"])],
+            ..Default::default()
+        });
+        assert!(has(
+            &v.warnings,
+            "ConfigMap",
+            "ConfigMap/config",
+            "",
+            "alongside"
+        ));
+        assert_eq!(
+            v.config.pools["l2"].ranges[0].to_string(),
+            "10.9.0.0-10.9.0.255"
+        );
+        assert!(has(
+            &v.errors,
+            "IPAddressPool",
+            "l2",
+            "metadata.name",
+            "legacy ConfigMap"
+        ));
+    }
+
+    #[test]
+    fn an_unparseable_legacy_payload_is_one_error() {
+        let v = validate(&Sources {
+            legacy: Some(LegacySource {
+                name: "ConfigMap/config".into(),
+                namespace: None,
+                payload: "peers: {not: a list}".into(),
+            }),
+            pools: vec![pool("a", &["10.0.0.0/24"])],
+            ..Default::default()
+        });
+        assert_eq!(v.errors.len(), 1);
+        assert_eq!(v.errors[0].field, "data.config");
+        assert!(v.config.pools.contains_key("a"));
+    }
+}
