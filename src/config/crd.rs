@@ -5,6 +5,10 @@
 //! no value is checked here. Meaning and checks belong to [`super::validate`]; a field we do not act on yet still
 //! has to round-trip, so it is modelled here and warned about there.
 
+// Several `printcolumn(...)` groups in one `#[kube]` attribute repeat `type_ = "string"`; clippy reads those as
+// duplicated attributes, but each belongs to its own column.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::api::core::v1::SecretReference;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps,

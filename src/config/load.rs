@@ -197,9 +197,9 @@ pub fn classify(mut value: Value, origin: &str, out: &mut Vec<Document>) {
             return;
         }
     }
-    fn typed<T: DeserializeOwned>(value: Value, kind: &str, name: &str) -> Result<T, Document> {
+    fn typed<T: DeserializeOwned>(value: Value, kind: &str, name: &str) -> Result<T, Diagnostic> {
         serde_json::from_value(value)
-            .map_err(|e| Document::Malformed(Diagnostic::new(kind, name, "spec", e.to_string())))
+            .map_err(|e| Diagnostic::new(kind, name, "spec", e.to_string()))
     }
     let doc = match (version, kind.as_str()) {
         ("v1beta1", "IPAddressPool") => typed(value, &kind, &name).map(Document::IPAddressPool),
@@ -220,7 +220,7 @@ pub fn classify(mut value: Value, origin: &str, out: &mut Vec<Document>) {
             "{kind}/{name}: {api_version} {kind} is not a kind IronLB reads"
         ))),
     };
-    out.push(doc.unwrap_or_else(|d| d));
+    out.push(doc.unwrap_or_else(Document::Malformed));
 }
 
 /// Every configuration object, by kind: what [`super::validate`] takes. The agent fills it from API watches; the
@@ -380,7 +380,7 @@ mod tests {
         fs::write(dir.join("a.yml"), pool("a")).unwrap();
         fs::write(dir.join("sub/c.yaml"), pool("c")).unwrap();
         fs::write(dir.join("notes.txt"), "not yaml: [").unwrap();
-        let s = Sources::from_documents(load_paths(&[dir.clone()]).unwrap());
+        let s = Sources::from_documents(load_paths(std::slice::from_ref(&dir)).unwrap());
         let names: Vec<_> = s
             .communities
             .iter()

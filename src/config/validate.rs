@@ -753,26 +753,26 @@ fn peers(objects: &[Named<crd::BGPPeer>], out: &mut Validated) {
                 );
             }
         }
-        if let (Some(h), Some(k)) = (hold_time, keepalive_time) {
-            if k > h {
-                f.error(
-                    "spec.keepaliveTime",
-                    format!(
-                        "{} is above the hold time {}",
-                        duration::format(k),
-                        duration::format(h)
-                    ),
-                );
-            }
+        if let (Some(h), Some(k)) = (hold_time, keepalive_time)
+            && k > h
+        {
+            f.error(
+                "spec.keepaliveTime",
+                format!(
+                    "{} is above the hold time {}",
+                    duration::format(k),
+                    duration::format(h)
+                ),
+            );
         }
         let connect_time = timer(&mut f, "spec.connectTime", &s.connect_time);
-        if let Some(c) = connect_time {
-            if c.subsec_nanos() != 0 || !(1..=65535).contains(&c.as_secs()) {
-                f.error(
-                    "spec.connectTime",
-                    "must be a whole number of seconds from 1s to 65535s",
-                );
-            }
+        if let Some(c) = connect_time
+            && (c.subsec_nanos() != 0 || !(1..=65535).contains(&c.as_secs()))
+        {
+            f.error(
+                "spec.connectTime",
+                "must be a whole number of seconds from 1s to 65535s",
+            );
         }
 
         let node_selectors = f.selectors("spec.nodeSelectors", &s.node_selectors);
