@@ -295,7 +295,7 @@ pub async fn run_with(
             _ = sleep_until(due) => {
                 dirty = false;
                 retry_after = None;
-                let validated = crate::config::validate(&state.config_sources(&args.config_namespace));
+                let validated = crate::config::validate(&state.config_sources());
                 let pass = controller.pass(&state, &validated);
                 record_usage(&metrics, &state, &validated, &pass);
                 if let Err(retry) = writer.apply(&mut state, pass).await {

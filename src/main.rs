@@ -85,8 +85,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Migrate { file, namespace } => {
-            ironlb::config::migrate_file(&file, &namespace, &mut out)?;
-            Ok(ExitCode::SUCCESS)
+            // The YAML is printed either way; errors in it are comments at its top, and the exit status says so.
+            let valid = ironlb::config::migrate_file(&file, &namespace, &mut out)?;
+            Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Plan {
             config,

@@ -10,6 +10,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 
 use super::index::ObjectIndex;
+use crate::config::load::{LegacySource, Sources};
+use crate::config::validate::Diagnostic;
 use crate::config::Labels;
 use crate::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement};
 
@@ -98,5 +100,40 @@ impl ClusterState {
                 Some((name, ns.metadata.labels.clone().unwrap_or_default()))
             })
             .collect()
+    }
+}
+
+impl ClusterState {
+    /// The configuration objects as the validator takes them. A legacy ConfigMap without a `config` key is reported
+    /// as malformed rather than ignored, so its owner learns why nothing happened.
+    pub fn config_sources(&self) -> Sources {
+        let mut sources = Sources {
+            pools: self.pools.values().cloned().collect(),
+            l2_advertisements: self.l2_advertisements.values().cloned().collect(),
+            bgp_advertisements: self.bgp_advertisements.values().cloned().collect(),
+            communities: self.communities.values().cloned().collect(),
+            bfd_profiles: self.bfd_profiles.values().cloned().collect(),
+            peers: self.bgp_peers.values().cloned().collect(),
+            ..Sources::default()
+        };
+        if let Some(cm) = self.config_maps.values().next() {
+            let name = cm.metadata.name.clone().unwrap_or_default();
+            match cm.data.as_ref().and_then(|d| d.get("config")) {
+                Some(payload) => {
+                    sources.legacy = Some(LegacySource {
+                        name: format!("ConfigMap/{name}"),
+                        namespace: cm.metadata.namespace.clone(),
+                        payload: payload.clone(),
+                    })
+                }
+                None => sources.malformed.push(Diagnostic {
+                    kind: "ConfigMap".into(),
+                    name,
+                    field: "data.config".into(),
+                    message: "the legacy MetalLB ConfigMap has no `config` key".into(),
+                }),
+            }
+        }
+        sources
     }
 }
