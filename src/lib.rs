@@ -2,3 +2,4 @@
 #![forbid(unsafe_code)]
 pub mod alloc;
 pub mod config;
+pub mod lab;
