@@ -7,10 +7,11 @@
 //! finalizers: never expose it beyond loopback or a lab network namespace, and never use it in production.
 //!
 //! Submodules: [`store`] holds objects and change history, [`server`] speaks HTTP, [`patch`] applies the PATCH
-//! flavours, [`selector`] parses label and field selectors, [`table`] prints for kubectl, [`discovery`] and
-//! [`resources`] describe what is served.
+//! flavours, [`selector`] parses label and field selectors, [`table`] prints for kubectl, [`discovery`], [`openapi`]
+//! and [`resources`] describe what is served.
 
 pub mod discovery;
+pub mod openapi;
 pub mod patch;
 pub mod resources;
 pub mod selector;

@@ -183,7 +183,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             true,
             false,
         ),
-        ResourceDef::builtin("events.k8s.io", v1, "events", "Event", &["ev"], true, false),
+        ResourceDef::builtin("events.k8s.io", v1, "events", "Event", &[], true, false),
         ResourceDef::builtin(
             "apiextensions.k8s.io",
             v1,

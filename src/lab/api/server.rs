@@ -11,6 +11,7 @@
 //! Every failure becomes a `Status` reply; nothing a client sends may panic the server.
 
 use super::discovery;
+use super::openapi;
 use super::patch::{self, PatchType};
 use super::resources::{self, ResourceDef};
 use super::selector::{FieldSelector, LabelSelector};
@@ -233,6 +234,17 @@ fn route(lab: &Lab, path: &str) -> Result<Route> {
         ["version"] => return Ok(Route::Json(discovery::version())),
         ["healthz" | "readyz" | "livez"] => return Ok(Route::Json(json!("ok"))),
         ["api"] => return Ok(Route::Json(discovery::api_versions())),
+        ["openapi", "v3"] => return Ok(Route::Json(openapi::root(&defs))),
+        ["openapi", "v3", "api", version] => {
+            return openapi::document(&defs, "", version)
+                .map(Route::Json)
+                .ok_or(Error::NoRoute);
+        }
+        ["openapi", "v3", "apis", group, version] => {
+            return openapi::document(&defs, group, version)
+                .map(Route::Json)
+                .ok_or(Error::NoRoute);
+        }
         ["apis"] => return Ok(Route::Json(discovery::group_list(&defs))),
         ["apis", group] => {
             return discovery::group(&defs, group)
