@@ -220,7 +220,7 @@ impl Target {
 
 enum Route {
     Json(Value),
-    Resource(Target),
+    Resource(Box<Target>),
 }
 
 fn route(lab: &Lab, path: &str) -> Result<Route> {
@@ -305,14 +305,14 @@ fn route(lab: &Lab, path: &str) -> Result<Route> {
         Some("status") if def.status => true,
         Some(_) => return Err(Error::NoRoute),
     };
-    Ok(Route::Resource(Target {
+    Ok(Route::Resource(Box::new(Target {
         def,
         version: version.to_owned(),
         namespace: namespace.map(str::to_owned),
         name: name.map(str::to_owned),
         status,
         watch_path,
-    }))
+    })))
 }
 
 struct Query(HashMap<String, String>);
@@ -392,7 +392,7 @@ fn parse_body(body: &[u8]) -> Result<Value> {
     Ok(value)
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -416,7 +416,7 @@ fn dispatch(
                 method: method.clone(),
             });
         }
-        Route::Resource(t) => t,
+        Route::Resource(t) => *t,
     };
     let as_table = table::wants_table(header_str(headers, header::ACCEPT));
     let dry_run = q.get("dryRun").is_some();
@@ -600,10 +600,8 @@ fn prepare_create(target: &Target, mut obj: Value) -> Value {
             // As in Kubernetes, status is never set on create.
             obj["status"] = json!({"loadBalancer": {}});
         }
-        ("", "namespaces") => {
-            if obj.get("status").is_none() {
-                obj["status"] = json!({"phase": "Active"});
-            }
+        ("", "namespaces") if obj.get("status").is_none() => {
+            obj["status"] = json!({"phase": "Active"});
         }
         _ => {}
     }
@@ -774,4 +772,68 @@ fn watch(lab: &Arc<Lab>, target: Target, q: &Query, as_table: bool) -> Result<Re
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(rx))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: EventType, labels: Value, previous: Option<Value>) -> Event {
+        Event {
+            rv: 1,
+            kind,
+            gr: GroupResource::new("", "services"),
+            namespace: "d".into(),
+            object: json!({"metadata": {"labels": labels}}),
+            previous: previous.map(|l| json!({"metadata": {"labels": l}})),
+        }
+    }
+
+    #[test]
+    fn filtered_watch_turns_selector_moves_into_added_and_deleted() {
+        let filter = Filter {
+            labels: LabelSelector::parse("app=web").unwrap(),
+            fields: FieldSelector::default(),
+        };
+        let web = json!({"app": "web"});
+        let db = json!({"app": "db"});
+        let modified = |now: &Value, before: &Value| {
+            filtered_event(
+                &filter,
+                &event(EventType::Modified, now.clone(), Some(before.clone())),
+            )
+        };
+        assert_eq!(modified(&web, &web), Some(EventType::Modified));
+        assert_eq!(modified(&web, &db), Some(EventType::Added));
+        assert_eq!(modified(&db, &web), Some(EventType::Deleted));
+        assert_eq!(modified(&db, &db), None);
+        assert_eq!(
+            filtered_event(&filter, &event(EventType::Added, db, None)),
+            None
+        );
+        assert_eq!(
+            filtered_event(&filter, &event(EventType::Deleted, web, None)),
+            Some(EventType::Deleted)
+        );
+    }
+
+    #[test]
+    fn status_errors_carry_reason_code_and_details() {
+        let err = Error::Store(store::Error::NotFound {
+            resource: "ipaddresspools.metallb.io".into(),
+            name: "docs".into(),
+        });
+        let status = err.status();
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["reason"], "NotFound");
+        assert_eq!(status["code"], 404);
+        assert_eq!(
+            status["details"],
+            json!({"name": "docs", "group": "metallb.io", "kind": "ipaddresspools"})
+        );
+        assert_eq!(
+            status["message"],
+            r#"ipaddresspools.metallb.io "docs" not found"#
+        );
+    }
 }

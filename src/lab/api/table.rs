@@ -216,8 +216,11 @@ fn node_cells(node: &Value) -> Vec<Value> {
     ]
 }
 
+/// Fills the cells of one row.
+type RowCells = fn(&Value) -> Vec<Value>;
+
 /// Columns and the function that fills a row, per kind.
-fn printer(group: &str, resource: &str) -> (Vec<Value>, fn(&Value) -> Vec<Value>) {
+fn printer(group: &str, resource: &str) -> (Vec<Value>, RowCells) {
     let name = column(
         "Name",
         "string",
