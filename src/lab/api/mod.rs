@@ -1,0 +1,222 @@
+//! The lab's Kubernetes API server: in-process, plain HTTP, in-memory, for the lab and the tests only.
+//!
+//! No real API server can be installed on the machines IronLB is developed and tested on, so this one stands in
+//! for it. It implements just enough of the Kubernetes REST API (discovery, CRUD, patch, watch, the `status`
+//! subresource, selectors, Tables) for the IronLB agent (kube-rs) and a real `kubectl` to work against it. It has
+//! no authentication, no admission, no validation beyond what keeps it consistent, no garbage collection and no
+//! finalizers: never expose it beyond loopback or a lab network namespace, and never use it in production.
+//!
+//! Submodules: [`store`] holds objects and change history, [`server`] speaks HTTP, [`patch`] applies the PATCH
+//! flavours, [`selector`] parses label and field selectors, [`table`] prints for kubectl, [`discovery`], [`openapi`]
+//! and [`resources`] describe what is served.
+
+pub mod discovery;
+pub mod openapi;
+pub mod patch;
+pub mod resources;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod table;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the listener's address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("lab API server failed: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("cannot write kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode kubeconfig: {0}")]
+    KubeconfigEncode(#[source] serde_yaml::Error),
+    #[error("cannot wait for Ctrl-C: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("lab API server task failed: {0}")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Flags of `ironlb lab api`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ApiArgs {
+    /// Address to serve the lab Kubernetes API on (plain HTTP, no authentication: keep it on loopback).
+    #[arg(long, env = "IRONLB_LAB_API_LISTEN", default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Where to write a kubeconfig pointing at the server, for kubectl and the agents.
+    #[arg(
+        long,
+        env = "IRONLB_LAB_KUBECONFIG",
+        default_value = "ironlb-lab.kubeconfig"
+    )]
+    pub kubeconfig: PathBuf,
+}
+
+impl ApiArgs {
+    /// Serves until Ctrl-C; see [`run`].
+    pub async fn run(self) -> Result<()> {
+        run(self.listen, self.kubeconfig).await
+    }
+}
+
+/// Serves the lab API on `listener` until `shutdown` completes. Open watches end at shutdown, so this returns
+/// promptly.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let lab = Arc::new(server::Lab::new(stop_rx));
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let lab = lab.clone();
+        async move { server::handle(lab, req).await }
+    });
+    let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+    tracing::info!(%addr, "lab API server listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await
+        .map_err(Error::Serve)
+}
+
+/// A lab API server running in a background task; it stops when dropped.
+pub struct ApiServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<()>>>,
+}
+
+impl ApiServer {
+    /// Binds `addr` (use port 0 for a free port) and starts serving.
+    pub async fn start(addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        Self::from_listener(listener)
+    }
+
+    /// Starts serving on an already bound listener.
+    pub fn from_listener(listener: TcpListener) -> Result<Self> {
+        let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(ApiServer {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, the server URL for a kubeconfig.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(Error::Join)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Writes a kubeconfig with one cluster, context and user named `ironlb-lab`: no credentials, plain HTTP.
+/// kubectl and kube-rs both accept it.
+pub fn write_kubeconfig(path: &Path, server_url: &str) -> Result<()> {
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "ironlb-lab", "cluster": {"server": server_url}}],
+        "users": [{"name": "ironlb-lab", "user": {}}],
+        "contexts": [{"name": "ironlb-lab", "context": {"cluster": "ironlb-lab", "user": "ironlb-lab", "namespace": "default"}}],
+        "current-context": "ironlb-lab",
+        "preferences": {},
+    });
+    let text = serde_yaml::to_string(&config).map_err(Error::KubeconfigEncode)?;
+    std::fs::write(path, text).map_err(|source| Error::Kubeconfig {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Serves on `listen` and writes a kubeconfig for it to `kubeconfig`, until Ctrl-C. Backs `ironlb lab api`.
+pub async fn run(listen: SocketAddr, kubeconfig: PathBuf) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+    write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
+    tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "lab API server ready; Ctrl-C stops it");
+    let (tx, rx) = oneshot::channel::<std::io::Result<()>>();
+    let server = serve(listener, async move {
+        let _ = tx.send(tokio::signal::ctrl_c().await);
+    });
+    server.await?;
+    match rx.await {
+        Ok(Err(e)) => Err(Error::Signal(e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeconfig_names_the_server() {
+        let dir = std::env::temp_dir().join(format!("ironlb-kubeconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config");
+        write_kubeconfig(&path, "http://127.0.0.1:1234").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let parsed: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(
+            parsed["clusters"][0]["cluster"]["server"],
+            "http://127.0.0.1:1234"
+        );
+        assert_eq!(parsed["current-context"], "ironlb-lab");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,6 @@
+//! The embedded lab: a whole small cluster on one Linux machine, with no Kubernetes installed.
+//!
+//! It exists so that IronLB can be demonstrated and tested end to end without a real cluster. Nothing here is ever
+//! used by `ironlb agent` in a real cluster; the agent only ever sees the lab through the Kubernetes API it serves.
+
+pub mod api;
