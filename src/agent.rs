@@ -23,7 +23,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -35,7 +34,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement};
-use crate::k8s::allocation::{AllocationController, Note, Pass, ServiceAction, Settings};
+use crate::k8s::allocation::{AllocationController, Pass, ServiceAction, Settings};
+use crate::k8s::events::Note;
 use crate::k8s::leader::{Elector, LeaseTiming};
 use crate::k8s::state::{Change, ClusterState, Touched};
 use crate::k8s::status::IngressMode;
@@ -233,16 +233,9 @@ pub async fn run_with(
     );
     let elector_task = tokio::spawn(elector.run(leader_tx, stopped(stop_rx.clone())));
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "ironlb".into(),
-            instance: Some(args.node_name.clone()),
-        },
-    );
     let mut writer = Writer {
         client: client.clone(),
-        recorder,
+        node: args.node_name.clone(),
         metrics: metrics.clone(),
         leader: leader.clone(),
     };
@@ -437,7 +430,7 @@ fn spawn_watch<K>(
 /// Sends a pass's writes and Events, as long as this agent is the allocator.
 struct Writer {
     client: Client,
-    recorder: Recorder,
+    node: String,
     metrics: AllocationMetrics,
     leader: watch::Receiver<bool>,
 }
@@ -503,14 +496,7 @@ impl Writer {
     }
 
     async fn publish(&self, note: &Note, reference: &k8s_openapi::api::core::v1::ObjectReference) {
-        let event = Event {
-            type_: if note.warning { EventType::Warning } else { EventType::Normal },
-            reason: note.reason.to_string(),
-            note: Some(note.message.clone()),
-            action: note.reason.to_string(),
-            secondary: None,
-        };
-        match self.recorder.publish(&event, reference).await {
+        match crate::k8s::events::publish(&self.client, note, reference, &self.node).await {
             Ok(()) => self.metrics.api_writes.inc(),
             Err(error) => tracing::warn!(%error, reason = note.reason, "publishing an Event failed"),
         };

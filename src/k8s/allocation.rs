@@ -12,38 +12,13 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use serde_json::Value;
 
+use super::events::Note;
 use super::index::{ObjectIndex, ObjectKey};
 use super::state::ClusterState;
 use super::status::{IngressMode, pool_annotation_patch, status_patch};
 use crate::alloc::allocator::Ips;
 use crate::alloc::plan::{Outcome, plan_services};
 use crate::config::Validated;
-
-/// An Event to publish, not yet tied to a transport.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Note {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Note {
-    fn normal(reason: &'static str, message: String) -> Note {
-        Note {
-            warning: false,
-            reason,
-            message,
-        }
-    }
-
-    fn warning(reason: &'static str, message: String) -> Note {
-        Note {
-            warning: true,
-            reason,
-            message,
-        }
-    }
-}
 
 /// What to do to one Service. Its notes are published only after its writes succeed.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,8 +1,9 @@
 //! Everything that talks to the Kubernetes API: watches, the in-memory index, status and annotation writers, and the
 //! allocator's Lease. Decisions are made elsewhere; this module carries them in and out.
 
-pub mod index;
 pub mod allocation;
+pub mod events;
+pub mod index;
 pub mod leader;
 pub mod state;
 pub mod status;
