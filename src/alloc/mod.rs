@@ -6,6 +6,7 @@
 
 mod allocator;
 mod free_set;
+pub mod plan;
 pub mod service;
 
 pub use allocator::{Allocator, Assignment, Eviction, Ips, PoolUsage, Refusal};

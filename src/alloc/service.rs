@@ -444,7 +444,6 @@ pub(crate) mod testing {
         fn ns(self, ns: &str) -> Service;
         fn annotate(self, key: &str, value: &str) -> Service;
         fn label(self, key: &str, value: &str) -> Service;
-        #[allow(dead_code)] // used by the plan tests
         fn created(self, secs: i64) -> Service;
         fn lb_ip(self, ip: &str) -> Service;
         fn lb_ips(self, ips: &str) -> Service;
