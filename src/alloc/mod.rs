@@ -7,6 +7,8 @@
 mod allocator;
 mod free_set;
 pub mod plan;
+#[cfg(test)]
+mod proptests;
 pub mod service;
 
 pub use allocator::{Allocator, Assignment, Eviction, Ips, PoolUsage, Refusal};
