@@ -18,6 +18,10 @@
 //! An allocation thus costs O(p·(log n + log k) + s) for p pools and s VIPs with the Service's sharing key; a release
 //! O(log n + log k); [`Allocator::set_pools`] O(r + n log n) for r ranges. Nothing ever scans a pool.
 
+// A Refusal carries the Services and port it is about, as the Event needs them; it is the cold path, so its size
+// does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
@@ -200,7 +204,9 @@ struct PoolIndex {
 struct IpHold {
     pool: String,
     sharing: Option<Sharing>,
-    users: BTreeMap<ServiceKey, Vec<ServicePort>>,
+    /// The Services on the VIP and their ports, sorted by Service. A Vec, not a map: most VIPs have one user, and
+    /// an empty-but-allocated B-tree node per VIP would triple the memory of a large pool.
+    users: Vec<(ServiceKey, Vec<ServicePort>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -390,7 +396,7 @@ impl Allocator {
     pub fn holders(&self, ip: &IpAddr) -> Vec<&ServiceKey> {
         self.ips
             .get(ip)
-            .map(|h| h.users.keys().collect())
+            .map(|h| h.users.iter().map(|(k, _)| k).collect())
             .unwrap_or_default()
     }
 
@@ -667,7 +673,12 @@ impl Allocator {
         let Some(hold) = self.ips.get(ip) else {
             return Ok(());
         };
-        let Some(other) = hold.users.keys().find(|u| **u != req.service) else {
+        let Some(other) = hold
+            .users
+            .iter()
+            .map(|(k, _)| k)
+            .find(|u| **u != req.service)
+        else {
             return Ok(()); // the Service alone holds it and may change how it shares it
         };
         let why = match (&hold.sharing, req.sharing()) {
@@ -775,7 +786,7 @@ impl Allocator {
             let hold = self.ips.entry(*ip).or_insert_with(|| IpHold {
                 pool: pool.clone(),
                 sharing: None,
-                users: BTreeMap::new(),
+                users: Vec::new(),
             });
             if let Some(index) = index {
                 if hold.users.is_empty() {
@@ -794,7 +805,12 @@ impl Allocator {
                 }
             }
             hold.sharing = sharing.clone();
-            hold.users.insert(req.service.clone(), req.ports.clone());
+            match hold.users.binary_search_by(|(k, _)| k.cmp(&req.service)) {
+                Ok(i) => hold.users[i].1 = req.ports.clone(),
+                Err(i) => hold
+                    .users
+                    .insert(i, (req.service.clone(), req.ports.clone())),
+            }
         }
         let assignment = Assignment { ips, pool };
         self.services.insert(
@@ -812,7 +828,7 @@ impl Allocator {
         let Some(hold) = self.ips.get_mut(ip) else {
             return;
         };
-        hold.users.remove(service);
+        hold.users.retain(|(k, _)| k != service);
         if !hold.users.is_empty() {
             return;
         }
