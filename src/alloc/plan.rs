@@ -1,0 +1,404 @@
+//! The migration plan: what IronLB would assign to every Service of a cluster, computed offline.
+//!
+//! `ironlb migrate` feeds it the pools converted from a MetalLB configuration and the output of
+//! `kubectl get svc -A -o yaml`, and exits 2 when [`moves_any`] says a VIP would move. This module owns that
+//! computation and its rendering; it does no I/O and must not write anything back.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use serde::Deserialize;
+
+use crate::config::{Labels, Pool};
+
+use super::allocator::{Allocator, Ips};
+use super::service::{LbRequest, ServiceKey};
+
+/// What happens to one Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// It keeps the VIPs in its status.
+    Kept,
+    /// It had none and gets some.
+    New,
+    /// It had `from` and gets other VIPs (or more of them).
+    Changed { from: Vec<IpAddr> },
+    /// It gets nothing, for this reason.
+    Pending(String),
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Kept => f.write_str("kept"),
+            Outcome::New => f.write_str("new"),
+            Outcome::Changed { from } => write!(f, "changed(from {})", Ips(from)),
+            Outcome::Pending(reason) => write!(f, "pending({reason})"),
+        }
+    }
+}
+
+/// One LoadBalancer Service of the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanRow {
+    pub service: ServiceKey,
+    /// The VIPs it would hold.
+    pub ips: Vec<IpAddr>,
+    pub pool: Option<String>,
+    pub outcome: Outcome,
+    /// The VIPs in its status today.
+    pub previous: Vec<IpAddr>,
+}
+
+impl PlanRow {
+    fn columns(&self) -> [String; 4] {
+        [
+            self.service.to_string(),
+            if self.ips.is_empty() {
+                "-".into()
+            } else {
+                Ips(&self.ips).to_string()
+            },
+            self.pool.clone().unwrap_or_else(|| "-".into()),
+            self.outcome.to_string(),
+        ]
+    }
+}
+
+impl fmt::Display for PlanRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.columns().join("  "))
+    }
+}
+
+/// The rows as a table with a header and aligned columns, one line per row.
+pub fn render_table(rows: &[PlanRow]) -> String {
+    let header = ["SERVICE", "IPS", "POOL", "STATUS"].map(String::from);
+    let lines: Vec<[String; 4]> = std::iter::once(header)
+        .chain(rows.iter().map(PlanRow::columns))
+        .collect();
+    let mut widths = [0; 3];
+    for line in &lines {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for line in &lines {
+        for (i, cell) in line.iter().enumerate() {
+            if i < 3 {
+                out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            } else {
+                out.push_str(cell);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether applying the plan would take a VIP away from a Service that holds it.
+pub fn moves_any(rows: &[PlanRow]) -> bool {
+    rows.iter()
+        .any(|r| r.previous.iter().any(|ip| !r.ips.contains(ip)))
+}
+
+struct Entry<'a> {
+    svc: &'a Service,
+    key: ServiceKey,
+    /// What adoption reads: the Service minus a malformed IP request.
+    adoptable: Option<LbRequest>,
+    request: Result<LbRequest, String>,
+    previous: Vec<IpAddr>,
+}
+
+/// Plans every LoadBalancer Service of ours among `services`, in `namespace/name` order.
+///
+/// It works as the leader does after a restart: first it adopts every Service's status IPs, then it allocates,
+/// both in creation order (then `namespace/name`), so that the oldest Service wins a conflict.
+pub fn plan_services(
+    pools: Vec<Pool>,
+    services: &[Service],
+    namespaces: &BTreeMap<String, Labels>,
+    lb_class: Option<&str>,
+) -> Vec<PlanRow> {
+    let empty = Labels::new();
+    let mut entries: Vec<Entry> = Vec::new();
+    for svc in services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let ns_labels = namespaces.get(ns).unwrap_or(&empty);
+        let (adoptable, request) = match LbRequest::from_service(svc, ns_labels, lb_class) {
+            Ok(None) => continue,
+            Ok(Some(r)) => (Some(r.clone()), Ok(r)),
+            Err(e) => match LbRequest::for_adoption(svc, ns_labels, lb_class) {
+                Ok(r) => (r, Err(e.to_string())),
+                Err(_) => (None, Err(e.to_string())),
+            },
+        };
+        let key = ServiceKey::new(ns, svc.metadata.name.clone().unwrap_or_default());
+        let previous = adoptable
+            .as_ref()
+            .map(|r| r.status_ips.clone())
+            .unwrap_or_default();
+        entries.push(Entry {
+            svc,
+            key,
+            adoptable,
+            request,
+            previous,
+        });
+    }
+    // Services without a creation timestamp (hand-written manifests) come after the others.
+    entries.sort_by(|a, b| {
+        let created = |e: &Entry| e.svc.metadata.creation_timestamp.clone();
+        (created(a).is_none(), created(a), &a.key).cmp(&(created(b).is_none(), created(b), &b.key))
+    });
+
+    let mut allocator = Allocator::new(pools);
+    for entry in &entries {
+        if let Some(r) = &entry.adoptable {
+            // A refusal here is reported by the allocation pass below.
+            let _ = allocator.adopt(r);
+        }
+    }
+    let mut rows: Vec<PlanRow> = entries
+        .iter()
+        .map(|entry| {
+            let result = match &entry.request {
+                Ok(r) => allocator.allocate(r).map_err(|e| {
+                    let text = e.to_string();
+                    let prefix = format!("{}: ", entry.key);
+                    text.strip_prefix(&prefix)
+                        .map(str::to_string)
+                        .unwrap_or(text)
+                }),
+                Err(e) => Err(e.clone()),
+            };
+            let (ips, pool, outcome) = match result {
+                Ok(a) => {
+                    let outcome = if entry.previous.is_empty() {
+                        Outcome::New
+                    } else if a.ips == entry.previous {
+                        Outcome::Kept
+                    } else {
+                        Outcome::Changed {
+                            from: entry.previous.clone(),
+                        }
+                    };
+                    (a.ips, Some(a.pool), outcome)
+                }
+                Err(reason) => {
+                    // A Service with a broken request keeps what adoption gave it.
+                    let held = allocator.assignment(&entry.key).cloned();
+                    (
+                        held.as_ref().map(|a| a.ips.clone()).unwrap_or_default(),
+                        held.map(|a| a.pool),
+                        Outcome::Pending(reason),
+                    )
+                }
+            };
+            PlanRow {
+                service: entry.key.clone(),
+                ips,
+                pool,
+                outcome,
+                previous: entry.previous.clone(),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.service.cmp(&b.service));
+    rows
+}
+
+/// Why a Service list cannot be read. Documents and items are numbered from 1.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("document {document}: not valid YAML: {source}")]
+    Yaml {
+        document: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("document {document}{}{}: not a valid Service: {source}",
+        item.map(|i| format!(", item {i}")).unwrap_or_default(),
+        name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default())]
+    Service {
+        document: usize,
+        item: Option<usize>,
+        name: Option<String>,
+        #[source]
+        source: serde_yaml::Error,
+    },
+}
+
+/// Reads Services from `kubectl get svc -A -o yaml` output (a `kind: List`) or from a multi-document stream of
+/// objects. Objects of another kind are skipped, so a whole manifest can be given.
+pub fn parse_services_yaml(text: &str) -> Result<Vec<Service>, ParseError> {
+    let mut services = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document = i + 1;
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|source| ParseError::Yaml { document, source })?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value.get("kind").and_then(|k| k.as_str());
+        match value.get("items") {
+            Some(items) if kind.is_none_or(|k| k.ends_with("List")) => {
+                for (j, item) in items.as_sequence().into_iter().flatten().enumerate() {
+                    if let Some(svc) = parse_service(item.clone(), document, Some(j + 1))? {
+                        services.push(svc);
+                    }
+                }
+            }
+            _ => services.extend(parse_service(value, document, None)?),
+        }
+    }
+    Ok(services)
+}
+
+fn parse_service(
+    mut value: serde_yaml::Value,
+    document: usize,
+    item: Option<usize>,
+) -> Result<Option<Service>, ParseError> {
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .map(str::to_string);
+    if let Some(map) = value.as_mapping_mut() {
+        match map.get("kind").and_then(|k| k.as_str()) {
+            Some("Service") => {}
+            Some(_) => return Ok(None),
+            None => {
+                map.insert("kind".into(), "Service".into());
+            }
+        }
+        if !map.contains_key("apiVersion") {
+            map.insert("apiVersion".into(), "v1".into());
+        }
+    }
+    serde_yaml::from_value(value)
+        .map(Some)
+        .map_err(|source| ParseError::Service {
+            document,
+            item,
+            name,
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::allocator::testing::*;
+    use crate::alloc::service::testing::*;
+
+    fn plan(pools: Vec<Pool>, services: &[Service]) -> Vec<PlanRow> {
+        plan_services(pools, services, &BTreeMap::new(), None)
+    }
+
+    #[test]
+    fn adopts_everything_before_allocating_anything() {
+        // "new" is older and sorts first, yet it must not take the address "old" holds.
+        let services = [
+            svc("new").created(1),
+            svc("old").created(2).status(&["10.0.0.0"]),
+            svc("moved").created(3).status(&["192.168.9.9"]),
+            svc("other").kind("ClusterIP"),
+        ];
+        let rows = plan(vec![pool("p", &["10.0.0.0/30"])], &services);
+        let got: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "default/moved  10.0.0.2  p  changed(from 192.168.9.9)",
+                "default/new  10.0.0.1  p  new",
+                "default/old  10.0.0.0  p  kept",
+            ]
+        );
+        assert!(moves_any(&rows));
+        assert!(!moves_any(&rows[1..]));
+    }
+
+    #[test]
+    fn conflicts_go_to_the_oldest_and_failures_are_pending() {
+        let services = [
+            svc("b").created(1).status(&["10.0.0.0"]),
+            svc("a").created(2).status(&["10.0.0.0"]),
+            svc("c").created(3).lb_ip("10.0.0.0"),
+            svc("d").created(4).lb_ips("bogus").status(&["10.0.0.1"]),
+        ];
+        let rows = plan(vec![pool("p", &["10.0.0.0/30"])], &services);
+        let by_name = |n: &str| rows.iter().find(|r| r.service.name == n).unwrap();
+        assert_eq!(by_name("b").outcome, Outcome::Kept);
+        assert_eq!(by_name("a").ips, vec![ip("10.0.0.2")]);
+        assert!(
+            matches!(&by_name("c").outcome, Outcome::Pending(r) if r.contains("in use by default/b"))
+        );
+        // A broken annotation is reported, but the VIP it holds stays protected.
+        let d = by_name("d");
+        assert!(
+            matches!(&d.outcome, Outcome::Pending(r) if r.contains("bogus")),
+            "{d}"
+        );
+        assert_eq!(d.ips, vec![ip("10.0.0.1")]);
+    }
+
+    #[test]
+    fn table_is_aligned_with_a_header() {
+        let rows = plan(
+            vec![pool("pool-a", &["10.0.0.0/30"])],
+            &[svc("a-long-name").created(1), svc("b").ns("x").created(2)],
+        );
+        let table = render_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "SERVICE              IPS       POOL    STATUS");
+        assert_eq!(lines[1], "default/a-long-name  10.0.0.0  pool-a  new");
+        assert_eq!(lines[2], "x/b                  10.0.0.1  pool-a  new");
+    }
+
+    #[test]
+    fn parses_kubectl_lists_and_multi_document_streams() {
+        let list = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Service
+  metadata: {name: a, namespace: x, creationTimestamp: "2024-01-02T03:04:05Z"}
+  spec: {type: LoadBalancer, ports: [{port: 80, protocol: TCP}]}
+  status: {loadBalancer: {ingress: [{ip: 10.0.0.1}]}}
+metadata: {resourceVersion: ""}
+"#;
+        let svcs = parse_services_yaml(list).unwrap();
+        assert_eq!(svcs.len(), 1);
+        assert_eq!(svcs[0].metadata.name.as_deref(), Some("a"));
+        let stream = "---\nkind: Service\nmetadata: {name: a}\n---\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\nmetadata: {name: b}\nspec: {type: LoadBalancer}\n";
+        let names: Vec<_> = parse_services_yaml(stream)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.metadata.name.unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn parse_errors_name_the_document() {
+        let e = parse_services_yaml("kind: Service\nmetadata: {name: a}\n---\nkind: Service\nmetadata: {name: bad}\nspec: {ports: 7}\n")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("document 2 (bad): not a valid Service"),
+            "{e}"
+        );
+        let e = parse_services_yaml("kind: List\nitems:\n- metadata: {name: x}\n  spec: []\n")
+            .unwrap_err();
+        assert!(e.to_string().starts_with("document 1, item 1 (x)"), "{e}");
+        let e = parse_services_yaml("a: [\n").unwrap_err();
+        assert!(matches!(e, ParseError::Yaml { document: 1, .. }), "{e}");
+    }
+}
