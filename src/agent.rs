@@ -33,7 +33,9 @@ use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement};
+use crate::config::crd::{
+    BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
+};
 use crate::k8s::allocation::{AllocationController, Pass, ServiceAction, Settings};
 use crate::k8s::events::Note;
 use crate::k8s::leader::{Elector, LeaseTiming};
@@ -57,7 +59,11 @@ pub struct AgentArgs {
     #[arg(long, env = "POD_NAMESPACE", default_value = "ironlb-system")]
     pub namespace: String,
     /// Where the metallb.io objects and the legacy ConfigMap are read.
-    #[arg(long, env = "IRONLB_CONFIG_NAMESPACE", default_value = "metallb-system")]
+    #[arg(
+        long,
+        env = "IRONLB_CONFIG_NAMESPACE",
+        default_value = "metallb-system"
+    )]
     pub config_namespace: String,
     /// Handle only Services of this loadBalancerClass. Without it, Services with no class.
     #[arg(long, env = "IRONLB_LB_CLASS")]
@@ -106,10 +112,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
     let config = match kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            let kubeconfig =
+                kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
                 .map_err(|source| Error::Kubeconfig {
@@ -172,18 +179,46 @@ pub struct AllocationMetrics {
 impl AllocationMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = AllocationMetrics::default();
-        registry.register("ironlb_pool_addresses", "Addresses in each pool", m.pool_size.clone());
-        registry.register("ironlb_pool_addresses_used", "Addresses of each pool held by Services", m.pool_used.clone());
-        registry.register("ironlb_pool_addresses_free", "Addresses of each pool still free", m.pool_free.clone());
-        registry.register("ironlb_allocations", "IPs assigned to Services by this agent", m.allocations.clone());
+        registry.register(
+            "ironlb_pool_addresses",
+            "Addresses in each pool",
+            m.pool_size.clone(),
+        );
+        registry.register(
+            "ironlb_pool_addresses_used",
+            "Addresses of each pool held by Services",
+            m.pool_used.clone(),
+        );
+        registry.register(
+            "ironlb_pool_addresses_free",
+            "Addresses of each pool still free",
+            m.pool_free.clone(),
+        );
+        registry.register(
+            "ironlb_allocations",
+            "IPs assigned to Services by this agent",
+            m.allocations.clone(),
+        );
         registry.register(
             "ironlb_allocation_failures",
             "Services currently without an IP, by reason",
             m.failures.clone(),
         );
-        registry.register("ironlb_allocator_leader", "1 while this agent is the allocator", m.leader.clone());
-        registry.register("ironlb_watch_restarts", "Watch streams that failed and restarted", m.watch_restarts.clone());
-        registry.register("ironlb_api_writes", "Writes sent to the Kubernetes API", m.api_writes.clone());
+        registry.register(
+            "ironlb_allocator_leader",
+            "1 while this agent is the allocator",
+            m.leader.clone(),
+        );
+        registry.register(
+            "ironlb_watch_restarts",
+            "Watch streams that failed and restarted",
+            m.watch_restarts.clone(),
+        );
+        registry.register(
+            "ironlb_api_writes",
+            "Writes sent to the Kubernetes API",
+            m.api_writes.clone(),
+        );
         registry.register(
             "ironlb_dropped_writes",
             "Writes dropped because this agent was no longer the allocator",
@@ -327,7 +362,11 @@ fn record_usage(
         }
     }
     for pool in validated.config.pools.values() {
-        let size: u128 = pool.ranges.iter().map(|r| r.size()).fold(0u128, u128::saturating_add);
+        let size: u128 = pool
+            .ranges
+            .iter()
+            .map(|r| r.size())
+            .fold(0u128, u128::saturating_add);
         let size = i64::try_from(size).unwrap_or(i64::MAX);
         let used = i64::try_from(*used.get(pool.name.as_str()).unwrap_or(&0)).unwrap_or(i64::MAX);
         let labels = PoolLabels {
@@ -335,21 +374,38 @@ fn record_usage(
         };
         metrics.pool_size.get_or_create(&labels).set(size);
         metrics.pool_used.get_or_create(&labels).set(used);
-        metrics.pool_free.get_or_create(&labels).set(size.saturating_sub(used));
+        metrics
+            .pool_free
+            .get_or_create(&labels)
+            .set(size.saturating_sub(used));
     }
     metrics.failures.clear();
     for (reason, count) in &pass.failures {
         metrics
             .failures
-            .get_or_create(&ReasonLabels { reason: reason.clone() })
+            .get_or_create(&ReasonLabels {
+                reason: reason.clone(),
+            })
             .set(i64::try_from(*count).unwrap_or(i64::MAX));
     }
 }
 
-fn spawn_watches(client: &Client, args: &AgentArgs, tx: mpsc::Sender<Change>, metrics: &AllocationMetrics) {
+fn spawn_watches(
+    client: &Client,
+    args: &AgentArgs,
+    tx: mpsc::Sender<Change>,
+    metrics: &AllocationMetrics,
+) {
     let cfg_ns = args.config_namespace.as_str();
     let all = || watcher::Config::default();
-    spawn_watch(Api::<Service>::all(client.clone()), all(), &tx, metrics, "Service", Change::Service);
+    spawn_watch(
+        Api::<Service>::all(client.clone()),
+        all(),
+        &tx,
+        metrics,
+        "Service",
+        Change::Service,
+    );
     spawn_watch(
         Api::<EndpointSlice>::all(client.clone()),
         all(),
@@ -358,8 +414,22 @@ fn spawn_watches(client: &Client, args: &AgentArgs, tx: mpsc::Sender<Change>, me
         "EndpointSlice",
         Change::EndpointSlice,
     );
-    spawn_watch(Api::<Node>::all(client.clone()), all(), &tx, metrics, "Node", Change::Node);
-    spawn_watch(Api::<Namespace>::all(client.clone()), all(), &tx, metrics, "Namespace", Change::Namespace);
+    spawn_watch(
+        Api::<Node>::all(client.clone()),
+        all(),
+        &tx,
+        metrics,
+        "Node",
+        Change::Node,
+    );
+    spawn_watch(
+        Api::<Namespace>::all(client.clone()),
+        all(),
+        &tx,
+        metrics,
+        "Namespace",
+        Change::Namespace,
+    );
     spawn_watch(
         Api::<ConfigMap>::namespaced(client.clone(), cfg_ns),
         all().fields(&format!("metadata.name={LEGACY_CONFIGMAP}")),
@@ -368,7 +438,14 @@ fn spawn_watches(client: &Client, args: &AgentArgs, tx: mpsc::Sender<Change>, me
         "ConfigMap",
         Change::ConfigMap,
     );
-    spawn_watch(Api::<IPAddressPool>::namespaced(client.clone(), cfg_ns), all(), &tx, metrics, "IPAddressPool", Change::Pool);
+    spawn_watch(
+        Api::<IPAddressPool>::namespaced(client.clone(), cfg_ns),
+        all(),
+        &tx,
+        metrics,
+        "IPAddressPool",
+        Change::Pool,
+    );
     spawn_watch(
         Api::<L2Advertisement>::namespaced(client.clone(), cfg_ns),
         all(),
@@ -385,8 +462,22 @@ fn spawn_watches(client: &Client, args: &AgentArgs, tx: mpsc::Sender<Change>, me
         "BGPAdvertisement",
         Change::BgpAdvertisement,
     );
-    spawn_watch(Api::<BGPPeer>::namespaced(client.clone(), cfg_ns), all(), &tx, metrics, "BGPPeer", Change::BgpPeer);
-    spawn_watch(Api::<Community>::namespaced(client.clone(), cfg_ns), all(), &tx, metrics, "Community", Change::Community);
+    spawn_watch(
+        Api::<BGPPeer>::namespaced(client.clone(), cfg_ns),
+        all(),
+        &tx,
+        metrics,
+        "BGPPeer",
+        Change::BgpPeer,
+    );
+    spawn_watch(
+        Api::<Community>::namespaced(client.clone(), cfg_ns),
+        all(),
+        &tx,
+        metrics,
+        "Community",
+        Change::Community,
+    );
     spawn_watch(
         Api::<BFDProfile>::namespaced(client.clone(), cfg_ns),
         all(),
@@ -408,7 +499,10 @@ fn spawn_watch<K>(
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let tx = tx.clone();
-    let restarts = metrics.watch_restarts.get_or_create(&KindLabels { kind: kind.into() }).clone();
+    let restarts = metrics
+        .watch_restarts
+        .get_or_create(&KindLabels { kind: kind.into() })
+        .clone();
     tokio::spawn(async move {
         let mut stream = watcher(api, config).default_backoff().boxed();
         while let Some(item) = stream.next().await {
@@ -438,7 +532,11 @@ struct Writer {
 impl Writer {
     /// Applies every action. On an API error it returns how long to wait before the next pass; the actions that
     /// succeeded are already reflected in `state`.
-    async fn apply(&mut self, state: &mut ClusterState, pass: Pass) -> std::result::Result<(), Duration> {
+    async fn apply(
+        &mut self,
+        state: &mut ClusterState,
+        pass: Pass,
+    ) -> std::result::Result<(), Duration> {
         let mut retry = None;
         for note in pass.config {
             if self.gate() {
@@ -461,7 +559,11 @@ impl Writer {
                 Err(error) => {
                     let conflict = matches!(&error, kube::Error::Api(s) if s.code == 409);
                     tracing::warn!(service = %action.service, %error, "writing Service failed; will retry");
-                    let wait = if conflict { Duration::from_millis(50) } else { Duration::from_secs(1) };
+                    let wait = if conflict {
+                        Duration::from_millis(50)
+                    } else {
+                        Duration::from_secs(1)
+                    };
                     retry = Some(retry.map_or(wait, |r: Duration| r.min(wait)));
                 }
             }
@@ -478,16 +580,24 @@ impl Writer {
         leading
     }
 
-    async fn write_service(&self, state: &mut ClusterState, action: &ServiceAction) -> Result<(), kube::Error> {
+    async fn write_service(
+        &self,
+        state: &mut ClusterState,
+        action: &ServiceAction,
+    ) -> Result<(), kube::Error> {
         let api: Api<Service> = Api::namespaced(self.client.clone(), &action.service.namespace);
         let params = PatchParams::default();
         if let Some(patch) = &action.metadata {
-            let svc = api.patch(&action.service.name, &params, &Patch::Merge(patch)).await?;
+            let svc = api
+                .patch(&action.service.name, &params, &Patch::Merge(patch))
+                .await?;
             self.metrics.api_writes.inc();
             state.services.apply(svc);
         }
         if let Some(patch) = &action.status {
-            let svc = api.patch_status(&action.service.name, &params, &Patch::Merge(patch)).await?;
+            let svc = api
+                .patch_status(&action.service.name, &params, &Patch::Merge(patch))
+                .await?;
             self.metrics.api_writes.inc();
             tracing::info!(service = %action.service, status = %patch, "wrote Service status");
             state.services.apply(svc);
@@ -497,8 +607,12 @@ impl Writer {
 
     async fn publish(&self, note: &Note, reference: &k8s_openapi::api::core::v1::ObjectReference) {
         match crate::k8s::events::publish(&self.client, note, reference, &self.node).await {
-            Ok(()) => self.metrics.api_writes.inc(),
-            Err(error) => tracing::warn!(%error, reason = note.reason, "publishing an Event failed"),
+            Ok(()) => {
+                self.metrics.api_writes.inc();
+            }
+            Err(error) => {
+                tracing::warn!(%error, reason = note.reason, "publishing an Event failed")
+            }
         };
     }
 }

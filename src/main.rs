@@ -7,7 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ironlb", version, about = "LoadBalancer Services for bare-metal Kubernetes")]
+#[command(
+    name = "ironlb",
+    version,
+    about = "LoadBalancer Services for bare-metal Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +29,11 @@ enum Command {
         /// The ConfigMap file.
         file: PathBuf,
         /// The namespace the objects are written in.
-        #[arg(long, env = "IRONLB_CONFIG_NAMESPACE", default_value = "metallb-system")]
+        #[arg(
+            long,
+            env = "IRONLB_CONFIG_NAMESPACE",
+            default_value = "metallb-system"
+        )]
         namespace: String,
     },
     /// Show which IP every LoadBalancer Service would get, offline; exit 2 if an assigned IP would move.
@@ -82,20 +90,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(ConfigCommand::Check { paths }) => {
             let valid = ironlb::config::check(&paths, &mut out)?;
-            Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Migrate { file, namespace } => {
             // The YAML is printed either way; errors in it are comments at its top, and the exit status says so.
             let valid = ironlb::config::migrate_file(&file, &namespace, &mut out)?;
-            Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Plan {
             config,
             services,
             lb_class,
         } => {
-            let moved = ironlb::alloc::plan::run(&config, &services, lb_class.as_deref(), &mut out)?;
-            Ok(if moved { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            let moved =
+                ironlb::alloc::plan::run(&config, &services, lb_class.as_deref(), &mut out)?;
+            Ok(if moved {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Crds => {
             use std::io::Write;
@@ -105,7 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Lab(LabCommand::Api(args)) => {
             ironlb::telemetry::init_json_logs();
-            runtime()?.block_on(ironlb::lab::api::run(args))?;
+            runtime()?.block_on(args.run())?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Service;
 use serde::Deserialize;
@@ -289,6 +290,76 @@ fn parse_service(
             name,
             source,
         })
+}
+
+/// Why `ironlb plan` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("reading the configuration")]
+    Config(#[from] crate::config::LoadError),
+    #[error("reading {path}")]
+    ReadServices {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}")]
+    ParseServices {
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
+    #[error("writing the plan")]
+    Write(#[from] std::io::Error),
+}
+
+/// `ironlb plan`: loads the configuration and the Service dump, prints the plan table, and returns whether an
+/// assigned IP would move. Configuration errors are printed too, and the valid rest of the configuration is used, as
+/// the agent would use it. Namespace labels are not in a Service dump, so `namespaceSelectors` match no namespace
+/// here; pools that use them are shown as the agent would see them in a namespace without labels.
+pub fn run(
+    config: &[PathBuf],
+    services: &Path,
+    lb_class: Option<&str>,
+    out: &mut impl std::io::Write,
+) -> Result<bool, RunError> {
+    let sources = crate::config::Sources::from_documents(crate::config::load_paths(config)?);
+    let validated = crate::config::validate(&sources);
+    for error in &validated.errors {
+        writeln!(out, "config error (object left out): {error}")?;
+    }
+    let text = std::fs::read_to_string(services).map_err(|source| RunError::ReadServices {
+        path: services.to_path_buf(),
+        source,
+    })?;
+    let services = parse_services_yaml(&text).map_err(|source| RunError::ParseServices {
+        path: services.to_path_buf(),
+        source,
+    })?;
+    let pools = validated.config.pools.values().cloned().collect();
+    let rows = plan_services(pools, &services, &BTreeMap::new(), lb_class);
+    out.write_all(render_table(&rows).as_bytes())?;
+    let moved = moves_any(&rows);
+    let pending = rows
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Pending(_)))
+        .count();
+    writeln!(
+        out,
+        "{} Service(s): {} kept, {} new, {} changed, {pending} pending{}",
+        rows.len(),
+        rows.iter().filter(|r| r.outcome == Outcome::Kept).count(),
+        rows.iter().filter(|r| r.outcome == Outcome::New).count(),
+        rows.iter()
+            .filter(|r| matches!(r.outcome, Outcome::Changed { .. }))
+            .count(),
+        if moved {
+            "; an assigned IP would move"
+        } else {
+            ""
+        },
+    )?;
+    Ok(moved)
 }
 
 #[cfg(test)]

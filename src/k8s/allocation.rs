@@ -16,7 +16,7 @@ use super::events::Note;
 use super::index::{ObjectIndex, ObjectKey};
 use super::state::ClusterState;
 use super::status::{IngressMode, pool_annotation_patch, status_patch};
-use crate::alloc::allocator::Ips;
+use crate::alloc::Ips;
 use crate::alloc::plan::{Outcome, plan_services};
 use crate::config::Validated;
 
@@ -33,7 +33,7 @@ pub struct ServiceAction {
 }
 
 /// A Warning about a configuration object.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ConfigNote {
     pub reference: ObjectReference,
     pub note: Note,
@@ -88,7 +88,12 @@ impl AllocationController {
         let services: Vec<_> = state.services.values().cloned().collect();
         let namespaces = state.namespace_labels();
         let pools = validated.config.pools.values().cloned().collect();
-        let rows = plan_services(pools, &services, &namespaces, self.settings.lb_class.as_deref());
+        let rows = plan_services(
+            pools,
+            &services,
+            &namespaces,
+            self.settings.lb_class.as_deref(),
+        );
         let mut seen = BTreeSet::new();
         for row in rows {
             let key = ObjectKey::new(row.service.namespace.clone(), row.service.name.clone());
@@ -98,9 +103,11 @@ impl AllocationController {
             };
             let mut notes = Vec::new();
             if self.deprecated.insert(key.clone()) {
-                let request = crate::alloc::service::LbRequest::for_adoption(
+                let request = crate::alloc::LbRequest::for_adoption(
                     svc,
-                    namespaces.get(&key.namespace).unwrap_or(&Default::default()),
+                    namespaces
+                        .get(&key.namespace)
+                        .unwrap_or(&Default::default()),
                     self.settings.lb_class.as_deref(),
                 );
                 if let Ok(Some(request)) = request
@@ -117,7 +124,12 @@ impl AllocationController {
             }
             let status = status_patch(svc, &row.ips, self.settings.ingress_mode);
             let metadata = pool_annotation_patch(svc, row.pool.as_deref());
-            let lost: Vec<_> = row.previous.iter().filter(|ip| !row.ips.contains(ip)).copied().collect();
+            let lost: Vec<_> = row
+                .previous
+                .iter()
+                .filter(|ip| !row.ips.contains(ip))
+                .copied()
+                .collect();
             if status.is_some() && !lost.is_empty() {
                 let why = match &row.outcome {
                     Outcome::Pending(reason) => reason.clone(),
@@ -174,13 +186,21 @@ impl AllocationController {
             if !self.config_said.insert(text.clone()) {
                 continue;
             }
-            let Some(reference) = config_reference(state, &diagnostic.kind, &diagnostic.name) else {
+            let Some(reference) = config_reference(state, &diagnostic.kind, &diagnostic.name)
+            else {
                 continue;
             };
-            let reason = if is_error { "InvalidConfiguration" } else { "ConfigurationWarning" };
+            let reason = if is_error {
+                "InvalidConfiguration"
+            } else {
+                "ConfigurationWarning"
+            };
             pass.config.push(ConfigNote {
                 reference,
-                note: Note::warning(reason, format!("{}: {}", diagnostic.field, diagnostic.message)),
+                note: Note::warning(
+                    reason,
+                    format!("{}: {}", diagnostic.field, diagnostic.message),
+                ),
             });
         }
     }
@@ -208,7 +228,10 @@ fn failure_class(reason: &str) -> String {
 /// The object a diagnostic is about, as the index holds it. Objects converted from the legacy ConfigMap exist only
 /// inside it, so their diagnostics go onto the ConfigMap.
 fn config_reference(state: &ClusterState, kind: &str, name: &str) -> Option<ObjectReference> {
-    fn find<K: Resource<DynamicType = ()> + Clone>(index: &ObjectIndex<K>, name: &str) -> Option<ObjectReference> {
+    fn find<K: Resource<DynamicType = ()> + Clone>(
+        index: &ObjectIndex<K>,
+        name: &str,
+    ) -> Option<ObjectReference> {
         index
             .values()
             .find(|o| o.meta().name.as_deref() == Some(name))
@@ -223,5 +246,11 @@ fn config_reference(state: &ClusterState, kind: &str, name: &str) -> Option<Obje
         "BFDProfile" => find(&state.bfd_profiles, name),
         _ => None,
     };
-    found.or_else(|| state.config_maps.values().next().map(|cm| cm.object_ref(&())))
+    found.or_else(|| {
+        state
+            .config_maps
+            .values()
+            .next()
+            .map(|cm| cm.object_ref(&()))
+    })
 }

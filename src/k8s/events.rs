@@ -47,7 +47,12 @@ pub fn core_event(note: &Note, regarding: &ObjectReference, node: &str, now: Tim
     Event {
         metadata: ObjectMeta {
             name: Some(name),
-            namespace: Some(regarding.namespace.clone().unwrap_or_else(|| "default".into())),
+            namespace: Some(
+                regarding
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+            ),
             ..Default::default()
         },
         involved_object: regarding.clone(),
@@ -115,9 +120,13 @@ mod tests {
             &Note::normal("IPAllocated", "x".into()),
             &regarding,
             "node-a",
-            now.checked_add(k8s_openapi::jiff::SignedDuration::from_nanos(1)).unwrap(),
+            now.checked_add(k8s_openapi::jiff::SignedDuration::from_nanos(1))
+                .unwrap(),
         );
-        assert_ne!(later.metadata.name, ev.metadata.name, "two Events must not collide on their name");
+        assert_ne!(
+            later.metadata.name, ev.metadata.name,
+            "two Events must not collide on their name"
+        );
         assert_eq!(later.type_.as_deref(), Some("Normal"));
     }
 }

@@ -178,8 +178,19 @@ mod tests {
         assert!(index.apply(svc("a", "web", "1")));
         assert!(!index.apply(svc("a", "web", "1")));
         assert!(index.apply(svc("a", "web", "2")));
-        assert!(!index.apply(svc("a", "web", "1")), "an older version must not replace a newer one");
-        assert_eq!(index.get(&ObjectKey::new("a", "web")).unwrap().metadata.resource_version.as_deref(), Some("2"));
+        assert!(
+            !index.apply(svc("a", "web", "1")),
+            "an older version must not replace a newer one"
+        );
+        assert_eq!(
+            index
+                .get(&ObjectKey::new("a", "web"))
+                .unwrap()
+                .metadata
+                .resource_version
+                .as_deref(),
+            Some("2")
+        );
         assert_eq!(index.len(), 1);
         assert!(index.delete(&svc("a", "web", "2")));
         assert!(!index.delete(&svc("a", "web", "2")));

@@ -10,10 +10,12 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher;
 
 use super::index::ObjectIndex;
+use crate::config::Labels;
+use crate::config::crd::{
+    BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
+};
 use crate::config::load::{LegacySource, Sources};
 use crate::config::validate::Diagnostic;
-use crate::config::Labels;
-use crate::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement};
 
 /// One change reported by a watcher, tagged with its kind.
 #[derive(Debug)]
@@ -67,8 +69,12 @@ impl ClusterState {
             Change::Node(e) => touched(self.nodes.handle(e), Touched::Topology),
             Change::ConfigMap(e) => touched(self.config_maps.handle(e), Touched::Config),
             Change::Pool(e) => touched(self.pools.handle(e), Touched::Config),
-            Change::L2Advertisement(e) => touched(self.l2_advertisements.handle(e), Touched::Config),
-            Change::BgpAdvertisement(e) => touched(self.bgp_advertisements.handle(e), Touched::Config),
+            Change::L2Advertisement(e) => {
+                touched(self.l2_advertisements.handle(e), Touched::Config)
+            }
+            Change::BgpAdvertisement(e) => {
+                touched(self.bgp_advertisements.handle(e), Touched::Config)
+            }
             Change::BgpPeer(e) => touched(self.bgp_peers.handle(e), Touched::Config),
             Change::Community(e) => touched(self.communities.handle(e), Touched::Config),
             Change::BfdProfile(e) => touched(self.bfd_profiles.handle(e), Touched::Config),
