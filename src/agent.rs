@@ -16,6 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -150,6 +151,7 @@ async fn shutdown_signal() {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     pool: String,
+    family: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -165,9 +167,10 @@ struct KindLabels {
 /// The allocator's metrics.
 #[derive(Clone, Default)]
 pub struct AllocationMetrics {
-    pool_size: Family<PoolLabels, Gauge>,
+    // f64, because an IPv6 pool easily holds more addresses than an i64 counts.
+    pool_size: Family<PoolLabels, Gauge<f64, AtomicU64>>,
     pool_used: Family<PoolLabels, Gauge>,
-    pool_free: Family<PoolLabels, Gauge>,
+    pool_free: Family<PoolLabels, Gauge<f64, AtomicU64>>,
     allocations: Counter,
     failures: Family<ReasonLabels, Gauge>,
     leader: Gauge,
@@ -325,11 +328,12 @@ pub async fn run_with(
                 retry_after = None;
                 let validated = crate::config::validate(&state.config_sources());
                 let pass = controller.pass(&state, &validated);
-                record_usage(&metrics, &state, &validated, &pass);
+                let failures = pass.failures.clone();
                 if let Err(retry) = writer.apply(&mut state, pass).await {
                     dirty = true;
                     retry_after = Some(tokio::time::Instant::now() + retry);
                 }
+                record_usage(&metrics, &state, &validated, &failures);
             }
         }
     }
@@ -345,42 +349,52 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Pool usage as the Services' status says it now, per pool and family.
 fn record_usage(
     metrics: &AllocationMetrics,
     state: &ClusterState,
     validated: &crate::config::Validated,
-    pass: &Pass,
+    failures: &BTreeMap<String, u64>,
 ) {
-    let _ = state;
-    let mut used: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut used: BTreeMap<(&str, crate::config::Family), i64> = BTreeMap::new();
     for svc in state.services.values() {
-        let ips = crate::k8s::status::ingress_ips(svc);
-        for ip in ips {
+        for ip in crate::k8s::status::ingress_ips(svc) {
             if let Some(pool) = validated.config.pools.values().find(|p| p.contains(&ip)) {
-                *used.entry(pool.name.as_str()).or_default() += 1;
+                *used
+                    .entry((pool.name.as_str(), crate::config::Family::of(&ip)))
+                    .or_default() += 1;
             }
         }
     }
     for pool in validated.config.pools.values() {
-        let size: u128 = pool
-            .ranges
-            .iter()
-            .map(|r| r.size())
-            .fold(0u128, u128::saturating_add);
-        let size = i64::try_from(size).unwrap_or(i64::MAX);
-        let used = i64::try_from(*used.get(pool.name.as_str()).unwrap_or(&0)).unwrap_or(i64::MAX);
-        let labels = PoolLabels {
-            pool: pool.name.clone(),
-        };
-        metrics.pool_size.get_or_create(&labels).set(size);
-        metrics.pool_used.get_or_create(&labels).set(used);
-        metrics
-            .pool_free
-            .get_or_create(&labels)
-            .set(size.saturating_sub(used));
+        for family in [crate::config::Family::V4, crate::config::Family::V6] {
+            if !pool.has_family(family) {
+                continue;
+            }
+            let size = pool
+                .ranges
+                .iter()
+                .filter(|r| r.family() == family)
+                .map(|r| r.size() as f64)
+                .sum::<f64>();
+            let used = used
+                .get(&(pool.name.as_str(), family))
+                .copied()
+                .unwrap_or(0);
+            let labels = PoolLabels {
+                pool: pool.name.clone(),
+                family: family.to_string(),
+            };
+            metrics.pool_size.get_or_create(&labels).set(size);
+            metrics.pool_used.get_or_create(&labels).set(used);
+            metrics
+                .pool_free
+                .get_or_create(&labels)
+                .set(size - used as f64);
+        }
     }
     metrics.failures.clear();
-    for (reason, count) in &pass.failures {
+    for (reason, count) in failures {
         metrics
             .failures
             .get_or_create(&ReasonLabels {
