@@ -1,0 +1,416 @@
+//! Lab benchmarks of the agent's control loop, against the lab API server and real `ironlb agent` processes:
+//!
+//! - Service created → ingress IP in status, p50/p99 over 200 Services, beside the API floor (the same create and
+//!   status patch done directly by a client, with no agent in between);
+//! - allocator takeover after SIGKILL of the leader (Lease holder change, and first new IP), and after SIGTERM;
+//! - agent RSS with 1,000 and 10,000 Services;
+//! - API writes per minute in steady state.
+//!
+//! Run with `cargo bench --bench agent_lab`. It prints a table; nothing here asserts timing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+
+const POOL: &str = r#"
+apiVersion: metallb.io/v1beta1
+kind: IPAddressPool
+metadata: {name: bench, namespace: metallb-system}
+spec:
+  addresses: [2001:db8:1::/64]
+"#;
+
+struct Agent {
+    node: String,
+    metrics: u16,
+    child: Child,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn start_agent(kubeconfig: &Path, node: &str, log_dir: &Path) -> Agent {
+    let metrics = free_port();
+    let log = std::fs::File::create(log_dir.join(format!("{node}.log"))).expect("agent log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args(["agent", "--node-name", node, "--lease-duration", "2"])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start ironlb agent");
+    Agent {
+        node: node.to_string(),
+        metrics,
+        child,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return f64::NAN;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn lb_service(name: &str) -> Service {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        // IPv6, so that 10,000 Services fit in a documentation prefix.
+        "spec": {"type": "LoadBalancer", "ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack",
+                 "selector": {"app": name}, "ports": [{"port": 80}]}
+    }))
+    .expect("a valid Service")
+}
+
+fn has_ip(svc: &Service) -> bool {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .is_some_and(|i| !i.is_empty())
+}
+
+/// Watches Services and records when each first shows an ingress IP.
+fn track_allocations(api: Api<Service>) -> tokio::sync::watch::Receiver<BTreeMap<String, Instant>> {
+    let (tx, rx) = tokio::sync::watch::channel(BTreeMap::new());
+    tokio::spawn(async move {
+        let mut stream = watcher(api, watcher::Config::default())
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(svc)) = stream.next().await {
+            if has_ip(&svc) {
+                let name = svc.metadata.name.clone().unwrap_or_default();
+                tx.send_if_modified(|m| {
+                    if m.contains_key(&name) {
+                        false
+                    } else {
+                        m.insert(name, Instant::now());
+                        true
+                    }
+                });
+            }
+        }
+    });
+    rx
+}
+
+async fn wait_allocated(
+    seen: &mut tokio::sync::watch::Receiver<BTreeMap<String, Instant>>,
+    name: &str,
+    limit: Duration,
+) -> Option<Instant> {
+    let result = tokio::time::timeout(limit, seen.wait_for(|m| m.contains_key(name))).await;
+    match result {
+        Ok(Ok(m)) => m.get(name).copied(),
+        _ => None,
+    }
+}
+
+async fn holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt("ironlb-allocator")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
+}
+
+async fn wait_holder_change(
+    leases: &Api<Lease>,
+    old: &str,
+    limit: Duration,
+) -> Option<(String, Duration)> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(h) = holder(leases).await
+            && h != old
+        {
+            return Some((h, start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this too and only wants a quick smoke run.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig: PathBuf = dir.path().join("kubeconfig");
+    let server = ironlb::lab::api::ApiServer::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("lab API server");
+    ironlb::lab::api::write_kubeconfig(&kubeconfig, &server.url()).expect("kubeconfig");
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&kubeconfig).args(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("kubectl");
+        if let Some(text) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        assert!(child.wait().unwrap().success(), "kubectl {args:?} failed");
+    };
+    kubectl(
+        &[
+            "apply",
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds/metallb.io.yaml"),
+        ],
+        None,
+    );
+    kubectl(&["apply", "-f", "-"], Some(POOL));
+
+    let client = ironlb::agent::client(Some(&kubeconfig))
+        .await
+        .expect("client");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "ironlb-system");
+    let mut agents: Vec<Agent> = (1..=3)
+        .map(|i| start_agent(&kubeconfig, &format!("node-{i}"), dir.path()))
+        .collect();
+    let mut seen = track_allocations(services.clone());
+    let start = Instant::now();
+    while holder(&leases).await.is_none() && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut rows: Vec<(String, String, String)> = Vec::new();
+
+    // 1. Create → IP, one Service at a time, spaced so queueing does not add to the figure.
+    let count = if quick { 10 } else { 200 };
+    let mut latencies = Vec::new();
+    for i in 0..count {
+        let name = format!("lat-{i}");
+        let created = Instant::now();
+        services
+            .create(&PostParams::default(), &lb_service(&name))
+            .await
+            .expect("create");
+        if let Some(at) = wait_allocated(&mut seen, &name, Duration::from_secs(10)).await {
+            latencies.push(at.duration_since(created));
+        }
+    }
+    latencies.sort();
+    // The floor: the same create and status write done directly, no agent involved.
+    let mut floor = Vec::new();
+    for i in 0..count {
+        let name = format!("floor-{i}");
+        let mut svc = lb_service(&name);
+        svc.spec.as_mut().unwrap().load_balancer_class = Some("example.com/not-ironlb".into());
+        let created = Instant::now();
+        services
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create");
+        let patch = json!({"status": {"loadBalancer": {"ingress": [{"ip": "2001:db8:2::1"}]}}});
+        services
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch status");
+        if let Some(at) = wait_allocated(&mut seen, &name, Duration::from_secs(10)).await {
+            floor.push(at.duration_since(created));
+        }
+    }
+    floor.sort();
+    rows.push((
+        format!(
+            "Service create → ingress IP, {} Services (allocated {})",
+            count,
+            latencies.len()
+        ),
+        format!(
+            "p50 {} / p99 {}",
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99))
+        ),
+        format!(
+            "API floor p50 {} / p99 {}",
+            ms(percentile(&floor, 0.5)),
+            ms(percentile(&floor, 0.99))
+        ),
+    ));
+
+    // 2. Takeover after SIGKILL and after SIGTERM.
+    let trials = if quick { 1 } else { 5 };
+    for (signal, label) in [("-KILL", "SIGKILL"), ("-TERM", "SIGTERM")] {
+        let mut to_holder = Vec::new();
+        let mut to_ip = Vec::new();
+        for t in 0..trials {
+            let Some(old) = holder(&leases).await else {
+                break;
+            };
+            let idx = agents
+                .iter()
+                .position(|a| a.node == old)
+                .expect("holder is one of ours");
+            let killed = Instant::now();
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(agents[idx].child.id().to_string())
+                .status();
+            let _ = agents[idx].child.wait();
+            let name = format!("takeover-{label}-{t}");
+            services
+                .create(&PostParams::default(), &lb_service(&name))
+                .await
+                .expect("create");
+            if let Some((_, d)) = wait_holder_change(&leases, &old, Duration::from_secs(20)).await {
+                to_holder.push(d);
+            }
+            if let Some(at) = wait_allocated(&mut seen, &name, Duration::from_secs(20)).await {
+                to_ip.push(at.duration_since(killed));
+            }
+            agents[idx] = start_agent(&kubeconfig, &old, dir.path());
+        }
+        to_holder.sort();
+        to_ip.sort();
+        rows.push((
+            format!(
+                "Allocator takeover after {label} of the leader ({} trials)",
+                to_holder.len()
+            ),
+            format!(
+                "new holder median {} (max {}), first new IP median {}",
+                ms(percentile(&to_holder, 0.5)),
+                ms(to_holder.last().copied().unwrap_or_default()),
+                ms(percentile(&to_ip, 0.5))
+            ),
+            "Lease duration 2 s (--lease-duration 2)".to_string(),
+        ));
+    }
+
+    // 3. RSS at 1,000 and 10,000 Services, and steady-state writes.
+    let targets: &[usize] = if quick { &[50] } else { &[1_000, 10_000] };
+    let mut created = 0usize;
+    for &target in targets {
+        let batch_start = Instant::now();
+        while created < target {
+            let name = format!("load-{created}");
+            services
+                .create(&PostParams::default(), &lb_service(&name))
+                .await
+                .expect("create");
+            created += 1;
+        }
+        // Creation timestamps have one-second resolution, so the last-created is not always the last allocated.
+        let loaded = |m: &BTreeMap<String, Instant>| m.keys().filter(|k| k.starts_with("load-")).count() >= target;
+        let all_done = tokio::time::timeout(Duration::from_secs(300), seen.wait_for(loaded))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let fill = batch_start.elapsed();
+        let rss: Vec<String> = agents
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {:.1} MiB",
+                    a.node,
+                    rss_kib(a.child.id()) as f64 / 1024.0
+                )
+            })
+            .collect();
+        rows.push((
+            format!("Agent RSS with {target} Services"),
+            rss.join(", "),
+            format!(
+                "all allocated: {all_done}; filled in {:.1} s",
+                fill.as_secs_f64()
+            ),
+        ));
+    }
+    let window = if quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(20)
+    };
+    let Some(leader) = holder(&leases).await else {
+        panic!("no allocator leader at the end of the run")
+    };
+    let port = agents
+        .iter()
+        .find(|a| a.node == leader)
+        .map(|a| a.metrics)
+        .unwrap_or_default();
+    let before = metric(port, "ironlb_api_writes_total");
+    tokio::time::sleep(window).await;
+    let after = metric(port, "ironlb_api_writes_total");
+    rows.push((
+        "API writes per minute in steady state (Services, Events)".to_string(),
+        format!("{:.1}", (after - before) * 60.0 / window.as_secs_f64()),
+        "plus Lease renewals: 60/min by the leader".to_string(),
+    ));
+
+    println!("\n| measurement | IronLB | reference |\n|---|---|---|");
+    for (what, value, reference) in rows {
+        println!("| {what} | {value} | {reference} |");
+    }
+    drop(agents);
+    let _ = server.shutdown().await;
+}
