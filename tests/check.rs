@@ -77,9 +77,9 @@ fn a_broken_config_is_rejected_with_each_field_named() {
     let (ok, out) = run(&[fixture("broken")]);
     assert!(!ok);
     for line in [
-        "IPAddressPool/overlapping: spec.addresses: 192.168.10.128-192.168.10.255 overlaps \
-         192.168.10.0-192.168.10.255 of IPAddressPool/good",
-        "IPAddressPool/reversed: spec.addresses[0]: range 10.0.0.9-10.0.0.1 is reversed",
+        "IPAddressPool/overlapping: spec.addresses: 192.0.2.128-192.0.2.255 overlaps \
+         192.0.2.0-192.0.2.255 of IPAddressPool/good",
+        "IPAddressPool/reversed: spec.addresses[0]: range 198.51.100.9-198.51.100.1 is reversed",
         "BGPPeer/peer-bad: spec.dynamicASN: peerASN and dynamicASN are mutually exclusive",
         "BGPPeer/peer-bad: spec.holdTime: hold time 2s must be 0 or at least 3s",
         "BGPPeer/peer-bad: spec.passwordSecret: password and passwordSecret are mutually exclusive",
