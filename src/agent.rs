@@ -109,9 +109,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     run_with(args, client, listener, shutdown_signal()).await
 }
 
+/// The User-Agent of the agent's API requests, so that audit logs (and the lab's RBAC test) can tell them apart.
+pub const USER_AGENT: &str = concat!("ironlb/", env!("CARGO_PKG_VERSION"), " (agent)");
+
 /// A client from `kubeconfig`, or from the environment (in-cluster, then `~/.kube/config`).
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kubeconfig =
                 kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
@@ -129,6 +132,10 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
             .await
             .map_err(|e| Error::Client(kube::Error::InferConfig(e)))?,
     };
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(USER_AGENT),
+    ));
     Client::try_from(config).map_err(Error::Client)
 }
 

@@ -197,9 +197,14 @@ impl AllocationController {
             };
             pass.config.push(ConfigNote {
                 reference,
+                // Object-level findings have no field; do not start the message with ": ".
                 note: Note::warning(
                     reason,
-                    format!("{}: {}", diagnostic.field, diagnostic.message),
+                    if diagnostic.field.is_empty() {
+                        diagnostic.message.clone()
+                    } else {
+                        format!("{}: {}", diagnostic.field, diagnostic.message)
+                    },
                 ),
             });
         }

@@ -18,6 +18,9 @@ use crate::config::load::{LegacySource, Sources};
 use crate::config::validate::Diagnostic;
 
 /// One change reported by a watcher, tagged with its kind.
+// Changes live only in the watch channel (at most 1024 of them) on their way into the indexes, so an unboxed
+// Service event costs little, and boxing would cost an allocation per event on the hot path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Change {
     Service(watcher::Event<Service>),

@@ -83,8 +83,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    serve_logged(listener, shutdown, Arc::default()).await
+}
+
+/// [`serve`], recording every request into `requests`.
+pub async fn serve_logged(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    requests: Arc<server::RequestLog>,
+) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let lab = Arc::new(server::Lab::new(stop_rx));
+    let mut lab = server::Lab::new(stop_rx);
+    lab.requests = requests;
+    let lab = Arc::new(lab);
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let lab = lab.clone();
         async move { server::handle(lab, req).await }
@@ -103,6 +114,7 @@ pub async fn serve(
 /// A lab API server running in a background task; it stops when dropped.
 pub struct ApiServer {
     addr: SocketAddr,
+    requests: Arc<server::RequestLog>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<()>>>,
 }
@@ -120,11 +132,17 @@ impl ApiServer {
     pub fn from_listener(listener: TcpListener) -> Result<Self> {
         let addr = listener.local_addr().map_err(Error::LocalAddr)?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, async move {
-            let _ = stopped.await;
-        }));
+        let requests = Arc::<server::RequestLog>::default();
+        let task = tokio::spawn(serve_logged(
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+            requests.clone(),
+        ));
         Ok(ApiServer {
             addr,
+            requests,
             stop: Some(stop),
             task: Some(task),
         })
@@ -132,6 +150,11 @@ impl ApiServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The requests served so far (at most [`server::RequestLog::CAPACITY`], the most recent), oldest first.
+    pub fn requests(&self) -> Vec<server::RequestRecord> {
+        self.requests.snapshot()
     }
 
     /// `http://ADDR`, the server URL for a kubeconfig.

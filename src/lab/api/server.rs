@@ -125,9 +125,46 @@ fn json_response(code: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+/// One request as the server received it, for tests that check what clients ask for (RBAC coverage).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    pub user_agent: String,
+}
+
+/// The most recent requests, oldest first. Bounded, so that a long-running `ironlb lab api` does not grow without
+/// limit.
+#[derive(Debug, Default)]
+pub struct RequestLog {
+    records: std::sync::Mutex<std::collections::VecDeque<RequestRecord>>,
+}
+
+impl RequestLog {
+    /// How many requests are kept.
+    pub const CAPACITY: usize = 100_000;
+
+    fn record(&self, record: RequestRecord) {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if records.len() == Self::CAPACITY {
+            records.pop_front();
+        }
+        records.push_back(record);
+    }
+
+    /// A copy of the kept requests, oldest first.
+    pub fn snapshot(&self) -> Vec<RequestRecord> {
+        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        records.iter().cloned().collect()
+    }
+}
+
 /// Shared state of one lab API server.
 pub struct Lab {
     pub store: Store,
+    pub requests: Arc<RequestLog>,
     builtin: Vec<ResourceDef>,
     /// Resources registered by CustomResourceDefinitions, by (group, plural).
     custom: RwLock<HashMap<(String, String), ResourceDef>>,
@@ -140,6 +177,7 @@ impl Lab {
         store.ensure_namespaces(INITIAL_NAMESPACES);
         Lab {
             store,
+            requests: Arc::default(),
             builtin: resources::builtin(),
             custom: RwLock::new(HashMap::new()),
             shutdown,
@@ -363,6 +401,12 @@ pub async fn handle(lab: Arc<Lab>, req: axum::extract::Request) -> Response {
             return Error::BadRequest(format!("cannot read request body: {e}")).into_response();
         }
     };
+    lab.requests.record(RequestRecord {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        user_agent: header_str(&parts.headers, header::USER_AGENT).to_owned(),
+    });
     let query = Query::parse(parts.uri.query());
     tracing::debug!(method = %parts.method, uri = %parts.uri, "lab api request");
     match dispatch(
