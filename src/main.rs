@@ -50,6 +50,8 @@ enum Command {
     },
     /// Print the metallb.io CRD manifests generated from IronLB's types.
     Crds,
+    /// Show every VIP with its pool, owner node, interface and since when.
+    Status(ironlb::k8s::report::StatusArgs),
     /// The embedded lab.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -121,6 +123,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Crds => {
             use std::io::Write;
             out.write_all(ironlb::config::crd_manifests().as_bytes())
+                .context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            use std::io::Write;
+            let report = runtime()?.block_on(ironlb::k8s::report::run(&args))?;
+            out.write_all(report.as_bytes())
                 .context("writing to stdout")?;
             Ok(ExitCode::SUCCESS)
         }

@@ -5,5 +5,6 @@ pub mod allocation;
 pub mod events;
 pub mod index;
 pub mod leader;
+pub mod report;
 pub mod state;
 pub mod status;
