@@ -361,7 +361,9 @@ async fn main() {
             created += 1;
         }
         // Creation timestamps have one-second resolution, so the last-created is not always the last allocated.
-        let loaded = |m: &BTreeMap<String, Instant>| m.keys().filter(|k| k.starts_with("load-")).count() >= target;
+        let loaded = |m: &BTreeMap<String, Instant>| {
+            m.keys().filter(|k| k.starts_with("load-")).count() >= target
+        };
         let all_done = tokio::time::timeout(Duration::from_secs(300), seen.wait_for(loaded))
             .await
             .is_ok_and(|r| r.is_ok());

@@ -40,8 +40,11 @@ where
     })?;
     let name = ns.to_string();
     let handle = std::thread::spawn(move || -> Result<T> {
-        setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Enter { ns: name, source })?;
+        setns(&file, CloneFlags::CLONE_NEWNET)
+            .map_err(|source| Error::Enter { ns: name, source })?;
         Ok(f())
     });
-    handle.join().map_err(|_| Error::Panicked { ns: ns.to_string() })?
+    handle
+        .join()
+        .map_err(|_| Error::Panicked { ns: ns.to_string() })?
 }

@@ -102,17 +102,55 @@ impl Topology {
         topo.add_netns(&topo.switch.clone())?;
         let sw = topo.switch.clone();
         run_in(&sw, &["ip", "link", "add", "br0", "type", "bridge"])?;
-        run_in(&sw, &["ip", "addr", "add", &format!("{SWITCH_V4}/24"), "dev", "br0"])?;
+        run_in(
+            &sw,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{SWITCH_V4}/24"),
+                "dev",
+                "br0",
+            ],
+        )?;
         run_in(&sw, &["ip", "link", "set", "br0", "up"])?;
         run_in(&sw, &["ip", "link", "set", "lo", "up"])?;
 
         let client = topo.client.clone();
         topo.add_netns(&client)?;
         topo.plug(&client, "c")?;
-        run_in(&client, &["ip", "addr", "add", &format!("{CLIENT_V4}/24"), "dev", UPLINK])?;
-        run_in(&client, &["ip", "addr", "add", &format!("{CLIENT_V6}/64"), "dev", UPLINK, "nodad"])?;
+        run_in(
+            &client,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{CLIENT_V4}/24"),
+                "dev",
+                UPLINK,
+            ],
+        )?;
+        run_in(
+            &client,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{CLIENT_V6}/64"),
+                "dev",
+                UPLINK,
+                "nodad",
+            ],
+        )?;
         // Take gratuitous ARP into the neighbour table, as routers and hosts on a real LAN commonly do.
-        run_in(&client, &["sysctl", "-qw", &format!("net.ipv4.conf.{UPLINK}.arp_accept=1")])?;
+        run_in(
+            &client,
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{UPLINK}.arp_accept=1"),
+            ],
+        )?;
         topo.client_mac = mac_of(&client, UPLINK)?;
 
         let dummy = dummy_supported(&sw);
@@ -124,9 +162,33 @@ impl Topology {
             topo.plug(&netns, &format!("n{i}"))?;
             let ipv4 = Ipv4Addr::new(192, 0, 2, 10 + i as u8);
             let ipv6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16);
-            run_in(&netns, &["ip", "addr", "add", &format!("{ipv4}/24"), "dev", UPLINK])?;
-            run_in(&netns, &["ip", "addr", "add", &format!("{ipv6}/64"), "dev", UPLINK, "nodad"])?;
-            run_in(&netns, &["ip", "link", "add", "kube-ipvs0", "type", topo.vip_link_kind])?;
+            run_in(
+                &netns,
+                &["ip", "addr", "add", &format!("{ipv4}/24"), "dev", UPLINK],
+            )?;
+            run_in(
+                &netns,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{ipv6}/64"),
+                    "dev",
+                    UPLINK,
+                    "nodad",
+                ],
+            )?;
+            run_in(
+                &netns,
+                &[
+                    "ip",
+                    "link",
+                    "add",
+                    "kube-ipvs0",
+                    "type",
+                    topo.vip_link_kind,
+                ],
+            )?;
             let mac = mac_of(&netns, UPLINK)?;
             topo.nodes.push(LabNode {
                 name,
@@ -149,8 +211,16 @@ impl Topology {
     /// A veth from `ns` (named eth0 there) to the switch's bridge.
     fn plug(&self, ns: &str, tag: &str) -> Result<()> {
         let outer = format!("v-{tag}");
-        run_in(&self.switch, &["ip", "link", "add", &outer, "type", "veth", "peer", "name", UPLINK, "netns", ns])?;
-        run_in(&self.switch, &["ip", "link", "set", &outer, "master", "br0", "up"])?;
+        run_in(
+            &self.switch,
+            &[
+                "ip", "link", "add", &outer, "type", "veth", "peer", "name", UPLINK, "netns", ns,
+            ],
+        )?;
+        run_in(
+            &self.switch,
+            &["ip", "link", "set", &outer, "master", "br0", "up"],
+        )?;
         run_in(ns, &["ip", "link", "set", UPLINK, "up"])?;
         Ok(())
     }
@@ -167,7 +237,11 @@ impl Topology {
 
     /// The MAC the client's neighbour table holds for `ip`, if any.
     pub fn client_neighbour(&self, ip: IpAddr) -> Option<String> {
-        let out = run_in(&self.client, &["ip", "neigh", "show", &ip.to_string(), "dev", UPLINK]).ok()?;
+        let out = run_in(
+            &self.client,
+            &["ip", "neigh", "show", &ip.to_string(), "dev", UPLINK],
+        )
+        .ok()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut words = text.split_whitespace();
         words.find(|w| *w == "lladdr")?;
@@ -210,7 +284,10 @@ mod tests {
 
     fn is_root() -> bool {
         std::fs::read_to_string("/proc/self/status")
-            .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+            })
             .unwrap_or(false)
     }
 
@@ -226,14 +303,35 @@ mod tests {
             assert_eq!(topo.nodes.len(), 2);
             // The client reaches each node over the bridge.
             for node in &topo.nodes {
-                run_in(&topo.client, &["ping", "-c", "1", "-W", "2", &node.ipv4.to_string()]).unwrap();
-                assert_eq!(topo.client_neighbour(IpAddr::V4(node.ipv4)).as_deref(), Some(node.mac.as_str()));
+                run_in(
+                    &topo.client,
+                    &["ping", "-c", "1", "-W", "2", &node.ipv4.to_string()],
+                )
+                .unwrap();
+                assert_eq!(
+                    topo.client_neighbour(IpAddr::V4(node.ipv4)).as_deref(),
+                    Some(node.mac.as_str())
+                );
             }
             // A cut node is unreachable.
             topo.cut(&topo.nodes[1]).unwrap();
-            assert!(run_in(&topo.client, &["ping", "-c", "1", "-W", "1", &topo.nodes[1].ipv4.to_string()]).is_err());
+            assert!(
+                run_in(
+                    &topo.client,
+                    &[
+                        "ping",
+                        "-c",
+                        "1",
+                        "-W",
+                        "1",
+                        &topo.nodes[1].ipv4.to_string()
+                    ]
+                )
+                .is_err()
+            );
         }
-        let left = String::from_utf8_lossy(&run(&["ip", "netns", "list"]).unwrap().stdout).to_string();
+        let left =
+            String::from_utf8_lossy(&run(&["ip", "netns", "list"]).unwrap().stdout).to_string();
         assert!(!left.contains(&prefix), "namespaces left behind: {left}");
     }
 }
