@@ -136,11 +136,10 @@ fn track_allocations(api: Api<Service>) -> tokio::sync::watch::Receiver<BTreeMap
         while let Some(Ok(svc)) = stream.next().await {
             if has_ip(&svc) {
                 let name = svc.metadata.name.clone().unwrap_or_default();
-                tx.send_if_modified(|m| {
-                    if m.contains_key(&name) {
-                        false
-                    } else {
-                        m.insert(name, Instant::now());
+                tx.send_if_modified(|m| match m.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(_) => false,
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(Instant::now());
                         true
                     }
                 });

@@ -4,7 +4,9 @@
 //! its own error, and every valid object is kept, so an unrelated mistake never drops a working VIP. Checks run
 //! kind by kind in dependency order (BFD profiles and communities, then pools, then peers, then advertisements), and
 //! each later kind only sees the objects accepted before it. Objects of one kind are taken in name order, so when two
-//! conflict (overlapping pools, duplicate names) the later name is the one rejected, on every agent alike.
+//! conflict (duplicate names) the later name is the one rejected, on every agent alike. Pools are the exception:
+//! the older pool (by creationTimestamp, then name) wins an overlap, so that adding a pool can never take the
+//! addresses of one already in use, whatever the names.
 //!
 //! Warnings flag what is accepted but probably not what the user meant, and fields IronLB accepts for MetalLB
 //! compatibility but does not act on yet. Nothing here touches the API or the file system.
@@ -537,7 +539,13 @@ fn merge_ranges(mut ranges: Vec<IpRange>) -> Result<Vec<IpRange>, String> {
 /// Validates pools; returns the labels of the accepted ones, for advertisement pool selectors.
 fn pools(objects: &[Named<crd::IPAddressPool>], out: &mut Validated) -> BTreeMap<String, Labels> {
     let mut labels = BTreeMap::new();
-    for n in objects {
+    // Oldest first; objects without a timestamp (files, the legacy ConfigMap) after those with one.
+    let mut ordered: Vec<&Named<crd::IPAddressPool>> = objects.iter().collect();
+    ordered.sort_by_key(|n| {
+        let created = n.object.metadata.creation_timestamp.clone();
+        (created.is_none(), created, n.name.clone())
+    });
+    for n in ordered {
         let mut f = Findings::new("IPAddressPool", &n.name, n.legacy);
         let spec = &n.object.spec;
         if out.config.pools.contains_key(&n.name) {
@@ -1320,6 +1328,34 @@ mod tests {
             "of IPAddressPool/a"
         ));
         assert_eq!(v.config.pools.keys().collect::<Vec<_>>(), ["a", "c"]);
+    }
+
+    #[test]
+    fn an_older_pool_wins_an_overlap_whatever_the_names() {
+        let created = |mut p: crd::IPAddressPool, second: i64| {
+            p.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + second).unwrap(),
+                ));
+            p
+        };
+        // "public" is in use; "a-new" is added later and overlaps it. The new one is rejected, not "public".
+        let v = validate(&Sources {
+            pools: vec![
+                created(pool("public", &["192.0.2.0/24"]), 0),
+                created(pool("a-new", &["192.0.2.0/28"]), 60),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(v.errors.len(), 1, "{:?}", lines(&v.errors));
+        assert!(has(
+            &v.errors,
+            "IPAddressPool",
+            "a-new",
+            "spec.addresses",
+            "of IPAddressPool/public"
+        ));
+        assert_eq!(v.config.pools.keys().collect::<Vec<_>>(), ["public"]);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("no listener to serve on")]
+    NoListener,
     #[error("cannot read the listener's address: {0}")]
     LocalAddr(#[source] std::io::Error),
     #[error("lab API server failed: {0}")]
@@ -83,32 +85,48 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    serve_logged(listener, shutdown, Arc::default()).await
+    serve_logged(vec![listener], shutdown, Arc::default()).await
 }
 
-/// [`serve`], recording every request into `requests`.
+/// [`serve`] on several listeners at once, all over the same objects, recording every request into `requests`.
+/// The lab listens both inside its switch namespace, for the agents, and on the host's loopback, for the user.
 pub async fn serve_logged(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     requests: Arc<server::RequestLog>,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut lab = server::Lab::new(stop_rx);
+    let mut lab = server::Lab::new(stop_rx.clone());
     lab.requests = requests;
     let lab = Arc::new(lab);
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
         let lab = lab.clone();
         async move { server::handle(lab, req).await }
     });
-    let addr = listener.local_addr().map_err(Error::LocalAddr)?;
-    tracing::info!(%addr, "lab API server listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await
-        .map_err(Error::Serve)
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+        tracing::info!(%addr, "lab API server listening");
+        let mut stopped = stop_rx.clone();
+        servers.spawn(
+            axum::serve(listener, app.clone())
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .into_future(),
+        );
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let mut result = Ok(());
+    while let Some(joined) = servers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(Error::Serve(e)),
+            Err(e) => result = Err(Error::Join(e)),
+        }
+    }
+    result
 }
 
 /// A lab API server running in a background task; it stops when dropped.
@@ -130,11 +148,17 @@ impl ApiServer {
 
     /// Starts serving on an already bound listener.
     pub fn from_listener(listener: TcpListener) -> Result<Self> {
-        let addr = listener.local_addr().map_err(Error::LocalAddr)?;
+        Self::from_listeners(vec![listener])
+    }
+
+    /// Starts serving on several bound listeners over one set of objects; [`ApiServer::addr`] is the first's.
+    pub fn from_listeners(listeners: Vec<TcpListener>) -> Result<Self> {
+        let first = listeners.first().ok_or(Error::NoListener)?;
+        let addr = first.local_addr().map_err(Error::LocalAddr)?;
         let (stop, stopped) = oneshot::channel::<()>();
         let requests = Arc::<server::RequestLog>::default();
         let task = tokio::spawn(serve_logged(
-            listener,
+            listeners,
             async move {
                 let _ = stopped.await;
             },
