@@ -16,7 +16,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::alloc::{LbRequest, ServiceKey};
@@ -543,7 +543,7 @@ impl fmt::Display for Rejections {
 pub(crate) mod testing {
     use super::*;
     use crate::config::crd::{IPAddressPool, L2Advertisement as L2Crd};
-    use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus, Service};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
 
     pub use crate::alloc::service::testing::{SvcExt, svc};
@@ -702,6 +702,7 @@ spec: {addresses: [198.51.100.0/24]}";
 mod tests {
     use super::testing::*;
     use super::*;
+    use k8s_openapi::api::core::v1::Service;
 
     fn nodes_of(g: &VipGroup) -> Vec<&str> {
         g.l2_nodes.iter().map(String::as_str).collect()
