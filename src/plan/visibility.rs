@@ -1,0 +1,146 @@
+//! What the cluster is told about announcements, answering "where is my VIP?": the node annotation
+//! `ironlb.io/vips`, the Service annotation `ironlb.io/announced-by`, and [`Moved`], the owner changes behind the
+//! `nodeAssigned` Events and the failover measurement.
+//!
+//! Values only: the writers compare them with what the objects carry and write only on change (DESIGN.md,
+//! Visibility). Computed from the owner map, so that every agent agrees on them whichever one writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use super::input::{GroupKey, VipGroup};
+use crate::alloc::ServiceKey;
+
+/// Node annotation: the VIPs the node announces.
+pub const VIPS_ANNOTATION: &str = "ironlb.io/vips";
+/// Service annotation: the node announcing the Service's VIPs.
+pub const ANNOUNCED_BY_ANNOTATION: &str = "ironlb.io/announced-by";
+
+/// The [`VIPS_ANNOTATION`] value of `node`: every IP of the groups it owns, sorted (IPv4 first, then numerically),
+/// comma-separated; empty when it owns none.
+pub fn node_vips(node: &str, groups: &[VipGroup], owners: &BTreeMap<GroupKey, String>) -> String {
+    let ips: BTreeSet<IpAddr> = groups
+        .iter()
+        .filter(|g| owners.get(&g.key).map(String::as_str) == Some(node))
+        .flat_map(|g| g.ips.iter().copied())
+        .collect();
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The [`ANNOUNCED_BY_ANNOTATION`] value of every Service whose group has an owner. A Service missing here is
+/// announced by no node, and its annotation is removed.
+pub fn announced_by(
+    groups: &[VipGroup],
+    owners: &BTreeMap<GroupKey, String>,
+) -> BTreeMap<ServiceKey, String> {
+    groups
+        .iter()
+        .filter_map(|g| owners.get(&g.key).map(|owner| (g, owner)))
+        .flat_map(|(g, owner)| g.services.keys().map(|s| (s.clone(), owner.clone())))
+        .collect()
+}
+
+/// A group whose owner changed between two owner maps. `from: None` is a group newly announced, `to: None` one no
+/// longer announced by anyone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    pub group: GroupKey,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// Every group whose owner differs between `before` and `after`, in key order.
+pub fn moved(
+    before: &BTreeMap<GroupKey, String>,
+    after: &BTreeMap<GroupKey, String>,
+) -> Vec<Moved> {
+    let keys: BTreeSet<&GroupKey> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter_map(|k| {
+            let (from, to) = (before.get(k), after.get(k));
+            (from != to).then(|| Moved {
+                group: *k,
+                from: from.cloned(),
+                to: to.cloned(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::owner::testing::group;
+
+    fn owners(pairs: &[(&VipGroup, &str)]) -> BTreeMap<GroupKey, String> {
+        pairs.iter().map(|(g, n)| (g.key, n.to_string())).collect()
+    }
+
+    #[test]
+    fn the_node_annotation_lists_the_owned_vips_sorted() {
+        let mut dual = group(5, &["n1"]);
+        dual.ips.push("2001:db8::5".parse().unwrap());
+        let groups = vec![
+            dual,
+            group(0, &["n1"]),
+            group(300, &["n1"]),
+            group(1, &["n2"]),
+        ];
+        let o = owners(&[
+            (&groups[0], "n1"),
+            (&groups[1], "n1"),
+            (&groups[2], "n1"),
+            (&groups[3], "n2"),
+        ]);
+        assert_eq!(
+            node_vips("n1", &groups, &o),
+            "192.0.2.1,192.0.2.6,198.51.100.47,2001:db8::5"
+        );
+        assert_eq!(node_vips("n3", &groups, &o), "");
+    }
+
+    #[test]
+    fn every_service_of_an_owned_group_names_its_owner() {
+        let mut shared = group(0, &["n1"]);
+        shared
+            .services
+            .insert(ServiceKey::new("default", "other"), shared.ips.clone());
+        let unowned = group(1, &[]);
+        let groups = vec![shared, unowned];
+        let o = owners(&[(&groups[0], "n2")]);
+        let by = announced_by(&groups, &o);
+        assert_eq!(by.len(), 2);
+        assert!(by.values().all(|n| n == "n2"));
+    }
+
+    #[test]
+    fn moved_lists_changed_new_and_dropped_owners() {
+        let (a, b, c, d) = (group(0, &[]), group(1, &[]), group(2, &[]), group(3, &[]));
+        let before = owners(&[(&a, "n1"), (&b, "n1"), (&c, "n2")]);
+        let after = owners(&[(&a, "n1"), (&b, "n2"), (&d, "n3")]);
+        assert_eq!(
+            moved(&before, &after),
+            vec![
+                Moved {
+                    group: b.key,
+                    from: Some("n1".into()),
+                    to: Some("n2".into())
+                },
+                Moved {
+                    group: c.key,
+                    from: Some("n2".into()),
+                    to: None
+                },
+                Moved {
+                    group: d.key,
+                    from: None,
+                    to: Some("n3".into())
+                },
+            ]
+        );
+        assert!(moved(&after, &after).is_empty());
+    }
+}
