@@ -9,7 +9,7 @@
 //! ```text
 //! ClusterState + Config ──▶ input::PlanInput { VipGroup, NodeInfo }      (eligibility, reasons not announced)
 //!                                  │
-//!           live agents ──▶ owner::choose_owners ──▶ GroupKey → owner node
+//! membership::run ──▶ live agents ──▶ owner::choose_owners ──▶ GroupKey → owner node
 //!                                  │
 //!     local interfaces ──▶ node_plan::node_plan ──▶ NodePlan { announce, bind, owned_services }
 //!                                  │
@@ -18,6 +18,7 @@
 //! ```
 
 pub mod input;
+pub mod membership;
 pub mod node_plan;
 pub mod owner;
 pub mod visibility;
