@@ -2,6 +2,7 @@
 //! allocator's Lease. Decisions are made elsewhere; this module carries them in and out.
 
 pub mod allocation;
+pub mod announcement;
 pub mod events;
 pub mod index;
 pub mod leader;

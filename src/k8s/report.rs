@@ -12,12 +12,10 @@ use serde::Serialize;
 
 use super::status::{POOL_ANNOTATION, ingress_ips};
 
-/// The node (L2) or sorted comma-separated nodes (BGP) announcing a Service's VIPs.
-pub const ANNOUNCED_BY: &str = "ironlb.io/announced-by";
-/// The interfaces the owner answers ARP/NDP on.
-pub const ANNOUNCED_ON: &str = "ironlb.io/announced-on";
-/// When the current owner took over, RFC 3339.
-pub const ANNOUNCED_SINCE: &str = "ironlb.io/announced-since";
+use crate::plan::visibility::{
+    ANNOUNCED_BY_ANNOTATION as ANNOUNCED_BY, ANNOUNCED_ON_ANNOTATION as ANNOUNCED_ON,
+    ANNOUNCED_SINCE_ANNOTATION as ANNOUNCED_SINCE,
+};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct StatusArgs {

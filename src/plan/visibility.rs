@@ -15,6 +15,10 @@ use crate::alloc::ServiceKey;
 pub const VIPS_ANNOTATION: &str = "ironlb.io/vips";
 /// Service annotation: the node announcing the Service's VIPs.
 pub const ANNOUNCED_BY_ANNOTATION: &str = "ironlb.io/announced-by";
+/// The interfaces the owner answers ARP/NDP on, comma-separated.
+pub const ANNOUNCED_ON_ANNOTATION: &str = "ironlb.io/announced-on";
+/// When the current owner took the VIP over, RFC 3339.
+pub const ANNOUNCED_SINCE_ANNOTATION: &str = "ironlb.io/announced-since";
 
 /// The [`VIPS_ANNOTATION`] value of `node`: every IP of the groups it owns, sorted (IPv4 first, then numerically),
 /// comma-separated; empty when it owns none.
