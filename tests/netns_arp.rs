@@ -374,10 +374,27 @@ fn answers_arp_and_ndp_for_owned_vips_on_selected_interfaces_only() -> Result<()
         "VIP answered on an unselected interface"
     );
 
+    // Hostile input: the client claims VIP_A with gratuitous requests and replies from its own MAC (arping needs the
+    // source address to be local, so the client holds it briefly on c1). The responder must keep answering.
+    lab.client.ip(&format!("addr add {VIP_A}/32 dev c1"))?;
+    for mode in ["-U", "-A"] {
+        run_in(
+            &lab.client.name,
+            &["arping", mode, "-c", "2", "-I", "c0", "-s", VIP_A, VIP_A],
+            Duration::from_secs(10),
+        )?;
+    }
+    lab.client.ip(&format!("addr del {VIP_A}/32 dev c1"))?;
+    assert_eq!(
+        lab.arping("c0", "192.0.2.1", VIP_A)?,
+        vec![N0_MAC.to_string()],
+        "spoofed claims silenced the owner"
+    );
+
     let text = lab.metrics_text();
     for line in [
-        "ironlb_arp_requests_total 2",
-        "ironlb_arp_replies_total 2",
+        "ironlb_arp_requests_total 3",
+        "ironlb_arp_replies_total 3",
         "ironlb_ndp_solicitations_total 1",
         "ironlb_ndp_advertisements_total 1",
         "ironlb_gratuitous_total{family=\"ipv4\"} 4",
@@ -435,6 +452,11 @@ fn takeover_announcement_updates_client_neighbour_entries() -> Result<()> {
     loop {
         let (a, six) = (lab.neighbour(VIP_A)?, lab.neighbour(VIP_6)?);
         if a.contains(N0_MAC) && six.contains(N0_MAC) {
+            // A figure, not an assertion: plan change to both client entries seen updated, including `ip` runs.
+            eprintln!(
+                "takeover: client neighbour entries updated {:?} after the plan change",
+                since.elapsed()
+            );
             break;
         }
         assert!(
@@ -447,6 +469,12 @@ fn takeover_announcement_updates_client_neighbour_entries() -> Result<()> {
     // One failover observation per VIP, at its first announcement, and well under the one-second budget here.
     let text = lab.metrics_text();
     assert!(text.contains("ironlb_failover_seconds_count 2"), "{text}");
+    if let Some(sum) = text
+        .lines()
+        .find(|l| l.starts_with("ironlb_failover_seconds_sum"))
+    {
+        eprintln!("takeover: {sum} over 2 VIPs (plan change to first announcement)");
+    }
     assert!(
         text.contains("ironlb_failover_seconds_bucket{le=\"1.0\"} 2"),
         "{text}"

@@ -380,8 +380,7 @@ impl Receiver {
                 Ok(bytes) => {
                     consecutive_errors = 0;
                     if may_be_arp_or_ndp(bytes) {
-                        let bytes = bytes.to_vec();
-                        self.handle(&bytes);
+                        self.handle(bytes);
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::TimedOut => consecutive_errors = 0,
