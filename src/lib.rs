@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 pub mod agent;
 pub mod alloc;
+pub mod arp;
 pub mod config;
 pub mod k8s;
 pub mod lab;

@@ -1,0 +1,124 @@
+//! The responder's Prometheus metrics. It only counts; what to count is decided in the responder.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Address family of a gratuitous announcement.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AddressFamily {
+    ipv4,
+    ipv6,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabels {
+    pub family: AddressFamily,
+}
+
+/// Failover latency buckets in seconds: the design's target is one second, MetalLB's typical figure about ten.
+const FAILOVER_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The ARP/NDP responder's metrics.
+#[derive(Clone)]
+pub struct ArpMetrics {
+    pub arp_requests: Counter,
+    pub arp_replies: Counter,
+    pub ndp_solicitations: Counter,
+    pub ndp_advertisements: Counter,
+    pub gratuitous: Family<FamilyLabels, Counter>,
+    pub malformed: Counter,
+    pub failover_seconds: Histogram,
+}
+
+impl Default for ArpMetrics {
+    fn default() -> Self {
+        ArpMetrics {
+            arp_requests: Counter::default(),
+            arp_replies: Counter::default(),
+            ndp_solicitations: Counter::default(),
+            ndp_advertisements: Counter::default(),
+            gratuitous: Family::default(),
+            malformed: Counter::default(),
+            failover_seconds: Histogram::new(FAILOVER_BUCKETS),
+        }
+    }
+}
+
+impl ArpMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = ArpMetrics::default();
+        registry.register(
+            "ironlb_arp_requests",
+            "ARP requests seen for VIPs this node announces",
+            m.arp_requests.clone(),
+        );
+        registry.register(
+            "ironlb_arp_replies",
+            "ARP replies sent for VIPs this node announces",
+            m.arp_replies.clone(),
+        );
+        registry.register(
+            "ironlb_ndp_solicitations",
+            "Neighbour solicitations seen for VIPs this node announces",
+            m.ndp_solicitations.clone(),
+        );
+        registry.register(
+            "ironlb_ndp_advertisements",
+            "Solicited neighbour advertisements sent for VIPs this node announces",
+            m.ndp_advertisements.clone(),
+        );
+        registry.register(
+            "ironlb_gratuitous",
+            "Gratuitous ARP packets and unsolicited neighbour advertisements sent",
+            m.gratuitous.clone(),
+        );
+        registry.register(
+            "ironlb_arp_malformed_frames",
+            "ARP or NDP frames dropped as malformed",
+            m.malformed.clone(),
+        );
+        registry.register(
+            "ironlb_failover_seconds",
+            "From the change that made this node a VIP's owner to its first announcement",
+            m.failover_seconds.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn gratuitous_sent(&self, family: AddressFamily) {
+        self.gratuitous
+            .get_or_create(&FamilyLabels { family })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exposed_with_its_name() {
+        let mut registry = Registry::default();
+        let m = ArpMetrics::register(&mut registry);
+        m.gratuitous_sent(AddressFamily::ipv6);
+        m.failover_seconds.observe(0.2);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for name in [
+            "ironlb_arp_requests_total 0",
+            "ironlb_arp_replies_total 0",
+            "ironlb_ndp_solicitations_total 0",
+            "ironlb_ndp_advertisements_total 0",
+            "ironlb_gratuitous_total{family=\"ipv6\"} 1",
+            "ironlb_arp_malformed_frames_total 0",
+            "ironlb_failover_seconds_count 1",
+            "ironlb_failover_seconds_bucket{le=\"0.25\"} 1",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

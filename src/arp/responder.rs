@@ -1,0 +1,455 @@
+//! The responder's I/O shell: pnet packet sockets, one blocking receive thread per interface in use, and a tokio task
+//! that follows the plan and sends the gratuitous announcements. Every choice is made in [`super::decide`].
+//!
+//! Sockets are opened by the control task, so in the network namespace of the thread that runs it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pnet::datalink::{self, Channel, DataLinkReceiver, DataLinkSender, NetworkInterface};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use super::codec::{ArpPacket, Frame, MacAddr, NdpPacket, may_be_arp_or_ndp};
+use super::decide::{self, LinkFacts, LogLimiter, Refusal, Verdict};
+use super::metrics::AddressFamily;
+use super::{Announcements, ArpConfig, ArpMetrics, Error, Result};
+
+/// Consecutive socket errors after which a receive thread gives up on its interface.
+const MAX_CONSECUTIVE_ERRORS: u32 = 50;
+/// Log lines about bad frames or conflicts admitted per interface per window.
+const LOG_BURST: u32 = 5;
+const LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// The ARP/NDP responder. See the module documentation of [`crate::arp`].
+pub struct ArpResponder;
+
+/// Keeps the responder running; dropping it stops the control task and every receive thread, and waits for the
+/// threads (each notices within `read_timeout`), so no socket outlives the handle.
+pub struct ArpResponderHandle {
+    stop: Arc<AtomicBool>,
+    task: AbortHandle,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Drop for ArpResponderHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.abort();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl ArpResponder {
+    /// Starts answering for the VIPs in `plan`. Must be called inside a tokio runtime; sockets are opened in the
+    /// network namespace of the runtime thread that runs the control task.
+    pub fn start(
+        plan: watch::Receiver<Announcements>,
+        config: ArpConfig,
+        metrics: ArpMetrics,
+    ) -> Result<ArpResponderHandle> {
+        if config.read_timeout < Duration::from_millis(1)
+            || config.read_timeout > Duration::from_secs(5)
+        {
+            return Err(Error::ReadTimeout(config.read_timeout));
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        let control = Control {
+            config,
+            metrics,
+            stop: stop.clone(),
+            threads: threads.clone(),
+            ports: BTreeMap::new(),
+            refused: BTreeMap::new(),
+            announced: BTreeSet::new(),
+        };
+        let task = runtime.spawn(control.run(plan)).abort_handle();
+        Ok(ArpResponderHandle {
+            stop,
+            task,
+            threads,
+        })
+    }
+}
+
+struct Control {
+    config: ArpConfig,
+    metrics: ArpMetrics,
+    stop: Arc<AtomicBool>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    ports: BTreeMap<String, Port>,
+    /// Interfaces the plan names that we cannot use, with the reason last logged.
+    refused: BTreeMap<String, String>,
+    /// VIPs announced at least once since they entered the plan; the failover histogram is observed on entry here.
+    announced: BTreeSet<IpAddr>,
+}
+
+impl Control {
+    async fn run(mut self, mut plan: watch::Receiver<Announcements>) {
+        let period = self.config.garp_period;
+        let mut repeat = (!period.is_zero()).then(|| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        let mut current = plan.borrow_and_update().clone();
+        self.apply(&current);
+        loop {
+            tokio::select! {
+                changed = plan.changed() => {
+                    if changed.is_err() {
+                        tracing::info!("announcement plan closed; stopping ARP/NDP responder");
+                        break;
+                    }
+                    current = plan.borrow_and_update().clone();
+                    self.apply(&current);
+                }
+                _ = next_tick(&mut repeat) => {
+                    self.repeat_announcements();
+                    // A tick is also the moment to retry interfaces that were missing.
+                    self.apply(&current);
+                }
+            }
+        }
+    }
+
+    /// Brings ports and owned sets in line with `plan`, announcing every (interface, VIP) pair that is new.
+    fn apply(&mut self, plan: &Announcements) {
+        let wanted = decide::per_interface(plan);
+        // Release first: a VIP gone from the plan stops being answered before anything else happens.
+        self.ports.retain(|name, _| wanted.contains_key(name));
+        self.refused.retain(|name, _| wanted.contains_key(name));
+        self.announced.retain(|vip| plan.vips.contains_key(vip));
+        for port in self.ports.values() {
+            let keep = &wanted[&port.name];
+            port.owned
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|vip| keep.contains(vip));
+        }
+
+        for (name, vips) in &wanted {
+            if !self.ports.contains_key(name) {
+                match Port::open(name, &self.config, &self.metrics, &self.stop) {
+                    Ok((port, thread)) => {
+                        tracing::info!(interface = %name, mac = %port.mac, "answering ARP/NDP on interface");
+                        self.refused.remove(name);
+                        let mut threads =
+                            self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+                        threads.retain(|t| !t.is_finished());
+                        threads.push(thread);
+                        self.ports.insert(name.clone(), port);
+                    }
+                    Err(err) => {
+                        let reason = error_chain(&err);
+                        if self.refused.get(name) != Some(&reason) {
+                            tracing::warn!(interface = %name, reason = %reason, "not announcing on interface");
+                            self.refused.insert(name.clone(), reason);
+                        }
+                        continue;
+                    }
+                }
+            }
+            let Some(port) = self.ports.get(name) else {
+                continue;
+            };
+            let new: Vec<IpAddr> = {
+                let mut owned = port.owned.write().unwrap_or_else(PoisonError::into_inner);
+                let new = vips.difference(&owned).copied().collect();
+                owned.clone_from(vips);
+                new
+            };
+            for vip in new {
+                if port.announce(vip, &self.metrics) && self.announced.insert(vip) {
+                    if let Some(since) = plan.vips.get(&vip).and_then(|a| a.since) {
+                        self.metrics
+                            .failover_seconds
+                            .observe(since.elapsed().as_secs_f64());
+                    }
+                    tracing::info!(vip = %vip, interface = %name, "took over VIP");
+                }
+            }
+        }
+    }
+
+    fn repeat_announcements(&self) {
+        for port in self.ports.values() {
+            let owned: Vec<IpAddr> = port
+                .owned
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .copied()
+                .collect();
+            for vip in owned {
+                port.announce(vip, &self.metrics);
+            }
+        }
+    }
+}
+
+/// The next repeat tick, or never when repeats are disabled.
+async fn next_tick(repeat: &mut Option<tokio::time::Interval>) {
+    match repeat {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn error_chain(err: &Error) -> String {
+    let mut out = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// One interface in use: its sender, shared with its receive thread, and the VIPs it answers for.
+struct Port {
+    name: String,
+    mac: MacAddr,
+    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // The owned set empties at once, so the thread answers nothing more even before it sees the flag.
+        self.owned
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn link_facts(iface: &NetworkInterface) -> LinkFacts<'_> {
+    LinkFacts {
+        name: &iface.name,
+        loopback: iface.is_loopback(),
+        flags: iface.flags,
+        mac: iface.mac.map(|m| MacAddr([m.0, m.1, m.2, m.3, m.4, m.5])),
+    }
+}
+
+impl Port {
+    fn open(
+        name: &str,
+        config: &ArpConfig,
+        metrics: &ArpMetrics,
+        global_stop: &Arc<AtomicBool>,
+    ) -> Result<(Port, JoinHandle<()>)> {
+        let refused = |reason| Error::Refused {
+            interface: name.to_owned(),
+            reason,
+        };
+        // Checked by name before looking anything up, so kube-ipvs0 is refused even where it is missing.
+        if name == decide::KUBE_IPVS {
+            return Err(refused(Refusal::KubeIpvs));
+        }
+        let iface = datalink::interfaces()
+            .into_iter()
+            .find(|i| i.name == name)
+            .ok_or(refused(Refusal::NotFound))?;
+        let mac = decide::check_link(&link_facts(&iface)).map_err(refused)?;
+        let channel_config = datalink::Config {
+            read_timeout: Some(config.read_timeout),
+            write_timeout: Some(config.read_timeout),
+            // Neighbour solicitations go to solicited-node groups; promiscuous mode receives them without joining.
+            promiscuous: true,
+            ..Default::default()
+        };
+        let channel_error = |source| Error::Channel {
+            interface: name.to_owned(),
+            source,
+        };
+        let (tx, rx) = match datalink::channel(&iface, channel_config).map_err(channel_error)? {
+            Channel::Ethernet(tx, rx) => (tx, rx),
+            _ => return Err(channel_error(io::Error::other("not an Ethernet channel"))),
+        };
+        let port = Port {
+            name: name.to_owned(),
+            mac,
+            owned: Arc::new(RwLock::new(BTreeSet::new())),
+            tx: Arc::new(Mutex::new(tx)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let receiver = Receiver {
+            name: port.name.clone(),
+            mac,
+            owned: port.owned.clone(),
+            tx: port.tx.clone(),
+            stop: port.stop.clone(),
+            global_stop: global_stop.clone(),
+            metrics: metrics.clone(),
+            read_timeout: config.read_timeout,
+            bad_frames: LogLimiter::new(LOG_BURST, LOG_WINDOW),
+            conflicts: LogLimiter::new(LOG_BURST, LOG_WINDOW),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("arp-{name}"))
+            .spawn(move || receiver.run(rx))
+            .map_err(|source| Error::Thread {
+                interface: name.to_owned(),
+                source,
+            })?;
+        Ok((port, thread))
+    }
+
+    /// Sends the takeover announcement for `vip`; true when at least one packet left.
+    fn announce(&self, vip: IpAddr, metrics: &ArpMetrics) -> bool {
+        let (frames, family) = match vip {
+            IpAddr::V4(ip) => (
+                vec![
+                    Frame::Arp(ArpPacket::gratuitous_request(self.mac, ip)),
+                    Frame::Arp(ArpPacket::gratuitous_reply(self.mac, ip)),
+                ],
+                AddressFamily::ipv4,
+            ),
+            IpAddr::V6(ip) => (
+                vec![Frame::Ndp(NdpPacket::unsolicited_advertisement(
+                    self.mac, ip,
+                ))],
+                AddressFamily::ipv6,
+            ),
+        };
+        let mut sent = false;
+        for frame in frames {
+            match send(&self.tx, &frame) {
+                Ok(()) => {
+                    metrics.gratuitous_sent(family);
+                    sent = true;
+                }
+                Err(err) => {
+                    tracing::warn!(interface = %self.name, vip = %vip, error = %err, "gratuitous announcement failed")
+                }
+            }
+        }
+        sent
+    }
+}
+
+fn send(tx: &Mutex<Box<dyn DataLinkSender>>, frame: &Frame) -> io::Result<()> {
+    let bytes = frame.encode();
+    let mut tx = tx.lock().unwrap_or_else(PoisonError::into_inner);
+    tx.send_to(&bytes, None)
+        .unwrap_or_else(|| Err(io::Error::other("sender returned nothing")))
+}
+
+/// The state a receive thread owns.
+struct Receiver {
+    name: String,
+    mac: MacAddr,
+    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
+    stop: Arc<AtomicBool>,
+    global_stop: Arc<AtomicBool>,
+    metrics: ArpMetrics,
+    read_timeout: Duration,
+    bad_frames: LogLimiter,
+    conflicts: LogLimiter,
+}
+
+impl Receiver {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst) || self.global_stop.load(Ordering::SeqCst)
+    }
+
+    /// Runs until a stop flag is set (seen within one read timeout) or the socket keeps failing.
+    fn run(mut self, mut rx: Box<dyn DataLinkReceiver>) {
+        let mut consecutive_errors = 0u32;
+        while !self.stopped() {
+            match rx.next() {
+                Ok(bytes) => {
+                    consecutive_errors = 0;
+                    if may_be_arp_or_ndp(bytes) {
+                        self.handle(bytes);
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => consecutive_errors = 0,
+                Err(err) => {
+                    consecutive_errors += 1;
+                    if consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
+                        tracing::error!(interface = %self.name, error = %err, "packet socket keeps failing; no longer answering on interface");
+                        return;
+                    }
+                    if let Some(suppressed) = self.bad_frames.admit(Instant::now()) {
+                        tracing::warn!(interface = %self.name, error = %err, suppressed, "packet socket read failed");
+                    }
+                    std::thread::sleep(self.read_timeout);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, bytes: &[u8]) {
+        let frame = match Frame::decode(bytes) {
+            Ok(frame) => frame,
+            Err(err) if err.is_malformed() => {
+                self.metrics.malformed.inc();
+                if let Some(suppressed) = self.bad_frames.admit(Instant::now()) {
+                    tracing::debug!(interface = %self.name, error = %err, suppressed, "dropped malformed frame");
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        let verdict = {
+            let owned = self.owned.read().unwrap_or_else(PoisonError::into_inner);
+            decide::decide(&frame, self.mac, &owned)
+        };
+        match verdict {
+            Verdict::Ignore => {}
+            Verdict::Answer(answer) => {
+                let is_arp = matches!(answer, Frame::Arp(_));
+                if is_arp {
+                    self.metrics.arp_requests.inc();
+                } else {
+                    self.metrics.ndp_solicitations.inc();
+                }
+                match send(&self.tx, &answer) {
+                    Ok(()) if is_arp => {
+                        self.metrics.arp_replies.inc();
+                    }
+                    Ok(()) => {
+                        self.metrics.ndp_advertisements.inc();
+                    }
+                    Err(err) => {
+                        if let Some(suppressed) = self.bad_frames.admit(Instant::now()) {
+                            tracing::warn!(interface = %self.name, error = %err, suppressed, "sending an answer failed");
+                        }
+                    }
+                }
+            }
+            Verdict::Conflict { vip, mac } => {
+                if let Some(suppressed) = self.conflicts.admit(Instant::now()) {
+                    tracing::warn!(interface = %self.name, vip = %vip, other_mac = %mac, suppressed,
+                        "another station claims a VIP this node announces; still answering");
+                }
+            }
+            Verdict::Invalid(why) => {
+                self.metrics.malformed.inc();
+                if let Some(suppressed) = self.bad_frames.admit(Instant::now()) {
+                    tracing::debug!(interface = %self.name, reason = why, suppressed, "dropped invalid frame");
+                }
+            }
+        }
+    }
+}
