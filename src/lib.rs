@@ -5,4 +5,5 @@ pub mod alloc;
 pub mod config;
 pub mod k8s;
 pub mod lab;
+pub mod netif;
 pub mod telemetry;
