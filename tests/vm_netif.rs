@@ -18,7 +18,10 @@ use netif_support::{Netns, handle, ip, ips, nets};
 const NAME: &str = "vm_only_dummy_binding";
 
 fn main() -> ExitCode {
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     println!("\nrunning 1 test");
     if !filters.is_empty() && !filters.iter().any(|f| NAME.contains(f.as_str())) {
         println!("\n0 passed, 0 failed, 1 filtered out");
@@ -49,8 +52,14 @@ fn vm_only_dummy_binding() {
         let created = bind::ensure_link(&h, "kube-ipvs0", LinkKind::Dummy)
             .await
             .unwrap();
-        assert!(matches!(created, EnsuredLink::Created { .. }), "{created:?}");
-        assert!(ns.ip(&["-d", "link", "show", "kube-ipvs0"]).contains("dummy"));
+        assert!(
+            matches!(created, EnsuredLink::Created { .. }),
+            "{created:?}"
+        );
+        assert!(
+            ns.ip(&["-d", "link", "show", "kube-ipvs0"])
+                .contains("dummy")
+        );
         let listed = list_interfaces(&h).await.unwrap();
         let link = listed.iter().find(|i| i.name == "kube-ipvs0").unwrap();
         assert_eq!(link.kind.as_deref(), Some("dummy"));
@@ -60,21 +69,37 @@ fn vm_only_dummy_binding() {
         ns.ip(&["addr", "add", "198.51.100.77/32", "dev", "kube-ipvs0"]);
         let foreign = nets(&["203.0.113.99/24", "198.51.100.77/32"]);
 
-        let pools = vec!["192.0.2.0/24".parse().unwrap(), "2001:db8::/64".parse().unwrap()];
+        let pools = vec![
+            "192.0.2.0/24".parse().unwrap(),
+            "2001:db8::/64".parse().unwrap(),
+        ];
         let vips = AddressReconciler::for_pools(h.clone(), "kube-ipvs0", pools);
 
-        let first = vips.reconcile(&ips(&["192.0.2.10", "2001:db8::10"])).await.unwrap();
+        let first = vips
+            .reconcile(&ips(&["192.0.2.10", "2001:db8::10"]))
+            .await
+            .unwrap();
         assert!(first.failed.is_empty(), "{:?}", first.failed);
         assert_eq!(
             first.requests,
-            [AddressRequest::Add(ip("192.0.2.10")), AddressRequest::Add(ip("2001:db8::10"))]
+            [
+                AddressRequest::Add(ip("192.0.2.10")),
+                AddressRequest::Add(ip("2001:db8::10"))
+            ]
         );
         let mut want = nets(&["192.0.2.10/32", "2001:db8::10/128"]);
         want.extend(&foreign);
         assert_eq!(ns.addresses("kube-ipvs0"), want);
 
-        let second = vips.reconcile(&ips(&["192.0.2.10", "2001:db8::10"])).await.unwrap();
-        assert!(second.requests.is_empty(), "second reconcile: {:?}", second.requests);
+        let second = vips
+            .reconcile(&ips(&["192.0.2.10", "2001:db8::10"]))
+            .await
+            .unwrap();
+        assert!(
+            second.requests.is_empty(),
+            "second reconcile: {:?}",
+            second.requests
+        );
 
         let third = vips.reconcile(&ips(&["192.0.2.10"])).await.unwrap();
         assert_eq!(third.requests, [AddressRequest::Del(ip("2001:db8::10"))]);
