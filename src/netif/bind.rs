@@ -162,6 +162,8 @@ pub enum Error {
         "this kernel cannot create {kind} links (for {link}); on a lab host use LinkKind::Bridge"
     )]
     KindUnsupported { link: String, kind: LinkKind },
+    #[error("creating {kind} link {link}: no answer within {NETLINK_TIMEOUT:?}")]
+    CreateLinkTimedOut { link: String, kind: LinkKind },
     #[error("creating {kind} link {link}: {source}")]
     CreateLink {
         link: String,
@@ -222,9 +224,9 @@ pub async fn ensure_link(handle: &Handle, name: &str, kind: LinkKind) -> Result<
             });
         }
         Err(_) => {
-            return Err(Error::LinkLookup {
+            return Err(Error::CreateLinkTimedOut {
                 link: name.into(),
-                source: DumpFailure::TimedOut,
+                kind,
             });
         }
     }

@@ -215,7 +215,8 @@ fn check_interface(values: &SysctlValues, name: &str, own: (u8, u8), problems: &
 
 /// The writes `enforce` makes: `conf/all` raised to strict values where it is not strict already.
 ///
-/// Pure. Applying the result and computing it again yields nothing.
+/// "Raised" is about strictness, not the number: an `all.arp_ignore` of 2 or 8 is stricter than 1 and stays, while
+/// 3–7 and anything above 8 make the kernel reply, so they become 1. Pure. Applying the result and computing it again yields nothing.
 pub fn enforce_writes(values: &SysctlValues) -> Vec<SysctlWrite> {
     let mut writes = Vec::new();
     if !arp_ignore_is_strict(values.all_ignore) {
