@@ -7,4 +7,5 @@ pub mod config;
 pub mod k8s;
 pub mod lab;
 pub mod plan;
+pub mod netif;
 pub mod telemetry;
