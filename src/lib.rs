@@ -6,6 +6,6 @@ pub mod arp;
 pub mod config;
 pub mod k8s;
 pub mod lab;
-pub mod plan;
 pub mod netif;
+pub mod plan;
 pub mod telemetry;

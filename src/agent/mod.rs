@@ -34,6 +34,8 @@ use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
+pub mod announce;
+
 use crate::config::crd::{
     BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
 };
@@ -75,10 +77,14 @@ pub struct AgentArgs {
     /// How long a dead allocator blocks the others, in seconds.
     #[arg(long, env = "IRONLB_LEASE_DURATION", default_value_t = 5)]
     pub lease_duration: u64,
+    #[command(flatten)]
+    pub announce: announce::AnnounceArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("cannot start announcing")]
+    Announce(#[from] announce::Error),
     #[error("cannot build a Kubernetes client")]
     Client(#[source] kube::Error),
     #[error("cannot read kubeconfig {path}")]
@@ -252,6 +258,19 @@ pub async fn run_with(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let (mut announcer, mut liveness) = announce::Announcer::start(
+        &args.node_name,
+        args.announce.clone(),
+        args.lb_class.clone(),
+        &args.namespace,
+        &client,
+        &mut registry,
+        stop_rx.clone(),
+    )
+    .await?;
+    announcer.refresh_local().await;
+    let mut refresh = tokio::time::interval(Duration::from_secs(5));
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     tokio::spawn(crate::telemetry::serve(
         metrics_listener,
@@ -293,6 +312,8 @@ pub async fn run_with(
     let mut retry_after: Option<tokio::time::Instant> = None;
     const SETTLE: Duration = Duration::from_millis(10);
 
+    // When the change behind the next announcement pass was seen; None when no pass is needed.
+    let mut announce_due: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let due = if dirty && *leader.borrow() && state.is_synced() {
@@ -301,23 +322,61 @@ pub async fn run_with(
         } else {
             None
         };
+        if let Some(trigger) = announce_due.filter(|_| state.is_synced()) {
+            announce_due = None;
+            let validated = crate::config::validate(&state.config_sources());
+            let live = crate::plan::membership::live_nodes(
+                &liveness.live.borrow(),
+                &crate::k8s::announcement::ready_nodes(&state),
+                *liveness.healthy.borrow(),
+            );
+            let pass = announcer.pass(&state, &validated, &live, trigger);
+            announcer.bind().await;
+            if writer
+                .apply_own(&mut state, &args.node_name, pass)
+                .await
+                .is_err()
+            {
+                announce_due = Some(trigger);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            continue;
+        }
         tokio::select! {
+            biased;
             _ = &mut shutdown => break,
+            changed = liveness.live.changed() => {
+                if changed.is_err() { break }
+                tracing::info!(live = ?*liveness.live.borrow(), "membership changed");
+                announce_due.get_or_insert_with(std::time::Instant::now);
+            }
+            changed = liveness.healthy.changed() => {
+                if changed.is_err() { break }
+                announce_due.get_or_insert_with(std::time::Instant::now);
+            }
             change = changes.recv() => {
                 let Some(change) = change else { break };
-                if state.handle(change) != Touched::Nothing {
-                    dirty = true;
-                }
+                let seen = std::time::Instant::now();
+                let mut touched = state.handle(change) != Touched::Nothing;
                 // Drain what is already queued before deciding anything.
                 while let Ok(change) = changes.try_recv() {
-                    if state.handle(change) != Touched::Nothing {
-                        dirty = true;
-                    }
+                    touched |= state.handle(change) != Touched::Nothing;
+                }
+                if touched {
+                    dirty = true;
+                    announce_due.get_or_insert(seen);
                 }
                 if state.is_synced() && !*ready_tx.borrow() {
                     tracing::info!(node = %args.node_name, "all watches synced");
                     ready_tx.send_replace(true);
                 }
+            }
+            _ = refresh.tick() => {
+                if announcer.refresh_local().await {
+                    announce_due.get_or_insert_with(std::time::Instant::now);
+                }
+                // Re-bind even when nothing else changed: something else may have removed an address.
+                announcer.bind().await;
             }
             changed = leader.changed() => {
                 if changed.is_err() { break }
@@ -590,6 +649,53 @@ impl Writer {
             }
         }
         retry.map_or(Ok(()), Err)
+    }
+
+    /// Applies this node's own announcement writes, which need no leadership: every node writes only its own Node
+    /// and the Services it owns.
+    async fn apply_own(
+        &mut self,
+        state: &mut ClusterState,
+        node: &str,
+        pass: announce::AnnouncePass,
+    ) -> std::result::Result<(), ()> {
+        let mut failed = false;
+        if let Some(patch) = &pass.node_patch {
+            let nodes: Api<Node> = Api::all(self.client.clone());
+            match nodes
+                .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(updated) => {
+                    self.metrics.api_writes.inc();
+                    state.nodes.apply(updated);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, node, "writing the Node annotations failed; will retry");
+                    failed = true;
+                }
+            }
+        }
+        if !pass.node_notes.is_empty() {
+            let reference = crate::k8s::announcement::node_reference(node, state);
+            for note in &pass.node_notes {
+                self.publish(note, &reference).await;
+            }
+        }
+        for action in pass.services {
+            match self.write_service(state, &action).await {
+                Ok(()) => {
+                    for note in &action.notes {
+                        self.publish(note, &action.reference).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(service = %action.service, %error, "writing Service annotations failed; will retry");
+                    failed = true;
+                }
+            }
+        }
+        if failed { Err(()) } else { Ok(()) }
     }
 
     /// True while leading; otherwise counts a dropped write.

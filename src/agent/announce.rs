@@ -1,0 +1,436 @@
+//! The agent's announcement side: membership, owner choice for this node, the ARP/NDP responder, strict ARP, VIP
+//! binding and the writes that make ownership visible.
+//!
+//! ```text
+//!  Node objects ──seeds──▶ membership (SWIM/UDP) ──live──┐
+//!  ClusterState + Config ─────────────────────────────────┼─▶ Announcer::pass ──Announcements──▶ ArpResponder
+//!  rtnetlink: local interfaces ───────────────────────────┤          │ bind set ──▶ AddressReconciler (kube-ipvs0)
+//!  /proc: strict ARP sysctls ─────────────────────────────┘          └─ writes ───▶ Node / Service annotations, Events
+//! ```
+//!
+//! Every agent runs the same pure planner on the same inputs, so all agree on each VIP's owner without asking each
+//! other; the only thing they exchange is who is alive. A pass runs at once on a membership change, since that is the
+//! failover path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::Client;
+use kube::api::Api;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::arp::{
+    Announce, Announcements, ArpConfig, ArpMetrics, ArpResponder, ArpResponderHandle,
+};
+use crate::config::Validated;
+use crate::k8s::allocation::ServiceAction;
+use crate::k8s::announcement::{self, AnnouncementNotes};
+use crate::k8s::events::Note;
+use crate::k8s::state::ClusterState;
+use crate::netif::strict_arp::{self, Ipv4Conf, StrictArpMetrics, StrictArpReport};
+use crate::netif::{AddressReconciler, StrictArpMode};
+use crate::plan::membership::{self, MembershipConfig, MembershipMetrics};
+use crate::plan::{self, PlanInput, choose_owners, node_plan, node_vips, subnets_annotation};
+
+/// The key in the membership Secret, as in MetalLB's `memberlist` Secret.
+pub const GOSSIP_SECRET_KEY: &str = "secretkey";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct AnnounceArgs {
+    /// Strict ARP: `enforce` sets it, `check` refuses to announce without it, `off` ignores it.
+    #[arg(long, env = "IRONLB_STRICT_ARP", value_enum, default_value_t = StrictArpMode::Check)]
+    pub strict_arp: StrictArpMode,
+    /// UDP port of the membership gossip between agents.
+    #[arg(long, env = "IRONLB_GOSSIP_PORT", default_value_t = 7946)]
+    pub gossip_port: u16,
+    /// Secret (in the agent's namespace) whose `secretkey` authenticates the gossip.
+    #[arg(
+        long,
+        env = "IRONLB_GOSSIP_SECRET",
+        default_value = "ironlb-memberlist"
+    )]
+    pub gossip_secret: String,
+    /// Seconds between repeated gratuitous ARP / unsolicited NA for owned VIPs; 0 sends them only on takeover.
+    #[arg(long, env = "IRONLB_GARP_PERIOD", default_value_t = 3)]
+    pub garp_period: u64,
+    /// The link the VIPs are bound on in the integrated data plane.
+    #[arg(long, env = "IRONLB_VIP_LINK", default_value = "kube-ipvs0")]
+    pub vip_link: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open a netlink socket")]
+    Netlink(#[source] std::io::Error),
+    #[error("cannot start the ARP/NDP responder")]
+    Responder(#[source] crate::arp::Error),
+}
+
+/// What one announcement pass asks the agent to write.
+#[derive(Debug, Default)]
+pub struct AnnouncePass {
+    pub node_patch: Option<serde_json::Value>,
+    pub node_notes: Vec<Note>,
+    pub services: Vec<ServiceAction>,
+}
+
+pub struct Announcer {
+    node: String,
+    args: AnnounceArgs,
+    lb_class: Option<String>,
+    handle: rtnetlink::Handle,
+    announcements: watch::Sender<Announcements>,
+    _responder: ArpResponderHandle,
+    seeds: watch::Sender<BTreeMap<String, SocketAddr>>,
+    interfaces: Vec<crate::netif::LocalInterface>,
+    strict: Option<StrictArpReport>,
+    strict_metrics: StrictArpMetrics,
+    strict_reported: Option<bool>,
+    notes: AnnouncementNotes,
+    /// What the last pass wants bound on the VIP link, and the pools (whose addresses are ours to remove).
+    wanted_bind: Option<(BTreeSet<IpAddr>, Vec<crate::config::Pool>)>,
+    /// What was last bound successfully; None forces the next bind to reconcile.
+    bound: Option<BTreeSet<IpAddr>>,
+}
+
+/// Membership as the main loop sees it.
+pub struct Liveness {
+    pub live: watch::Receiver<BTreeSet<String>>,
+    pub healthy: watch::Receiver<bool>,
+}
+
+impl Announcer {
+    /// Opens netlink, starts the responder and, when the gossip key can be read, the membership.
+    pub async fn start(
+        node: &str,
+        args: AnnounceArgs,
+        lb_class: Option<String>,
+        namespace: &str,
+        client: &Client,
+        registry: &mut Registry,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(Announcer, Liveness), Error> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Netlink)?;
+        tokio::spawn(connection);
+        let (announcements, plan_rx) = watch::channel(Announcements::default());
+        let arp_config = ArpConfig {
+            garp_period: Duration::from_secs(args.garp_period),
+            ..ArpConfig::default()
+        };
+        let responder = ArpResponder::start(plan_rx, arp_config, ArpMetrics::register(registry))
+            .map_err(Error::Responder)?;
+        let strict_metrics = StrictArpMetrics::register(registry);
+
+        let (seeds, seeds_rx) = watch::channel(BTreeMap::new());
+        let (live_tx, live) = watch::channel(BTreeSet::from([node.to_string()]));
+        let (healthy_tx, healthy) = watch::channel(false);
+        let membership_metrics = MembershipMetrics::register(registry);
+        match gossip_key(client, namespace, &args.gossip_secret).await {
+            Ok(key) => {
+                let advertise = advertise_address(client, node, &handle).await;
+                let port = args.gossip_port;
+                match advertise {
+                    Some(ip) => {
+                        let config = MembershipConfig::new(
+                            node.to_string(),
+                            SocketAddr::new(unspecified_like(ip), port),
+                            SocketAddr::new(ip, port),
+                            key,
+                        );
+                        let mut stop = stop.clone();
+                        tokio::spawn(async move {
+                            let stopped = async move {
+                                let _ = stop.wait_for(|s| *s).await;
+                            };
+                            if let Err(error) = membership::run(
+                                config,
+                                seeds_rx,
+                                live_tx,
+                                healthy_tx,
+                                membership_metrics,
+                                stopped,
+                            )
+                            .await
+                            {
+                                tracing::error!(%error, "membership stopped; falling back to Node Ready");
+                            }
+                        });
+                    }
+                    None => tracing::error!(
+                        node,
+                        "no address to gossip from (no InternalIP on the Node, no global IPv4 address); \
+                         falling back to Node Ready for liveness"
+                    ),
+                }
+            }
+            Err(why) => tracing::error!(
+                secret = %format!("{namespace}/{}", args.gossip_secret),
+                "membership disabled: {why}; falling back to Node Ready for liveness, so failover takes as long as \
+                 the Node controller needs to mark a node NotReady"
+            ),
+        }
+        let announcer = Announcer {
+            node: node.to_string(),
+            args,
+            lb_class,
+            handle,
+            announcements,
+            _responder: responder,
+            seeds,
+            interfaces: Vec::new(),
+            strict: None,
+            strict_metrics,
+            strict_reported: None,
+            notes: AnnouncementNotes::default(),
+            wanted_bind: None,
+            bound: None,
+        };
+        Ok((announcer, Liveness { live, healthy }))
+    }
+
+    /// Re-reads the local interfaces and the strict ARP sysctls. Returns whether anything the plan depends on
+    /// changed.
+    pub async fn refresh_local(&mut self) -> bool {
+        let interfaces = match crate::netif::links::list_interfaces(&self.handle).await {
+            Ok(list) => list,
+            Err(error) => {
+                tracing::warn!(%error, "listing interfaces failed; keeping the previous list");
+                self.interfaces.clone()
+            }
+        };
+        let names: Vec<&str> = interfaces
+            .iter()
+            .filter(|i| i.up && !i.loopback && !i.noarp && i.name != self.args.vip_link)
+            .map(|i| i.name.as_str())
+            .collect();
+        let report = match strict_arp::run(self.args.strict_arp, &Ipv4Conf::current_netns(), &names)
+        {
+            Ok(report) => Some(report),
+            Err(error) => {
+                tracing::warn!(%error, "reading the strict ARP sysctls failed; not announcing");
+                None
+            }
+        };
+        if let Some(report) = &report {
+            self.strict_metrics.record(report);
+        }
+        let changed = interfaces != self.interfaces
+            || report.as_ref().map(StrictArpReport::announce_allowed)
+                != self.strict.as_ref().map(StrictArpReport::announce_allowed);
+        self.interfaces = interfaces;
+        self.strict = report;
+        // Re-check the binding too: kube-proxy or an operator may have changed the link meanwhile.
+        self.bound = None;
+        changed
+    }
+
+    /// Binds the VIPs the last pass wants on the VIP link, when that link exists (kube-proxy in IPVS mode makes it).
+    pub async fn bind(&mut self) {
+        let Some((wanted, pools)) = self.wanted_bind.as_ref() else {
+            return;
+        };
+        if self.bound.as_ref() == Some(wanted) {
+            return;
+        }
+        match crate::netif::bind::link_index(&self.handle, &self.args.vip_link).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, link = %self.args.vip_link, "cannot look up the VIP link");
+                return;
+            }
+        }
+        let pools = pools.clone();
+        let reconciler =
+            AddressReconciler::new(self.handle.clone(), self.args.vip_link.clone(), move |ip| {
+                pools.iter().any(|p| p.contains(ip))
+            });
+        match reconciler.reconcile(wanted).await {
+            Ok(outcome) if outcome.failed.is_empty() => {
+                if !outcome.requests.is_empty() {
+                    tracing::info!(link = %self.args.vip_link, changes = outcome.requests.len(), "VIP binding updated");
+                }
+                self.bound = Some(wanted.clone());
+            }
+            Ok(outcome) => {
+                for error in &outcome.failed {
+                    tracing::warn!(%error, link = %self.args.vip_link, "binding a VIP failed; will retry");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, link = %self.args.vip_link, "VIP binding failed; will retry")
+            }
+        }
+    }
+
+    fn strict_allowed(&self) -> bool {
+        self.strict
+            .as_ref()
+            .is_some_and(StrictArpReport::announce_allowed)
+    }
+
+    /// Plans this node's announcements and returns the writes that make them visible. `trigger` is when the change
+    /// behind this pass was observed: a VIP this pass takes over is measured for failover from then.
+    pub fn pass(
+        &mut self,
+        state: &ClusterState,
+        validated: &Validated,
+        live: &BTreeSet<String>,
+        trigger: Instant,
+    ) -> AnnouncePass {
+        self.seeds.send_if_modified(|seeds| {
+            let fresh = announcement::gossip_seeds(state, self.args.gossip_port);
+            let changed = *seeds != fresh;
+            *seeds = fresh;
+            changed
+        });
+        let input = PlanInput::from_cluster(state, &validated.config, self.lb_class.as_deref());
+        let owners = choose_owners(&input.groups, live);
+        let local: Vec<plan::LocalInterface> =
+            self.interfaces.iter().map(to_plan_interface).collect();
+        let mut node_plan = node_plan(&self.node, &input.groups, &owners, &local);
+
+        let mut pass = AnnouncePass::default();
+        let allowed = self.strict_allowed();
+        if self.strict_reported != Some(allowed) {
+            self.strict_reported = Some(allowed);
+            if !allowed {
+                let problems = self
+                    .strict
+                    .as_ref()
+                    .map(|r| r.status.problems.join("; "))
+                    .unwrap_or_else(|| "the strict ARP sysctls could not be read".into());
+                tracing::warn!(node = %self.node, %problems, "strict ARP is not effective: announcing nothing");
+                pass.node_notes.push(Note::warning(
+                    "StrictARPNotEffective",
+                    format!(
+                        "not announcing any VIP: {problems}. Fix: {} (or kube-proxy `strictARP: true`), or run \
+                         the agent with --strict-arp=enforce",
+                        strict_arp::FIX_COMMAND
+                    ),
+                ));
+            }
+        }
+        if !allowed {
+            node_plan.announce.clear();
+            node_plan.owned_services.clear();
+            node_plan.unannounceable.clear();
+        }
+
+        self.announcements.send_if_modified(|current| {
+            let mut next = Announcements::default();
+            for (ip, interfaces) in &node_plan.announce {
+                let since = match current.vips.get(ip) {
+                    Some(existing) => existing.since,
+                    None => Some(trigger),
+                };
+                next.vips.insert(
+                    *ip,
+                    Announce {
+                        interfaces: interfaces.clone(),
+                        since,
+                    },
+                );
+            }
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+
+        let vips = if allowed {
+            node_vips(&self.node, &input.groups, &owners)
+        } else {
+            String::new()
+        };
+        let node_obj: Option<&Node> = state
+            .nodes
+            .get(&crate::k8s::index::ObjectKey::new("", self.node.clone()));
+        pass.node_patch = announcement::node_patch(node_obj, &vips, &subnets_annotation(&local));
+        pass.services = announcement::service_actions(
+            state,
+            &self.node,
+            &node_plan,
+            &mut self.notes,
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        self.wanted_bind = Some((
+            node_plan.bind,
+            validated.config.pools.values().cloned().collect(),
+        ));
+        pass
+    }
+}
+
+fn to_plan_interface(i: &crate::netif::LocalInterface) -> plan::LocalInterface {
+    plan::LocalInterface {
+        name: i.name.clone(),
+        subnets: i.subnets.clone(),
+        up: i.up,
+        noarp: i.noarp,
+        loopback: i.loopback,
+    }
+}
+
+/// The wildcard address of `ip`'s family, to listen on.
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+async fn gossip_key(client: &Client, namespace: &str, name: &str) -> Result<Vec<u8>, String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("cannot read the Secret: {e}"))?
+        .ok_or_else(|| "the Secret does not exist".to_string())?;
+    let key = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(GOSSIP_SECRET_KEY))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(GOSSIP_SECRET_KEY))
+                .map(|s| s.as_bytes().to_vec())
+        })
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| format!("the Secret has no non-empty `{GOSSIP_SECRET_KEY}`"))?;
+    Ok(key)
+}
+
+/// Where peers reach this node: its Node's InternalIP, else its first global IPv4 address.
+async fn advertise_address(
+    client: &Client,
+    node: &str,
+    handle: &rtnetlink::Handle,
+) -> Option<IpAddr> {
+    let from_node = Api::<Node>::all(client.clone())
+        .get_opt(node)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|n| n.status)
+        .and_then(|s| s.addresses)
+        .and_then(|a| {
+            a.into_iter()
+                .filter(|a| a.type_ == "InternalIP")
+                .find_map(|a| a.address.parse().ok())
+        });
+    if from_node.is_some() {
+        return from_node;
+    }
+    let interfaces = crate::netif::links::list_interfaces(handle).await.ok()?;
+    interfaces
+        .iter()
+        .filter(|i| i.up && !i.loopback)
+        .flat_map(|i| i.addresses.iter())
+        .map(|a| a.addr())
+        .find(|ip| matches!(ip, IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local()))
+}
