@@ -314,6 +314,7 @@ pub async fn run_with(
 
     // When the change behind the next announcement pass was seen; None when no pass is needed.
     let mut announce_due: Option<std::time::Instant> = None;
+    let (mut live_open, mut healthy_open) = (true, true);
     tokio::pin!(shutdown);
     loop {
         let due = if dirty && *leader.borrow() && state.is_synced() {
@@ -345,13 +346,14 @@ pub async fn run_with(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            changed = liveness.live.changed() => {
-                if changed.is_err() { break }
+            // Without membership (no gossip key) these channels are closed; the last value stands.
+            changed = liveness.live.changed(), if live_open => {
+                live_open = changed.is_ok();
                 tracing::info!(live = ?*liveness.live.borrow(), "membership changed");
                 announce_due.get_or_insert_with(std::time::Instant::now);
             }
-            changed = liveness.healthy.changed() => {
-                if changed.is_err() { break }
+            changed = liveness.healthy.changed(), if healthy_open => {
+                healthy_open = changed.is_ok();
                 announce_due.get_or_insert_with(std::time::Instant::now);
             }
             change = changes.recv() => {
