@@ -52,9 +52,13 @@ enum Command {
     Crds,
     /// Show every VIP with its pool, owner node, interface and since when.
     Status(ironlb::k8s::report::StatusArgs),
-    /// The embedded lab.
-    #[command(subcommand)]
-    Lab(LabCommand),
+    /// The embedded lab: a small cluster in network namespaces with real agents (needs root).
+    Lab {
+        #[command(subcommand)]
+        command: Option<LabCommand>,
+        #[command(flatten)]
+        args: ironlb::lab::demo::LabArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,9 +137,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("writing to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Lab(LabCommand::Api(args)) => {
+        Command::Lab {
+            command: Some(LabCommand::Api(args)),
+            ..
+        } => {
             ironlb::telemetry::init_json_logs();
             runtime()?.block_on(args.run())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab {
+            command: None,
+            args,
+        } => {
+            runtime()?.block_on(ironlb::lab::demo::run(args, &mut out))?;
             Ok(ExitCode::SUCCESS)
         }
     }

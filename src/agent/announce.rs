@@ -94,7 +94,13 @@ pub struct Announcer {
     wanted_bind: Option<(BTreeSet<IpAddr>, Vec<crate::config::Pool>)>,
     /// What was last bound successfully; None forces the next bind to reconcile.
     bound: Option<BTreeSet<IpAddr>>,
+    /// Until membership has found the other Ready nodes, or until this deadline, announce nothing: an agent that
+    /// starts alone would otherwise claim every VIP for a moment and send gratuitous ARP for them.
+    startup_hold: Option<Instant>,
 }
+
+/// The longest a starting agent waits for membership to find its peers before announcing anyway.
+pub const STARTUP_HOLD: Duration = Duration::from_secs(3);
 
 /// Membership as the main loop sees it.
 pub struct Liveness {
@@ -187,6 +193,7 @@ impl Announcer {
             notes: AnnouncementNotes::default(),
             wanted_bind: None,
             bound: None,
+            startup_hold: Some(Instant::now() + STARTUP_HOLD),
         };
         Ok((announcer, Liveness { live, healthy }))
     }
@@ -266,6 +273,11 @@ impl Announcer {
         }
     }
 
+    /// Whether announcements are still held back at startup; the main loop runs passes until they are not.
+    pub fn holding(&self) -> bool {
+        self.startup_hold.is_some()
+    }
+
     fn strict_allowed(&self) -> bool {
         self.strict
             .as_ref()
@@ -314,7 +326,20 @@ impl Announcer {
                 ));
             }
         }
-        if !allowed {
+        if let Some(deadline) = self.startup_hold {
+            let ready = announcement::ready_nodes(state);
+            let others_ready = ready.iter().filter(|n| **n != self.node).count();
+            let others_live = live
+                .iter()
+                .filter(|n| **n != self.node && ready.contains(*n))
+                .count();
+            if others_live >= others_ready || Instant::now() >= deadline {
+                tracing::info!(node = %self.node, ?live, "membership settled; announcing");
+                self.startup_hold = None;
+            }
+        }
+        let holding = self.startup_hold.is_some();
+        if !allowed || holding {
             node_plan.announce.clear();
             node_plan.owned_services.clear();
             node_plan.unannounceable.clear();

@@ -269,7 +269,7 @@ pub async fn run_with(
     )
     .await?;
     announcer.refresh_local().await;
-    let mut refresh = tokio::time::interval(Duration::from_secs(5));
+    let mut refresh = tokio::time::interval(Duration::from_secs(2));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     tokio::spawn(crate::telemetry::serve(
@@ -374,7 +374,7 @@ pub async fn run_with(
                 }
             }
             _ = refresh.tick() => {
-                if announcer.refresh_local().await {
+                if announcer.refresh_local().await || announcer.holding() {
                     announce_due.get_or_insert_with(std::time::Instant::now);
                 }
                 // Re-bind even when nothing else changed: something else may have removed an address.

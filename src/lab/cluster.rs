@@ -1,0 +1,533 @@
+//! A whole small cluster on one Linux machine: the [`Topology`] of namespaces, the lab API server, one real
+//! `ironlb agent` process per node namespace, demo Services with EndpointSlices, and a TCP responder in every node
+//! namespace standing in for the pods. `ironlb lab` drives it, and so do the netns tests and the benchmarks.
+//!
+//! The lab API server listens twice over the same objects: inside the switch namespace, where the agents reach it
+//! over the lab bridge, and on the host's loopback, for the user's `kubectl`. Everything is torn down on drop:
+//! agents killed, responders stopped, namespaces deleted.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener as StdListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::json;
+
+use super::api::ApiServer;
+use super::netns::in_netns;
+use super::topology::{self, LabNode, SWITCH_V4, Topology, UPLINK};
+use crate::config::crd::{IPAddressPool, L2Advertisement};
+use crate::k8s::report::{StatusRow, rows};
+
+/// The lab API server's port inside the switch namespace.
+pub const API_PORT: u16 = 6443;
+/// The port every demo Service and node responder uses.
+pub const DEMO_PORT: u16 = 80;
+/// The lab's pool: inside the lab subnet, so that clients resolve the VIPs with ARP and NDP.
+pub const POOL_V4: &str = "192.0.2.200-192.0.2.250";
+pub const POOL_V6: &str = "2001:db8::200-2001:db8::250";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the lab needs root to create network namespaces (run it with sudo)")]
+    NotRoot,
+    #[error("building the lab network")]
+    Topology(#[from] topology::Error),
+    #[error("working inside a lab namespace")]
+    Netns(#[from] super::netns::Error),
+    #[error("the lab API server")]
+    Api(#[from] super::api::Error),
+    #[error("talking to the lab API server")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to build the lab.
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub nodes: usize,
+    /// Demo Services to create (each gets one VIP; the first is dual-stack).
+    pub services: usize,
+    /// Prefix of every namespace name; unique per run.
+    pub prefix: String,
+    /// Where kubeconfigs and agent logs go.
+    pub dir: PathBuf,
+    /// The `ironlb` binary to run as agents.
+    pub binary: PathBuf,
+    /// `--strict-arp` for every agent: the lab uses `enforce`, a test of `check` sets it.
+    pub strict_arp: String,
+    /// Extra flags for every agent.
+    pub agent_args: Vec<String>,
+}
+
+struct AgentProcess {
+    child: Child,
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running TCP responder in a node namespace; stops on drop.
+struct Responder {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The running lab. Fields drop in order: agents and responders first, then the API server, then the namespaces.
+pub struct Lab {
+    agents: BTreeMap<String, AgentProcess>,
+    responders: Vec<Responder>,
+    pub api: ApiServer,
+    pub client: Client,
+    pub kubeconfig: PathBuf,
+    agent_kubeconfig: PathBuf,
+    options: LabOptions,
+    pub topology: Topology,
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+impl Lab {
+    /// Builds the network, starts the API server, applies the configuration and demo objects, and starts the agents.
+    pub async fn start(options: LabOptions) -> Result<Lab> {
+        if !is_root() {
+            return Err(Error::NotRoot);
+        }
+        std::fs::create_dir_all(&options.dir)?;
+        let topology = Topology::create(&options.prefix, options.nodes)?;
+
+        let inside = in_netns(&topology.switch, || {
+            StdListener::bind((SWITCH_V4, API_PORT))
+        })??;
+        inside.set_nonblocking(true)?;
+        let outside = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        outside.set_nonblocking(true)?;
+        let api = ApiServer::from_listeners(vec![
+            tokio::net::TcpListener::from_std(outside)?,
+            tokio::net::TcpListener::from_std(inside)?,
+        ])?;
+        let kubeconfig = options.dir.join("kubeconfig");
+        let agent_kubeconfig = options.dir.join("agents.kubeconfig");
+        super::api::write_kubeconfig(&kubeconfig, &api.url())?;
+        super::api::write_kubeconfig(&agent_kubeconfig, &format!("http://{SWITCH_V4}:{API_PORT}"))?;
+        let client = crate::agent::client(Some(&kubeconfig))
+            .await
+            .map_err(|e| Error::Setup(format!("lab API client: {e}")))?;
+
+        let mut lab = Lab {
+            agents: BTreeMap::new(),
+            responders: Vec::new(),
+            api,
+            client,
+            kubeconfig,
+            agent_kubeconfig,
+            options,
+            topology,
+        };
+        lab.apply_cluster_objects().await?;
+        for node in lab.topology.nodes.clone() {
+            lab.responders.push(start_responder(&node)?);
+            lab.start_agent(&node.name)?;
+        }
+        Ok(lab)
+    }
+
+    async fn apply_cluster_objects(&self) -> Result<()> {
+        let pp = PostParams::default();
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in
+            crate::config::crd::crds().map_err(|e| Error::Setup(format!("generating CRDs: {e}")))?
+        {
+            crds.create(&pp, &crd).await?;
+        }
+        // A fresh gossip key for every lab, as an operator would make one with `openssl rand`.
+        let mut key = vec![0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some("ironlb-memberlist".into()),
+                namespace: Some("ironlb-system".into()),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                crate::agent::announce::GOSSIP_SECRET_KEY.to_string(),
+                k8s_openapi::ByteString(key),
+            )])),
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(self.client.clone(), "ironlb-system")
+            .create(&pp, &secret)
+            .await?;
+        let pool: IPAddressPool = serde_json::from_value(json!({
+            "apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+            "metadata": {"name": "lab", "namespace": "metallb-system"},
+            "spec": {"addresses": [POOL_V4, POOL_V6]},
+        }))
+        .map_err(|e| Error::Setup(e.to_string()))?;
+        Api::<IPAddressPool>::namespaced(self.client.clone(), "metallb-system")
+            .create(&pp, &pool)
+            .await?;
+        let l2: L2Advertisement = serde_json::from_value(json!({
+            "apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
+            "metadata": {"name": "lab", "namespace": "metallb-system"},
+            "spec": {"ipAddressPools": ["lab"]},
+        }))
+        .map_err(|e| Error::Setup(e.to_string()))?;
+        Api::<L2Advertisement>::namespaced(self.client.clone(), "metallb-system")
+            .create(&pp, &l2)
+            .await?;
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        for node in &self.topology.nodes {
+            nodes.create(&pp, &node_object(node)).await?;
+        }
+        for i in 1..=self.options.services {
+            self.create_demo_service(&format!("demo-{i}"), i == 1, false, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Creates a demo Service (dual-stack if asked, `externalTrafficPolicy: Local` if asked) with an EndpointSlice
+    /// holding one endpoint on each node in `on_nodes` (all nodes when None).
+    pub async fn create_demo_service(
+        &self,
+        name: &str,
+        dual_stack: bool,
+        local: bool,
+        on_nodes: Option<&[&str]>,
+    ) -> Result<()> {
+        let families = if dual_stack {
+            json!(["IPv4", "IPv6"])
+        } else {
+            json!(["IPv4"])
+        };
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": {"app": name},
+                "ports": [{"name": "http", "port": DEMO_PORT, "protocol": "TCP"}],
+                "ipFamilies": families,
+                "ipFamilyPolicy": if dual_stack { "PreferDualStack" } else { "SingleStack" },
+                "externalTrafficPolicy": if local { "Local" } else { "Cluster" },
+            },
+        }))
+        .map_err(|e| Error::Setup(e.to_string()))?;
+        Api::<Service>::namespaced(self.client.clone(), "default")
+            .create(&PostParams::default(), &svc)
+            .await?;
+        self.set_endpoints(
+            name,
+            on_nodes.unwrap_or(
+                &self
+                    .node_names()
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            ),
+        )
+        .await
+    }
+
+    /// Replaces a demo Service's EndpointSlice with one ready endpoint per listed node.
+    pub async fn set_endpoints(&self, service: &str, nodes: &[&str]) -> Result<()> {
+        let endpoints: Vec<_> = self
+            .topology
+            .nodes
+            .iter()
+            .filter(|n| nodes.contains(&n.name.as_str()))
+            .map(|n| {
+                json!({
+                    "addresses": [n.ipv4.to_string()],
+                    "nodeName": n.name,
+                    "conditions": {"ready": true, "serving": true, "terminating": false},
+                })
+            })
+            .collect();
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-lab"), "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": DEMO_PORT, "protocol": "TCP"}],
+        }))
+        .map_err(|e| Error::Setup(e.to_string()))?;
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "default");
+        let name = format!("{service}-lab");
+        match api.get_opt(&name).await? {
+            Some(existing) => {
+                let mut slice = slice;
+                slice.metadata.resource_version = existing.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &slice).await?;
+            }
+            None => {
+                api.create(&PostParams::default(), &slice).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn node_names(&self) -> Vec<String> {
+        self.topology.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&LabNode> {
+        self.topology.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Starts (or restarts) the agent of `node`.
+    pub fn start_agent(&mut self, node: &str) -> Result<()> {
+        let lab_node = self
+            .node(node)
+            .ok_or_else(|| Error::Setup(format!("no lab node {node}")))?
+            .clone();
+        self.agents.remove(node);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.agent_log(node))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab_node.netns])
+            .arg(&self.options.binary)
+            .args(["agent", "--node-name", node])
+            .arg("--kubeconfig")
+            .arg(&self.agent_kubeconfig)
+            .args(["--metrics-addr", &format!("{}:7472", lab_node.ipv4)])
+            .args([
+                "--strict-arp",
+                &self.options.strict_arp,
+                "--garp-period",
+                "1",
+            ])
+            .args(&self.options.agent_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.agents.insert(node.to_string(), AgentProcess { child });
+        Ok(())
+    }
+
+    pub fn agent_log(&self, node: &str) -> PathBuf {
+        self.options.dir.join(format!("{node}.log"))
+    }
+
+    /// SIGKILLs the agent of `node`, as a crash would.
+    pub fn kill_agent(&mut self, node: &str) {
+        self.agents.remove(node);
+    }
+
+    /// The status table as `ironlb status` would print it.
+    pub async fn status(&self) -> Result<Vec<StatusRow>> {
+        let services = Api::<Service>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        Ok(rows(&services))
+    }
+
+    /// Waits until every LoadBalancer Service has an IP and an announcing node.
+    pub async fn wait_announced(&self, limit: Duration) -> Result<Vec<StatusRow>> {
+        let start = Instant::now();
+        loop {
+            let services = Api::<Service>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items;
+            let lb = services
+                .iter()
+                .filter(|s| {
+                    s.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+                })
+                .count();
+            let status = rows(&services);
+            if status.len() == lb && status.iter().all(|r| !r.owners.is_empty()) {
+                return Ok(status);
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Timeout(
+                    limit,
+                    "every Service to be announced".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The MAC that answers ARP (or NDP) for `vip` from the client, as `arping` / `ndisc6` see it.
+    pub fn resolve_from_client(&self, vip: IpAddr) -> Option<String> {
+        let out = match vip {
+            IpAddr::V4(_) => topology::run_in(
+                &self.topology.client,
+                &[
+                    "arping",
+                    "-c",
+                    "1",
+                    "-w",
+                    "2",
+                    "-I",
+                    UPLINK,
+                    &vip.to_string(),
+                ],
+            ),
+            IpAddr::V6(_) => topology::run_in(
+                &self.topology.client,
+                &[
+                    "ndisc6",
+                    "-1",
+                    "-r",
+                    "3",
+                    "-w",
+                    "500",
+                    &vip.to_string(),
+                    UPLINK,
+                ],
+            ),
+        }
+        .ok()?;
+        parse_mac(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Connects from the client to `vip`:80 and returns what the responder says ("hello from node-N").
+    pub fn connect_from_client(&self, vip: IpAddr, timeout: Duration) -> Result<String> {
+        let addr = SocketAddr::new(vip, DEMO_PORT);
+        let reply = in_netns(&self.topology.client, move || -> std::io::Result<String> {
+            let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text.trim().to_string())
+        })??;
+        Ok(reply)
+    }
+
+    pub fn options(&self) -> &LabOptions {
+        &self.options
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Agents run inside the namespaces; they must be gone before the namespaces are deleted.
+        self.agents.clear();
+        self.responders.clear();
+    }
+}
+
+/// A responder in `node`'s namespace that answers every TCP connection on port 80 with "hello from <node>".
+fn start_responder(node: &LabNode) -> Result<Responder> {
+    let listener = in_netns(&node.netns, || -> std::io::Result<StdListener> {
+        // [::] with the default dual-stack socket accepts IPv4 too.
+        let listener = StdListener::bind((Ipv6Addr::UNSPECIFIED, DEMO_PORT))?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    })??;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let greeting = format!("hello from {}\n", node.name);
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.write_all(greeting.as_bytes());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    Ok(Responder {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn node_object(node: &LabNode) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": node.name, "labels": {"kubernetes.io/hostname": node.name}},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": node.ipv4.to_string()},
+                {"type": "Hostname", "address": node.name},
+            ],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    }))
+    .expect("a valid Node")
+}
+
+/// The first MAC address in a tool's output (`arping` prints `[02:..]`, `ndisc6` `Target link-layer address: 02:..`).
+pub fn parse_mac(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || c == '[' || c == ']')
+        .find(|w| {
+            w.len() == 17
+                && w.split(':').count() == 6
+                && w.split(':')
+                    .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .map(str::to_ascii_lowercase)
+}
+
+/// Where the lab keeps its files: a fresh directory under the system temp dir.
+pub fn default_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(prefix)
+}
+
+/// The running binary, used as the agents' binary.
+pub fn this_binary() -> Result<PathBuf> {
+    Ok(std::env::current_exe()?)
+}
+
+/// Removes a directory the lab made, ignoring errors.
+pub fn remove_dir(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_are_found_in_arping_and_ndisc6_output() {
+        let arping = "ARPING 192.0.2.200 from 192.0.2.100 eth0\nUnicast reply from 192.0.2.200 [02:AB:cd:00:11:22]  0.6ms\n";
+        assert_eq!(parse_mac(arping).as_deref(), Some("02:ab:cd:00:11:22"));
+        let ndisc = "Soliciting 2001:db8::200 (2001:db8::200) on eth0...\nTarget link-layer address: 02:AB:CD:00:11:22\n from 2001:db8::11\n";
+        assert_eq!(parse_mac(ndisc).as_deref(), Some("02:ab:cd:00:11:22"));
+        assert_eq!(parse_mac("no reply"), None);
+    }
+}

@@ -1,0 +1,214 @@
+//! `ironlb lab`: builds the lab, shows who owns each VIP, proves it from a client with ARP/NDP and TCP, kills an
+//! owner, and prints the measured failover. With `--keep` it then stays up for the user's own `kubectl` and `arping`.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use super::cluster::{self, Lab, LabOptions};
+use super::topology::UPLINK;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct LabArgs {
+    /// Number of node namespaces, each running one real agent.
+    #[arg(long, env = "IRONLB_LAB_NODES", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub nodes: u16,
+    /// Demo Services to create.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u16).range(1..=40))]
+    pub services: u16,
+    /// Stay up after the demo, until Ctrl-C, and print how to reach the lab.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Runs the demo, printing to `out`. Everything is torn down on return, and on Ctrl-C.
+pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
+    let prefix = format!("ilb-lab-{}", std::process::id());
+    let dir = cluster::default_dir(&prefix);
+    let options = LabOptions {
+        nodes: usize::from(args.nodes),
+        services: usize::from(args.services),
+        prefix: prefix.clone(),
+        dir: dir.clone(),
+        binary: cluster::this_binary()?,
+        strict_arp: "enforce".into(),
+        agent_args: Vec::new(),
+    };
+    let result = tokio::select! {
+        r = demo(options, args.keep, out) => r,
+        _ = interrupted() => {
+            let _ = writeln!(out, "interrupted; tearing the lab down");
+            Ok(())
+        }
+    };
+    if result.is_ok() {
+        cluster::remove_dir(&dir);
+    } else {
+        let _ = writeln!(out, "agent logs kept in {}", dir.display());
+    }
+    result
+}
+
+/// Ctrl-C or SIGTERM: either way the lab must be torn down, not left behind.
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn demo(options: LabOptions, keep: bool, out: &mut impl Write) -> cluster::Result<()> {
+    let nodes = options.nodes;
+    writeln!(
+        out,
+        "building the lab: {nodes} node namespaces, a client, a bridge, the lab API server"
+    )?;
+    let mut lab = Lab::start(options).await?;
+    if lab.topology.vip_link_kind != "dummy" {
+        writeln!(
+            out,
+            "note: this kernel has no dummy links, so kube-ipvs0 is an empty bridge in each node (it holds the VIPs \
+             the same way); and no IPVS here, so each node's own responder answers on the VIP"
+        )?;
+    }
+    writeln!(
+        out,
+        "agents started; waiting for allocation and announcement"
+    )?;
+    let started = Instant::now();
+    lab.wait_announced(Duration::from_secs(60)).await?;
+    writeln!(
+        out,
+        "every Service announced after {} ms\n",
+        started.elapsed().as_millis()
+    )?;
+    // Let one round of periodic gratuitous ARP pass, so every cache on the LAN agrees before we look.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let rows = lab.status().await?;
+    out.write_all(crate::k8s::report::render_table(&rows).as_bytes())?;
+
+    writeln!(out, "\nfrom the client namespace:")?;
+    for row in &rows {
+        for vip in &row.vips {
+            let Ok(ip) = vip.parse::<IpAddr>() else {
+                continue;
+            };
+            let mac = lab.resolve_from_client(ip);
+            let owner = row.owners.first().cloned().unwrap_or_default();
+            let expected = lab.node(&owner).map(|n| n.mac.clone());
+            let by = mac
+                .as_deref()
+                .and_then(|m| lab.topology.node_by_mac(m))
+                .map(|n| n.name.clone())
+                .unwrap_or_else(|| "nobody".into());
+            let verdict = if mac.is_some() && mac == expected {
+                "ok"
+            } else {
+                "MISMATCH"
+            };
+            let proto = if ip.is_ipv4() { "ARP" } else { "NDP" };
+            let tcp = match lab.connect_from_client(ip, Duration::from_secs(2)) {
+                Ok(reply) => reply,
+                Err(e) => format!("TCP failed: {e}"),
+            };
+            writeln!(
+                out,
+                "  {vip:<16} {proto} answered by {by} ({verdict}); TCP :80 -> {tcp}"
+            )?;
+        }
+    }
+
+    // Failover: the owner of the first IPv4 VIP dies (agent killed, link cut), as a node would.
+    let Some((vip, owner)) = rows.iter().find_map(|r| {
+        let ip = r
+            .vips
+            .iter()
+            .find_map(|v| v.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4))?;
+        Some((ip, r.owners.first()?.clone()))
+    }) else {
+        return Ok(());
+    };
+    let failover = measure_failover(&mut lab, vip, &owner).await?;
+    writeln!(
+        out,
+        "\nkilled {owner} (agent SIGKILL, link cut), the owner of {vip}"
+    )?;
+    match failover {
+        Some((elapsed, reply)) => {
+            writeln!(out, "failover: {} ms", elapsed.as_millis())?;
+            writeln!(out, "  {vip} now answered: {reply}")?;
+        }
+        None => writeln!(out, "failover: did not complete within 10 s")?,
+    }
+    heal(&mut lab, &owner)?;
+
+    if keep {
+        let rows = lab.wait_announced(Duration::from_secs(30)).await?;
+        writeln!(out, "\nthe lab stays up until Ctrl-C:")?;
+        writeln!(out, "kubeconfig: {}", lab.kubeconfig.display())?;
+        writeln!(out, "client-netns: {}", lab.topology.client)?;
+        writeln!(out, "client-if: {UPLINK}")?;
+        for node in &lab.topology.nodes {
+            writeln!(out, "node-netns: {} {}", node.name, node.netns)?;
+        }
+        writeln!(out, "\ntry:")?;
+        writeln!(
+            out,
+            "  kubectl --kubeconfig {} get svc -o wide",
+            lab.kubeconfig.display()
+        )?;
+        if let Some(vip) = rows.first().and_then(|r| r.vips.first()) {
+            writeln!(
+                out,
+                "  ip netns exec {} arping -c 1 -I {UPLINK} {vip}",
+                lab.topology.client
+            )?;
+        }
+        out.flush()?;
+        std::future::pending::<()>().await;
+    }
+    Ok(())
+}
+
+/// Kills `owner`'s agent and cuts its link, then retries TCP to `vip` from the client every 50 ms (each attempt
+/// bounded to 100 ms) for at most 10 s. Returns the time to the first success and what answered.
+pub async fn measure_failover(
+    lab: &mut Lab,
+    vip: IpAddr,
+    owner: &str,
+) -> cluster::Result<Option<(Duration, String)>> {
+    let node = lab
+        .node(owner)
+        .cloned()
+        .ok_or_else(|| cluster::Error::Setup(format!("no lab node {owner}")))?;
+    let start = Instant::now();
+    lab.kill_agent(owner);
+    lab.topology.cut(&node)?;
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(reply) = lab.connect_from_client(vip, Duration::from_millis(100))
+            && !reply.ends_with(owner)
+        {
+            return Ok(Some((start.elapsed(), reply)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(None)
+}
+
+/// Reconnects a node cut by [`measure_failover`] and restarts its agent.
+pub fn heal(lab: &mut Lab, node: &str) -> cluster::Result<()> {
+    let lab_node = lab
+        .node(node)
+        .cloned()
+        .ok_or_else(|| cluster::Error::Setup(format!("no lab node {node}")))?;
+    lab.topology.heal(&lab_node)?;
+    lab.start_agent(node)
+}
