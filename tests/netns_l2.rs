@@ -1,0 +1,351 @@
+//! Layer 2 announcement in the lab, with real packets: real `ironlb agent` processes in node namespaces, and
+//! `arping`, `ndisc6`, `ip neigh` and TCP from a client namespace. Needs root; CI runs as root.
+//!
+//! The labs of these tests run one at a time (each has three agents, and the machines have two cores), and each is
+//! torn down by its own drop, even when a test fails.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ironlb::lab::cluster::{Lab, LabOptions, is_root};
+use ironlb::lab::demo::{heal, measure_failover};
+use ironlb::lab::topology::{UPLINK, run_in};
+use k8s_openapi::api::core::v1::{Event, Node};
+use kube::api::{Api, ListParams};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn options(tag: &str, nodes: usize, services: usize, strict_arp: &str) -> LabOptions {
+    let prefix = format!("ilb-l2-{}-{tag}", std::process::id());
+    LabOptions {
+        nodes,
+        services,
+        dir: std::env::temp_dir().join(&prefix),
+        prefix,
+        binary: env!("CARGO_BIN_EXE_ironlb").into(),
+        strict_arp: strict_arp.into(),
+        agent_args: Vec::new(),
+    }
+}
+
+fn skip() -> bool {
+    if !is_root() {
+        println!("skipped: needs root to create network namespaces");
+        return true;
+    }
+    false
+}
+
+/// Prints the agents' logs when a test fails (the lab is still alive when this runs).
+struct Logs<'a>(&'a Lab);
+
+impl Drop for Logs<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0.options().dir);
+        } else {
+            for node in self.0.node_names() {
+                let log = std::fs::read_to_string(self.0.agent_log(&node)).unwrap_or_default();
+                eprintln!("--- agent log of {node} ---\n{}", tail(&log, 60));
+            }
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Every reply `arping -c count` got, as MACs.
+fn arping_replies(lab: &Lab, vip: IpAddr, count: u32) -> Vec<String> {
+    let out = run_in(
+        &lab.topology.client,
+        &[
+            "arping",
+            "-c",
+            &count.to_string(),
+            "-w",
+            &(count + 2).to_string(),
+            "-I",
+            UPLINK,
+            &vip.to_string(),
+        ],
+    );
+    let text = match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).to_string(),
+        // arping exits 1 when nothing answered.
+        Err(_) => return Vec::new(),
+    };
+    text.lines()
+        .filter(|l| l.contains("reply from"))
+        .filter_map(ironlb::lab::cluster::parse_mac)
+        .collect()
+}
+
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arp_and_ndp_are_answered_by_the_owner_alone_and_visibility_matches() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::start(options("own", 3, 3, "enforce")).await.unwrap();
+    let _logs = Logs(&lab);
+    lab.wait_announced(Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let rows = lab.status().await.unwrap();
+    assert_eq!(rows.len(), 3);
+
+    let nodes: Api<Node> = Api::all(lab.client.clone());
+    let mut annotated: BTreeMap<String, String> = BTreeMap::new();
+    for node in nodes.list(&ListParams::default()).await.unwrap() {
+        let vips = node
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("ironlb.io/vips")
+            .cloned()
+            .unwrap_or_default();
+        annotated.insert(node.metadata.name.unwrap(), vips);
+    }
+    for row in &rows {
+        assert_eq!(row.owners.len(), 1, "{row:?}");
+        let owner = lab.node(&row.owners[0]).unwrap();
+        for vip in &row.vips {
+            let ip: IpAddr = vip.parse().unwrap();
+            // The node annotation of the owner, and only of the owner, lists the VIP.
+            for (node, vips) in &annotated {
+                let listed = vips.split(',').any(|v| v == vip);
+                assert_eq!(
+                    listed,
+                    *node == owner.name,
+                    "{vip} in ironlb.io/vips of {node}: {vips:?}"
+                );
+            }
+            match ip {
+                IpAddr::V4(_) => {
+                    let replies = arping_replies(&lab, ip, 3);
+                    assert_eq!(
+                        replies.len(),
+                        3,
+                        "exactly one reply per request for {vip}: {replies:?}"
+                    );
+                    assert!(
+                        replies.iter().all(|m| *m == owner.mac),
+                        "{vip}: replies {replies:?}, owner {}",
+                        owner.mac
+                    );
+                }
+                IpAddr::V6(_) => {
+                    assert_eq!(
+                        lab.resolve_from_client(ip).as_deref(),
+                        Some(owner.mac.as_str()),
+                        "ndisc6 {vip}"
+                    );
+                }
+            }
+            let reply = lab.connect_from_client(ip, Duration::from_secs(2)).unwrap();
+            assert_eq!(reply, format!("hello from {}", owner.name), "TCP to {vip}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owner_is_replaced_and_the_client_follows() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::start(options("fail", 3, 3, "enforce")).await.unwrap();
+    let dir = lab.options().dir.clone();
+    lab.wait_announced(Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let rows = lab.status().await.unwrap();
+    let row = rows
+        .iter()
+        .find(|r| r.vips.iter().any(|v| v.contains('.')))
+        .unwrap();
+    let vip: IpAddr = row
+        .vips
+        .iter()
+        .find(|v| v.contains('.'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let old = row.owners[0].clone();
+    assert_eq!(
+        lab.topology.client_neighbour(vip).as_deref(),
+        lab.node(&old).map(|n| n.mac.as_str())
+    );
+
+    let (elapsed, reply) = measure_failover(&mut lab, vip, &old)
+        .await
+        .unwrap()
+        .expect("the VIP answers again through another node");
+    println!(
+        "failover of {vip} from {old}: {} ms ({reply})",
+        elapsed.as_millis()
+    );
+    let new = reply.trim_start_matches("hello from ").to_string();
+    assert_ne!(new, old);
+    let new_mac = lab.node(&new).unwrap().mac.clone();
+    assert_eq!(
+        lab.topology.client_neighbour(vip),
+        Some(new_mac),
+        "the client's neighbour entry moved"
+    );
+    wait_until(
+        "ironlb status to name the new owner",
+        Duration::from_secs(10),
+        || async {
+            lab.status()
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.vips.contains(&vip.to_string()) && r.owners == vec![new.clone()])
+        },
+    )
+    .await;
+    heal(&mut lab, &old).unwrap();
+    drop(lab);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_vips_spread_over_three_nodes() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::start(options("bal", 3, 30, "enforce")).await.unwrap();
+    let _logs = Logs(&lab);
+    lab.wait_announced(Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let rows = lab.status().await.unwrap();
+    assert_eq!(rows.len(), 30);
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for row in &rows {
+        assert_eq!(row.owners.len(), 1);
+        *per_node.entry(row.owners[0].clone()).or_default() += 1;
+    }
+    println!("VIPs per node: {per_node:?}");
+    // ceil(30 / 3) + 1
+    assert!(per_node.values().all(|n| *n <= 11), "{per_node:?}");
+    assert_eq!(per_node.values().sum::<usize>(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_service_is_announced_where_its_endpoint_is() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::start(options("local", 3, 1, "enforce")).await.unwrap();
+    let _logs = Logs(&lab);
+    lab.create_demo_service("local", false, true, Some(&["node-2"]))
+        .await
+        .unwrap();
+    let owner_of = || async {
+        lab.status()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.service == "default/local")
+            .map(|r| r.owners)
+            .unwrap_or_default()
+    };
+    wait_until(
+        "the Local Service to be announced by node-2",
+        Duration::from_secs(20),
+        || async { owner_of().await == vec!["node-2".to_string()] },
+    )
+    .await;
+    lab.set_endpoints("local", &["node-3"]).await.unwrap();
+    wait_until(
+        "the Local Service to move to node-3",
+        Duration::from_secs(20),
+        || async { owner_of().await == vec!["node-3".to_string()] },
+    )
+    .await;
+    let vip: IpAddr = lab
+        .status()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.service == "default/local")
+        .unwrap()
+        .vips[0]
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let replies = arping_replies(&lab, vip, 2);
+    let mac = lab.node("node-3").unwrap().mac.clone();
+    assert!(
+        !replies.is_empty() && replies.iter().all(|m| *m == mac),
+        "{replies:?} vs node-3 {mac}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_mode_without_strict_arp_announces_nothing_and_says_why() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    // Fresh namespaces have arp_ignore=0 and arp_announce=0: not strict.
+    let lab = Lab::start(options("check", 2, 1, "check")).await.unwrap();
+    let _logs = Logs(&lab);
+    let events: Api<Event> = Api::all(lab.client.clone());
+    wait_until(
+        "a StrictARPNotEffective Warning on each Node",
+        Duration::from_secs(20),
+        || async {
+            let list = events.list(&ListParams::default()).await.unwrap();
+            let nodes: std::collections::BTreeSet<_> = list
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("StrictARPNotEffective"))
+                .filter_map(|e| e.involved_object.name.clone())
+                .collect();
+            nodes.len() == 2
+        },
+    )
+    .await;
+    let rows = lab.status().await.unwrap();
+    assert_eq!(rows.len(), 1, "the Service still gets its IP");
+    assert!(rows[0].owners.is_empty(), "nobody announces: {rows:?}");
+    let vip: IpAddr = rows[0].vips[0].parse().unwrap();
+    assert!(
+        arping_replies(&lab, vip, 2).is_empty(),
+        "nothing answers ARP for {vip}"
+    );
+    let event = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("StrictARPNotEffective"))
+        .unwrap();
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(
+        event.message.unwrap_or_default().contains("arp_ignore=1"),
+        "the Event gives the fix"
+    );
+}
