@@ -236,10 +236,10 @@ impl Announcer {
 
     /// Binds the VIPs the last pass wants on the VIP link, when that link exists (kube-proxy in IPVS mode makes it).
     pub async fn bind(&mut self) {
-        let Some((wanted, pools)) = self.wanted_bind.as_ref() else {
+        let Some((wanted, pools)) = self.wanted_bind.clone() else {
             return;
         };
-        if self.bound.as_ref() == Some(wanted) {
+        if self.bound.as_ref() == Some(&wanted) {
             return;
         }
         match crate::netif::bind::link_index(&self.handle, &self.args.vip_link).await {
@@ -250,17 +250,16 @@ impl Announcer {
                 return;
             }
         }
-        let pools = pools.clone();
         let reconciler =
             AddressReconciler::new(self.handle.clone(), self.args.vip_link.clone(), move |ip| {
                 pools.iter().any(|p| p.contains(ip))
             });
-        match reconciler.reconcile(wanted).await {
+        match reconciler.reconcile(&wanted).await {
             Ok(outcome) if outcome.failed.is_empty() => {
                 if !outcome.requests.is_empty() {
                     tracing::info!(link = %self.args.vip_link, changes = outcome.requests.len(), "VIP binding updated");
                 }
-                self.bound = Some(wanted.clone());
+                self.bound = Some(wanted);
             }
             Ok(outcome) => {
                 for error in &outcome.failed {
@@ -381,10 +380,14 @@ impl Announcer {
             &mut self.notes,
             k8s_openapi::jiff::Timestamp::now(),
         );
-        self.wanted_bind = Some((
-            node_plan.bind,
-            validated.config.pools.values().cloned().collect(),
-        ));
+        // Without strict ARP, a VIP bound on kube-ipvs0 would make this node's kernel answer ARP for it, so this
+        // node binds nothing either (and removes nothing: what kube-proxy binds is kube-proxy's).
+        self.wanted_bind = allowed.then(|| {
+            (
+                node_plan.bind,
+                validated.config.pools.values().cloned().collect(),
+            )
+        });
         pass
     }
 }
