@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod config;
+pub mod ipvs;
 pub mod k8s;
 pub mod lab;
 pub mod telemetry;
