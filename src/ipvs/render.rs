@@ -51,12 +51,13 @@ pub fn render_ipvsadm(table: &[(ServiceSpec, Vec<DestSpec>)]) -> String {
                 addr,
                 port,
             } => {
+                // ipvsadm pads the protocol to four: "TCP  192.0.2.10:80", "SCTP 192.0.2.12:5060".
                 let p = match protocol {
-                    Protocol::Tcp => "TCP",
-                    Protocol::Udp => "UDP",
+                    Protocol::Tcp => "TCP ",
+                    Protocol::Udp => "UDP ",
                     Protocol::Sctp => "SCTP",
                 };
-                format!("{p}  {}", addr_port(&addr, port))
+                format!("{p} {}", addr_port(&addr, port))
             }
             ServiceId::Fwmark {
                 family: Family::V4,
