@@ -38,6 +38,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// How many requests go out in one datagram.
 const BATCH: usize = 128;
 const RECV_BUF: usize = 1 << 20;
+/// The longest wait for one reply datagram.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A connected IPVS generic-netlink socket.
 pub struct IpvsSocket {
@@ -56,6 +58,10 @@ impl IpvsSocket {
         // Acks without the echoed request: a batch of acks then fits the receive buffer.
         socket.set_cap_ack(true).map_err(Error::Io)?;
         let _ = socket.set_rx_buf_sz(4 << 20);
+        // A lost ack must not hang the agent: every read is bounded.
+        socket2::SockRef::from(&socket)
+            .set_read_timeout(Some(READ_TIMEOUT))
+            .map_err(Error::Io)?;
         let mut this = Self {
             socket,
             family_id: 0,
