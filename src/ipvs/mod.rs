@@ -14,6 +14,6 @@ pub use codec::{
     Dest, DestId, DestSpec, Family, FwdMethod, IpvsAttr, IpvsCmd, IpvsMessage, Protocol, Service,
     ServiceId, ServiceSpec, Stats, Tunnel,
 };
-pub use programmer::{ActualTable, Change, Drain, Programmer, Report, WantedTable, diff};
+pub use programmer::{ActualTable, Calls, Change, Drain, Programmer, Report, WantedTable, diff};
 pub use render::render_ipvsadm;
 pub use socket::IpvsSocket;
