@@ -4,6 +4,7 @@ pub mod agent;
 pub mod alloc;
 pub mod arp;
 pub mod config;
+pub mod ipvs;
 pub mod k8s;
 pub mod lab;
 pub mod netif;

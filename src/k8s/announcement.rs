@@ -270,6 +270,10 @@ mod tests {
             node_patch(Some(&node), "", "192.0.2.0/24"),
             Some(json!({"metadata": {"annotations": {VIPS_ANNOTATION: ""}}}))
         );
-        assert_eq!(node_patch(None, "", ""), None, "a Node not seen yet is not patched");
+        assert_eq!(
+            node_patch(None, "", ""),
+            None,
+            "a Node not seen yet is not patched"
+        );
     }
 }

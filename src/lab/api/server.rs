@@ -466,10 +466,12 @@ fn dispatch(
     // The lab speaks JSON only. A 415 makes client-go (kubectl's typed `create` commands send protobuf) retry the
     // request as JSON, as it does against any server without protobuf.
     if matches!(*method, Method::POST | Method::PUT)
-        && header_str(headers, header::CONTENT_TYPE).starts_with("application/vnd.kubernetes.protobuf")
+        && header_str(headers, header::CONTENT_TYPE)
+            .starts_with("application/vnd.kubernetes.protobuf")
     {
         return Err(Error::UnsupportedMediaType(
-            "application/vnd.kubernetes.protobuf is not supported by the lab API server; send JSON".into(),
+            "application/vnd.kubernetes.protobuf is not supported by the lab API server; send JSON"
+                .into(),
         ));
     }
     let dry_run = q.get("dryRun").is_some();
