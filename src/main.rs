@@ -52,6 +52,8 @@ enum Command {
     Crds,
     /// Show every VIP with its pool, owner node, interface and since when.
     Status(ironlb::k8s::report::StatusArgs),
+    /// Compare this network namespace's IPVS services and VIP bindings with what the cluster wants; exit 1 on drift.
+    Verify(ironlb::ipvs::verify::VerifyArgs),
     /// The embedded lab: a small cluster in network namespaces with real agents (needs root).
     Lab {
         #[command(subcommand)]
@@ -142,6 +144,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.write_all(report.as_bytes())
                 .context("writing to stdout")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let equal = runtime()?.block_on(ironlb::ipvs::verify::run(&args, &mut out))?;
+            Ok(if equal {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Lab {
             command: Some(LabCommand::Api(args)),

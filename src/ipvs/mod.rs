@@ -9,6 +9,7 @@ pub mod golden;
 pub mod programmer;
 pub mod render;
 pub mod socket;
+pub mod verify;
 
 pub use codec::{
     Dest, DestId, DestSpec, Family, FwdMethod, IpvsAttr, IpvsCmd, IpvsMessage, Protocol, Service,
