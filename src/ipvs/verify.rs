@@ -66,19 +66,18 @@ impl DataPlane {
         vips
     }
 
-    /// The table in `ipvsadm -Ln` notation, then the addresses on the VIP link.
-    pub fn render(&self, vip_link: &str) -> String {
+    /// Two sections: the table in `ipvsadm -Ln` notation, and the addresses on the VIP link.
+    pub fn render(&self, vip_link: &str) -> [String; 2] {
         let table: Vec<_> = self
             .ipvs
             .values()
             .map(|(s, ds)| (s.clone(), ds.values().copied().collect()))
             .collect();
-        let mut out = render_ipvsadm(&table);
-        out.push_str(&format!("\nAddresses on {vip_link}:\n"));
+        let mut bindings = format!("Addresses on {vip_link}:\n");
         for ip in &self.bindings {
-            out.push_str(&format!("  {ip}/{}\n", host_prefix(ip)));
+            bindings.push_str(&format!("  {ip}/{}\n", host_prefix(ip)));
         }
-        out
+        [render_ipvsadm(&table), bindings]
     }
 }
 
@@ -471,36 +470,47 @@ pub fn drift(wanted: &DataPlane, actual: &DataPlane) -> Vec<Drift> {
     out
 }
 
-/// Two blocks of text side by side, under their headers.
-pub fn side_by_side(left_title: &str, left: &str, right_title: &str, right: &str) -> String {
-    let left: Vec<&str> = std::iter::once(left_title)
-        .chain(left.lines())
-        .map(str::trim_end)
+/// Sections of text side by side, left and right, each pair padded to the same height so that rows line up.
+pub fn side_by_side(sections: &[(&str, &str)]) -> String {
+    let rows: Vec<(Vec<&str>, Vec<&str>)> = sections
+        .iter()
+        .map(|(l, r)| {
+            let l: Vec<&str> = l.lines().map(str::trim_end).collect();
+            let r: Vec<&str> = r.lines().map(str::trim_end).collect();
+            (l, r)
+        })
         .collect();
-    let right: Vec<&str> = std::iter::once(right_title)
-        .chain(right.lines())
-        .map(str::trim_end)
-        .collect();
-    let width = left.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .flat_map(|(l, _)| l.iter().map(|line| line.chars().count()))
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
-    for i in 0..left.len().max(right.len()) {
-        let l = left.get(i).copied().unwrap_or("");
-        let r = right.get(i).copied().unwrap_or("");
-        let line = format!("{l:<width$} | {r}");
-        out.push_str(line.trim_end());
-        out.push('\n');
+    for (n, (left, right)) in rows.iter().enumerate() {
+        if n > 0 {
+            out.push_str(&format!("{:width$} |\n", ""));
+        }
+        for i in 0..left.len().max(right.len()) {
+            let l = left.get(i).copied().unwrap_or("");
+            let r = right.get(i).copied().unwrap_or("");
+            out.push_str(format!("{l:<width$} | {r}").trim_end());
+            out.push('\n');
+        }
     }
     out
 }
 
 /// The full report: both sides, then one line per difference (or "no drift").
 pub fn report(wanted: &DataPlane, actual: &DataPlane, vip_link: &str) -> (String, Vec<Drift>) {
-    let mut out = side_by_side(
-        "wanted (from the cluster)",
-        &wanted.render(vip_link),
-        "actual (this network namespace)",
-        &actual.render(vip_link),
-    );
+    let [want_ipvs, want_bound] = wanted.render(vip_link);
+    let [have_ipvs, have_bound] = actual.render(vip_link);
+    let mut out = side_by_side(&[
+        (
+            &format!("wanted (from the cluster)\n{want_ipvs}"),
+            &format!("actual (this network namespace)\n{have_ipvs}"),
+        ),
+        (&want_bound, &have_bound),
+    ]);
     let drift = drift(wanted, actual);
     out.push('\n');
     if drift.is_empty() {
@@ -935,6 +945,13 @@ mod tests {
         );
         assert!(lines[3].starts_with("TCP  192.0.2.10:80 rr"), "{text}");
         assert!(lines[3].ends_with("| TCP  192.0.2.10:80 rr"), "{text}");
+        // The address sections line up even though the tables differ in height.
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("Addresses on"))
+            .unwrap();
+        assert!(lines[at].ends_with("| Addresses on kube-ipvs0:"), "{text}");
+        assert!(lines[at + 1].ends_with("|   192.0.2.10/32"), "{text}");
         assert!(text.contains("  192.0.2.10/32"), "{text}");
         assert!(
             text.ends_with("missing destination TCP 192.0.2.10:80 -> 198.51.100.2:8080\n"),
