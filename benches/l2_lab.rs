@@ -381,8 +381,19 @@ async fn main() {
             .await
             .expect("failover trial")
         {
-            Some((elapsed, _)) => failovers.push(elapsed),
-            None => incomplete += 1,
+            Some((elapsed, reply)) => {
+                eprintln!(
+                    "failover {t}: {vip} from {owner}: {} ms, {reply}",
+                    elapsed.as_millis()
+                );
+                failovers.push(elapsed);
+            }
+            None => {
+                eprintln!(
+                    "failover {t}: {vip} from {owner}: no other node answered TCP within 10 s"
+                );
+                incomplete += 1;
+            }
         }
         heal(&mut lab, &owner).expect("heal the node");
         // The restarted agent rejoins; let a gratuitous ARP round pass before the next trial looks at status.
@@ -433,14 +444,27 @@ async fn main() {
         port = Some(probe);
         if let Some((at, mac)) = answer {
             to_arp.push(at.duration_since(created));
-            let owner = api.get(&name).await.ok().and_then(|s| {
-                let rows = ironlb::k8s::report::rows(&[s]);
-                rows.first()?.owners.first().cloned()
-            });
+            // The owner is written to status after announcing, so give it (bounded) time to appear.
+            let mut owner = None;
+            let asked = Instant::now();
+            while owner.is_none() && asked.elapsed() < Duration::from_secs(3) {
+                owner = api.get(&name).await.ok().and_then(|s| {
+                    let rows = ironlb::k8s::report::rows(&[s]);
+                    rows.first()?.owners.first().cloned()
+                });
+                if owner.is_none() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
             let by = lab
                 .topology
                 .node_by_mac(&mac.to_string())
                 .map(|n| n.name.clone());
+            eprintln!(
+                "{name}: {vip} in status after {} ms, ARP answered after {} ms by {by:?}; status owner {owner:?}",
+                to_status.last().copied().unwrap_or_default().as_millis(),
+                at.duration_since(created).as_millis()
+            );
             if owner.is_none() || owner != by {
                 wrong_owner += 1;
             }
@@ -501,5 +525,9 @@ async fn main() {
         began.elapsed().as_secs_f64()
     );
     drop(lab);
-    let _ = std::fs::remove_dir_all(&dir);
+    if incomplete == 0 && wrong_owner == 0 {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("agent logs kept in {}", dir.display());
+    }
 }
