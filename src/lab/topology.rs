@@ -189,6 +189,13 @@ impl Topology {
                     topo.vip_link_kind,
                 ],
             )?;
+            // Linux drops global IPv6 addresses when a link goes down (keep_addr_on_down=0), so a node whose cable
+            // was cut would come back without its IPv6 subnet; and an IPv6 VIP on a down link is not local.
+            for link in [UPLINK, "kube-ipvs0"] {
+                let knob = format!("net.ipv6.conf.{link}.keep_addr_on_down=1");
+                run_in(&netns, &["sysctl", "-qw", &knob])?;
+            }
+            run_in(&netns, &["ip", "link", "set", "kube-ipvs0", "up"])?;
             let mac = mac_of(&netns, UPLINK)?;
             topo.nodes.push(LabNode {
                 name,
