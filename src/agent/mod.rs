@@ -145,7 +145,8 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
     Client::try_from(config).map_err(Error::Client)
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -36,7 +36,8 @@ pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
     };
     let result = tokio::select! {
         r = demo(options, args.keep, out) => r,
-        _ = interrupted() => {
+        // Ctrl-C or SIGTERM: either way the lab must be torn down, not left behind.
+        _ = crate::agent::shutdown_signal() => {
             let _ = writeln!(out, "interrupted; tearing the lab down");
             Ok(())
         }
@@ -47,22 +48,6 @@ pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
         let _ = writeln!(out, "agent logs kept in {}", dir.display());
     }
     result
-}
-
-/// Ctrl-C or SIGTERM: either way the lab must be torn down, not left behind.
-async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 async fn demo(options: LabOptions, keep: bool, out: &mut impl Write) -> cluster::Result<()> {
