@@ -119,9 +119,9 @@ struct Entry<'a> {
 ///
 /// It works as the leader does after a restart: first it adopts every Service's status IPs, then it allocates,
 /// both in creation order (then `namespace/name`), so that the oldest Service wins a conflict.
-pub fn plan_services(
+pub fn plan_services<'a>(
     pools: Vec<Pool>,
-    services: &[Service],
+    services: impl IntoIterator<Item = &'a Service>,
     namespaces: &BTreeMap<String, Labels>,
     lb_class: Option<&str>,
 ) -> Vec<PlanRow> {

@@ -85,12 +85,11 @@ impl AllocationController {
         let mut pass = Pass::default();
         self.config_notes(state, validated, &mut pass);
 
-        let services: Vec<_> = state.services.values().cloned().collect();
         let namespaces = state.namespace_labels();
         let pools = validated.config.pools.values().cloned().collect();
         let rows = plan_services(
             pools,
-            &services,
+            state.services.values(),
             &namespaces,
             self.settings.lb_class.as_deref(),
         );
