@@ -398,6 +398,11 @@ pub async fn run_with(
                 let validated = crate::config::validate(&state.config_sources());
                 let pass = controller.pass(&state, &validated);
                 let failures = pass.failures.clone();
+                // The leader puts its own writes into the state directly, so their watch events change nothing
+                // later: announce from the new state now, or a VIP this node owns would wait for the next tick.
+                if !pass.services.is_empty() {
+                    announce_due.get_or_insert_with(std::time::Instant::now);
+                }
                 if let Err(retry) = writer.apply(&mut state, pass).await {
                     dirty = true;
                     retry_after = Some(tokio::time::Instant::now() + retry);
