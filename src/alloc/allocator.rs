@@ -948,16 +948,16 @@ mod tests {
 
     #[test]
     fn lowest_free_address_first_and_reused_after_release() {
-        let mut a = Allocator::new([pool("p", &["10.0.0.0/30"])]);
+        let mut a = Allocator::new([pool("p", &["192.0.2.0/30"])]);
         for (n, want) in ["x", "y", "z"]
             .iter()
-            .zip(["10.0.0.0", "10.0.0.1", "10.0.0.2"])
+            .zip(["192.0.2.0", "192.0.2.1", "192.0.2.2"])
         {
             assert_eq!(ips(&a.allocate(&req(svc(n)))), vec![want]);
         }
         a.release(&key("y"));
-        assert_eq!(ips(&a.allocate(&req(svc("w")))), vec!["10.0.0.1"]);
-        assert_eq!(ips(&a.allocate(&req(svc("v")))), vec!["10.0.0.3"]);
+        assert_eq!(ips(&a.allocate(&req(svc("w")))), vec!["192.0.2.1"]);
+        assert_eq!(ips(&a.allocate(&req(svc("v")))), vec!["192.0.2.3"]);
         assert!(matches!(
             a.allocate(&req(svc("u"))),
             Err(Refusal::NoFreeAddress { pools, .. }) if pools == ["p"]
@@ -966,7 +966,7 @@ mod tests {
 
     #[test]
     fn allocate_is_idempotent() {
-        let mut a = Allocator::new([pool("p", &["10.0.0.0/29"])]);
+        let mut a = Allocator::new([pool("p", &["192.0.2.0/29"])]);
         let r = req(svc("x").port(80));
         let first = a.allocate(&r).unwrap();
         assert_eq!(a.allocate(&r).unwrap(), first);
@@ -977,66 +977,72 @@ mod tests {
     #[test]
     fn requested_ip_is_honoured_or_refused_with_the_reason() {
         let mut a = Allocator::new([
-            pool("p", &["10.0.0.0/29"]),
-            pool("q", &["10.0.1.0/29"]).manual(),
+            pool("p", &["192.0.2.0/29"]),
+            pool("q", &["198.51.100.0/29"]).manual(),
         ]);
         assert_eq!(
-            ips(&a.allocate(&req(svc("x").lb_ip("10.0.0.5")))),
-            vec!["10.0.0.5"]
+            ips(&a.allocate(&req(svc("x").lb_ip("192.0.2.5")))),
+            vec!["192.0.2.5"]
         );
         // A requested IP may come from a pool that is not auto-assigned.
         assert_eq!(
-            ips(&a.allocate(&req(svc("m").lb_ips("10.0.1.3")))),
-            vec!["10.0.1.3"]
+            ips(&a.allocate(&req(svc("m").lb_ips("198.51.100.3")))),
+            vec!["198.51.100.3"]
         );
         assert_eq!(
-            a.allocate(&req(svc("y").lb_ip("10.0.0.5"))),
+            a.allocate(&req(svc("y").lb_ip("192.0.2.5"))),
             Err(Refusal::IpInUse {
                 service: key("y"),
-                ip: ip("10.0.0.5"),
+                ip: ip("192.0.2.5"),
                 holder: key("x"),
                 why: "it does not allow sharing"
             })
         );
         assert_eq!(
-            a.allocate(&req(svc("z").lb_ip("192.168.0.1"))),
+            a.allocate(&req(svc("z").lb_ip("203.0.113.250"))),
             Err(Refusal::NotInAnyPool {
                 service: key("z"),
-                ip: ip("192.168.0.1")
+                ip: ip("203.0.113.250")
             })
         );
         let e = a
-            .allocate(&req(svc("w").lb_ip("10.0.0.6").pool("q")))
+            .allocate(&req(svc("w").lb_ip("192.0.2.6").pool("q")))
             .unwrap_err();
         assert!(matches!(e, Refusal::WrongPool { .. }), "{e}");
         assert_eq!(
             e.to_string(),
-            "default/w: 10.0.0.6 are in pool \"p\", but the Service asks for pool \"q\""
+            "default/w: 192.0.2.6 are in pool \"p\", but the Service asks for pool \"q\""
         );
     }
 
     #[test]
     fn changing_the_requested_ip_moves_the_service() {
-        let mut a = Allocator::new([pool("p", &["10.0.0.0/29"])]);
+        let mut a = Allocator::new([pool("p", &["192.0.2.0/29"])]);
         a.allocate(&req(svc("x"))).unwrap();
         assert_eq!(
-            ips(&a.allocate(&req(svc("x").lb_ip("10.0.0.4")))),
-            vec!["10.0.0.4"]
+            ips(&a.allocate(&req(svc("x").lb_ip("192.0.2.4")))),
+            vec!["192.0.2.4"]
         );
-        assert!(a.holders(&ip("10.0.0.0")).is_empty());
-        assert_eq!(ips(&a.allocate(&req(svc("x").pool("p")))), vec!["10.0.0.4"]);
+        assert!(a.holders(&ip("192.0.2.0")).is_empty());
+        assert_eq!(
+            ips(&a.allocate(&req(svc("x").pool("p")))),
+            vec!["192.0.2.4"]
+        );
     }
 
     #[test]
     fn annotated_pool_is_used_and_must_exist_and_allow_the_service() {
         let mut a = Allocator::new([
-            pool("a", &["10.0.0.0/30"]),
-            pool("b", &["10.0.1.0/30"]).manual(),
-            pool("c", &["10.0.2.0/30"])
+            pool("a", &["192.0.2.0/30"]),
+            pool("b", &["198.51.100.0/30"]).manual(),
+            pool("c", &["203.0.113.0/30"])
                 .manual()
                 .for_namespaces(&["prod"]),
         ]);
-        assert_eq!(ips(&a.allocate(&req(svc("x").pool("b")))), vec!["10.0.1.0"]);
+        assert_eq!(
+            ips(&a.allocate(&req(svc("x").pool("b")))),
+            vec!["198.51.100.0"]
+        );
         assert_eq!(
             a.allocate(&req(svc("y").pool("nope"))),
             Err(Refusal::UnknownPool {
@@ -1053,15 +1059,15 @@ mod tests {
         );
         assert_eq!(
             ips(&a.allocate(&req(svc("y").ns("prod").pool("c")))),
-            vec!["10.0.2.0"]
+            vec!["203.0.113.0"]
         );
         // Manual pools are never picked automatically.
-        assert_eq!(ips(&a.allocate(&req(svc("z")))), vec!["10.0.0.0"]);
+        assert_eq!(ips(&a.allocate(&req(svc("z")))), vec!["192.0.2.0"]);
     }
 
     #[test]
     fn annotated_pool_exhaustion_and_missing_family_are_told_apart() {
-        let mut a = Allocator::new([pool("a", &["10.0.0.1"])]);
+        let mut a = Allocator::new([pool("a", &["192.0.2.1"])]);
         a.allocate(&req(svc("x").pool("a"))).unwrap();
         assert_eq!(
             a.allocate(&req(svc("y").pool("a"))),
@@ -1084,15 +1090,15 @@ mod tests {
     #[test]
     fn matching_service_allocation_pools_come_first_by_priority_then_name() {
         let mut a = Allocator::new([
-            pool("open", &["10.0.9.0/30"]),
-            pool("p-none", &["10.0.3.0/30"]).for_namespaces(&["prod"]),
-            pool("p2", &["10.0.2.0/30"])
+            pool("open", &["203.0.113.192/30"]),
+            pool("p-none", &["203.0.113.64/30"]).for_namespaces(&["prod"]),
+            pool("p2", &["203.0.113.0/30"])
                 .for_namespaces(&["prod"])
                 .priority(2),
-            pool("p1", &["10.0.1.0/31"])
+            pool("p1", &["198.51.100.0/31"])
                 .for_namespaces(&["prod"])
                 .priority(1),
-            pool("p1b", &["10.0.5.0/32"])
+            pool("p1b", &["203.0.113.128/32"])
                 .for_namespaces(&["prod"])
                 .priority(1),
         ]);
@@ -1112,8 +1118,8 @@ mod tests {
     #[test]
     fn service_allocation_pools_are_exclusive() {
         let mut a = Allocator::new([
-            pool("a", &["10.0.0.0/32"]).for_service_label("team", "blue"),
-            pool("b", &["10.0.1.0/32"]).for_namespace_label("env", "prod"),
+            pool("a", &["192.0.2.0/32"]).for_service_label("team", "blue"),
+            pool("b", &["198.51.100.0/32"]).for_namespace_label("env", "prod"),
         ]);
         let e = a.allocate(&req(svc("x"))).unwrap_err();
         assert_eq!(
@@ -1136,26 +1142,34 @@ mod tests {
         assert_eq!(a.allocate(&r).unwrap().pool, "b");
         // Requesting an IP of a pool that does not serve the Service is refused too.
         assert!(matches!(
-            a.allocate(&req(svc("w").lb_ip("10.0.1.0"))),
+            a.allocate(&req(svc("w").lb_ip("198.51.100.0"))),
             Err(Refusal::PoolNotAllowed { .. })
         ));
     }
 
     #[test]
     fn pools_without_priority_order_by_name() {
-        let mut a = Allocator::new([pool("b", &["10.0.0.0/32"]), pool("a", &["10.0.1.0/32"])]);
+        let mut a = Allocator::new([
+            pool("b", &["192.0.2.0/32"]),
+            pool("a", &["198.51.100.0/32"]),
+        ]);
         assert_eq!(a.allocate(&req(svc("x"))).unwrap().pool, "a");
         assert_eq!(a.allocate(&req(svc("y"))).unwrap().pool, "b");
     }
 
     #[test]
     fn avoid_buggy_ips_skips_dot_zero_and_dot_255() {
-        let mut a = Allocator::new([pool("p", &["10.0.0.254-10.0.1.1"]).avoid_buggy()]);
-        assert_eq!(ips(&a.allocate(&req(svc("x")))), vec!["10.0.0.254"]);
-        assert_eq!(ips(&a.allocate(&req(svc("y")))), vec!["10.0.1.1"]);
+        // Two ranges, so that both a .255 and a .0 are in the pool (no two documentation /24s are adjacent).
+        let mut a = Allocator::new([pool(
+            "p",
+            &["192.0.2.254-192.0.2.255", "198.51.100.0-198.51.100.1"],
+        )
+        .avoid_buggy()]);
+        assert_eq!(ips(&a.allocate(&req(svc("x")))), vec!["192.0.2.254"]);
+        assert_eq!(ips(&a.allocate(&req(svc("y")))), vec!["198.51.100.1"]);
         assert!(a.allocate(&req(svc("z"))).is_err());
         assert!(matches!(
-            a.allocate(&req(svc("w").lb_ip("10.0.1.0"))),
+            a.allocate(&req(svc("w").lb_ip("198.51.100.0"))),
             Err(Refusal::NotInAnyPool { .. })
         ));
         assert_eq!(
@@ -1170,12 +1184,12 @@ mod tests {
         );
         // Released addresses come back; skipped ones stay out.
         a.release(&key("x"));
-        assert_eq!(ips(&a.allocate(&req(svc("z")))), vec!["10.0.0.254"]);
+        assert_eq!(ips(&a.allocate(&req(svc("z")))), vec!["192.0.2.254"]);
     }
 
     #[test]
     fn services_with_one_sharing_key_share_the_lowest_vip_when_ports_differ() {
-        let mut a = Allocator::new([pool("p", &["10.0.0.0/29"])]);
+        let mut a = Allocator::new([pool("p", &["192.0.2.0/29"])]);
         let tcp = a.allocate(&req(svc("tcp").share("k").port(53))).unwrap();
         let udp = a
             .allocate(&req(svc("udp").share("k").proto_port("UDP", 53)))
@@ -1185,13 +1199,13 @@ mod tests {
         // Same port: a new address, or a refusal naming the holder and port when the IP is requested.
         assert_eq!(
             ips(&a.allocate(&req(svc("dup").share("k").port(53)))),
-            vec!["10.0.0.1"]
+            vec!["192.0.2.1"]
         );
         assert_eq!(
-            a.allocate(&req(svc("dup2").share("k").port(53).lb_ip("10.0.0.0"))),
+            a.allocate(&req(svc("dup2").share("k").port(53).lb_ip("192.0.2.0"))),
             Err(Refusal::PortConflict {
                 service: key("dup2"),
-                ip: ip("10.0.0.0"),
+                ip: ip("192.0.2.0"),
                 holder: key("tcp"),
                 port: ServicePort {
                     protocol: "TCP".into(),
@@ -1200,7 +1214,7 @@ mod tests {
             })
         );
         let e = a
-            .allocate(&req(svc("other").share("j").port(1).lb_ip("10.0.0.0")))
+            .allocate(&req(svc("other").share("j").port(1).lb_ip("192.0.2.0")))
             .unwrap_err();
         assert!(
             matches!(
@@ -1214,13 +1228,13 @@ mod tests {
         );
         // The VIP stays held while one sharer remains.
         a.release(&key("tcp"));
-        assert_eq!(a.holders(&ip("10.0.0.0")), vec![&key("udp")]);
+        assert_eq!(a.holders(&ip("192.0.2.0")), vec![&key("udp")]);
         assert_eq!(a.usage()[0].used, 2);
     }
 
     #[test]
     fn local_services_share_only_with_the_same_selector() {
-        let mut a = Allocator::new([pool("p", &["10.0.0.0/29"])]);
+        let mut a = Allocator::new([pool("p", &["192.0.2.0/29"])]);
         let web = a
             .allocate(&req(svc("a").share("k").local("web").port(80)))
             .unwrap();
@@ -1237,30 +1251,30 @@ mod tests {
                 .share("k")
                 .local("db")
                 .port(1)
-                .lb_ip("10.0.0.0")))
+                .lb_ip("192.0.2.0")))
             .unwrap_err();
         assert!(matches!(e, Refusal::IpInUse { .. }), "{e}");
         // A Cluster Service does not join a Local VIP either.
         let e = a
-            .allocate(&req(svc("e").share("k").port(2).lb_ip("10.0.0.0")))
+            .allocate(&req(svc("e").share("k").port(2).lb_ip("192.0.2.0")))
             .unwrap_err();
         assert!(e.to_string().contains("pod selector"), "{e}");
     }
 
     #[test]
     fn dual_stack_policies() {
-        let v4 = pool("a-v4", &["10.0.0.0/30"]);
-        let dual = pool("b-dual", &["10.0.1.0/30", "2001:db8::/126"]);
+        let v4 = pool("a-v4", &["192.0.2.0/30"]);
+        let dual = pool("b-dual", &["198.51.100.0/30", "2001:db8::/126"]);
         let mut a = Allocator::new([v4.clone(), dual.clone()]);
         assert_eq!(
             ips(&a.allocate(&req(svc("single6").stack("SingleStack", &["IPv6", "IPv4"])))),
             vec!["2001:db8::"]
         );
         let r = a.allocate(&req(svc("req").stack("RequireDualStack", &["IPv6", "IPv4"])));
-        assert_eq!(ips(&r), vec!["2001:db8::1", "10.0.1.0"]);
+        assert_eq!(ips(&r), vec!["2001:db8::1", "198.51.100.0"]);
         assert_eq!(r.unwrap().pool, "b-dual");
         let r = a.allocate(&req(svc("pref").stack("PreferDualStack", &["IPv4", "IPv6"])));
-        assert_eq!(ips(&r), vec!["10.0.1.1", "2001:db8::2"]);
+        assert_eq!(ips(&r), vec!["198.51.100.1", "2001:db8::2"]);
         // No pool with both: RequireDualStack is refused, PreferDualStack takes its primary family.
         let mut a = Allocator::new([v4.clone()]);
         assert_eq!(
@@ -1273,7 +1287,7 @@ mod tests {
         );
         assert_eq!(
             ips(&a.allocate(&req(svc("pref").stack("PreferDualStack", &["IPv6", "IPv4"])))),
-            vec!["10.0.0.0"]
+            vec!["192.0.2.0"]
         );
         // Once a pool edit gives the pool the other family, the Service gains it and keeps its first address.
         let mut grown = v4.clone();
@@ -1281,83 +1295,86 @@ mod tests {
         assert!(a.set_pools([grown]).is_empty());
         assert_eq!(
             ips(&a.allocate(&req(svc("pref").stack("PreferDualStack", &["IPv6", "IPv4"])))),
-            vec!["2001:db8::", "10.0.0.0"]
+            vec!["2001:db8::", "192.0.2.0"]
         );
     }
 
     #[test]
     fn adoption_keeps_valid_status_ips_and_refuses_conflicts() {
-        let mut a = Allocator::new([pool("p", &["10.0.0.0/29"])]);
-        let first = req(svc("x").status(&["10.0.0.5"]));
+        let mut a = Allocator::new([pool("p", &["192.0.2.0/29"])]);
+        let first = req(svc("x").status(&["192.0.2.5"]));
         assert_eq!(
             a.adopt(&first).unwrap(),
             Some(Assignment {
-                ips: vec![ip("10.0.0.5")],
+                ips: vec![ip("192.0.2.5")],
                 pool: "p".into()
             })
         );
         assert_eq!(a.adopt(&req(svc("n"))), Ok(None));
-        let e = a.adopt(&req(svc("y").status(&["10.0.0.5"]))).unwrap_err();
+        let e = a.adopt(&req(svc("y").status(&["192.0.2.5"]))).unwrap_err();
         assert!(matches!(e, Refusal::IpInUse { .. }), "{e}");
         assert!(matches!(
-            a.adopt(&req(svc("z").status(&["10.9.0.5"]))),
+            a.adopt(&req(svc("z").status(&["203.0.113.240"]))),
             Err(Refusal::NotInAnyPool { .. })
         ));
         // A changed request invalidates the old status.
         assert!(matches!(
-            a.adopt(&req(svc("w").status(&["10.0.0.6"]).lb_ip("10.0.0.7"))),
+            a.adopt(&req(svc("w").status(&["192.0.2.6"]).lb_ip("192.0.2.7"))),
             Err(Refusal::NotRequested { .. })
         ));
         // Allocation afterwards keeps the adopted address and fills the others around it.
-        assert_eq!(ips(&a.allocate(&first)), vec!["10.0.0.5"]);
-        assert_eq!(ips(&a.allocate(&req(svc("y")))), vec!["10.0.0.0"]);
+        assert_eq!(ips(&a.allocate(&first)), vec!["192.0.2.5"]);
+        assert_eq!(ips(&a.allocate(&req(svc("y")))), vec!["192.0.2.0"]);
     }
 
     #[test]
     fn pool_edits_evict_only_services_whose_ip_left_or_is_no_longer_allowed() {
-        let mut a = Allocator::new([pool("a", &["10.0.0.0/29"]), pool("b", &["10.0.1.0/30"])]);
+        let mut a = Allocator::new([
+            pool("a", &["192.0.2.0/29"]),
+            pool("b", &["198.51.100.0/30"]),
+        ]);
         for n in ["s0", "s1", "s2"] {
             a.allocate(&req(svc(n).pool("a"))).unwrap();
         }
         a.allocate(&req(svc("t").label("team", "red").pool("b")))
             .unwrap();
-        // Shrink a to 10.0.0.0-10.0.0.1, split b into "b" limited to team=blue.
+        // Shrink a to 192.0.2.0-192.0.2.1, split b into "b" limited to team=blue.
         let ev = a.set_pools([
-            pool("a", &["10.0.0.0/31"]),
-            pool("b", &["10.0.1.0/30"]).for_service_label("team", "blue"),
+            pool("a", &["192.0.2.0/31"]),
+            pool("b", &["198.51.100.0/30"]).for_service_label("team", "blue"),
         ]);
         let evicted: Vec<_> = ev.iter().map(|e| e.service.name.as_str()).collect();
         assert_eq!(evicted, ["s2", "t"]);
         assert!(matches!(ev[0].reason, Refusal::NotInAnyPool { .. }));
         assert!(matches!(ev[1].reason, Refusal::PoolNotAllowed { .. }));
-        assert!(ev[0].to_string().contains("10.0.0.2"), "{}", ev[0]);
+        assert!(ev[0].to_string().contains("192.0.2.2"), "{}", ev[0]);
         assert_eq!(
             ips(&Ok(a.assignment(&key("s1")).unwrap().clone())),
-            vec!["10.0.0.1"]
+            vec!["192.0.2.1"]
         );
         assert!(a.assignment(&key("s2")).is_none());
         // The freed address of b is usable again; a is full.
         assert_eq!(a.usage()[0].used, 2);
         assert_eq!(a.usage()[1].used, 0);
         // Renaming a pool keeps its Services' addresses (and updates the pool they came from).
-        let ev = a.set_pools([pool("a2", &["10.0.0.0/31"])]);
+        let ev = a.set_pools([pool("a2", &["192.0.2.0/31"])]);
         assert_eq!(ev.len(), 2, "{ev:?}"); // s0 and s1 asked for pool a by name
-        let mut a = Allocator::new([pool("a", &["10.0.0.0/31"])]);
+        let mut a = Allocator::new([pool("a", &["192.0.2.0/31"])]);
         a.allocate(&req(svc("x"))).unwrap();
-        assert!(a.set_pools([pool("a2", &["10.0.0.0/30"])]).is_empty());
+        assert!(a.set_pools([pool("a2", &["192.0.2.0/30"])]).is_empty());
         assert_eq!(a.assignment(&key("x")).unwrap().pool, "a2");
-        assert_eq!(ips(&a.allocate(&req(svc("y")))), vec!["10.0.0.1"]);
+        assert_eq!(ips(&a.allocate(&req(svc("y")))), vec!["192.0.2.1"]);
     }
 
     #[test]
     fn turning_on_avoid_buggy_ips_evicts_dot_zero_holders() {
-        let mut a = Allocator::new([pool("p", &["10.0.0.0/30"])]);
+        let mut a = Allocator::new([pool("p", &["192.0.2.0/30"])]);
         a.allocate(&req(svc("x"))).unwrap();
         a.allocate(&req(svc("y"))).unwrap();
-        let ev = a.set_pools([pool("p", &["10.0.0.0/30"]).avoid_buggy()]);
+        let ev = a.set_pools([pool("p", &["192.0.2.0/30"]).avoid_buggy()]);
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].service, key("x"));
-        assert_eq!(ips(&a.allocate(&req(svc("x")))), vec!["10.0.0.2"]);
+        assert_eq!(ips(&a.allocate(&req(svc("x")))), vec!["192.0.2.2"]);
     }
 
     #[test]

@@ -377,18 +377,18 @@ mod tests {
         // "new" is older and sorts first, yet it must not take the address "old" holds.
         let services = [
             svc("new").created(1),
-            svc("old").created(2).status(&["10.0.0.0"]),
-            svc("moved").created(3).status(&["192.168.9.9"]),
+            svc("old").created(2).status(&["192.0.2.0"]),
+            svc("moved").created(3).status(&["203.0.113.251"]),
             svc("other").kind("ClusterIP"),
         ];
-        let rows = plan(vec![pool("p", &["10.0.0.0/30"])], &services);
+        let rows = plan(vec![pool("p", &["192.0.2.0/30"])], &services);
         let got: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
         assert_eq!(
             got,
             [
-                "default/moved  10.0.0.2  p  changed(from 192.168.9.9)",
-                "default/new  10.0.0.1  p  new",
-                "default/old  10.0.0.0  p  kept",
+                "default/moved  192.0.2.2  p  changed(from 203.0.113.251)",
+                "default/new  192.0.2.1  p  new",
+                "default/old  192.0.2.0  p  kept",
             ]
         );
         assert!(moves_any(&rows));
@@ -398,15 +398,15 @@ mod tests {
     #[test]
     fn conflicts_go_to_the_oldest_and_failures_are_pending() {
         let services = [
-            svc("b").created(1).status(&["10.0.0.0"]),
-            svc("a").created(2).status(&["10.0.0.0"]),
-            svc("c").created(3).lb_ip("10.0.0.0"),
-            svc("d").created(4).lb_ips("bogus").status(&["10.0.0.1"]),
+            svc("b").created(1).status(&["192.0.2.0"]),
+            svc("a").created(2).status(&["192.0.2.0"]),
+            svc("c").created(3).lb_ip("192.0.2.0"),
+            svc("d").created(4).lb_ips("bogus").status(&["192.0.2.1"]),
         ];
-        let rows = plan(vec![pool("p", &["10.0.0.0/30"])], &services);
+        let rows = plan(vec![pool("p", &["192.0.2.0/30"])], &services);
         let by_name = |n: &str| rows.iter().find(|r| r.service.name == n).unwrap();
         assert_eq!(by_name("b").outcome, Outcome::Kept);
-        assert_eq!(by_name("a").ips, vec![ip("10.0.0.2")]);
+        assert_eq!(by_name("a").ips, vec![ip("192.0.2.2")]);
         assert!(
             matches!(&by_name("c").outcome, Outcome::Pending(r) if r.contains("in use by default/b"))
         );
@@ -416,20 +416,20 @@ mod tests {
             matches!(&d.outcome, Outcome::Pending(r) if r.contains("bogus")),
             "{d}"
         );
-        assert_eq!(d.ips, vec![ip("10.0.0.1")]);
+        assert_eq!(d.ips, vec![ip("192.0.2.1")]);
     }
 
     #[test]
     fn table_is_aligned_with_a_header() {
         let rows = plan(
-            vec![pool("pool-a", &["10.0.0.0/30"])],
+            vec![pool("pool-a", &["192.0.2.0/30"])],
             &[svc("a-long-name").created(1), svc("b").ns("x").created(2)],
         );
         let table = render_table(&rows);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "SERVICE              IPS       POOL    STATUS");
-        assert_eq!(lines[1], "default/a-long-name  10.0.0.0  pool-a  new");
-        assert_eq!(lines[2], "x/b                  10.0.0.1  pool-a  new");
+        assert_eq!(lines[0], "SERVICE              IPS        POOL    STATUS");
+        assert_eq!(lines[1], "default/a-long-name  192.0.2.0  pool-a  new");
+        assert_eq!(lines[2], "x/b                  192.0.2.1  pool-a  new");
     }
 
     #[test]
@@ -442,7 +442,7 @@ items:
   kind: Service
   metadata: {name: a, namespace: x, creationTimestamp: "2024-01-02T03:04:05Z"}
   spec: {type: LoadBalancer, ports: [{port: 80, protocol: TCP}]}
-  status: {loadBalancer: {ingress: [{ip: 10.0.0.1}]}}
+  status: {loadBalancer: {ingress: [{ip: 192.0.2.1}]}}
 metadata: {resourceVersion: ""}
 "#;
         let svcs = parse_services_yaml(list).unwrap();

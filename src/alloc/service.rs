@@ -596,11 +596,11 @@ mod tests {
     #[test]
     fn newer_annotations_win_and_deprecated_ones_are_reported() {
         let r = req(svc("a")
-            .annotate(DEPRECATED_ANNOTATION_LB_IPS, "10.0.0.9")
-            .lb_ips("10.0.0.1, 2001:db8::1")
+            .annotate(DEPRECATED_ANNOTATION_LB_IPS, "192.0.2.9")
+            .lb_ips("192.0.2.1, 2001:db8::1")
             .annotate(DEPRECATED_ANNOTATION_POOL, "old")
             .annotate(DEPRECATED_ANNOTATION_SHARING, "k"));
-        assert_eq!(r.requested_ips, vec![ip("10.0.0.1"), ip("2001:db8::1")]);
+        assert_eq!(r.requested_ips, vec![ip("192.0.2.1"), ip("2001:db8::1")]);
         assert_eq!(r.pool.as_deref(), Some("old"));
         assert_eq!(r.sharing_key.as_deref(), Some("k"));
         assert_eq!(
@@ -617,25 +617,25 @@ mod tests {
     #[test]
     fn spec_ip_is_read_and_conflicts_with_the_annotation() {
         assert_eq!(
-            req(svc("a").lb_ip("10.0.0.7")).requested_ips,
-            vec![ip("10.0.0.7")]
+            req(svc("a").lb_ip("192.0.2.7")).requested_ips,
+            vec![ip("192.0.2.7")]
         );
-        let both = svc("a").lb_ip("10.0.0.7").lb_ips("10.0.0.8");
+        let both = svc("a").lb_ip("192.0.2.7").lb_ips("192.0.2.8");
         assert!(matches!(
             read(both.clone()),
             Err(RequestError::ConflictingIpRequests { .. })
         ));
         // Adoption still reads the rest of the Service, so its VIP stays protected.
-        let adopt = LbRequest::for_adoption(&both.status(&["10.0.0.7"]), &Labels::new(), None)
+        let adopt = LbRequest::for_adoption(&both.status(&["192.0.2.7"]), &Labels::new(), None)
             .unwrap()
             .unwrap();
-        assert_eq!(adopt.status_ips, vec![ip("10.0.0.7")]);
+        assert_eq!(adopt.status_ips, vec![ip("192.0.2.7")]);
         assert!(adopt.requested_ips.is_empty());
     }
 
     #[test]
     fn malformed_ips_are_errors_naming_service_and_annotation() {
-        let e = read(svc("web").ns("shop").lb_ips("10.0.0.1,bogus")).unwrap_err();
+        let e = read(svc("web").ns("shop").lb_ips("192.0.2.1,bogus")).unwrap_err();
         assert_eq!(
             e,
             RequestError::BadAnnotationIp {
@@ -655,7 +655,7 @@ mod tests {
             Err(RequestError::BadSpecIp { .. })
         ));
         assert!(matches!(
-            read(svc("a").lb_ips("10.0.0.1,10.0.0.2")),
+            read(svc("a").lb_ips("192.0.2.1,192.0.2.2")),
             Err(RequestError::DuplicateFamily { .. })
         ));
         assert!(matches!(
@@ -673,7 +673,7 @@ mod tests {
             .stack("PreferDualStack", &["IPv6", "IPv4"])
             .label("tier", "front")
             .share("k")
-            .status(&["10.0.0.1", "not-an-ip", "2001:db8::1"]);
+            .status(&["192.0.2.1", "not-an-ip", "2001:db8::1"]);
         let ns: Labels = [("team".to_string(), "x".to_string())].into();
         let r = LbRequest::from_service(&s, &ns, None).unwrap().unwrap();
         assert_eq!(
@@ -694,7 +694,7 @@ mod tests {
         assert_eq!(r.families, vec![Family::V6, Family::V4]);
         assert_eq!(r.labels.get("tier").map(String::as_str), Some("front"));
         assert_eq!(r.namespace_labels, ns);
-        assert_eq!(r.status_ips, vec![ip("10.0.0.1"), ip("2001:db8::1")]);
+        assert_eq!(r.status_ips, vec![ip("192.0.2.1"), ip("2001:db8::1")]);
         let sharing = r.sharing().unwrap();
         assert_eq!(sharing.key, "k");
         assert_eq!(sharing.backend, Some(r.selector.clone()));
