@@ -8,6 +8,10 @@
 //!
 //! Run with `cargo bench --bench agent_lab`. It prints a table; nothing here asserts timing.
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{ms, percentile};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -93,18 +97,6 @@ fn metric(port: u16, name: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn lb_service(name: &str) -> Service {

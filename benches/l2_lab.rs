@@ -21,6 +21,10 @@
 //!   receiver (ARP-only socket, promiscuous) ◀── replies, target MAC = that sender MAC ◀── IronLB / node kernel
 //! ```
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{ms, percentile};
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -245,18 +249,6 @@ fn flood(
         rate: sent_at.len() as f64 / sending.as_secs_f64(),
         latencies,
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn us(d: Duration) -> String {
