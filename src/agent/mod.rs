@@ -316,6 +316,9 @@ pub async fn run_with(
     // When the change behind the next announcement pass was seen; None when no pass is needed.
     let mut announce_due: Option<std::time::Instant> = None;
     let (mut live_open, mut healthy_open) = (true, true);
+    // The validated configuration, recomputed only when a configuration object changed.
+    let mut validated = crate::config::Validated::default();
+    let mut config_stale = true;
     tokio::pin!(shutdown);
     loop {
         let due = if dirty && *leader.borrow() && state.is_synced() {
@@ -326,7 +329,10 @@ pub async fn run_with(
         };
         if let Some(trigger) = announce_due.filter(|_| state.is_synced()) {
             announce_due = None;
-            let validated = crate::config::validate(&state.config_sources());
+            if config_stale {
+                validated = crate::config::validate(&state.config_sources());
+                config_stale = false;
+            }
             let live = crate::plan::membership::live_nodes(
                 &liveness.live.borrow(),
                 &crate::k8s::announcement::ready_nodes(&state),
@@ -360,10 +366,17 @@ pub async fn run_with(
             change = changes.recv() => {
                 let Some(change) = change else { break };
                 let seen = std::time::Instant::now();
-                let mut touched = state.handle(change) != Touched::Nothing;
+                let mut touched = false;
                 // Drain what is already queued before deciding anything.
-                while let Ok(change) = changes.try_recv() {
-                    touched |= state.handle(change) != Touched::Nothing;
+                for change in std::iter::once(change).chain(std::iter::from_fn(|| changes.try_recv().ok())) {
+                    match state.handle(change) {
+                        Touched::Nothing => {}
+                        Touched::Config => {
+                            config_stale = true;
+                            touched = true;
+                        }
+                        Touched::Services | Touched::Topology => touched = true,
+                    }
                 }
                 if touched {
                     dirty = true;
@@ -395,7 +408,10 @@ pub async fn run_with(
             _ = sleep_until(due) => {
                 dirty = false;
                 retry_after = None;
-                let validated = crate::config::validate(&state.config_sources());
+                if config_stale {
+                    validated = crate::config::validate(&state.config_sources());
+                    config_stale = false;
+                }
                 let pass = controller.pass(&state, &validated);
                 let failures = pass.failures.clone();
                 // The leader puts its own writes into the state directly, so their watch events change nothing
