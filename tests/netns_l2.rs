@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ironlb::lab::cluster::{Lab, LabOptions, is_root};
 use ironlb::lab::demo::{heal, measure_failover};
 use ironlb::lab::topology::{UPLINK, run_in};
-use k8s_openapi::api::core::v1::{Event, Node};
+use k8s_openapi::api::core::v1::{Event, Node, Secret};
 use kube::api::{Api, ListParams};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -162,6 +162,48 @@ async fn arp_and_ndp_are_answered_by_the_owner_alone_and_visibility_matches() {
             }
             let reply = lab.connect_from_client(ip, Duration::from_secs(2)).unwrap();
             assert_eq!(reply, format!("hello from {}", owner.name), "TCP to {vip}");
+        }
+    }
+    assert_the_gossip_key_never_leaks(&lab).await;
+}
+
+/// The gossip key is in no agent log, no Event and no `ironlb status` output, in any of the encodings a careless
+/// log line would use: raw text, base64 (as the Secret holds it), hex, or Rust's debug form of a byte vector.
+async fn assert_the_gossip_key_never_leaks(lab: &Lab) {
+    use base64::Engine;
+    let secrets: Api<Secret> = Api::namespaced(lab.client.clone(), "ironlb-system");
+    let secret = secrets.get("ironlb-memberlist").await.unwrap();
+    let key = secret.data.unwrap()["secretkey"].0.clone();
+    assert!(key.len() >= 16, "the lab's key is {} bytes", key.len());
+    let forms = [
+        base64::engine::general_purpose::STANDARD.encode(&key),
+        key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        format!("{key:?}").trim_matches(['[', ']']).to_string(),
+        String::from_utf8_lossy(&key).into_owned(),
+    ];
+    let mut places = Vec::new();
+    for node in lab.node_names() {
+        let log = std::fs::read_to_string(lab.agent_log(&node)).unwrap();
+        assert!(!log.is_empty(), "{node} logged nothing");
+        places.push((format!("agent log of {node}"), log));
+    }
+    let events: Api<Event> = Api::all(lab.client.clone());
+    let events = events.list(&ListParams::default()).await.unwrap();
+    assert!(!events.items.is_empty(), "the lab has Events");
+    places.push((
+        "Events".into(),
+        serde_json::to_string(&events.items).unwrap(),
+    ));
+    places.push((
+        "ironlb status".into(),
+        serde_json::to_string(&lab.status().await.unwrap()).unwrap(),
+    ));
+    for (place, text) in &places {
+        for form in &forms {
+            assert!(
+                !text.contains(form.as_str()),
+                "the gossip key appears in the {place}"
+            );
         }
     }
 }
