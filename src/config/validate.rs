@@ -511,7 +511,7 @@ pub fn parse_address(text: &str) -> Result<IpRange, String> {
             "{text:?} is an address, not a CIDR: write {text}/32 (IPv4) or {text}/128 (IPv6)"
         )),
         Err(_) => Err(format!(
-            "{text:?} is neither a CIDR (192.168.10.0/24) nor a range (192.168.9.1-192.168.9.5)"
+            "{text:?} is neither a CIDR (192.0.2.0/24, 2001:db8::/64) nor a range (192.0.2.10-192.0.2.20)"
         )),
     }
 }
