@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = plan_services(
-        validated.config.pools,
+        validated.config.pools.into_values().collect(),
         services.iter(),
         &BTreeMap::new(),
         None,
