@@ -29,9 +29,9 @@ use super::render::render_ipvsadm;
 use super::socket::IpvsSocket;
 
 /// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// kube-proxy's default ClientIP affinity timeout (`v1.DefaultClientIPServiceAffinitySeconds`).
-const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+pub(crate) const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
 
 /// `ironlb verify`.
 #[derive(Clone, Debug, clap::Args)]
@@ -81,7 +81,7 @@ impl DataPlane {
     }
 }
 
-fn service_addr(id: &ServiceId) -> Option<IpAddr> {
+pub(crate) fn service_addr(id: &ServiceId) -> Option<IpAddr> {
     match id {
         ServiceId::Addr { addr, .. } => Some(*addr),
         ServiceId::Fwmark { .. } => None,
@@ -92,7 +92,7 @@ fn host_prefix(ip: &IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
 }
 
-fn protocol(name: Option<&str>) -> Option<Protocol> {
+pub(crate) fn protocol(name: Option<&str>) -> Option<Protocol> {
     match name.unwrap_or("TCP") {
         "TCP" => Some(Protocol::Tcp),
         "UDP" => Some(Protocol::Udp),
@@ -115,11 +115,11 @@ fn vip_mode_ips(svc: &Service) -> Vec<IpAddr> {
 }
 
 /// One endpoint address with what kube-proxy looks at.
-struct Candidate {
-    addr: IpAddr,
-    port: u16,
-    ready: bool,
-    serving_terminating: bool,
+pub(crate) struct Candidate {
+    pub(crate) addr: IpAddr,
+    pub(crate) port: u16,
+    pub(crate) ready: bool,
+    pub(crate) serving_terminating: bool,
 }
 
 /// The IPVS services and VIP bindings kube-proxy would create on `node` for every LoadBalancer Service.
@@ -208,7 +208,7 @@ pub fn wanted(
 }
 
 /// The endpoint addresses of the slice port named like the Service port, with their conditions.
-fn candidates(
+pub(crate) fn candidates(
     slices: &[&EndpointSlice],
     port_name: Option<&str>,
     proto: Protocol,
