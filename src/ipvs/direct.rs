@@ -341,6 +341,47 @@ pub fn snat_ruleset(snat: &BTreeSet<ServiceId>) -> String {
     out
 }
 
+/// What kube-proxy's configuration (`config.conf` of the `kube-system/kube-proxy` ConfigMap) means for direct mode:
+/// `Ok(None)` when kube-proxy does not run in IPVS mode (its cleanup leaves foreign IPVS services alone), else the
+/// pool ranges not inside any of its `ipvs.excludeCIDRs`, whose virtual services its cleanup would delete.
+pub fn kube_proxy_gaps(
+    config_conf: &str,
+    ranges: &[crate::config::IpRange],
+) -> Result<Option<Vec<crate::config::IpRange>>, String> {
+    let conf: serde_yaml::Value =
+        serde_yaml::from_str(config_conf).map_err(|e| format!("config.conf is not YAML: {e}"))?;
+    let mode = conf.get("mode").and_then(|m| m.as_str()).unwrap_or("");
+    if !mode.eq_ignore_ascii_case("ipvs") {
+        return Ok(None);
+    }
+    let mut excluded = Vec::new();
+    for cidr in conf
+        .get("ipvs")
+        .and_then(|i| i.get("excludeCIDRs"))
+        .and_then(|e| e.as_sequence())
+        .into_iter()
+        .flatten()
+    {
+        let text = cidr.as_str().unwrap_or_default();
+        let net: ipnet::IpNet = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("ipvs.excludeCIDRs: {text:?} is not a CIDR"))?;
+        excluded.push(net);
+    }
+    Ok(Some(
+        ranges
+            .iter()
+            .filter(|r| {
+                !excluded
+                    .iter()
+                    .any(|n| n.contains(&r.start()) && n.contains(&r.end()))
+            })
+            .copied()
+            .collect(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,5 +727,31 @@ mod tests {
             snat_ruleset(&BTreeSet::new()),
             "table inet ironlb\ndelete table inet ironlb\n"
         );
+    }
+    #[test]
+    fn kube_proxy_gaps_name_the_pools_outside_exclude_cidrs() {
+        use crate::config::IpRange;
+        let ranges = [
+            IpRange::from_cidr("192.0.2.0/28".parse().unwrap()),
+            IpRange::new(ip("198.51.100.10"), ip("198.51.100.20")).unwrap(),
+            IpRange::from_cidr("2001:db8::/120".parse().unwrap()),
+        ];
+        let conf = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n\
+                    ipvs:\n  strictARP: true\n  excludeCIDRs:\n  - 192.0.2.0/24\n  - 2001:db8::/64\n";
+        let gaps = kube_proxy_gaps(conf, &ranges).unwrap().unwrap();
+        assert_eq!(
+            gaps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["198.51.100.10-198.51.100.20"]
+        );
+        let none = kube_proxy_gaps("mode: ipvs\n", &ranges).unwrap().unwrap();
+        assert_eq!(none.len(), 3);
+        assert_eq!(kube_proxy_gaps("mode: iptables\n", &ranges), Ok(None));
+        assert_eq!(kube_proxy_gaps("mode: \"\"\n", &ranges), Ok(None));
+        assert!(
+            kube_proxy_gaps("mode: ipvs\nipvs:\n  excludeCIDRs: [nonsense]\n", &ranges)
+                .unwrap_err()
+                .contains("nonsense")
+        );
+        assert!(kube_proxy_gaps("mode: [", &ranges).is_err());
     }
 }

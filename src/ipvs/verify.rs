@@ -48,6 +48,10 @@ pub struct VerifyArgs {
     /// kube-proxy's IPVS scheduler (`ipvs.scheduler`; kube-proxy's default is rr).
     #[arg(long, env = "IRONLB_IPVS_SCHEDULER", default_value = "rr")]
     pub scheduler: String,
+    /// The data plane to check: kube-proxy's (`integrated`), or IronLB's own (`direct`: ipMode Proxy VIPs, their
+    /// annotations, bound on ironlb0 unless --vip-link says otherwise).
+    #[arg(long, env = "IRONLB_DATAPLANE", value_enum, default_value_t = crate::agent::dataplane::Mode::Integrated)]
+    pub dataplane: crate::agent::dataplane::Mode,
 }
 
 /// What the data plane should hold, or holds, for the LoadBalancer VIPs.
@@ -567,7 +571,18 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
             source,
         })?
         .items;
-    let wanted = wanted(&services, &slices, &args.node_name, &args.scheduler);
+    let direct = args.dataplane == crate::agent::dataplane::Mode::Direct;
+    let vip_link = if direct && args.vip_link == crate::agent::dataplane::KUBE_PROXY_LINK {
+        crate::agent::dataplane::DIRECT_LINK
+    } else {
+        args.vip_link.as_str()
+    };
+    let wanted = if direct {
+        // Every Proxy-mode ingress IP: the pools are not read here.
+        super::direct::wanted(&services, &slices, &args.node_name, &|_| true).plane
+    } else {
+        wanted(&services, &slices, &args.node_name, &args.scheduler)
+    };
     let vips = wanted.vips();
 
     let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Netlink)?;
@@ -578,7 +593,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
     conn.abort();
     let bound: BTreeSet<IpAddr> = links?
         .into_iter()
-        .filter(|l| l.name == args.vip_link)
+        .filter(|l| l.name == vip_link)
         .flat_map(|l| l.addresses)
         .filter(|net| net.prefix_len() == host_prefix(&net.addr()))
         .map(|net| net.addr())
@@ -593,7 +608,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
     let table = programmer.actual().map_err(Error::Ipvs)?;
     let actual = restrict(&table, &bound, &vips);
 
-    let (text, drift) = report(&wanted, &actual, &args.vip_link);
+    let (text, drift) = report(&wanted, &actual, vip_link);
     out.write_all(text.as_bytes()).map_err(Error::Write)?;
     Ok(drift.is_empty())
 }
