@@ -115,7 +115,7 @@ async fn verify(kubeconfig: &Path) -> anyhow::Result<(i32, String)> {
 /// naming it, the worker's periodic pass reports it (metric, one Warning Event) and puts it back, and verify
 /// agrees again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleted_destination_is_reported_and_repaired() -> anyhow::Result<()> {
+async fn direct_deleted_destination_is_reported_and_repaired() -> anyhow::Result<()> {
     if !in_vm() {
         return Ok(());
     }
@@ -310,7 +310,8 @@ fn fetch(vip: &str) -> String {
 ///                                                                                     └─ 203.0.113.130 dp-pod2 :8080
 /// ```
 #[test]
-fn local_vip_keeps_the_client_address_and_cluster_vip_reaches_both_nodes() -> anyhow::Result<()> {
+fn direct_local_vip_keeps_the_client_address_and_cluster_vip_reaches_both_nodes()
+-> anyhow::Result<()> {
     if !in_vm() {
         return Ok(());
     }
@@ -467,7 +468,7 @@ fn local_vip_keeps_the_client_address_and_cluster_vip_reaches_both_nodes() -> an
 /// after the watch event) to the kernel holding the new real server: the pure wanted-state build over all 5,000
 /// Services, then the worker's incremental pass. The API server and the watch are not part of the figure.
 #[test]
-fn bench_incremental_endpoint_in_5000_services() -> anyhow::Result<()> {
+fn direct_bench_incremental_endpoint_in_5000_services() -> anyhow::Result<()> {
     if !in_vm() {
         return Ok(());
     }

@@ -539,7 +539,6 @@ impl Worker {
                         target = newer;
                     }
                     changed_at = Instant::now();
-                    self.set_scope(&target);
                     current = Some(target.clone());
                     if self.mode == Mode::Direct {
                         self.program(&target);
@@ -576,6 +575,7 @@ impl Worker {
 
     /// Direct mode, on a change: incremental when the last pass succeeded, else a full reconcile.
     pub fn program(&mut self, target: &Arc<Target>) {
+        self.set_scope(target);
         let now = Instant::now();
         let report = match &self.applied {
             Some(prev) => self
@@ -623,6 +623,7 @@ impl Worker {
 
     /// Every period: dump everything in scope, report drift, and in direct mode repair it.
     pub fn verify(&mut self, target: &Arc<Target>, changed_at: Instant) {
+        self.set_scope(target);
         let actual = match self.programmer.actual() {
             Ok(a) => a,
             Err(error) => {
