@@ -35,6 +35,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 pub mod announce;
+pub mod dataplane;
 
 use crate::config::crd::{
     BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
@@ -79,6 +80,8 @@ pub struct AgentArgs {
     pub lease_duration: u64,
     #[command(flatten)]
     pub announce: announce::AnnounceArgs,
+    #[command(flatten)]
+    pub dataplane: dataplane::DataPlaneArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -247,13 +250,18 @@ impl AllocationMetrics {
 
 /// Runs the agent with its dependencies handed in, until `shutdown` resolves.
 pub async fn run_with(
-    args: AgentArgs,
+    mut args: AgentArgs,
     client: Client,
     metrics_listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = AllocationMetrics::register(&mut registry);
+    let direct = args.dataplane.dataplane == dataplane::Mode::Direct;
+    if direct && args.announce.vip_link == dataplane::KUBE_PROXY_LINK {
+        // kube-proxy prunes kube-ipvs0 of addresses it did not add: direct mode binds on its own link.
+        args.announce.vip_link = dataplane::DIRECT_LINK.into();
+    }
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -269,6 +277,14 @@ pub async fn run_with(
         stop_rx.clone(),
     )
     .await?;
+    let mut dataplane = dataplane::DataPlane::start(
+        args.dataplane.clone(),
+        &args.node_name,
+        &args.announce.vip_link,
+        &client,
+        &mut registry,
+    )
+    .await;
     announcer.refresh_local().await;
     let mut refresh = tokio::time::interval(Duration::from_secs(2));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -306,7 +322,11 @@ pub async fn run_with(
     };
     let mut controller = AllocationController::new(Settings {
         lb_class: args.lb_class.clone(),
-        ingress_mode: IngressMode::Vip,
+        ingress_mode: if direct {
+            IngressMode::Proxy
+        } else {
+            IngressMode::Vip
+        },
     });
     let mut state = ClusterState::default();
     let mut dirty = false;
@@ -338,6 +358,7 @@ pub async fn run_with(
                 &crate::k8s::announcement::ready_nodes(&state),
                 *liveness.healthy.borrow(),
             );
+            dataplane.update(&state, &validated);
             let pass = announcer.pass(&state, &validated, &live, trigger);
             announcer.bind().await;
             if writer

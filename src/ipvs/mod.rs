@@ -5,6 +5,7 @@
 //! services and anyone else's are read but never changed.
 
 pub mod codec;
+pub mod direct;
 pub mod golden;
 pub mod programmer;
 pub mod render;

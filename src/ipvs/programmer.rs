@@ -297,6 +297,59 @@ impl Programmer {
         Ok(Report { changes, failed })
     }
 
+    /// Real servers currently draining at weight 0; they are on their way out, not drift.
+    pub fn draining(&self) -> impl Iterator<Item = &(ServiceId, DestId)> {
+        self.drain.draining()
+    }
+
+    /// An incremental pass: only the services whose wanted entry differs between `previous` (what the last pass
+    /// applied) and `wanted` are read back (their real servers, one dump each) and reconciled. A table of thousands
+    /// of services with one changed endpoint costs one dump and one change instead of a dump of everything. A
+    /// service deleted behind our back makes its changes fail with ESRCH; the caller then runs a full
+    /// [`reconcile`](Self::reconcile).
+    pub fn reconcile_changed(
+        &mut self,
+        wanted: &WantedTable,
+        previous: &WantedTable,
+        now: Instant,
+    ) -> Result<Report> {
+        let touched: std::collections::BTreeSet<ServiceId> = wanted
+            .keys()
+            .chain(previous.keys())
+            .filter(|id| wanted.get(id) != previous.get(id) && (self.scope)(id))
+            .copied()
+            .collect();
+        let mut actual = ActualTable::new();
+        for id in &touched {
+            let Some((spec, _)) = previous.get(id) else {
+                continue;
+            };
+            let dests = match self.dests(id) {
+                Ok(d) => d,
+                Err(Error::Socket(socket::Error::Kernel { source, .. }))
+                    if source.raw_os_error() == Some(ESRCH) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            actual.insert(*id, (spec.clone(), dests));
+        }
+        // `diff` forgets drains it does not see; those of untouched services must keep their start times.
+        let untouched: Vec<((ServiceId, DestId), Instant)> = self
+            .drain
+            .since
+            .iter()
+            .filter(|((s, _), _)| !touched.contains(s))
+            .map(|(k, t)| (*k, *t))
+            .collect();
+        let in_touched = |id: &ServiceId| touched.contains(id);
+        let changes = diff(wanted, &actual, &in_touched, &mut self.drain, now);
+        self.drain.since.extend(untouched);
+        let failed = self.apply(&changes)?;
+        Ok(Report { changes, failed })
+    }
+
     /// The one executor: sends the changes in order and keeps the refusals that matter.
     pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<(Change, std::io::Error)>> {
         if changes.is_empty() {

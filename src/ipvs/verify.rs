@@ -29,9 +29,9 @@ use super::render::render_ipvsadm;
 use super::socket::IpvsSocket;
 
 /// The label that ties an EndpointSlice to its Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// kube-proxy's default ClientIP affinity timeout (`v1.DefaultClientIPServiceAffinitySeconds`).
-const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+pub(crate) const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
 
 /// `ironlb verify`.
 #[derive(Clone, Debug, clap::Args)]
@@ -48,6 +48,10 @@ pub struct VerifyArgs {
     /// kube-proxy's IPVS scheduler (`ipvs.scheduler`; kube-proxy's default is rr).
     #[arg(long, env = "IRONLB_IPVS_SCHEDULER", default_value = "rr")]
     pub scheduler: String,
+    /// The data plane to check: kube-proxy's (`integrated`), or IronLB's own (`direct`: ipMode Proxy VIPs, their
+    /// annotations, bound on ironlb0 unless --vip-link says otherwise).
+    #[arg(long, env = "IRONLB_DATAPLANE", value_enum, default_value_t = crate::agent::dataplane::Mode::Integrated)]
+    pub dataplane: crate::agent::dataplane::Mode,
 }
 
 /// What the data plane should hold, or holds, for the LoadBalancer VIPs.
@@ -81,7 +85,7 @@ impl DataPlane {
     }
 }
 
-fn service_addr(id: &ServiceId) -> Option<IpAddr> {
+pub(crate) fn service_addr(id: &ServiceId) -> Option<IpAddr> {
     match id {
         ServiceId::Addr { addr, .. } => Some(*addr),
         ServiceId::Fwmark { .. } => None,
@@ -92,7 +96,7 @@ fn host_prefix(ip: &IpAddr) -> u8 {
     if ip.is_ipv4() { 32 } else { 128 }
 }
 
-fn protocol(name: Option<&str>) -> Option<Protocol> {
+pub(crate) fn protocol(name: Option<&str>) -> Option<Protocol> {
     match name.unwrap_or("TCP") {
         "TCP" => Some(Protocol::Tcp),
         "UDP" => Some(Protocol::Udp),
@@ -115,11 +119,11 @@ fn vip_mode_ips(svc: &Service) -> Vec<IpAddr> {
 }
 
 /// One endpoint address with what kube-proxy looks at.
-struct Candidate {
-    addr: IpAddr,
-    port: u16,
-    ready: bool,
-    serving_terminating: bool,
+pub(crate) struct Candidate {
+    pub(crate) addr: IpAddr,
+    pub(crate) port: u16,
+    pub(crate) ready: bool,
+    pub(crate) serving_terminating: bool,
 }
 
 /// The IPVS services and VIP bindings kube-proxy would create on `node` for every LoadBalancer Service.
@@ -208,7 +212,7 @@ pub fn wanted(
 }
 
 /// The endpoint addresses of the slice port named like the Service port, with their conditions.
-fn candidates(
+pub(crate) fn candidates(
     slices: &[&EndpointSlice],
     port_name: Option<&str>,
     proto: Protocol,
@@ -567,7 +571,18 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
             source,
         })?
         .items;
-    let wanted = wanted(&services, &slices, &args.node_name, &args.scheduler);
+    let direct = args.dataplane == crate::agent::dataplane::Mode::Direct;
+    let vip_link = if direct && args.vip_link == crate::agent::dataplane::KUBE_PROXY_LINK {
+        crate::agent::dataplane::DIRECT_LINK
+    } else {
+        args.vip_link.as_str()
+    };
+    let wanted = if direct {
+        // Every Proxy-mode ingress IP: the pools are not read here.
+        super::direct::wanted(&services, &slices, &args.node_name, &|_| true).plane
+    } else {
+        wanted(&services, &slices, &args.node_name, &args.scheduler)
+    };
     let vips = wanted.vips();
 
     let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Netlink)?;
@@ -578,7 +593,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
     conn.abort();
     let bound: BTreeSet<IpAddr> = links?
         .into_iter()
-        .filter(|l| l.name == args.vip_link)
+        .filter(|l| l.name == vip_link)
         .flat_map(|l| l.addresses)
         .filter(|net| net.prefix_len() == host_prefix(&net.addr()))
         .map(|net| net.addr())
@@ -593,7 +608,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
     let table = programmer.actual().map_err(Error::Ipvs)?;
     let actual = restrict(&table, &bound, &vips);
 
-    let (text, drift) = report(&wanted, &actual, &args.vip_link);
+    let (text, drift) = report(&wanted, &actual, vip_link);
     out.write_all(text.as_bytes()).map_err(Error::Write)?;
     Ok(drift.is_empty())
 }

@@ -19,6 +19,41 @@ pub struct LabArgs {
     /// Stay up after the demo, until Ctrl-C, and print how to reach the lab.
     #[arg(long)]
     pub keep: bool,
+    /// The agents' data plane: `integrated` (kube-proxy's IPVS; the lab has no kube-proxy) or `direct` (each
+    /// agent programs its node's IPVS, where the kernel has it).
+    #[arg(long, value_enum, default_value_t = crate::agent::dataplane::Mode::Integrated)]
+    pub dataplane: crate::agent::dataplane::Mode,
+}
+
+/// Whether this kernel has IPVS: its /proc file, or its generic-netlink family (the module loads on demand).
+pub fn kernel_has_ipvs() -> bool {
+    std::path::Path::new("/proc/net/ip_vs").exists() || crate::ipvs::IpvsSocket::connect().is_ok()
+}
+
+/// The agents' extra arguments for `mode`, and a note for the user when the kernel cannot do what was asked.
+pub fn dataplane_agent_args(
+    mode: crate::agent::dataplane::Mode,
+    has_ipvs: bool,
+) -> (Vec<String>, Option<&'static str>) {
+    use crate::agent::dataplane::Mode;
+    match (mode, has_ipvs) {
+        (Mode::Integrated, _) => (Vec::new(), None),
+        (Mode::Direct, true) => (vec!["--dataplane".into(), "direct".into()], None),
+        // Without IPVS nothing would forward a VIP bound on ironlb0; keep the lab's kube-ipvs0 so the nodes keep
+        // answering on the VIPs themselves.
+        (Mode::Direct, false) => (
+            vec![
+                "--dataplane".into(),
+                "direct".into(),
+                "--vip-link".into(),
+                "kube-ipvs0".into(),
+            ],
+            Some(
+                "note: --dataplane direct, but this kernel has no IPVS (no /proc/net/ip_vs, no IPVS netlink family): \
+                 the agents program no virtual services and keep announcing; each node answers on the VIP itself",
+            ),
+        ),
+    }
 }
 
 /// Runs the demo, printing to `out`. Everything is torn down on return, and on Ctrl-C.
@@ -34,6 +69,14 @@ pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
     };
+    let (agent_args, note) = dataplane_agent_args(args.dataplane, kernel_has_ipvs());
+    let options = LabOptions {
+        agent_args,
+        ..options
+    };
+    if let Some(note) = note {
+        writeln!(out, "{note}")?;
+    }
     let result = tokio::select! {
         r = demo(options, args.keep, out) => r,
         // Ctrl-C or SIGTERM: either way the lab must be torn down, not left behind.
@@ -196,4 +239,25 @@ pub fn heal(lab: &mut Lab, node: &str) -> cluster::Result<()> {
         .ok_or_else(|| cluster::Error::Setup(format!("no lab node {node}")))?;
     lab.topology.heal(&lab_node)?;
     lab.start_agent(node)
+}
+
+#[cfg(test)]
+mod dataplane_tests {
+    use super::*;
+    use crate::agent::dataplane::Mode;
+
+    #[test]
+    fn direct_without_ipvs_says_so_and_keeps_the_lab_vip_link() {
+        let (args, note) = dataplane_agent_args(Mode::Direct, false);
+        assert_eq!(args, ["--dataplane", "direct", "--vip-link", "kube-ipvs0"]);
+        assert!(note.unwrap().contains("no IPVS"));
+        assert_eq!(
+            dataplane_agent_args(Mode::Direct, true),
+            (vec!["--dataplane".to_string(), "direct".to_string()], None)
+        );
+        assert_eq!(
+            dataplane_agent_args(Mode::Integrated, false),
+            (vec![], None)
+        );
+    }
 }

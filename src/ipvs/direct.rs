@@ -1,0 +1,757 @@
+//! The `direct` data plane's wanted state: which IPVS virtual services and real servers this node must hold for
+//! the VIPs IronLB allocated, and which of them need source NAT. Pure: Services, EndpointSlices, the node name and
+//! the pools in; a [`DirectPlan`] out.
+//!
+//! - One virtual service per ingress IP (`ipMode: Proxy`, inside one of IronLB's pools) and Service port, for TCP,
+//!   UDP and SCTP, IPv4 and IPv6, each VIP taking endpoints of its own family.
+//! - Real servers are the ready endpoints (serving-and-terminating ones only when none is ready, as for the
+//!   announcement eligibility in `plan`), forwarded with masquerading (`-m`), weight 1.
+//! - `externalTrafficPolicy: Local`: only this node's endpoints, and no source NAT, so the pod sees the client's
+//!   address. `Cluster`: every endpoint, and the connection is source-NATed to the node ([`snat_ruleset`]), as
+//!   kube-proxy does for external traffic, so a pod on another node answers through this node.
+//! - Scheduler from `ironlb.io/ipvs-scheduler` (default `rr`); persistence from
+//!   `ironlb.io/ipvs-persistence-timeout`, else from `sessionAffinity: ClientIP`. An invalid annotation never stops
+//!   the Service: it becomes a [`Problem`] naming the Service, and the default is used.
+//!
+//! Virtual services are keyed by VIP address, not by fwmark, so `ipvsadm -Ln` shows each VIP:port as it is. Where
+//! kube-proxy runs in IPVS mode, its cleanup deletes virtual services it did not create unless their address is in
+//! `ipvs.excludeCIDRs`; the agent checks that (see `agent::dataplane`) and warns, naming the missing pools.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::codec::{DestId, DestSpec, FwdMethod, Protocol, ServiceId, ServiceSpec};
+use super::verify::{
+    Candidate, DEFAULT_AFFINITY_SECONDS, DataPlane, SERVICE_NAME_LABEL, candidates, protocol,
+};
+
+/// Service annotation: the IPVS scheduler of the Service's virtual services.
+pub const SCHEDULER_ANNOTATION: &str = "ironlb.io/ipvs-scheduler";
+/// Service annotation: IPVS persistence in seconds (`ipvsadm -p`).
+pub const PERSISTENCE_ANNOTATION: &str = "ironlb.io/ipvs-persistence-timeout";
+/// The scheduler used when the annotation is absent or invalid.
+pub const DEFAULT_SCHEDULER: &str = "rr";
+/// The schedulers of the mainline kernel (`net/netfilter/ipvs/ip_vs_*.c`).
+pub const SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
+];
+/// The longest persistence accepted: a day, the same bound as the Service's ClientIP affinity timeout.
+pub const MAX_PERSISTENCE_SECONDS: u32 = 86_400;
+/// The nftables table that holds the source NAT of `Cluster` VIPs.
+pub const NFT_TABLE: &str = "ironlb";
+
+/// A Service, by name, for messages, metric labels and Events.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+impl ServiceRef {
+    pub fn of(svc: &Service) -> Self {
+        Self {
+            namespace: svc
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+            uid: svc.metadata.uid.clone(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Something wrong with one Service's data-plane settings; the Service is still programmed, with defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub service: ServiceRef,
+    /// An Event reason.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What this node must hold in the direct data plane.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectPlan {
+    /// The IPVS table, and the VIPs to bind on the direct-mode device.
+    pub plane: DataPlane,
+    /// The Service each virtual service belongs to.
+    pub owners: BTreeMap<ServiceId, ServiceRef>,
+    /// Virtual services of `Cluster` Services, whose connections are source-NATed.
+    pub snat: BTreeSet<ServiceId>,
+    pub problems: Vec<Problem>,
+}
+
+/// The scheduler named by the annotation, or why it cannot be used.
+pub fn scheduler(svc: &Service) -> Result<String, String> {
+    let Some(value) = annotation(svc, SCHEDULER_ANNOTATION) else {
+        return Ok(DEFAULT_SCHEDULER.into());
+    };
+    let value = value.trim();
+    if SCHEDULERS.contains(&value) {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{SCHEDULER_ANNOTATION}: {value:?} is not an IPVS scheduler (one of {}); using {DEFAULT_SCHEDULER}",
+            SCHEDULERS.join(", ")
+        ))
+    }
+}
+
+/// The persistence timeout: the annotation's, else the ClientIP affinity's, else none; or why the annotation
+/// cannot be used (then the affinity's, or none, applies).
+pub fn persistence(svc: &Service) -> (Option<u32>, Option<String>) {
+    let spec = svc.spec.as_ref();
+    let affinity = spec
+        .filter(|s| s.session_affinity.as_deref() == Some("ClientIP"))
+        .map(|s| {
+            s.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+        });
+    let Some(value) = annotation(svc, PERSISTENCE_ANNOTATION) else {
+        return (affinity, None);
+    };
+    match value.trim().parse::<u32>() {
+        Ok(0) => (None, None),
+        Ok(t) if t <= MAX_PERSISTENCE_SECONDS => (Some(t), None),
+        _ => (
+            affinity,
+            Some(format!(
+                "{PERSISTENCE_ANNOTATION}: {value:?} is not a number of seconds from 0 to \
+                 {MAX_PERSISTENCE_SECONDS}; using {}",
+                affinity.map_or_else(|| "no persistence".into(), |t| format!("{t} s"))
+            )),
+        ),
+    }
+}
+
+fn annotation<'a>(svc: &'a Service, key: &str) -> Option<&'a str> {
+    svc.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// The ingress IPs IronLB programs: `ipMode: Proxy` (kube-proxy leaves those alone) and inside IronLB's pools.
+fn proxy_mode_ips(svc: &Service, owned: &dyn Fn(&IpAddr) -> bool) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip_mode.as_deref() == Some("Proxy"))
+        .filter_map(|i| i.ip.as_deref().and_then(|ip| ip.parse().ok()))
+        .filter(|ip| owned(ip))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// Ready endpoints of the VIP's family, or the serving-and-terminating ones when none is ready.
+fn real_servers(candidates: &[Candidate], vip: &IpAddr) -> BTreeMap<DestId, DestSpec> {
+    let family: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.addr.is_ipv4() == vip.is_ipv4())
+        .collect();
+    let ready = family.iter().any(|c| c.ready);
+    family
+        .into_iter()
+        .filter(|c| {
+            if ready {
+                c.ready
+            } else {
+                c.serving_terminating
+            }
+        })
+        .map(|c| {
+            let d = DestSpec::new(c.addr, c.port, FwdMethod::Masq, 1);
+            (d.id, d)
+        })
+        .collect()
+}
+
+/// The direct data plane `node` must hold. `owned` says whether an address is in one of IronLB's pools.
+pub fn wanted<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &str,
+    owned: &dyn Fn(&IpAddr) -> bool,
+) -> DirectPlan {
+    // Index the slices by Service once: every Service then costs only its own slices.
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        let Some(name) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        else {
+            continue;
+        };
+        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
+        by_service.entry((ns, name)).or_default().push(slice);
+    }
+
+    let mut plan = DirectPlan::default();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        if spec.type_.as_deref() != Some("LoadBalancer") {
+            continue;
+        }
+        let vips = proxy_mode_ips(svc, owned);
+        if vips.is_empty() {
+            continue;
+        }
+        let who = ServiceRef::of(svc);
+        let scheduler = scheduler(svc).unwrap_or_else(|message| {
+            plan.problems.push(Problem {
+                service: who.clone(),
+                reason: "InvalidIPVSScheduler",
+                message,
+            });
+            DEFAULT_SCHEDULER.into()
+        });
+        let (persist, bad) = persistence(svc);
+        if let Some(message) = bad {
+            plan.problems.push(Problem {
+                service: who.clone(),
+                reason: "InvalidIPVSPersistence",
+                message,
+            });
+        }
+        let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let own_slices = by_service
+            .get(&(who.namespace.as_str(), who.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        plan.plane.bindings.extend(vips.iter().copied());
+        for port in spec.ports.iter().flatten() {
+            let Some(proto) = protocol(port.protocol.as_deref()) else {
+                plan.problems.push(Problem {
+                    service: who.clone(),
+                    reason: "UnsupportedProtocol",
+                    message: format!(
+                        "port {}: protocol {:?} has no IPVS service; only TCP, UDP and SCTP do",
+                        port.port,
+                        port.protocol.as_deref().unwrap_or_default()
+                    ),
+                });
+                continue;
+            };
+            let Ok(svc_port) = u16::try_from(port.port) else {
+                continue;
+            };
+            let cands = candidates(own_slices, port.name.as_deref(), proto, local, node);
+            for vip in &vips {
+                let id = ServiceId::Addr {
+                    protocol: proto,
+                    addr: *vip,
+                    port: svc_port,
+                };
+                if let Some(first) = plan.owners.get(&id) {
+                    plan.problems.push(Problem {
+                        service: who.clone(),
+                        reason: "IPVSServiceConflict",
+                        message: format!(
+                            "{} {vip} port {svc_port} is already programmed for {first}; not programming it \
+                             for this Service",
+                            proto_name(proto)
+                        ),
+                    });
+                    continue;
+                }
+                let mut s = ServiceSpec::new(id, &scheduler);
+                if let Some(timeout) = persist {
+                    s = s.persistent(timeout);
+                }
+                plan.plane.ipvs.insert(id, (s, real_servers(&cands, vip)));
+                plan.owners.insert(id, who.clone());
+                if !local {
+                    plan.snat.insert(id);
+                }
+            }
+        }
+    }
+    plan
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// The nftables script (for `nft -f -`) that replaces IronLB's table atomically: connections whose original
+/// destination is one of `snat`'s VIP:port/protocol are masqueraded on their way to the real server, after IPVS
+/// rewrote the destination. It needs IPVS connection tracking (`net.ipv4.vs.conntrack=1`) so that netfilter sees
+/// those connections. With nothing to NAT, the table is removed.
+pub fn snat_ruleset(snat: &BTreeSet<ServiceId>) -> String {
+    // Creating the table first makes the delete valid when it does not exist yet; both run in one transaction.
+    let mut out = format!("table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n");
+    let rules: Vec<String> = snat
+        .iter()
+        .filter_map(|id| match id {
+            ServiceId::Addr {
+                protocol,
+                addr,
+                port,
+            } => {
+                let family = if addr.is_ipv4() { "ip" } else { "ip6" };
+                // One rule per VIP:port: `ct original proto-dst` has a type only next to an l4proto match.
+                Some(format!(
+                    "    meta l4proto {} ct original {family} daddr {addr} ct original proto-dst {port} masquerade\n",
+                    proto_name(*protocol)
+                ))
+            }
+            ServiceId::Fwmark { .. } => None,
+        })
+        .collect();
+    if rules.is_empty() {
+        return out;
+    }
+    out.push_str(&format!(
+        "table inet {NFT_TABLE} {{\n  chain postrouting {{\n"
+    ));
+    out.push_str("    type nat hook postrouting priority srcnat; policy accept;\n");
+    for r in rules {
+        out.push_str(&r);
+    }
+    out.push_str("  }\n}\n");
+    out
+}
+
+/// What kube-proxy's configuration (`config.conf` of the `kube-system/kube-proxy` ConfigMap) means for direct mode:
+/// `Ok(None)` when kube-proxy does not run in IPVS mode (its cleanup leaves foreign IPVS services alone), else the
+/// pool ranges not inside any of its `ipvs.excludeCIDRs`, whose virtual services its cleanup would delete.
+pub fn kube_proxy_gaps(
+    config_conf: &str,
+    ranges: &[crate::config::IpRange],
+) -> Result<Option<Vec<crate::config::IpRange>>, String> {
+    let conf: serde_yaml::Value =
+        serde_yaml::from_str(config_conf).map_err(|e| format!("config.conf is not YAML: {e}"))?;
+    let mode = conf.get("mode").and_then(|m| m.as_str()).unwrap_or("");
+    if !mode.eq_ignore_ascii_case("ipvs") {
+        return Ok(None);
+    }
+    let mut excluded = Vec::new();
+    for cidr in conf
+        .get("ipvs")
+        .and_then(|i| i.get("excludeCIDRs"))
+        .and_then(|e| e.as_sequence())
+        .into_iter()
+        .flatten()
+    {
+        let text = cidr.as_str().unwrap_or_default();
+        let net: ipnet::IpNet = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("ipvs.excludeCIDRs: {text:?} is not a CIDR"))?;
+        excluded.push(net);
+    }
+    Ok(Some(
+        ranges
+            .iter()
+            .filter(|r| {
+                !excluded
+                    .iter()
+                    .any(|n| n.contains(&r.start()) && n.contains(&r.end()))
+            })
+            .copied()
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn in_pool(ip: &IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => v4.octets()[..3] == [192, 0, 2],
+            IpAddr::V6(v6) => v6.segments()[..2] == [0x2001, 0xdb8],
+        }
+    }
+
+    fn svc(name: &str, ips: &[&str], ports: Value, extra: Value) -> Service {
+        let ingress: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({"ip": ip, "ipMode": "Proxy"}))
+            .collect();
+        let mut v = json!({
+            "metadata": {"name": name, "namespace": "shop", "annotations": {}},
+            "spec": {"type": "LoadBalancer", "ports": ports},
+            "status": {"loadBalancer": {"ingress": ingress}}
+        });
+        for (k, val) in extra.as_object().unwrap() {
+            if let Some(key) = k.strip_prefix("ann:") {
+                v["metadata"]["annotations"][key] = val.clone();
+            } else {
+                v["spec"][k] = val.clone();
+            }
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn slice(service: &str, family: &str, ports: Value, endpoints: Value) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-{family}"), "namespace": "shop",
+                         "labels": {SERVICE_NAME_LABEL: service}},
+            "addressType": family,
+            "ports": ports,
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    fn ep(addr: &str, node: &str, ready: bool) -> Value {
+        json!({"addresses": [addr], "nodeName": node, "conditions": {"ready": ready}})
+    }
+
+    fn dests(plan: &DirectPlan, id: ServiceId) -> Vec<String> {
+        plan.plane.ipvs[&id]
+            .1
+            .values()
+            .map(|d| {
+                format!(
+                    "{} {:?} {}",
+                    std::net::SocketAddr::new(d.id.addr, d.id.port),
+                    d.fwd,
+                    d.weight
+                )
+            })
+            .collect()
+    }
+
+    fn web_slices() -> Vec<EndpointSlice> {
+        vec![
+            slice(
+                "web",
+                "IPv4",
+                json!([{"name": "http", "port": 8080, "protocol": "TCP"},
+                       {"name": "dns", "port": 5353, "protocol": "UDP"},
+                       {"name": "sig", "port": 3868, "protocol": "SCTP"}]),
+                json!([
+                    ep("198.51.100.2", "n1", true),
+                    ep("198.51.100.3", "n2", true),
+                    ep("198.51.100.4", "n1", false)
+                ]),
+            ),
+            slice(
+                "web",
+                "IPv6",
+                json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+                json!([ep("2001:db8:1::2", "n2", true)]),
+            ),
+        ]
+    }
+
+    fn web_ports() -> Value {
+        json!([{"name": "http", "port": 80, "protocol": "TCP"},
+               {"name": "dns", "port": 53, "protocol": "UDP"},
+               {"name": "sig", "port": 3868, "protocol": "SCTP"}])
+    }
+
+    #[test]
+    fn cluster_policy_programs_every_ready_endpoint_with_snat() {
+        let services = [svc(
+            "web",
+            &["192.0.2.10", "2001:db8::10"],
+            web_ports(),
+            json!({}),
+        )];
+        let plan = wanted(&services, &web_slices(), "n1", &in_pool);
+        let http = ServiceId::tcp(ip("192.0.2.10"), 80);
+        assert_eq!(plan.plane.ipvs[&http].0, ServiceSpec::new(http, "rr"));
+        assert_eq!(
+            dests(&plan, http),
+            ["198.51.100.2:8080 Masq 1", "198.51.100.3:8080 Masq 1"]
+        );
+        assert_eq!(
+            dests(&plan, ServiceId::udp(ip("192.0.2.10"), 53)),
+            ["198.51.100.2:5353 Masq 1", "198.51.100.3:5353 Masq 1"]
+        );
+        let sctp = ServiceId::Addr {
+            protocol: Protocol::Sctp,
+            addr: ip("192.0.2.10"),
+            port: 3868,
+        };
+        assert_eq!(
+            dests(&plan, sctp),
+            ["198.51.100.2:3868 Masq 1", "198.51.100.3:3868 Masq 1"]
+        );
+        let v6 = ServiceId::tcp(ip("2001:db8::10"), 80);
+        assert_eq!(dests(&plan, v6), ["[2001:db8:1::2]:8080 Masq 1"]);
+        // The IPv6 VIP has no UDP endpoints of its family: the service exists, empty.
+        assert!(dests(&plan, ServiceId::udp(ip("2001:db8::10"), 53)).is_empty());
+        assert_eq!(plan.plane.ipvs.len(), 6);
+        assert_eq!(plan.snat.len(), 6);
+        assert_eq!(plan.owners[&http].to_string(), "shop/web");
+        assert_eq!(
+            plan.plane.bindings,
+            BTreeSet::from([ip("192.0.2.10"), ip("2001:db8::10")])
+        );
+        assert!(plan.problems.is_empty());
+    }
+
+    #[test]
+    fn local_policy_takes_this_nodes_endpoints_without_snat() {
+        let services = [svc(
+            "web",
+            &["192.0.2.10"],
+            web_ports(),
+            json!({"externalTrafficPolicy": "Local"}),
+        )];
+        let http = ServiceId::tcp(ip("192.0.2.10"), 80);
+        let n1 = wanted(&services, &web_slices(), "n1", &in_pool);
+        assert_eq!(dests(&n1, http), ["198.51.100.2:8080 Masq 1"]);
+        assert!(n1.snat.is_empty());
+        let n3 = wanted(&services, &web_slices(), "n3", &in_pool);
+        assert!(dests(&n3, http).is_empty());
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_none_is_ready() {
+        let services = [svc(
+            "web",
+            &["192.0.2.10"],
+            json!([{"port": 80}]),
+            json!({}),
+        )];
+        let term = json!({"addresses": ["198.51.100.5"], "nodeName": "n1",
+            "conditions": {"ready": false, "serving": true, "terminating": true}});
+        let only = [slice(
+            "web",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([term.clone()]),
+        )];
+        let http = ServiceId::tcp(ip("192.0.2.10"), 80);
+        assert_eq!(
+            dests(&wanted(&services, &only, "n1", &in_pool), http),
+            ["198.51.100.5:8080 Masq 1"]
+        );
+        let both = [slice(
+            "web",
+            "IPv4",
+            json!([{"port": 8080}]),
+            json!([term, ep("198.51.100.2", "n2", true)]),
+        )];
+        assert_eq!(
+            dests(&wanted(&services, &both, "n1", &in_pool), http),
+            ["198.51.100.2:8080 Masq 1"]
+        );
+    }
+
+    #[test]
+    fn annotations_set_scheduler_and_persistence() {
+        let services = [
+            svc(
+                "a",
+                &["192.0.2.1"],
+                json!([{"port": 80}]),
+                json!({"ann:ironlb.io/ipvs-scheduler": "wlc", "ann:ironlb.io/ipvs-persistence-timeout": "300"}),
+            ),
+            svc(
+                "b",
+                &["192.0.2.2"],
+                json!([{"port": 80}]),
+                json!({"sessionAffinity": "ClientIP"}),
+            ),
+            svc(
+                "c",
+                &["192.0.2.3"],
+                json!([{"port": 80}]),
+                json!({"sessionAffinity": "ClientIP", "ann:ironlb.io/ipvs-persistence-timeout": "0"}),
+            ),
+        ];
+        let plan = wanted(&services, &[], "n1", &in_pool);
+        let a = ServiceId::tcp(ip("192.0.2.1"), 80);
+        let b = ServiceId::tcp(ip("192.0.2.2"), 80);
+        let c = ServiceId::tcp(ip("192.0.2.3"), 80);
+        assert_eq!(
+            plan.plane.ipvs[&a].0,
+            ServiceSpec::new(a, "wlc").persistent(300)
+        );
+        assert_eq!(
+            plan.plane.ipvs[&b].0,
+            ServiceSpec::new(b, "rr").persistent(DEFAULT_AFFINITY_SECONDS)
+        );
+        assert_eq!(plan.plane.ipvs[&c].0, ServiceSpec::new(c, "rr"));
+        assert!(plan.problems.is_empty());
+    }
+
+    #[test]
+    fn invalid_annotations_fall_back_and_name_the_service() {
+        let services = [svc(
+            "bad",
+            &["192.0.2.1"],
+            json!([{"port": 80}]),
+            json!({"ann:ironlb.io/ipvs-scheduler": "fastest", "ann:ironlb.io/ipvs-persistence-timeout": "-5",
+                   "sessionAffinity": "ClientIP",
+                   "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}),
+        )];
+        let plan = wanted(&services, &[], "n1", &in_pool);
+        let id = ServiceId::tcp(ip("192.0.2.1"), 80);
+        assert_eq!(
+            plan.plane.ipvs[&id].0,
+            ServiceSpec::new(id, "rr").persistent(60)
+        );
+        let reasons: Vec<(&str, String)> = plan
+            .problems
+            .iter()
+            .map(|p| (p.reason, p.service.to_string()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("InvalidIPVSScheduler", "shop/bad".to_string()),
+                ("InvalidIPVSPersistence", "shop/bad".to_string())
+            ]
+        );
+        assert!(plan.problems[0].message.contains("\"fastest\""));
+        assert!(plan.problems[1].message.contains("using 60 s"));
+        for too_long in ["86401", "many", "4294967296"] {
+            let s = svc(
+                "x",
+                &["192.0.2.1"],
+                json!([]),
+                json!({"ann:ironlb.io/ipvs-persistence-timeout": too_long}),
+            );
+            assert!(persistence(&s).1.is_some(), "{too_long}");
+        }
+        for name in SCHEDULERS {
+            let s = svc(
+                "x",
+                &["192.0.2.1"],
+                json!([]),
+                json!({"ann:ironlb.io/ipvs-scheduler": name}),
+            );
+            assert_eq!(scheduler(&s).as_deref(), Ok(*name));
+        }
+    }
+
+    #[test]
+    fn only_proxy_mode_ips_in_our_pools_are_programmed() {
+        let mut vip_mode = svc("vip", &[], json!([{"port": 80}]), json!({}));
+        vip_mode.status = serde_json::from_value(
+            json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.5"}, {"ip": "192.0.2.6", "ipMode": "VIP"}]}}),
+        )
+        .unwrap();
+        let services = [
+            vip_mode,
+            svc(
+                "foreign",
+                &["203.0.113.9"],
+                json!([{"port": 80}]),
+                json!({}),
+            ),
+            svc(
+                "clusterip",
+                &["192.0.2.7"],
+                json!([{"port": 80}]),
+                json!({"type": "ClusterIP"}),
+            ),
+            svc("pending", &[], json!([{"port": 80}]), json!({})),
+        ];
+        let plan = wanted(&services, &[], "n1", &in_pool);
+        assert_eq!(plan, DirectPlan::default());
+    }
+
+    #[test]
+    fn a_second_service_on_the_same_vip_port_is_a_problem_not_a_takeover() {
+        let services = [
+            svc("a", &["192.0.2.1"], json!([{"port": 80}]), json!({})),
+            svc(
+                "b",
+                &["192.0.2.1"],
+                json!([{"port": 80}, {"port": 443}, {"port": 9, "protocol": "ICMP"}]),
+                json!({}),
+            ),
+        ];
+        let plan = wanted(&services, &[], "n1", &in_pool);
+        let owners: Vec<String> = plan
+            .owners
+            .iter()
+            .map(|(id, s)| format!("{id:?} {s}"))
+            .collect();
+        assert_eq!(owners.len(), 2);
+        assert_eq!(plan.owners[&ServiceId::tcp(ip("192.0.2.1"), 80)].name, "a");
+        assert_eq!(plan.owners[&ServiceId::tcp(ip("192.0.2.1"), 443)].name, "b");
+        let reasons: Vec<&str> = plan.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(reasons, ["IPVSServiceConflict", "UnsupportedProtocol"]);
+    }
+
+    #[test]
+    fn snat_ruleset_replaces_the_table_with_one_rule_per_cluster_service() {
+        let snat = BTreeSet::from([
+            ServiceId::tcp(ip("192.0.2.10"), 80),
+            ServiceId::udp(ip("2001:db8::10"), 53),
+        ]);
+        assert_eq!(
+            snat_ruleset(&snat),
+            "table inet ironlb\n\
+             delete table inet ironlb\n\
+             table inet ironlb {\n  chain postrouting {\n\
+             \x20   type nat hook postrouting priority srcnat; policy accept;\n\
+             \x20   meta l4proto tcp ct original ip daddr 192.0.2.10 ct original proto-dst 80 masquerade\n\
+             \x20   meta l4proto udp ct original ip6 daddr 2001:db8::10 ct original proto-dst 53 masquerade\n\
+             \x20 }\n}\n"
+        );
+        assert_eq!(
+            snat_ruleset(&BTreeSet::new()),
+            "table inet ironlb\ndelete table inet ironlb\n"
+        );
+    }
+    #[test]
+    fn kube_proxy_gaps_name_the_pools_outside_exclude_cidrs() {
+        use crate::config::IpRange;
+        let ranges = [
+            IpRange::from_cidr("192.0.2.0/28".parse().unwrap()),
+            IpRange::new(ip("198.51.100.10"), ip("198.51.100.20")).unwrap(),
+            IpRange::from_cidr("2001:db8::/120".parse().unwrap()),
+        ];
+        let conf = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\n\
+                    ipvs:\n  strictARP: true\n  excludeCIDRs:\n  - 192.0.2.0/24\n  - 2001:db8::/64\n";
+        let gaps = kube_proxy_gaps(conf, &ranges).unwrap().unwrap();
+        assert_eq!(
+            gaps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["198.51.100.10-198.51.100.20"]
+        );
+        let none = kube_proxy_gaps("mode: ipvs\n", &ranges).unwrap().unwrap();
+        assert_eq!(none.len(), 3);
+        assert_eq!(kube_proxy_gaps("mode: iptables\n", &ranges), Ok(None));
+        assert_eq!(kube_proxy_gaps("mode: \"\"\n", &ranges), Ok(None));
+        assert!(
+            kube_proxy_gaps("mode: ipvs\nipvs:\n  excludeCIDRs: [nonsense]\n", &ranges)
+                .unwrap_err()
+                .contains("nonsense")
+        );
+        assert!(kube_proxy_gaps("mode: [", &ranges).is_err());
+    }
+}
