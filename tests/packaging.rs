@@ -208,6 +208,8 @@ fn chart_values_reach_the_agent_flags() -> Result<()> {
         "--set",
         "strictARP=enforce",
         "--set",
+        "dataplane=direct",
+        "--set",
         "gossip.port=7999",
         "--set",
         "lbClass=ironlb.io/l2",
@@ -222,6 +224,7 @@ fn chart_values_reach_the_agent_flags() -> Result<()> {
     let args = agent.args.clone().unwrap_or_default();
     for want in [
         "--strict-arp=enforce",
+        "--dataplane=direct",
         "--gossip-port=7999",
         "--lb-class=ironlb.io/l2",
         "--config-namespace=lb-config",
