@@ -212,14 +212,14 @@ impl ArpWatch {
                     continue;
                 }
                 // A reply, or a gratuitous announcement: either way that station claims the VIP.
-                if arp.op == ArpOp::Reply || arp.is_gratuitous() {
-                    if let Some(round) = log.rounds.last_mut() {
-                        round
-                            .answers
-                            .entry(arp.sender_ip)
-                            .or_default()
-                            .insert(arp.sender_mac.to_string());
-                    }
+                if (arp.op == ArpOp::Reply || arp.is_gratuitous())
+                    && let Some(round) = log.rounds.last_mut()
+                {
+                    round
+                        .answers
+                        .entry(arp.sender_ip)
+                        .or_default()
+                        .insert(arp.sender_mac.to_string());
                 }
             }
             log
