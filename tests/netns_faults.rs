@@ -198,16 +198,7 @@ async fn api_server_unreachable_for_a_minute_moves_no_vip() {
     let before = lab.status().await.unwrap();
     let owners = owned_v4(&lab).await;
     let vips = all_vips(&lab).await;
-    // The client's first contact with each VIP (neighbour resolution included) is not part of the outage: make it
-    // before measuring, and say how long it took.
-    for vip in &vips {
-        let start = Instant::now();
-        let reply = lab.connect_from_client(*vip, Duration::from_secs(5));
-        println!(
-            "first connect to {vip}: {reply:?} after {}",
-            ms(start.elapsed())
-        );
-    }
+    first_contact(&lab, &vips);
     let arp = ArpWatch::start(&lab, owners.keys().copied().collect(), ms100()).unwrap();
     let tcp = TcpWatch::start(&lab, vips.clone(), ms100() * 2, Duration::from_secs(1)).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -295,6 +286,27 @@ async fn api_server_unreachable_for_a_minute_moves_no_vip() {
     }
     for (vip, owner) in &owners {
         assert_eq!(single_answerer(&lab, *vip), mac_of(&lab, owner));
+    }
+}
+
+/// The client's first contact with each VIP (neighbour resolution included) is not part of a fault: make it before
+/// measuring, retrying for up to 5 s, and print how long it took. (The first IPv6 connect from a fresh client has been
+/// seen to time out at 1 s, its first neighbour solicitation unanswered; that is printed here, not hidden.)
+fn first_contact(lab: &Lab, vips: &[IpAddr]) {
+    for vip in vips {
+        let start = Instant::now();
+        let mut failures = Vec::new();
+        let reply = loop {
+            match lab.connect_from_client(*vip, Duration::from_secs(1)) {
+                Ok(reply) => break reply,
+                Err(e) if start.elapsed() < Duration::from_secs(5) => failures.push(e.to_string()),
+                Err(e) => panic!("{vip} never answered the client: {e} (before: {failures:?})"),
+            }
+        };
+        println!(
+            "first connect to {vip}: {reply:?} after {} (failed attempts: {failures:?})",
+            ms(start.elapsed())
+        );
     }
 }
 
@@ -646,6 +658,7 @@ async fn deleting_a_pool_clears_only_its_services() {
         .filter(|r| !doomed.iter().any(|d| r.service == format!("default/{d}")))
         .flat_map(|r| r.vips.iter().filter_map(|v| v.parse().ok()))
         .collect();
+    first_contact(&lab, &kept);
     let arp = ArpWatch::start(&lab, owners.keys().copied().collect(), ms100()).unwrap();
     let tcp = TcpWatch::start(&lab, kept.clone(), ms100() * 2, Duration::from_secs(1)).unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
