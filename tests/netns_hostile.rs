@@ -290,3 +290,159 @@ async fn hostile_arp_and_ndp_neither_take_a_vip_nor_grow_the_agent() {
     drop(lab);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Absurd objects applied to a running lab: a /0 pool (it overlaps the lab's pool, which is older, so it is
+/// rejected with an InvalidConfiguration Event naming both), a Service with a 64 KiB loadBalancerIPs annotation (an
+/// AllocationFailed Event of at most 1 KiB naming it), and a Service with 10^4 ports (served). The demo VIPs keep
+/// answering from their owners, and every TCP connect to them succeeds, throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_objects_get_events_and_leave_working_vips_alone() {
+    if skip() {
+        return;
+    }
+    let prefix = format!("ilb-hc-{}", std::process::id());
+    let lab = Lab::start(LabOptions {
+        nodes: 2,
+        services: 2,
+        dir: std::env::temp_dir().join(&prefix),
+        prefix,
+        binary: env!("CARGO_BIN_EXE_ironlb").into(),
+        strict_arp: "enforce".into(),
+        agent_args: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let dir = lab.options().dir.clone();
+    lab.wait_announced(Duration::from_secs(30)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let rows = lab.status().await.unwrap();
+    let vips: Vec<IpAddr> = rows
+        .iter()
+        .flat_map(|r| r.vips.iter().filter_map(|v| v.parse().ok()))
+        .collect();
+    let v4: Vec<Ipv4Addr> = vips
+        .iter()
+        .filter_map(|v| match v {
+            IpAddr::V4(v) => Some(*v),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    for vip in &vips {
+        // First contact (neighbour resolution) before measuring.
+        let _ = lab.connect_from_client(*vip, Duration::from_secs(2));
+    }
+    let arp = ArpWatch::start(&lab, v4.clone(), Duration::from_millis(100)).unwrap();
+    let tcp = ironlb::lab::faults::TcpWatch::start(
+        &lab,
+        vips.clone(),
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+
+    let client = lab.client.clone();
+    let pp = kube::api::PostParams::default();
+    let pool: ironlb::config::crd::IPAddressPool = serde_json::from_value(serde_json::json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+        "metadata": {"name": "everything", "namespace": "metallb-system"},
+        "spec": {"addresses": ["0.0.0.0/0", "::/0"]},
+    }))
+    .unwrap();
+    kube::Api::<ironlb::config::crd::IPAddressPool>::namespaced(client.clone(), "metallb-system")
+        .create(&pp, &pool)
+        .await
+        .unwrap();
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client.clone(), "default");
+    let junk = "x".repeat(64 * 1024);
+    let bad: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "junk", "namespace": "default",
+                     "annotations": {"metallb.io/loadBalancerIPs": junk}},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]},
+    }))
+    .unwrap();
+    services.create(&pp, &bad).await.unwrap();
+    let ports: Vec<serde_json::Value> = (0..10_000)
+        .map(
+            |i| serde_json::json!({"name": format!("p{i}"), "port": 10_000 + i, "protocol": "TCP"}),
+        )
+        .collect();
+    let big: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "many-ports", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "ports": ports},
+    }))
+    .unwrap();
+    services.create(&pp, &big).await.unwrap();
+
+    let events = |ns: &'static str| {
+        let client = client.clone();
+        async move {
+            kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(client, ns)
+                .list(&kube::api::ListParams::default())
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    let start = Instant::now();
+    let (pool_event, junk_event) = loop {
+        let pool_event = events("metallb-system").await.into_iter().find(|e| {
+            e.involved_object.name.as_deref() == Some("everything")
+                && e.reason.as_deref() == Some("InvalidConfiguration")
+        });
+        let junk_event = events("default").await.into_iter().find(|e| {
+            e.involved_object.name.as_deref() == Some("junk")
+                && e.reason.as_deref() == Some("AllocationFailed")
+        });
+        let many_served = lab
+            .status()
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.service == "default/many-ports" && !r.vips.is_empty());
+        if let (Some(p), Some(j), true) = (&pool_event, &junk_event, many_served) {
+            break (p.clone(), j.clone());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "Events for the /0 pool ({pool_event:?}) and the junk Service ({:?}), and an IP for many-ports",
+            junk_event.map(|e| e.reason)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let arp = arp.finish();
+    let tcp = tcp.finish();
+    let pool_message = pool_event.message.unwrap_or_default();
+    let junk_message = junk_event.message.unwrap_or_default();
+    println!("/0 pool: {pool_message}");
+    println!(
+        "64 KiB annotation ({} bytes): {junk_message}",
+        junk_message.len()
+    );
+    assert!(pool_message.contains("IPAddressPool/lab"), "{pool_message}");
+    assert!(junk_message.contains("default/junk"), "{junk_message}");
+    assert!(junk_message.len() <= 1024, "{} bytes", junk_message.len());
+    for row in &rows {
+        let owner_mac = lab.node(&row.owners[0]).unwrap().mac.clone();
+        for vip in row.vips.iter().filter_map(|v| v.parse::<Ipv4Addr>().ok()) {
+            let s = arp.summary(vip, Duration::ZERO, Duration::MAX);
+            assert_eq!(s.owners, vec![owner_mac.clone()], "{vip}: {s:?}");
+            assert!(
+                s.longest_unanswered < Duration::from_secs(1),
+                "{vip}: {s:?}"
+            );
+        }
+    }
+    for vip in &vips {
+        let s = tcp.summary(*vip, Duration::ZERO, Duration::MAX);
+        assert_eq!(s.failures, 0, "{vip}: {:?}", tcp.failures(*vip, 5));
+    }
+    let after = lab.status().await.unwrap();
+    for row in &rows {
+        let now = after.iter().find(|r| r.service == row.service).unwrap();
+        assert_eq!((&now.vips, &now.owners), (&row.vips, &row.owners));
+    }
+    drop(lab);
+    let _ = std::fs::remove_dir_all(dir);
+}
