@@ -222,16 +222,23 @@ pub struct Allocator {
     /// The names of the pools that serve any Service (autoAssign, no serviceAllocation), in name order: the last
     /// tier of every allocation. Kept with the pools, so that an allocation does not list 10^6 pools to find them.
     open: std::sync::Arc<[String]>,
+    /// The names of the autoAssign pools with a serviceAllocation, which serve only the Services they select: the
+    /// first tier, filtered per Service.
+    selective: std::sync::Arc<[String]>,
     ips: BTreeMap<IpAddr, IpHold>,
     services: BTreeMap<ServiceKey, Held>,
 }
 
-fn open_pools(pools: &BTreeMap<String, PoolIndex>) -> std::sync::Arc<[String]> {
-    pools
+/// The open and the selective autoAssign pools' names (see [`Allocator::open`]), in name order.
+fn auto_assign_tiers(
+    pools: &BTreeMap<String, PoolIndex>,
+) -> (std::sync::Arc<[String]>, std::sync::Arc<[String]>) {
+    let (selective, open): (Vec<&PoolIndex>, Vec<&PoolIndex>) = pools
         .values()
-        .filter(|p| p.pool.auto_assign && p.pool.service_allocation.is_none())
-        .map(|p| p.pool.name.clone())
-        .collect()
+        .filter(|p| p.pool.auto_assign)
+        .partition(|p| p.pool.service_allocation.is_some());
+    let names = |v: Vec<&PoolIndex>| v.into_iter().map(|p| p.pool.name.clone()).collect();
+    (names(open), names(selective))
 }
 
 fn fam(family: Family) -> usize {
@@ -388,8 +395,10 @@ impl Allocator {
             .into_iter()
             .map(|p| (p.name.clone(), PoolIndex::new(p)))
             .collect();
+        let (open, selective) = auto_assign_tiers(&pools);
         Allocator {
-            open: open_pools(&pools),
+            open,
+            selective,
             pools,
             ..Allocator::default()
         }
@@ -519,11 +528,10 @@ impl Allocator {
         }
 
         let mut pinned: Vec<&PoolIndex> = self
-            .pools
-            .values()
-            .filter(|p| {
-                p.pool.auto_assign && p.pool.service_allocation.is_some() && allows(&p.pool, req)
-            })
+            .selective
+            .iter()
+            .map(|name| &self.pools[name])
+            .filter(|p| allows(&p.pool, req))
             .collect();
         pinned.sort_by_key(|p| priority_rank(&p.pool));
         let pinned: Vec<String> = pinned.into_iter().map(|p| p.pool.name.clone()).collect();
@@ -569,7 +577,7 @@ impl Allocator {
             .into_iter()
             .map(|p| (p.name.clone(), PoolIndex::new(p)))
             .collect();
-        self.open = open_pools(&self.pools);
+        (self.open, self.selective) = auto_assign_tiers(&self.pools);
         let mut evictions = Vec::new();
         let keys: Vec<ServiceKey> = self.services.keys().cloned().collect();
         for key in &keys {
