@@ -16,6 +16,9 @@ use ironlb::lab::netns::in_netns;
 use ironlb::lab::topology::{CLIENT_V4, CLIENT_V6, UPLINK, run_in};
 use pnet::datalink::{self, Channel, DataLinkSender};
 
+/// One lab at a time: the flood's figures must not share the two cores with another lab.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const ATTACKER: MacAddr = MacAddr([0x02, 0x66, 0x66, 0x66, 0x66, 0x66]);
 
 fn skip() -> bool {
@@ -106,6 +109,7 @@ async fn hostile_arp_and_ndp_neither_take_a_vip_nor_grow_the_agent() {
     if skip() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let prefix = format!("ilb-h-{}", std::process::id());
     let lab = Lab::start(LabOptions {
         nodes: 2,
@@ -300,6 +304,7 @@ async fn absurd_objects_get_events_and_leave_working_vips_alone() {
     if skip() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let prefix = format!("ilb-hc-{}", std::process::id());
     let lab = Lab::start(LabOptions {
         nodes: 2,
