@@ -30,7 +30,7 @@ use crate::config::model::{from_u128, to_u128};
 use crate::config::{Family, Pool};
 
 use super::free_set::FreeSet;
-use super::service::{LbRequest, ServiceKey, ServicePort, Sharing};
+use super::service::{LbRequest, ServiceKey, ServicePort, Sharing, Shown};
 
 /// The VIPs a Service holds, all from one pool: one address, or one per family for dual stack.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,13 +65,13 @@ pub enum Refusal {
         holder: ServiceKey,
         port: ServicePort,
     },
-    #[error("{service}: pool {pool:?} does not exist")]
+    #[error("{service}: pool {} does not exist", Shown(.pool))]
     UnknownPool { service: ServiceKey, pool: String },
     #[error(
-        "{service}: pool {pool:?} does not serve this Service (its serviceAllocation does not match)"
+        "{service}: pool {} does not serve this Service (its serviceAllocation does not match)", Shown(.pool)
     )]
     PoolNotAllowed { service: ServiceKey, pool: String },
-    #[error("{service}: {ips} are in pool {actual:?}, but the Service asks for pool {pool:?}", ips = Ips(.ips))]
+    #[error("{service}: {ips} are in pool {actual:?}, but the Service asks for pool {}", Shown(.pool), ips = Ips(.ips))]
     WrongPool {
         service: ServiceKey,
         ips: Vec<IpAddr>,
@@ -219,8 +219,26 @@ struct Held {
 #[derive(Clone, Debug, Default)]
 pub struct Allocator {
     pools: BTreeMap<String, PoolIndex>,
+    /// The names of the pools that serve any Service (autoAssign, no serviceAllocation), in name order: the last
+    /// tier of every allocation. Kept with the pools, so that an allocation does not list 10^6 pools to find them.
+    open: std::sync::Arc<[String]>,
+    /// The names of the autoAssign pools with a serviceAllocation, which serve only the Services they select: the
+    /// first tier, filtered per Service.
+    selective: std::sync::Arc<[String]>,
     ips: BTreeMap<IpAddr, IpHold>,
     services: BTreeMap<ServiceKey, Held>,
+}
+
+/// The open and the selective autoAssign pools' names (see [`Allocator::open`]), in name order.
+fn auto_assign_tiers(
+    pools: &BTreeMap<String, PoolIndex>,
+) -> (std::sync::Arc<[String]>, std::sync::Arc<[String]>) {
+    let (selective, open): (Vec<&PoolIndex>, Vec<&PoolIndex>) = pools
+        .values()
+        .filter(|p| p.pool.auto_assign)
+        .partition(|p| p.pool.service_allocation.is_some());
+    let names = |v: Vec<&PoolIndex>| v.into_iter().map(|p| p.pool.name.clone()).collect();
+    (names(open), names(selective))
 }
 
 fn fam(family: Family) -> usize {
@@ -373,11 +391,15 @@ fn ports_fit(hold: &IpHold, req: &LbRequest) -> Result<(), (ServiceKey, ServiceP
 
 impl Allocator {
     pub fn new(pools: impl IntoIterator<Item = Pool>) -> Allocator {
+        let pools = pools
+            .into_iter()
+            .map(|p| (p.name.clone(), PoolIndex::new(p)))
+            .collect();
+        let (open, selective) = auto_assign_tiers(&pools);
         Allocator {
-            pools: pools
-                .into_iter()
-                .map(|p| (p.name.clone(), PoolIndex::new(p)))
-                .collect(),
+            open,
+            selective,
+            pools,
             ..Allocator::default()
         }
     }
@@ -506,27 +528,21 @@ impl Allocator {
         }
 
         let mut pinned: Vec<&PoolIndex> = self
-            .pools
-            .values()
-            .filter(|p| {
-                p.pool.auto_assign && p.pool.service_allocation.is_some() && allows(&p.pool, req)
-            })
+            .selective
+            .iter()
+            .map(|name| &self.pools[name])
+            .filter(|p| allows(&p.pool, req))
             .collect();
         pinned.sort_by_key(|p| priority_rank(&p.pool));
         let pinned: Vec<String> = pinned.into_iter().map(|p| p.pool.name.clone()).collect();
         // A pool with a serviceAllocation serves only the Services it selects, as in MetalLB.
-        let open: Vec<String> = self
-            .pools
-            .values()
-            .filter(|p| p.pool.auto_assign && p.pool.service_allocation.is_none())
-            .map(|p| p.pool.name.clone())
-            .collect();
-        for tier in [&pinned, &open] {
+        let open = self.open.clone();
+        for tier in [&pinned[..], &open[..]] {
             if let Some((pool, ips)) = self.choose(tier, req, &required, &preferred) {
                 return Ok(self.register(req, ips, pool));
             }
         }
-        let tried: Vec<String> = pinned.into_iter().chain(open).collect();
+        let tried: Vec<String> = pinned.into_iter().chain(open.iter().cloned()).collect();
         let tried_pools: Vec<&Pool> = tried.iter().map(|p| &self.pools[p].pool).collect();
         if let Some(family) = missing_family(&tried_pools, &required, &preferred)
             && !tried_pools.is_empty()
@@ -561,6 +577,7 @@ impl Allocator {
             .into_iter()
             .map(|p| (p.name.clone(), PoolIndex::new(p)))
             .collect();
+        (self.open, self.selective) = auto_assign_tiers(&self.pools);
         let mut evictions = Vec::new();
         let keys: Vec<ServiceKey> = self.services.keys().cloned().collect();
         for key in &keys {

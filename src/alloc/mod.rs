@@ -12,4 +12,4 @@ mod proptests;
 pub mod service;
 
 pub use allocator::{Allocator, Assignment, Eviction, Ips, PoolUsage, Refusal};
-pub use service::{FamilyPolicy, LbRequest, RequestError, ServiceKey, ServicePort, Sharing};
+pub use service::{FamilyPolicy, LbRequest, RequestError, ServiceKey, ServicePort, Sharing, Shown};

@@ -111,13 +111,13 @@ pub struct LbRequest {
 pub enum RequestError {
     #[error("Service has no metadata.name")]
     Unnamed,
-    #[error("{service}: annotation {annotation}: {value:?} is not an IP address")]
+    #[error("{service}: annotation {annotation}: {} is not an IP address", Shown(.value))]
     BadAnnotationIp {
         service: ServiceKey,
         annotation: &'static str,
         value: String,
     },
-    #[error("{service}: spec.loadBalancerIP {value:?} is not an IP address")]
+    #[error("{service}: spec.loadBalancerIP {} is not an IP address", Shown(.value))]
     BadSpecIp { service: ServiceKey, value: String },
     #[error("{service}: {annotation} lists {count} IPs; at most one per family is allowed")]
     TooManyIps {
@@ -141,13 +141,31 @@ pub enum RequestError {
         service: ServiceKey,
         annotation: &'static str,
     },
-    #[error("{service}: spec.ipFamilies has unknown family {value:?}")]
+    #[error("{service}: spec.ipFamilies has unknown family {}", Shown(.value))]
     UnknownFamily { service: ServiceKey, value: String },
-    #[error("{service}: spec.ipFamilyPolicy has unknown value {value:?}")]
+    #[error("{service}: spec.ipFamilyPolicy has unknown value {}", Shown(.value))]
     UnknownFamilyPolicy { service: ServiceKey, value: String },
 }
 
 pub type Result<T, E = RequestError> = std::result::Result<T, E>;
+
+/// A value taken from a Service (an annotation, a field), quoted for a message and cut to its first
+/// [`Shown::LIMIT`] characters, with its full length: annotations are unbounded (up to 256 KiB in total), and the
+/// message goes into an Event, whose note the API server limits to 1 KiB, and into the log.
+pub struct Shown<'a>(pub &'a str);
+
+impl Shown<'_> {
+    pub const LIMIT: usize = 100;
+}
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(Self::LIMIT) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
+}
 
 impl LbRequest {
     /// Reads the request of `svc`, or `None` when IronLB must leave the Service alone: it is not

@@ -545,6 +545,7 @@ fn pools(objects: &[Named<crd::IPAddressPool>], out: &mut Validated) -> BTreeMap
         let created = n.object.metadata.creation_timestamp.clone();
         (created.is_none(), created, n.name.clone())
     });
+    let mut taken = TakenRanges::default();
     for n in ordered {
         let mut f = Findings::new("IPAddressPool", &n.name, n.legacy);
         let spec = &n.object.spec;
@@ -569,13 +570,11 @@ fn pools(objects: &[Named<crd::IPAddressPool>], out: &mut Validated) -> BTreeMap
             }
         };
         for r in &ranges {
-            for other in out.config.pools.values() {
-                if let Some(o) = other.ranges.iter().find(|o| o.overlaps(r)) {
-                    f.error(
-                        "spec.addresses",
-                        format!("{r} overlaps {o} of IPAddressPool/{}", other.name),
-                    );
-                }
+            for (other, o) in taken.overlapping(r) {
+                f.error(
+                    "spec.addresses",
+                    format!("{r} overlaps {o} of IPAddressPool/{other}"),
+                );
             }
         }
         let service_allocation = spec.service_allocation.as_ref().map(|a| {
@@ -602,6 +601,7 @@ fn pools(objects: &[Named<crd::IPAddressPool>], out: &mut Validated) -> BTreeMap
                 avoid_buggy_ips: spec.avoid_buggy_ips.unwrap_or(false),
                 service_allocation,
             };
+            taken.insert(&pool);
             out.config.pools.insert(n.name.clone(), pool);
             labels.insert(
                 n.name.clone(),
@@ -610,6 +610,33 @@ fn pools(objects: &[Named<crd::IPAddressPool>], out: &mut Validated) -> BTreeMap
         }
     }
     labels
+}
+
+/// The ranges of the pools accepted so far, by start address. Accepted pools never overlap one another, so the
+/// ranges are disjoint, and the ones overlapping a new range are found by walking back from the last range starting
+/// at or below its end: O(log n) per range instead of a scan of every pool, which matters with 10^5 and more pools.
+#[derive(Default)]
+struct TakenRanges(BTreeMap<IpAddr, (IpRange, String)>);
+
+impl TakenRanges {
+    fn insert(&mut self, pool: &Pool) {
+        for r in &pool.ranges {
+            self.0.insert(r.start(), (*r, pool.name.clone()));
+        }
+    }
+
+    /// Each pool overlapping `r`, in name order, with its first range that overlaps it.
+    fn overlapping(&self, r: &IpRange) -> BTreeMap<String, IpRange> {
+        let mut found: BTreeMap<String, IpRange> = BTreeMap::new();
+        for (other, pool) in self.0.range(..=r.end()).rev().map(|(_, v)| v) {
+            if !other.overlaps(r) {
+                break;
+            }
+            // Walking back, a pool's lower ranges come later: keep the lowest.
+            found.insert(pool.clone(), *other);
+        }
+        found
+    }
 }
 
 fn timer(f: &mut Findings, field: &str, text: &Option<String>) -> Option<Duration> {

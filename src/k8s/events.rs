@@ -35,6 +35,23 @@ impl Note {
     }
 }
 
+/// The API server rejects an Event whose note (core/v1 `message`, when `eventTime` is set) is longer than this.
+pub const NOTE_LIMIT: usize = 1024;
+
+/// `message` cut to [`NOTE_LIMIT`] bytes at a character boundary, ending in "…" when cut, so that a message quoting
+/// user input can never make the API server refuse the Event.
+pub fn note_text(message: &str) -> String {
+    if message.len() <= NOTE_LIMIT {
+        return message.to_string();
+    }
+    let ellipsis = "…";
+    let mut cut = NOTE_LIMIT - ellipsis.len();
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{ellipsis}", &message[..cut])
+}
+
 /// The component name Events are reported under.
 pub const COMPONENT: &str = "ironlb";
 
@@ -57,7 +74,7 @@ pub fn core_event(note: &Note, regarding: &ObjectReference, node: &str, now: Tim
         },
         involved_object: regarding.clone(),
         reason: Some(note.reason.to_string()),
-        message: Some(note.message.clone()),
+        message: Some(note_text(&note.message)),
         type_: Some(if note.warning { "Warning" } else { "Normal" }.to_string()),
         source: Some(EventSource {
             component: Some(COMPONENT.to_string()),
@@ -92,6 +109,29 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_to_the_api_limit_at_a_character_boundary() {
+        let regarding = ObjectReference {
+            name: Some("web".into()),
+            ..Default::default()
+        };
+        for filler in ["x", "é", "€"] {
+            let long = filler.repeat(64 * 1024);
+            let ev = core_event(
+                &Note::warning("AllocationFailed", long.clone()),
+                &regarding,
+                "node-1",
+                Timestamp::UNIX_EPOCH,
+            );
+            let message = ev.message.unwrap();
+            assert!(message.len() <= NOTE_LIMIT, "{} bytes", message.len());
+            assert!(message.len() > NOTE_LIMIT - 8, "{} bytes", message.len());
+            assert!(message.ends_with('…'));
+            assert!(long.starts_with(message.trim_end_matches('…')));
+        }
+        assert_eq!(note_text("short"), "short");
+    }
 
     #[test]
     fn an_event_names_its_object_reason_and_reporter() {

@@ -349,6 +349,73 @@ impl Lab {
         self.agents.remove(node);
     }
 
+    /// SIGTERMs the agent of `node`, as a rolling restart would, and waits (bounded by `limit`) for it to exit;
+    /// SIGKILLs it if it does not. Returns whether it exited on its own.
+    pub fn stop_agent(&mut self, node: &str, limit: Duration) -> Result<bool> {
+        let Some(mut agent) = self.agents.remove(node) else {
+            return Err(Error::Setup(format!("the agent of {node} is not running")));
+        };
+        let pid = nix::unistd::Pid::from_raw(agent.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .map_err(|e| Error::Setup(format!("SIGTERM to the agent of {node}: {e}")))?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if agent.child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Dropping it SIGKILLs and reaps it.
+        Ok(false)
+    }
+
+    /// The process id of `node`'s agent (`ip netns exec` execs the agent, so it is the agent itself).
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        self.agents.get(node).map(|a| a.child.id())
+    }
+
+    /// Makes the lab API server unreachable from `node` (or reachable again): a blackhole route to the switch's
+    /// address in the node's namespace, which drops every packet the node sends to the API, on new and on open
+    /// connections alike, as a firewall rule would. Gossip between nodes and the client's traffic are untouched.
+    pub fn block_api(&self, node: &str, blocked: bool) -> Result<()> {
+        let lab_node = self
+            .node(node)
+            .ok_or_else(|| Error::Setup(format!("no lab node {node}")))?;
+        let route = format!("{SWITCH_V4}/32");
+        let verb = if blocked { "add" } else { "del" };
+        topology::run_in(&lab_node.netns, &["ip", "route", verb, "blackhole", &route])?;
+        Ok(())
+    }
+
+    /// The node holding the allocator Lease, if any.
+    pub async fn lease_holder(&self) -> Result<Option<String>> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), "ironlb-system");
+        Ok(leases
+            .get_opt(crate::agent::ALLOCATOR_LEASE)
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity))
+    }
+
+    /// The Prometheus text of `node`'s agent, fetched from inside the node's namespace (so it works while the node is
+    /// cut off).
+    pub fn metrics(&self, node: &str) -> Result<String> {
+        let lab_node = self
+            .node(node)
+            .ok_or_else(|| Error::Setup(format!("no lab node {node}")))?;
+        let addr = SocketAddr::new(IpAddr::V4(lab_node.ipv4), 7472);
+        let text = in_netns(&lab_node.netns, move || -> std::io::Result<String> {
+            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })??;
+        Ok(text)
+    }
+
     /// The status table as `ironlb status` would print it.
     pub async fn status(&self) -> Result<Vec<StatusRow>> {
         let services = Api::<Service>::all(self.client.clone())

@@ -6,5 +6,6 @@
 pub mod api;
 pub mod cluster;
 pub mod demo;
+pub mod faults;
 pub mod netns;
 pub mod topology;
