@@ -10,8 +10,10 @@
 //!   ([`crate::ipvs::verify::wanted`]) every sync period, when `kube-ipvs0` exists (kube-proxy runs in IPVS mode).
 //!   A difference counts as drift once the wanted state has been unchanged for kube-proxy's sync period, so a
 //!   change kube-proxy has not applied yet is not reported.
-//! - `direct`: the worker owns the virtual services of IronLB's pools ([`crate::ipvs::direct`]). Each change is
-//!   applied at once and incrementally (only the changed services are read back); every sync period the whole
+//! - `direct`: the worker owns the virtual services of IronLB's pools ([`crate::ipvs::direct`]). The wanted
+//!   state is maintained incrementally ([`direct::DirectIndex`]): a change recomputes only the Services whose
+//!   Service object or EndpointSlices changed, and the worker gets only the virtual services that changed
+//!   ([`direct::Delta`]), reads back just those and applies the difference at once. Every sync period the whole
 //!   table is dumped, compared with the last applied state (any difference is drift: someone changed it behind
 //!   the agent's back), and repaired.
 //!
@@ -34,9 +36,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
 use crate::config::Validated;
-use crate::ipvs::direct::{self, DirectPlan, ServiceRef};
+use crate::ipvs::direct::{self, Delta, DirectIndex, DirectPlan, ServiceRef};
 use crate::ipvs::verify::{self, DataPlane as Plane, Drift};
-use crate::ipvs::{IpvsSocket, Programmer, ServiceId, WantedTable};
+use crate::ipvs::{IpvsSocket, Programmer, ServiceId, ServiceSpec, WantedTable};
 use crate::k8s::events::Note;
 use crate::k8s::state::ClusterState;
 
@@ -139,13 +141,66 @@ impl DataPlaneMetrics {
 }
 
 /// What the worker is asked to hold (direct) or check (integrated).
-#[derive(Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Target {
     pub table: WantedTable,
     pub owners: BTreeMap<ServiceId, ServiceRef>,
     pub snat: BTreeSet<ServiceId>,
     /// The addresses whose services are in scope: IronLB's pools' VIPs (direct) or the wanted VIPs (integrated).
     pub vips: BTreeSet<IpAddr>,
+}
+
+impl Target {
+    /// The direct-mode target of a whole plan.
+    pub fn of_plan(plan: DirectPlan) -> Self {
+        let vips = plan.plane.vips();
+        Self {
+            table: plan.plane.ipvs,
+            owners: plan.owners,
+            snat: plan.snat,
+            vips,
+        }
+    }
+
+    /// Applies a direct-mode delta in place. Returns each virtual service it changed with the spec it had before
+    /// (None: it did not exist), and whether the set of source-NATed services changed.
+    pub fn apply(&mut self, delta: Delta) -> (BTreeMap<ServiceId, Option<ServiceSpec>>, bool) {
+        let mut before = BTreeMap::new();
+        let mut snat_changed = false;
+        for (id, vs) in delta.services {
+            let old = match vs {
+                Some(vs) => {
+                    self.owners.insert(id, vs.owner);
+                    snat_changed |= if vs.snat {
+                        self.snat.insert(id)
+                    } else {
+                        self.snat.remove(&id)
+                    };
+                    self.table.insert(id, (vs.spec, vs.dests))
+                }
+                None => {
+                    self.owners.remove(&id);
+                    snat_changed |= self.snat.remove(&id);
+                    self.table.remove(&id)
+                }
+            };
+            before.insert(id, old.map(|(spec, _)| spec));
+        }
+        // In direct mode every virtual service's address is one of the bound VIPs, so the bindings are the VIPs.
+        if let Some(bindings) = delta.bindings {
+            self.vips = bindings;
+        }
+        (before, snat_changed)
+    }
+}
+
+/// A message to the worker.
+#[derive(Debug)]
+pub enum Work {
+    /// A whole new target (integrated mode, or a caller without an index).
+    Full(Arc<Target>),
+    /// What changed in the direct-mode target.
+    Delta(Delta),
 }
 
 /// Drift found for one Service by a verification, as one line per difference.
@@ -167,27 +222,14 @@ pub fn target(
         Mode::Direct => {
             let pools: Vec<&crate::config::Pool> = validated.config.pools.values().collect();
             let owned = |ip: &IpAddr| pools.iter().any(|p| p.contains(ip));
-            let DirectPlan {
-                plane,
-                owners,
-                snat,
-                problems,
-            } = direct::wanted(
+            let mut plan = direct::wanted(
                 state.services.values(),
                 state.endpoint_slices.values(),
                 node,
                 &owned,
             );
-            let vips = plane.vips();
-            (
-                Target {
-                    table: plane.ipvs,
-                    owners,
-                    snat,
-                    vips,
-                },
-                problems,
-            )
+            let problems = std::mem::take(&mut plan.problems);
+            (Target::of_plan(plan), problems)
         }
         Mode::Integrated => {
             let services: Vec<_> = state.services.values().cloned().collect();
@@ -236,8 +278,11 @@ fn owners_of(
 pub struct DataPlane {
     args: DataPlaneArgs,
     node: String,
-    tx: Option<std_mpsc::Sender<Arc<Target>>>,
+    tx: Option<std_mpsc::Sender<Work>>,
+    /// The last target sent (integrated mode).
     last: Option<Arc<Target>>,
+    /// The wanted state, maintained incrementally (direct mode).
+    index: DirectIndex,
     notes: mpsc::UnboundedSender<(Note, ObjectReference)>,
     /// Problems already reported, so an Event is sent once per problem.
     reported: BTreeSet<(ServiceRef, &'static str, String)>,
@@ -299,6 +344,7 @@ impl DataPlane {
             node: node.to_string(),
             tx,
             last: None,
+            index: DirectIndex::new(),
             notes,
             reported: BTreeSet::new(),
             checked_ranges: None,
@@ -312,15 +358,37 @@ impl DataPlane {
         self.tx.is_some()
     }
 
-    /// Recomputes the wanted state and hands it to the worker when it changed. Cheap when nothing changed.
+    /// Brings the wanted state up to date and hands what changed to the worker. In direct mode only the Services
+    /// whose objects changed are recomputed; cheap when nothing changed.
     pub fn update(&mut self, state: &ClusterState, validated: &Validated) {
-        let (target, problems) = target(
-            self.args.dataplane,
-            state,
-            validated,
-            &self.node,
-            &self.args.kube_proxy_scheduler,
-        );
+        let (work, problems) = match self.args.dataplane {
+            Mode::Direct => {
+                let ranges = pool_ranges(validated);
+                let (delta, problems) = self.index.update(
+                    state.services.values(),
+                    state.endpoint_slices.values(),
+                    &self.node,
+                    &ranges,
+                );
+                ((!delta.is_empty()).then_some(Work::Delta(delta)), problems)
+            }
+            Mode::Integrated => {
+                let (target, problems) = target(
+                    self.args.dataplane,
+                    state,
+                    validated,
+                    &self.node,
+                    &self.args.kube_proxy_scheduler,
+                );
+                if self.last.as_deref() == Some(&target) {
+                    (None, problems)
+                } else {
+                    let target = Arc::new(target);
+                    self.last = Some(target.clone());
+                    (Some(Work::Full(target)), problems)
+                }
+            }
+        };
         for p in problems {
             let key = (p.service.clone(), p.reason, p.message.clone());
             if self.reported.insert(key) {
@@ -334,13 +402,11 @@ impl DataPlane {
         if self.args.dataplane == Mode::Direct {
             self.check_kube_proxy(validated);
         }
-        if self.last.as_deref() == Some(&target) {
+        let Some(work) = work else {
             return;
-        }
-        let target = Arc::new(target);
-        self.last = Some(target.clone());
+        };
         if let Some(tx) = &self.tx
-            && tx.send(target).is_err()
+            && tx.send(work).is_err()
         {
             tracing::error!("the IPVS worker stopped; the data plane is no longer programmed");
             self.tx = None;
@@ -350,12 +416,7 @@ impl DataPlane {
     /// Reads kube-proxy's configuration when the pools changed, and warns when its IPVS cleanup would delete
     /// IronLB's virtual services.
     fn check_kube_proxy(&mut self, validated: &Validated) {
-        let ranges: Vec<crate::config::IpRange> = validated
-            .config
-            .pools
-            .values()
-            .flat_map(|p| p.ranges.iter().copied())
-            .collect();
+        let ranges = pool_ranges(validated);
         if self.checked_ranges.as_ref() == Some(&ranges) {
             return;
         }
@@ -404,6 +465,16 @@ impl DataPlane {
             }
         });
     }
+}
+
+/// Every range of every pool: the addresses whose virtual services IronLB owns in direct mode.
+fn pool_ranges(validated: &Validated) -> Vec<crate::config::IpRange> {
+    validated
+        .config
+        .pools
+        .values()
+        .flat_map(|p| p.ranges.iter().copied())
+        .collect()
 }
 
 fn service_reference(s: &ServiceRef) -> ObjectReference {
@@ -487,9 +558,18 @@ pub struct Worker {
     metrics: DataPlaneMetrics,
     /// The drift lines last reported per Service, so an Event goes out only when they change.
     reported: BTreeMap<Option<ServiceRef>, Vec<String>>,
-    /// What the last pass applied without a failure (direct), for incremental passes and drift.
-    applied: Option<Arc<Target>>,
-    snat_applied: Option<BTreeSet<ServiceId>>,
+    /// What the worker is asked to hold, kept up to date in place.
+    wanted: Target,
+    /// Whether any target has arrived yet.
+    started: bool,
+    /// Direct mode: the virtual services changed since the last pass, with the spec the kernel held for each
+    /// after that pass (None: it had none).
+    pending: BTreeMap<ServiceId, Option<ServiceSpec>>,
+    /// Direct mode: the last pass applied everything without a failure, so the kernel holds `wanted` apart from
+    /// `pending`, and the next pass can be incremental.
+    in_sync: bool,
+    /// Direct mode: the SNAT table must be written again.
+    snat_dirty: bool,
 }
 
 impl Worker {
@@ -521,32 +601,35 @@ impl Worker {
             notes,
             metrics,
             reported: BTreeMap::new(),
-            applied: None,
-            snat_applied: None,
+            wanted: Target::default(),
+            started: false,
+            pending: BTreeMap::new(),
+            in_sync: false,
+            snat_dirty: true,
         }
     }
 
-    /// Runs until the sender is dropped: applies each new target at once, and verifies every period.
-    pub fn run(mut self, rx: std_mpsc::Receiver<Arc<Target>>) {
-        let mut current: Option<Arc<Target>> = None;
+    /// Runs until the sender is dropped: applies each change at once, and verifies every period.
+    pub fn run(mut self, rx: std_mpsc::Receiver<Work>) {
         let mut changed_at = Instant::now();
         let mut next_full = Instant::now() + self.period;
         loop {
             let wait = next_full.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(mut target) => {
-                    while let Ok(newer) = rx.try_recv() {
-                        target = newer;
+                Ok(work) => {
+                    // Everything queued goes into one pass.
+                    self.accept(work);
+                    while let Ok(more) = rx.try_recv() {
+                        self.accept(more);
                     }
                     changed_at = Instant::now();
-                    current = Some(target.clone());
                     if self.mode == Mode::Direct {
-                        self.program(&target);
+                        self.pass();
                     }
                 }
                 Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(target) = current.clone() {
-                        self.verify(&target, changed_at);
+                    if self.started {
+                        self.verify(changed_at);
                     }
                     next_full = Instant::now() + self.period;
                 }
@@ -555,33 +638,79 @@ impl Worker {
         }
     }
 
-    fn set_scope(&self, target: &Target) {
+    /// Takes a change into the wanted state and notes which virtual services it touched.
+    fn accept(&mut self, work: Work) {
+        self.started = true;
+        let (before, snat_changed) = match work {
+            Work::Full(target) => {
+                let old = std::mem::replace(&mut self.wanted, Target::clone(&target));
+                let before: BTreeMap<ServiceId, Option<ServiceSpec>> = old
+                    .table
+                    .keys()
+                    .chain(self.wanted.table.keys())
+                    .filter(|id| old.table.get(id) != self.wanted.table.get(id))
+                    .map(|id| (*id, old.table.get(id).map(|(spec, _)| spec.clone())))
+                    .collect();
+                self.set_scope(self.wanted.vips.iter().copied());
+                self.set_scope(self.wanted.table.keys().filter_map(verify::service_addr));
+                (before, old.snat != self.wanted.snat)
+            }
+            Work::Delta(delta) => {
+                if let Some(b) = &delta.bindings {
+                    self.set_scope(b.iter().copied());
+                }
+                self.set_scope(delta.services.keys().filter_map(verify::service_addr));
+                self.wanted.apply(delta)
+            }
+        };
+        if self.mode == Mode::Direct {
+            for (id, spec) in before {
+                // The first change since the last pass knows what the kernel holds.
+                self.pending.entry(id).or_insert(spec);
+            }
+        }
+        self.snat_dirty |= snat_changed;
+    }
+
+    /// Widens the programmer's scope. In integrated mode the scope is exactly the wanted VIPs; in direct mode it
+    /// keeps the VIPs programmed before, so that a VIP that goes away is removed.
+    fn set_scope(&self, addrs: impl Iterator<Item = IpAddr>) {
         if let Ok(mut s) = self.scope.write() {
-            // In direct mode the scope keeps the VIPs programmed before, so that a VIP that goes away is removed.
             if self.mode == Mode::Direct {
-                s.extend(target.vips.iter().copied());
-                s.extend(
-                    target
-                        .table
-                        .keys()
-                        .filter_map(verify::service_addr)
-                        .collect::<Vec<_>>(),
-                );
+                s.extend(addrs);
             } else {
-                *s = target.vips.clone();
+                *s = self.wanted.vips.clone();
             }
         }
     }
 
-    /// Direct mode, on a change: incremental when the last pass succeeded, else a full reconcile.
+    /// Direct mode: holds `target` from now on, and programs it (incrementally when the last pass succeeded).
     pub fn program(&mut self, target: &Arc<Target>) {
-        self.set_scope(target);
+        self.accept(Work::Full(target.clone()));
+        self.pass();
+    }
+
+    /// Direct mode: applies a change to the wanted state, and programs it (incrementally when the last pass
+    /// succeeded: only the changed virtual services are read back).
+    pub fn program_delta(&mut self, delta: Delta) {
+        self.accept(Work::Delta(delta));
+        self.pass();
+    }
+
+    /// What the worker holds as wanted.
+    pub fn wanted(&self) -> &Target {
+        &self.wanted
+    }
+
+    /// Direct mode, on a change: incremental when the last pass succeeded, else a full reconcile.
+    fn pass(&mut self) {
         let now = Instant::now();
-        let report = match &self.applied {
-            Some(prev) => self
-                .programmer
-                .reconcile_changed(&target.table, &prev.table, now),
-            None => self.programmer.reconcile(&target.table, now),
+        let table = &self.wanted.table;
+        let report = if self.in_sync {
+            self.programmer
+                .reconcile_services(table, &self.pending, now)
+        } else {
+            self.programmer.reconcile(table, now)
         };
         let mut ok = match report {
             Ok(r) => {
@@ -596,9 +725,9 @@ impl Worker {
                 false
             }
         };
-        if !ok && self.applied.is_some() {
+        if !ok && self.in_sync {
             // The incremental pass met a table that is not what we left: read it all and repair.
-            ok = match self.programmer.reconcile(&target.table, now) {
+            ok = match self.programmer.reconcile(table, now) {
                 Ok(r) => {
                     self.metrics.changes.inc_by(r.changes.len() as u64);
                     r.failed.is_empty()
@@ -606,9 +735,10 @@ impl Worker {
                 Err(_) => false,
             };
         }
-        if self.snat_applied.as_ref() != Some(&target.snat) {
-            match apply_snat(&target.snat) {
-                Ok(()) => self.snat_applied = Some(target.snat.clone()),
+        self.pending.clear();
+        if self.snat_dirty {
+            match apply_snat(&self.wanted.snat) {
+                Ok(()) => self.snat_dirty = false,
                 Err(error) => {
                     tracing::warn!(%error, "applying the SNAT table failed; will retry");
                     ok = false;
@@ -618,12 +748,13 @@ impl Worker {
         if !ok {
             self.metrics.errors.inc();
         }
-        self.applied = ok.then(|| target.clone());
+        self.in_sync = ok;
     }
 
     /// Every period: dump everything in scope, report drift, and in direct mode repair it.
-    pub fn verify(&mut self, target: &Arc<Target>, changed_at: Instant) {
-        self.set_scope(target);
+    pub fn verify(&mut self, changed_at: Instant) {
+        self.set_scope(self.wanted.vips.iter().copied());
+        self.set_scope(self.wanted.table.keys().filter_map(verify::service_addr));
         let actual = match self.programmer.actual() {
             Ok(a) => a,
             Err(error) => {
@@ -635,19 +766,16 @@ impl Worker {
         let mut drift = Vec::new();
         let settled = match self.mode {
             // Drift is a difference from what was applied successfully; before that, it is just work to do.
-            Mode::Direct => self
-                .applied
-                .as_ref()
-                .is_some_and(|a| Arc::ptr_eq(a, target)),
+            Mode::Direct => self.in_sync && self.pending.is_empty(),
             Mode::Integrated => changed_at.elapsed() >= self.settle && link_exists(KUBE_PROXY_LINK),
         };
         if settled {
             let wanted = Plane {
-                ipvs: target.table.clone(),
+                ipvs: self.wanted.table.clone(),
                 bindings: BTreeSet::new(),
             };
             let draining: BTreeSet<_> = self.programmer.draining().copied().collect();
-            let have = verify::restrict(&actual, &BTreeSet::new(), &target.vips);
+            let have = verify::restrict(&actual, &BTreeSet::new(), &self.wanted.vips);
             drift = verify::drift(&wanted, &have)
                 .into_iter()
                 .filter(
@@ -655,7 +783,7 @@ impl Worker {
                 )
                 .collect();
         }
-        self.report(target, &drift);
+        self.report(&drift);
         if self.mode == Mode::Direct {
             if !drift.is_empty() {
                 self.metrics.repairs.inc();
@@ -665,13 +793,13 @@ impl Worker {
                 );
             }
             // The full pass also finishes drains and retries what failed before.
-            self.applied = None;
-            self.snat_applied = None;
-            self.program(target);
+            self.in_sync = false;
+            self.snat_dirty = true;
+            self.pass();
         }
     }
 
-    fn report(&mut self, target: &Target, drift: &[Drift]) {
+    fn report(&mut self, drift: &[Drift]) {
         let mut by_service: BTreeMap<Option<ServiceRef>, Vec<String>> = BTreeMap::new();
         for d in drift {
             let id = match d {
@@ -684,7 +812,7 @@ impl Worker {
                 Drift::MissingBinding(_) => continue,
             };
             by_service
-                .entry(target.owners.get(id).cloned())
+                .entry(self.wanted.owners.get(id).cloned())
                 .or_default()
                 .push(d.describe(""));
         }
@@ -720,4 +848,249 @@ impl Worker {
 
 fn link_exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IpRange;
+    use crate::ipvs::verify::SERVICE_NAME_LABEL;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    type Key = (String, String);
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Service `i` written with variant bits.
+        Service(usize, u32),
+        DeleteService(usize),
+        /// Slice `j`, labelled for Service `k`, with endpoint variant bits.
+        Slice(usize, usize, u32),
+        /// Slice `j` in the namespace of Service `k`.
+        DeleteSlice(usize, usize),
+        /// Pool ranges variant.
+        Pools(u8),
+        /// Hand the current objects to the index (the agent batches several events into one update).
+        Update,
+    }
+
+    const NAMES: [(&str, &str); 4] = [("shop", "a"), ("shop", "b"), ("shop", "c"), ("tools", "a")];
+
+    fn service(i: usize, bits: u32, rv: Option<u64>) -> Service {
+        let (ns, name) = NAMES[i];
+        let pick = |bit: u32| bits & (1 << bit) != 0;
+        let mut ingress = Vec::new();
+        for (bit, ip) in [
+            (0, "192.0.2.1"),
+            (1, "192.0.2.2"),
+            (2, "2001:db8::1"),
+            (3, "203.0.113.1"),
+        ] {
+            if pick(bit) {
+                let mode = if pick(4) && bit == 1 { "VIP" } else { "Proxy" };
+                ingress.push(json!({"ip": ip, "ipMode": mode}));
+            }
+        }
+        let mut ports = Vec::new();
+        if pick(5) {
+            ports.push(json!({"name": "http", "port": 80, "protocol": "TCP"}));
+        }
+        if pick(6) {
+            // The same VIP port again: a conflict within the Service.
+            ports.push(json!({"name": "alt", "port": 80, "protocol": "TCP"}));
+        }
+        if pick(7) {
+            ports.push(json!({"name": "dns", "port": 53, "protocol": "UDP"}));
+        }
+        if pick(8) {
+            ports.push(json!({"name": "ping", "port": 9, "protocol": "ICMP"}));
+        }
+        let mut annotations = serde_json::Map::new();
+        if pick(9) {
+            annotations.insert(
+                direct::SCHEDULER_ANNOTATION.into(),
+                json!(if pick(10) { "wlc" } else { "bogus" }),
+            );
+        }
+        if pick(11) {
+            annotations.insert(direct::PERSISTENCE_ANNOTATION.into(), json!("300"));
+        }
+        let mut meta = json!({"name": name, "namespace": ns, "uid": format!("uid-{i}"),
+                              "annotations": annotations});
+        if let Some(rv) = rv {
+            meta["resourceVersion"] = json!(rv.to_string());
+        }
+        serde_json::from_value(json!({
+            "metadata": meta,
+            "spec": {
+                "type": if pick(12) { "ClusterIP" } else { "LoadBalancer" },
+                "externalTrafficPolicy": if pick(13) { "Local" } else { "Cluster" },
+                "ports": ports,
+            },
+            "status": {"loadBalancer": {"ingress": ingress}},
+        }))
+        .unwrap()
+    }
+
+    fn slice(j: usize, k: usize, bits: u32, rv: Option<u64>) -> EndpointSlice {
+        let (ns, svc) = NAMES[k];
+        let pick = |bit: u32| bits & (1 << bit) != 0;
+        let v6 = pick(0);
+        let endpoints: Vec<Value> = (0..4u32)
+            .filter(|e| pick(1 + e))
+            .map(|e| {
+                let addr = if v6 {
+                    format!("2001:db8:1::{}", e + 1)
+                } else {
+                    format!("198.51.100.{}", e + 1)
+                };
+                json!({"addresses": [addr], "nodeName": if pick(5 + e) { "n1" } else { "n2" },
+                       "conditions": {"ready": !pick(9 + e), "serving": true, "terminating": pick(9 + e)}})
+            })
+            .collect();
+        let mut ports =
+            vec![json!({"name": "http", "port": 8080 + (bits >> 13) % 2, "protocol": "TCP"})];
+        if pick(13) {
+            ports.push(json!({"name": "dns", "port": 5353, "protocol": "UDP"}));
+        }
+        // Slice names are per namespace: slice j of Service k lives in k's namespace.
+        let mut meta = json!({"name": format!("slice-{j}"), "namespace": ns,
+                              "labels": {SERVICE_NAME_LABEL: svc}});
+        if let Some(rv) = rv {
+            meta["resourceVersion"] = json!(rv.to_string());
+        }
+        serde_json::from_value(json!({
+            "metadata": meta,
+            "addressType": if v6 { "IPv6" } else { "IPv4" },
+            "ports": ports,
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    fn pools(variant: u8) -> Vec<IpRange> {
+        let cidr = |s: &str| IpRange::from_cidr(s.parse().unwrap());
+        match variant % 3 {
+            0 => vec![cidr("192.0.2.0/24"), cidr("2001:db8::/64")],
+            1 => vec![cidr("192.0.2.1/32")],
+            _ => vec![cidr("192.0.2.0/24"), cidr("203.0.113.0/24")],
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..NAMES.len(), any::<u32>()).prop_map(|(i, b)| Op::Service(i, b)),
+            1 => (0..NAMES.len()).prop_map(Op::DeleteService),
+            4 => (0..5usize, 0..NAMES.len(), any::<u32>()).prop_map(|(j, k, b)| Op::Slice(j, k, b)),
+            1 => (0..5usize, 0..NAMES.len()).prop_map(|(j, k)| Op::DeleteSlice(j, k)),
+            1 => any::<u8>().prop_map(Op::Pools),
+            3 => Just(Op::Update),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// After any sequence of Service, EndpointSlice and pool edits, the incrementally maintained plan, and the
+        /// worker's target built from the deltas alone, equal a from-scratch `direct::wanted` of the same objects.
+        #[test]
+        fn incremental_plan_equals_from_scratch(ops in proptest::collection::vec(op(), 1..60),
+                                                without_versions in any::<bool>()) {
+            let mut services: BTreeMap<Key, Service> = BTreeMap::new();
+            let mut slices: BTreeMap<Key, EndpointSlice> = BTreeMap::new();
+            let mut ranges = pools(0);
+            let mut rv = 0u64;
+            let mut index = DirectIndex::new();
+            let mut target = Target::default();
+            let mut ops = ops;
+            ops.push(Op::Update);
+            for op in ops {
+                rv += 1;
+                // Objects without a resourceVersion (never from the API) must still come out right.
+                let version = (!without_versions || !rv.is_multiple_of(3)).then_some(rv);
+                match op {
+                    Op::Service(i, bits) => {
+                        let (ns, name) = NAMES[i];
+                        services.insert((ns.into(), name.into()), service(i, bits, version));
+                    }
+                    Op::DeleteService(i) => {
+                        let (ns, name) = NAMES[i];
+                        services.remove(&(ns.to_string(), name.to_string()));
+                    }
+                    Op::Slice(j, k, bits) => {
+                        let s = slice(j, k, bits, version);
+                        // A slice keeps its namespace: rewriting it in another one is another object.
+                        slices.insert((NAMES[k].0.into(), format!("slice-{j}")), s);
+                    }
+                    Op::DeleteSlice(j, k) => {
+                        slices.remove(&(NAMES[k].0.to_string(), format!("slice-{j}")));
+                    }
+                    Op::Pools(v) => ranges = pools(v),
+                    Op::Update => {
+                        let (delta, problems) =
+                            index.update(services.values(), slices.values(), "n1", &ranges);
+                        let owned = |ip: &IpAddr| ranges.iter().any(|r| r.contains(ip));
+                        let scratch = direct::wanted(services.values(), slices.values(), "n1", &owned);
+                        for p in &problems {
+                            prop_assert!(scratch.problems.contains(p), "reported {p:?} is not a problem");
+                        }
+                        if let Some(b) = &delta.bindings {
+                            prop_assert_ne!(b, &target.vips, "bindings sent unchanged");
+                        }
+                        target.apply(delta);
+                        prop_assert_eq!(&index.plan(), &scratch);
+                        prop_assert_eq!(&target, &Target::of_plan(scratch));
+                        // A second update with nothing changed is empty, unless some object has no version.
+                        let (again, _) = index.update(services.values(), slices.values(), "n1", &ranges);
+                        if !without_versions {
+                            prop_assert!(again.is_empty(), "{again:?}");
+                        }
+                        target.apply(again);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_changed_slice_yields_only_its_virtual_service() {
+        let mut services = BTreeMap::new();
+        let mut slices = BTreeMap::new();
+        for (i, name) in NAMES.iter().enumerate().take(3) {
+            let s = service(i, 0b10_0000 | 1 << i, Some(i as u64 + 1));
+            services.insert(*name, s);
+            slices.insert(i, slice(i, i, 0b1_1110, Some(10 + i as u64)));
+        }
+        let ranges = pools(0);
+        let mut index = DirectIndex::new();
+        let (first, problems) = index.update(services.values(), slices.values(), "n1", &ranges);
+        assert!(problems.is_empty());
+        assert_eq!(first.services.len(), 3);
+        assert!(first.bindings.is_some());
+        // Slice 1 (Service shop/b, VIP 192.0.2.2) loses an endpoint.
+        slices.insert(1, slice(1, 1, 0b0_1110, Some(20)));
+        let (delta, _) = index.update(services.values(), slices.values(), "n1", &ranges);
+        let b = ServiceId::tcp("192.0.2.2".parse().unwrap(), 80);
+        assert_eq!(delta.services.keys().collect::<Vec<_>>(), [&b]);
+        assert_eq!(delta.bindings, None);
+        let vs = delta.services[&b].as_ref().unwrap();
+        assert_eq!(vs.owner.to_string(), "shop/b");
+        assert_eq!(vs.dests.len(), 3);
+        // Deleting the Service removes its virtual service and its binding.
+        services.remove(&NAMES[1]);
+        let (delta, _) = index.update(services.values(), slices.values(), "n1", &ranges);
+        assert_eq!(delta.services, BTreeMap::from([(b, None)]));
+        assert_eq!(
+            delta
+                .bindings
+                .unwrap()
+                .into_iter()
+                .map(|ip| ip.to_string())
+                .collect::<Vec<_>>(),
+            ["192.0.2.1", "2001:db8::1"]
+        );
+    }
 }

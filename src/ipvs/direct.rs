@@ -189,41 +189,48 @@ fn real_servers(candidates: &[Candidate], vip: &IpAddr) -> BTreeMap<DestId, Dest
         .collect()
 }
 
-/// The direct data plane `node` must hold. `owned` says whether an address is in one of IronLB's pools.
-pub fn wanted<'a>(
-    services: impl IntoIterator<Item = &'a Service>,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    node: &str,
-    owned: &dyn Fn(&IpAddr) -> bool,
-) -> DirectPlan {
-    // Index the slices by Service once: every Service then costs only its own slices.
-    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for slice in slices {
-        let Some(name) = slice
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        let ns = slice.metadata.namespace.as_deref().unwrap_or("default");
-        by_service.entry((ns, name)).or_default().push(slice);
-    }
+/// One Service's part of the plan, computed from the Service and its own EndpointSlices alone. The whole plan is
+/// the Services' shares in order, where the first Service to claim a virtual service keeps it.
+#[derive(Clone, Debug, PartialEq)]
+struct Share {
+    who: ServiceRef,
+    /// The VIPs to bind (every proxy-mode ingress IP in the pools, with or without ports).
+    vips: Vec<IpAddr>,
+    /// Whether the Service is `externalTrafficPolicy: Local` (no source NAT).
+    local: bool,
+    /// Problems of the Service as a whole (annotations), reported before its ports'.
+    head: Vec<Problem>,
+    /// Per port and VIP, in order: a virtual service, or why the port has none.
+    items: Vec<Item>,
+}
 
-    let mut plan = DirectPlan::default();
-    for svc in services {
-        let Some(spec) = &svc.spec else { continue };
+#[derive(Clone, Debug, PartialEq)]
+enum Item {
+    Service(ServiceId, ServiceSpec, BTreeMap<DestId, DestSpec>),
+    Problem(Problem),
+}
+
+impl Share {
+    /// The share of `svc`, given its EndpointSlices; None when the Service is not a LoadBalancer with a
+    /// proxy-mode ingress IP in the pools.
+    fn of(
+        svc: &Service,
+        own_slices: &[&EndpointSlice],
+        node: &str,
+        owned: &dyn Fn(&IpAddr) -> bool,
+    ) -> Option<Self> {
+        let spec = svc.spec.as_ref()?;
         if spec.type_.as_deref() != Some("LoadBalancer") {
-            continue;
+            return None;
         }
         let vips = proxy_mode_ips(svc, owned);
         if vips.is_empty() {
-            continue;
+            return None;
         }
         let who = ServiceRef::of(svc);
+        let mut head = Vec::new();
         let scheduler = scheduler(svc).unwrap_or_else(|message| {
-            plan.problems.push(Problem {
+            head.push(Problem {
                 service: who.clone(),
                 reason: "InvalidIPVSScheduler",
                 message,
@@ -232,21 +239,17 @@ pub fn wanted<'a>(
         });
         let (persist, bad) = persistence(svc);
         if let Some(message) = bad {
-            plan.problems.push(Problem {
+            head.push(Problem {
                 service: who.clone(),
                 reason: "InvalidIPVSPersistence",
                 message,
             });
         }
         let local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let own_slices = by_service
-            .get(&(who.namespace.as_str(), who.name.as_str()))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        plan.plane.bindings.extend(vips.iter().copied());
+        let mut items = Vec::new();
         for port in spec.ports.iter().flatten() {
             let Some(proto) = protocol(port.protocol.as_deref()) else {
-                plan.problems.push(Problem {
+                items.push(Item::Problem(Problem {
                     service: who.clone(),
                     reason: "UnsupportedProtocol",
                     message: format!(
@@ -254,7 +257,7 @@ pub fn wanted<'a>(
                         port.port,
                         port.protocol.as_deref().unwrap_or_default()
                     ),
-                });
+                }));
                 continue;
             };
             let Ok(svc_port) = u16::try_from(port.port) else {
@@ -267,31 +270,493 @@ pub fn wanted<'a>(
                     addr: *vip,
                     port: svc_port,
                 };
-                if let Some(first) = plan.owners.get(&id) {
-                    plan.problems.push(Problem {
-                        service: who.clone(),
-                        reason: "IPVSServiceConflict",
-                        message: format!(
-                            "{} {vip} port {svc_port} is already programmed for {first}; not programming it \
-                             for this Service",
-                            proto_name(proto)
-                        ),
-                    });
-                    continue;
-                }
                 let mut s = ServiceSpec::new(id, &scheduler);
                 if let Some(timeout) = persist {
                     s = s.persistent(timeout);
                 }
-                plan.plane.ipvs.insert(id, (s, real_servers(&cands, vip)));
-                plan.owners.insert(id, who.clone());
-                if !local {
-                    plan.snat.insert(id);
+                items.push(Item::Service(id, s, real_servers(&cands, vip)));
+            }
+        }
+        Some(Self {
+            who,
+            vips,
+            local,
+            head,
+            items,
+        })
+    }
+
+    fn ids(&self) -> impl Iterator<Item = ServiceId> + '_ {
+        self.items.iter().filter_map(|i| match i {
+            Item::Service(id, ..) => Some(*id),
+            Item::Problem(_) => None,
+        })
+    }
+
+    /// The virtual service `id` as this Service wants it (its first claim of it).
+    fn virtual_service(&self, id: &ServiceId) -> Option<VirtualService> {
+        self.items.iter().find_map(|i| match i {
+            Item::Service(sid, spec, dests) if sid == id => Some(VirtualService {
+                spec: spec.clone(),
+                dests: dests.clone(),
+                owner: self.who.clone(),
+                snat: !self.local,
+            }),
+            _ => None,
+        })
+    }
+}
+
+fn conflict(who: &ServiceRef, id: &ServiceId, first: &ServiceRef) -> Problem {
+    let (proto, vip, port) = match id {
+        ServiceId::Addr {
+            protocol,
+            addr,
+            port,
+        } => (proto_name(*protocol), addr.to_string(), *port),
+        ServiceId::Fwmark { .. } => ("fwmark", String::new(), 0),
+    };
+    Problem {
+        service: who.clone(),
+        reason: "IPVSServiceConflict",
+        message: format!(
+            "{proto} {vip} port {port} is already programmed for {first}; not programming it for this Service"
+        ),
+    }
+}
+
+/// The EndpointSlices of each Service, by the Service's namespace and name.
+fn slices_by_service<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        let Some(name) = service_label(slice) else {
+            continue;
+        };
+        by_service
+            .entry((namespace(&slice.metadata), name))
+            .or_default()
+            .push(slice);
+    }
+    by_service
+}
+
+fn service_label(slice: &EndpointSlice) -> Option<&str> {
+    slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(String::as_str)
+}
+
+fn namespace(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.namespace.as_deref().unwrap_or("default")
+}
+
+/// The direct data plane `node` must hold, computed from scratch. `owned` says whether an address is in one of
+/// IronLB's pools. [`DirectIndex`] maintains the same result incrementally.
+pub fn wanted<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node: &str,
+    owned: &dyn Fn(&IpAddr) -> bool,
+) -> DirectPlan {
+    // Index the slices by Service once: every Service then costs only its own slices.
+    let by_service = slices_by_service(slices);
+    let mut plan = DirectPlan::default();
+    for svc in services {
+        let key = (
+            namespace(&svc.metadata),
+            svc.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let own = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let Some(share) = Share::of(svc, own, node, owned) else {
+            continue;
+        };
+        plan.problems.extend(share.head);
+        plan.plane.bindings.extend(share.vips);
+        for item in share.items {
+            match item {
+                Item::Problem(p) => plan.problems.push(p),
+                Item::Service(id, spec, dests) => {
+                    if let Some(first) = plan.owners.get(&id) {
+                        plan.problems.push(conflict(&share.who, &id, first));
+                        continue;
+                    }
+                    plan.plane.ipvs.insert(id, (spec, dests));
+                    plan.owners.insert(id, share.who.clone());
+                    if !share.local {
+                        plan.snat.insert(id);
+                    }
                 }
             }
         }
     }
     plan
+}
+
+/// One virtual service of the plan, with the Service it belongs to and whether it is source-NATed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtualService {
+    pub spec: ServiceSpec,
+    pub dests: BTreeMap<DestId, DestSpec>,
+    pub owner: ServiceRef,
+    pub snat: bool,
+}
+
+/// What changed in the plan since the last [`DirectIndex::update`]: virtual services set (`Some`) or removed
+/// (`None`), and the new set of VIP bindings when it changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    pub services: BTreeMap<ServiceId, Option<VirtualService>>,
+    pub bindings: Option<BTreeSet<IpAddr>>,
+}
+
+impl Delta {
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.bindings.is_none()
+    }
+}
+
+/// Namespace and name.
+type Key = (String, String);
+
+/// The direct plan, maintained incrementally. Each [`update`](Self::update) takes the whole current Services and
+/// EndpointSlices (as the agent's indexes hold them), finds the objects whose resourceVersion changed (one pass of
+/// comparisons, no copying), recomputes the shares of the Services they belong to, and returns only the virtual
+/// services that changed. An object without a resourceVersion always counts as changed. A change of node or of
+/// the pools' ranges (which VIPs are IronLB's) recomputes every Service.
+///
+/// Invariant (tested against [`wanted`]): the plan assembled from the updates equals `wanted` of the same inputs,
+/// with Services in namespace/name order (the agent's index order).
+#[derive(Debug, Default)]
+pub struct DirectIndex {
+    node: Option<String>,
+    ranges: Option<Vec<crate::config::IpRange>>,
+    /// resourceVersion of each Service seen.
+    services: BTreeMap<Key, Option<String>>,
+    /// resourceVersion and Service name label of each EndpointSlice seen.
+    slices: BTreeMap<Key, (Option<String>, Option<String>)>,
+    /// Slice names per Service (namespace, Service name).
+    slices_of: BTreeMap<Key, BTreeSet<String>>,
+    shares: BTreeMap<Key, Share>,
+    /// The Services claiming each virtual service; the first in order owns it.
+    claims: BTreeMap<ServiceId, BTreeSet<Key>>,
+    /// How many Services bind each VIP.
+    bindings: BTreeMap<IpAddr, usize>,
+}
+
+/// Walks the sorted `seen` map and the sorted `now` list together; returns the entries added, removed or changed
+/// (key, old value, position in `now`) without copying unchanged ones.
+fn changes<V: Clone, N>(
+    seen: &BTreeMap<Key, V>,
+    now: &[(&str, &str, N)],
+    same: impl Fn(&V, &N) -> bool,
+) -> Vec<(Key, Option<V>, Option<usize>)> {
+    let mut out = Vec::new();
+    let mut old = seen.iter().peekable();
+    let mut i = 0;
+    loop {
+        let next_new = now.get(i).map(|(ns, name, _)| (*ns, *name));
+        let next_old = old
+            .peek()
+            .map(|((ns, name), _)| (ns.as_str(), name.as_str()));
+        let order = match (next_old, next_new) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(o), Some(n)) => o.cmp(&n),
+        };
+        match order {
+            // Gone since the last update.
+            std::cmp::Ordering::Less => {
+                let (k, v) = old.next().expect("peeked");
+                out.push((k.clone(), Some(v.clone()), None));
+            }
+            // New.
+            std::cmp::Ordering::Greater => {
+                let (ns, name, _) = &now[i];
+                out.push(((ns.to_string(), name.to_string()), None, Some(i)));
+                i += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (k, v) = old.next().expect("peeked");
+                if !same(v, &now[i].2) {
+                    out.push((k.clone(), Some(v.clone()), Some(i)));
+                }
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn same_version(seen: &Option<String>, now: Option<&str>) -> bool {
+    seen.is_some() && seen.as_deref() == now
+}
+
+impl DirectIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Brings the plan up to date with the current objects; returns what changed and the problems of the
+    /// Services that were recomputed (or whose conflicts changed).
+    pub fn update<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        node: &str,
+        ranges: &[crate::config::IpRange],
+    ) -> (Delta, Vec<Problem>) {
+        type Entry<'a, T> = (&'a str, &'a str, (Option<&'a str>, &'a T));
+        let mut svc_now: Vec<Entry<'a, Service>> = services
+            .into_iter()
+            .map(|s| {
+                let m = &s.metadata;
+                let name = m.name.as_deref().unwrap_or_default();
+                (namespace(m), name, (m.resource_version.as_deref(), s))
+            })
+            .collect();
+        // The agent's index iterates in this order already; sorting a sorted list is one pass.
+        svc_now.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        svc_now.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+        let mut slice_now: Vec<Entry<'a, EndpointSlice>> = slices
+            .into_iter()
+            .map(|s| {
+                let m = &s.metadata;
+                let name = m.name.as_deref().unwrap_or_default();
+                (namespace(m), name, (m.resource_version.as_deref(), s))
+            })
+            .collect();
+        slice_now.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        slice_now.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+
+        let mut touched: BTreeSet<Key> = BTreeSet::new();
+        let everything =
+            self.node.as_deref() != Some(node) || self.ranges.as_deref() != Some(ranges);
+        if everything {
+            self.node = Some(node.to_string());
+            self.ranges = Some(ranges.to_vec());
+            touched.extend(self.shares.keys().cloned());
+            touched.extend(
+                svc_now
+                    .iter()
+                    .map(|(ns, n, _)| (ns.to_string(), n.to_string())),
+            );
+        }
+
+        // Services added, removed or changed.
+        for (key, _, new) in changes(&self.services, &svc_now, |seen, now| {
+            same_version(seen, now.0)
+        }) {
+            match new {
+                Some(i) => {
+                    self.services
+                        .insert(key.clone(), svc_now[i].2.0.map(str::to_string));
+                }
+                None => {
+                    self.services.remove(&key);
+                }
+            }
+            touched.insert(key);
+        }
+        // EndpointSlices added, removed or changed: their Service before and after.
+        for (key, old, new) in changes(&self.slices, &slice_now, |seen, now| {
+            same_version(&seen.0, now.0)
+        }) {
+            if let Some((_, Some(svc))) = &old {
+                let owner = (key.0.clone(), svc.clone());
+                if let Some(set) = self.slices_of.get_mut(&owner) {
+                    set.remove(&key.1);
+                    if set.is_empty() {
+                        self.slices_of.remove(&owner);
+                    }
+                }
+                touched.insert(owner);
+            }
+            match new {
+                Some(i) => {
+                    let (rv, slice) = slice_now[i].2;
+                    let label = service_label(slice).map(str::to_string);
+                    if let Some(svc) = &label {
+                        let owner = (key.0.clone(), svc.clone());
+                        self.slices_of
+                            .entry(owner.clone())
+                            .or_default()
+                            .insert(key.1.clone());
+                        touched.insert(owner);
+                    }
+                    self.slices.insert(key, (rv.map(str::to_string), label));
+                }
+                None => {
+                    self.slices.remove(&key);
+                }
+            }
+        }
+        if touched.is_empty() {
+            return (Delta::default(), Vec::new());
+        }
+
+        // The new shares of the touched Services.
+        let owned = |ip: &IpAddr| ranges.iter().any(|r| r.contains(ip));
+        let mut fresh: BTreeMap<Key, Option<Share>> = BTreeMap::new();
+        for key in &touched {
+            let svc = svc_now
+                .binary_search_by(|(ns, n, _)| (*ns, *n).cmp(&(key.0.as_str(), key.1.as_str())))
+                .ok()
+                .map(|i| svc_now[i].2.1);
+            let share = svc.and_then(|svc| {
+                let own: Vec<&EndpointSlice> = self
+                    .slices_of
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|slice_name| {
+                        slice_now
+                            .binary_search_by(|(ns, n, _)| {
+                                (*ns, *n).cmp(&(key.0.as_str(), slice_name.as_str()))
+                            })
+                            .ok()
+                            .map(|i| slice_now[i].2.1)
+                    })
+                    .collect();
+                Share::of(svc, &own, node, &owned)
+            });
+            if share.is_some() || self.shares.contains_key(key) {
+                fresh.insert(key.clone(), share);
+            }
+        }
+
+        // The virtual services whose owner or contents may change, as they are now.
+        let mut dirty: BTreeSet<ServiceId> = BTreeSet::new();
+        for (key, share) in &fresh {
+            dirty.extend(self.shares.get(key).into_iter().flat_map(Share::ids));
+            dirty.extend(share.iter().flat_map(Share::ids));
+        }
+        let before: BTreeMap<ServiceId, Option<VirtualService>> =
+            dirty.iter().map(|id| (*id, self.owner_of(id))).collect();
+        // The VIPs that may come or go, and whether they are bound now.
+        let vips_before: BTreeMap<IpAddr, bool> = fresh
+            .iter()
+            .flat_map(|(key, share)| {
+                let old = self.shares.get(key).map(|s| s.vips.as_slice());
+                let new = share.as_ref().map(|s| s.vips.as_slice());
+                old.into_iter().chain(new).flatten()
+            })
+            .map(|ip| (*ip, self.bindings.contains_key(ip)))
+            .collect();
+        for (key, share) in fresh {
+            if let Some(old) = self.shares.remove(&key) {
+                for id in old.ids() {
+                    if let Some(c) = self.claims.get_mut(&id) {
+                        c.remove(&key);
+                        if c.is_empty() {
+                            self.claims.remove(&id);
+                        }
+                    }
+                }
+                for vip in &old.vips {
+                    if let Some(n) = self.bindings.get_mut(vip) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.bindings.remove(vip);
+                        }
+                    }
+                }
+            }
+            if let Some(share) = share {
+                for id in share.ids() {
+                    self.claims.entry(id).or_default().insert(key.clone());
+                }
+                for vip in &share.vips {
+                    *self.bindings.entry(*vip).or_insert(0) += 1;
+                }
+                self.shares.insert(key, share);
+            }
+        }
+
+        let mut delta = Delta::default();
+        let mut report: BTreeSet<Key> = touched;
+        for (id, old) in before {
+            let new = self.owner_of(&id);
+            if let Some(c) = self.claims.get(&id)
+                && c.len() > 1
+            {
+                report.extend(c.iter().cloned());
+            }
+            if new != old {
+                delta.services.insert(id, new);
+            }
+        }
+        if vips_before
+            .iter()
+            .any(|(ip, was)| self.bindings.contains_key(ip) != *was)
+        {
+            delta.bindings = Some(self.bindings.keys().copied().collect());
+        }
+        let problems = report.iter().flat_map(|k| self.problems_of(k)).collect();
+        (delta, problems)
+    }
+
+    /// The virtual service `id` as its owner (the first Service claiming it) wants it.
+    fn owner_of(&self, id: &ServiceId) -> Option<VirtualService> {
+        let key = self.claims.get(id)?.first()?;
+        self.shares.get(key)?.virtual_service(id)
+    }
+
+    /// One Service's problems, in the order [`wanted`] reports them.
+    fn problems_of(&self, key: &Key) -> Vec<Problem> {
+        let Some(share) = self.shares.get(key) else {
+            return Vec::new();
+        };
+        let mut out = share.head.clone();
+        let mut mine = BTreeSet::new();
+        for item in &share.items {
+            match item {
+                Item::Problem(p) => out.push(p.clone()),
+                Item::Service(id, ..) => {
+                    let first = self.claims.get(id).and_then(|c| c.first());
+                    // Another Service owns it, or this Service claims it a second time.
+                    if first != Some(key) || !mine.insert(*id) {
+                        let owner = first
+                            .and_then(|k| self.shares.get(k))
+                            .map_or(&share.who, |s| &s.who);
+                        out.push(conflict(&share.who, id, owner));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The whole plan, assembled from the shares (for checks and `verify`; the agent works with the deltas).
+    pub fn plan(&self) -> DirectPlan {
+        let mut plan = DirectPlan::default();
+        for (id, keys) in &self.claims {
+            let Some(vs) = keys
+                .first()
+                .and_then(|k| self.shares.get(k))
+                .and_then(|s| s.virtual_service(id))
+            else {
+                continue;
+            };
+            plan.plane.ipvs.insert(*id, (vs.spec, vs.dests));
+            plan.owners.insert(*id, vs.owner);
+            if vs.snat {
+                plan.snat.insert(*id);
+            }
+        }
+        plan.plane.bindings = self.bindings.keys().copied().collect();
+        plan.problems = self
+            .shares
+            .keys()
+            .flat_map(|k| self.problems_of(k))
+            .collect();
+        plan
+    }
 }
 
 fn proto_name(p: Protocol) -> &'static str {

@@ -313,15 +313,34 @@ impl Programmer {
         previous: &WantedTable,
         now: Instant,
     ) -> Result<Report> {
-        let touched: std::collections::BTreeSet<ServiceId> = wanted
+        let touched: BTreeMap<ServiceId, Option<ServiceSpec>> = wanted
             .keys()
             .chain(previous.keys())
-            .filter(|id| wanted.get(id) != previous.get(id) && (self.scope)(id))
-            .copied()
+            .filter(|id| wanted.get(id) != previous.get(id))
+            .map(|id| (*id, previous.get(id).map(|(spec, _)| spec.clone())))
+            .collect();
+        self.reconcile_services(wanted, &touched, now)
+    }
+
+    /// An incremental pass over the services named in `touched`, each with the spec the kernel holds for it as
+    /// far as the caller knows (None: not there). Only those are read back (their real servers, one dump each) and
+    /// reconciled; the caller knows which services changed, so nothing else of the tables is compared. A service
+    /// deleted behind our back makes its changes fail with ESRCH; the caller then runs a full
+    /// [`reconcile`](Self::reconcile).
+    pub fn reconcile_services(
+        &mut self,
+        wanted: &WantedTable,
+        touched: &BTreeMap<ServiceId, Option<ServiceSpec>>,
+        now: Instant,
+    ) -> Result<Report> {
+        let touched: BTreeMap<ServiceId, Option<ServiceSpec>> = touched
+            .iter()
+            .filter(|(id, _)| (self.scope)(id))
+            .map(|(id, spec)| (*id, spec.clone()))
             .collect();
         let mut actual = ActualTable::new();
-        for id in &touched {
-            let Some((spec, _)) = previous.get(id) else {
+        for (id, spec) in &touched {
+            let Some(spec) = spec else {
                 continue;
             };
             let dests = match self.dests(id) {
@@ -340,11 +359,16 @@ impl Programmer {
             .drain
             .since
             .iter()
-            .filter(|((s, _), _)| !touched.contains(s))
+            .filter(|((s, _), _)| !touched.contains_key(s))
             .map(|(k, t)| (*k, *t))
             .collect();
-        let in_touched = |id: &ServiceId| touched.contains(id);
-        let changes = diff(wanted, &actual, &in_touched, &mut self.drain, now);
+        let wanted_touched: WantedTable = touched
+            .keys()
+            .filter_map(|id| wanted.get_key_value(id))
+            .map(|(id, v)| (*id, v.clone()))
+            .collect();
+        let all = |_: &ServiceId| true;
+        let changes = diff(&wanted_touched, &actual, &all, &mut self.drain, now);
         self.drain.since.extend(untouched);
         let failed = self.apply(&changes)?;
         Ok(Report { changes, failed })
