@@ -38,6 +38,9 @@ pub struct SessionConfig {
     /// IP TTL / hop limit of the session's packets: 1 for single-hop eBGP, 255 otherwise.
     pub ttl: u32,
     pub connect_timeout: Duration,
+    /// The next hop of IPv6 routes sent over an IPv4 session: the node's IPv6 address toward the peer. Without
+    /// it such a session carries IPv4 routes only (and the other way round for IPv4 routes over IPv6).
+    pub alt_next_hop: Option<IpAddr>,
     pub fsm: FsmConfig,
 }
 
@@ -459,13 +462,14 @@ impl Driver {
             local_asn: self.config.fsm.local_asn,
             ibgp: neg.ibgp,
             asn4: neg.asn4,
-            // The next hop is the session's own source address; IPv6 routes over an IPv4 session need an IPv6
-            // next hop, which a node has only as its configured IPv6 source address (dual-stack sessions).
-            next_hop_v4: match local {
-                IpAddr::V4(a) => Some(a),
-                IpAddr::V6(a) => a.to_ipv4_mapped(),
+            // The next hop is the session's own source address; routes of the other family need the node's
+            // address of that family (`alt_next_hop`).
+            next_hop_v4: match (local, self.config.alt_next_hop) {
+                (IpAddr::V4(a), _) => Some(a),
+                (_, Some(IpAddr::V4(a))) => Some(a),
+                (IpAddr::V6(a), _) => a.to_ipv4_mapped(),
             },
-            next_hop_v6: match (local, self.config.source) {
+            next_hop_v6: match (local, self.config.alt_next_hop) {
                 (IpAddr::V6(a), _) => Some(a),
                 (_, Some(IpAddr::V6(a))) => Some(a),
                 _ => None,
