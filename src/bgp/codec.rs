@@ -142,6 +142,33 @@ pub fn decode(frame: &[u8], asn4: bool) -> Result<Received, DecodeError> {
     }
 }
 
+/// Decodes every whole message at the start of `buf` (the bytes read from the peer so far). Returns the results in
+/// order and how many bytes they used; decoding stops after the first error, which ends the session.
+pub fn decode_stream(buf: &[u8], asn4: bool) -> (Vec<Result<Received, DecodeError>>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        match frame_len(&buf[at..]) {
+            Ok(None) => break,
+            Ok(Some(len)) => {
+                let result = decode(&buf[at..at + len], asn4);
+                at += len;
+                let failed = result.is_err();
+                out.push(result);
+                if failed {
+                    break;
+                }
+            }
+            Err(e) => {
+                out.push(Err(e));
+                at = buf.len();
+                break;
+            }
+        }
+    }
+    (out, at)
+}
+
 fn bad_length(len: usize) -> DecodeError {
     DecodeError {
         message: format!("bad message length {len}"),
@@ -183,6 +210,28 @@ pub struct UpdateContext {
     pub next_hop_v4: Option<Ipv4Addr>,
     /// Next hop for IPv6 routes: the session's local address when it is IPv6.
     pub next_hop_v6: Option<Ipv6Addr>,
+}
+
+/// The type code of an attribute, for sending attributes in ascending order (RFC 4271 section 5).
+fn type_code(a: &PathAttribute) -> u8 {
+    match a.value() {
+        PathAttributeValue::Origin(_) => 1,
+        PathAttributeValue::AsPath(_) => 2,
+        PathAttributeValue::NextHop(_) => 3,
+        PathAttributeValue::MultiExitDiscriminator(_) => 4,
+        PathAttributeValue::LocalPreference(_) => 5,
+        PathAttributeValue::Communities(_) => 8,
+        PathAttributeValue::MpReach(_) => 14,
+        PathAttributeValue::MpUnreach(_) => 15,
+        PathAttributeValue::As4Path(_) => 17,
+        PathAttributeValue::LargeCommunities(_) => 32,
+        _ => 255,
+    }
+}
+
+fn sorted(mut attrs: Vec<PathAttribute>) -> Vec<PathAttribute> {
+    attrs.sort_by_key(type_code);
+    attrs
 }
 
 fn attr(
@@ -321,6 +370,7 @@ pub fn announce(ctx: &UpdateContext, attrs: &RouteAttrs, prefixes: &[IpNet]) -> 
             false,
             PathAttributeValue::NextHop(NextHop::new(nh)),
         ));
+        let attrs = sorted(attrs);
         let base = BgpMessage::Update(BgpUpdateMessage::new([], attrs.clone(), [])).len();
         // A /32 takes 5 bytes; shorter prefixes take fewer.
         let per_message = ((MAX_MESSAGE_LEN - base) / 5).max(1);
@@ -352,7 +402,7 @@ pub fn announce(ctx: &UpdateContext, attrs: &RouteAttrs, prefixes: &[IpNet]) -> 
                     nlri: nlri.into(),
                 }),
             ));
-            BgpMessage::Update(BgpUpdateMessage::new([], attrs, []))
+            BgpMessage::Update(BgpUpdateMessage::new([], sorted(attrs), []))
         };
         let base = mp(&[]).len();
         // A /128 takes 17 bytes.

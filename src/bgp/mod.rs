@@ -6,4 +6,9 @@
 
 pub mod codec;
 pub mod fsm;
+#[cfg(test)]
+mod golden;
 pub mod session;
+
+/// The message type of the codec, re-exported for users of [`codec`] and [`fsm`] (the fuzz targets, tests).
+pub use netgauze_bgp_pkt::BgpMessage;

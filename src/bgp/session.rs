@@ -293,33 +293,18 @@ impl Driver {
         let Some(conn) = self.conn.as_mut() else {
             return Vec::new();
         };
-        let mut events = Vec::new();
-        let mut at = 0;
-        loop {
-            match codec::frame_len(&conn.buf[at..]) {
-                Ok(None) => break,
-                Ok(Some(len)) => {
-                    let frame = &conn.buf[at..at + len];
-                    at += len;
-                    events.push(match codec::decode(frame, asn4) {
-                        Ok(Received::Message(m)) => Event::Received(m),
-                        Ok(Received::Update) => Event::ReceivedUpdate,
-                        Err(e) => Event::DecodeError {
-                            message: e.message,
-                            notification: e.notification,
-                        },
-                    });
-                }
-                Err(e) => {
-                    events.push(Event::DecodeError {
-                        message: e.message,
-                        notification: e.notification,
-                    });
-                    at = conn.buf.len();
-                    break;
-                }
-            }
-        }
+        let (results, at) = codec::decode_stream(&conn.buf, asn4);
+        let events = results
+            .into_iter()
+            .map(|r| match r {
+                Ok(Received::Message(m)) => Event::Received(m),
+                Ok(Received::Update) => Event::ReceivedUpdate,
+                Err(e) => Event::DecodeError {
+                    message: e.message,
+                    notification: e.notification,
+                },
+            })
+            .collect();
         conn.buf.drain(..at);
         events
     }
