@@ -759,3 +759,79 @@ impl Drop for NsSpeaker {
         }
     }
 }
+
+/// The lab's BGP side for `ironlb lab --bgp`: a router (AS [`LAB_ROUTER_AS`]) in the switch namespace peering with
+/// every node (AS [`LAB_NODE_AS`]), configured in the cluster by one BGPPeer and one BGPAdvertisement for the lab
+/// pool. Returns once the router holds a route for every VIP in `vips`, or after `limit`.
+pub async fn peer_lab(
+    lab: &super::cluster::Lab,
+    daemon: Daemon,
+    dir: &Path,
+    vips: &[IpAddr],
+    limit: Duration,
+) -> super::cluster::Result<(Router, Vec<PeerRoute>)> {
+    use super::cluster::Error as LabError;
+    use crate::config::crd::{BGPAdvertisement, BGPPeer};
+    use kube::api::{Api, PostParams};
+
+    let config = RouterConfig {
+        asn: LAB_ROUTER_AS,
+        router_id: super::topology::SWITCH_V4,
+        neighbors: lab
+            .topology
+            .nodes
+            .iter()
+            .map(|n| Neighbor {
+                address: IpAddr::V4(n.ipv4),
+                asn: LAB_NODE_AS,
+                password: None,
+                multihop: false,
+            })
+            .collect(),
+        graceful_restart: true,
+    };
+    let netns = lab.topology.switch.clone();
+    let dir = dir.to_path_buf();
+    let router = tokio::task::spawn_blocking(move || Router::start(daemon, &netns, &dir, config))
+        .await
+        .map_err(|e| LabError::Setup(e.to_string()))?
+        .map_err(|e| LabError::Setup(format!("starting {}: {e}", daemon.name())))?;
+    let pp = PostParams::default();
+    let peer: BGPPeer = serde_json::from_value(serde_json::json!({
+        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+        "metadata": {"name": "lab-router", "namespace": "metallb-system"},
+        "spec": {"myASN": LAB_NODE_AS, "peerASN": LAB_ROUTER_AS, "peerAddress": super::topology::SWITCH_V4.to_string(),
+                 "connectTime": "1s", "enableGracefulRestart": true},
+    }))
+    .map_err(|e| LabError::Setup(e.to_string()))?;
+    Api::<BGPPeer>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &peer)
+        .await?;
+    let adv: BGPAdvertisement = serde_json::from_value(serde_json::json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
+        "metadata": {"name": "lab-router", "namespace": "metallb-system"},
+        "spec": {"ipAddressPools": ["lab"], "communities": [format!("{LAB_NODE_AS}:80")]},
+    }))
+    .map_err(|e| LabError::Setup(e.to_string()))?;
+    Api::<BGPAdvertisement>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &adv)
+        .await?;
+    let want: Vec<IpNet> = vips.iter().map(|ip| IpNet::from(*ip)).collect();
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let r = tokio::task::block_in_place(|| router.routes());
+        if let Ok(r) = r {
+            seen = r;
+            if want.iter().all(|p| seen.iter().any(|r| r.prefix == *p)) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((router, seen))
+}
+
+/// AS numbers of the lab (documentation range).
+pub const LAB_ROUTER_AS: u32 = 64496;
+pub const LAB_NODE_AS: u32 = 64497;

@@ -19,6 +19,9 @@ pub struct LabArgs {
     /// Stay up after the demo, until Ctrl-C, and print how to reach the lab.
     #[arg(long)]
     pub keep: bool,
+    /// Also run a BGP router (gobgp, bird or frr) in the switch namespace, peering with every node.
+    #[arg(long, value_name = "DAEMON")]
+    pub bgp: Option<super::bgp::Daemon>,
 }
 
 /// Runs the demo, printing to `out`. Everything is torn down on return, and on Ctrl-C.
@@ -35,7 +38,7 @@ pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
         agent_args: Vec::new(),
     };
     let result = tokio::select! {
-        r = demo(options, args.keep, out) => r,
+        r = demo(options, args.keep, args.bgp, out) => r,
         // Ctrl-C or SIGTERM: either way the lab must be torn down, not left behind.
         _ = crate::agent::shutdown_signal() => {
             let _ = writeln!(out, "interrupted; tearing the lab down");
@@ -50,7 +53,13 @@ pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
     result
 }
 
-async fn demo(options: LabOptions, keep: bool, out: &mut impl Write) -> cluster::Result<()> {
+async fn demo(
+    options: LabOptions,
+    keep: bool,
+    bgp: Option<super::bgp::Daemon>,
+    out: &mut impl Write,
+) -> cluster::Result<()> {
+    let router_dir = options.dir.join("router");
     let nodes = options.nodes;
     writeln!(
         out,
@@ -111,6 +120,32 @@ async fn demo(options: LabOptions, keep: bool, out: &mut impl Write) -> cluster:
         }
     }
 
+    let mut router = None;
+    if let Some(daemon) = bgp {
+        let vips: Vec<IpAddr> = rows
+            .iter()
+            .flat_map(|r| r.vips.iter())
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let (r, routes) =
+            super::bgp::peer_lab(&lab, daemon, &router_dir, &vips, Duration::from_secs(30)).await?;
+        writeln!(
+            out,
+            "\nBGP: {} in {} peers with every node; it holds:",
+            daemon.name(),
+            r.netns
+        )?;
+        for route in &routes {
+            writeln!(
+                out,
+                "  {:<22} via {}",
+                route.prefix.to_string(),
+                route.next_hop
+            )?;
+        }
+        router = Some(r);
+    }
+
     // Failover: the owner of the first IPv4 VIP dies (agent killed, link cut), as a node would.
     let Some((vip, owner)) = rows.iter().find_map(|r| {
         let ip = r
@@ -143,6 +178,10 @@ async fn demo(options: LabOptions, keep: bool, out: &mut impl Write) -> cluster:
         writeln!(out, "client-if: {UPLINK}")?;
         for node in &lab.topology.nodes {
             writeln!(out, "node-netns: {} {}", node.name, node.netns)?;
+        }
+        if let Some(r) = &router {
+            writeln!(out, "router-netns: {}", r.netns)?;
+            writeln!(out, "router-cli: {}", r.cli_prefix().join(" "))?;
         }
         writeln!(out, "\ntry:")?;
         writeln!(
