@@ -210,9 +210,14 @@ fn route_load(n: u32) -> Option<(Duration, Duration)> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mrt_path = mrt_file.display().to_string();
-    let loaded = gobgp(&["mrt", "inject", "global", &mrt_path]).is_ok()
-        && gobgp(&["global", "rib", "summary"])
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&n.to_string()));
+    let inject = gobgp(&["mrt", "inject", "global", &mrt_path]);
+    if let Err(e) = &inject {
+        eprintln!("gobgp mrt inject: {e}");
+    }
+    let summary = gobgp(&["global", "rib", "summary"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    eprintln!("gobgpd RIB after inject: {summary:?}");
+    let loaded = inject.is_ok();
     let reference = if loaded {
         let _ = gobgp(&["neighbor", "192.0.2.1", "enable"]);
         measure_load(&router, "n2", n as usize)
@@ -305,9 +310,11 @@ async fn withdraw(trials: usize) -> Option<Vec<Duration>> {
         let prefix = ipnet::IpNet::from(vip);
         loop {
             let gone = tokio::task::block_in_place(|| {
-                router
-                    .cli(&["show", "route", &prefix.to_string()])
-                    .is_ok_and(|s| !s.contains(&prefix.to_string()))
+                router.routes().is_ok_and(|r| {
+                    !r.iter().any(|r| {
+                        r.prefix == prefix && r.next_hop == IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11))
+                    })
+                })
             });
             if gone {
                 samples.push(start.elapsed());
