@@ -1,8 +1,9 @@
 //! IronLB: LoadBalancer Services for bare-metal Kubernetes clusters.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 pub mod agent;
 pub mod alloc;
 pub mod arp;
+pub mod bgp;
 pub mod config;
 pub mod ipvs;
 pub mod k8s;

@@ -92,6 +92,8 @@ pub struct Announcer {
     notes: AnnouncementNotes,
     /// What the last pass wants bound on the VIP link, and the pools (whose addresses are ours to remove).
     wanted_bind: Option<(BTreeSet<IpAddr>, Vec<crate::config::Pool>)>,
+    /// VIPs this node advertises over BGP, listed in its `ironlb.io/vips` with the Layer 2 ones.
+    bgp_vips: BTreeSet<IpAddr>,
     /// What was last bound successfully; None forces the next bind to reconcile.
     bound: Option<BTreeSet<IpAddr>>,
     /// Until membership has found the other Ready nodes, or until this deadline, announce nothing: an agent that
@@ -192,6 +194,7 @@ impl Announcer {
             strict_reported: None,
             notes: AnnouncementNotes::default(),
             wanted_bind: None,
+            bgp_vips: BTreeSet::new(),
             bound: None,
             startup_hold: Some(Instant::now() + STARTUP_HOLD),
         };
@@ -285,6 +288,11 @@ impl Announcer {
 
     /// Plans this node's announcements and returns the writes that make them visible. `trigger` is when the change
     /// behind this pass was observed: a VIP this pass takes over is measured for failover from then.
+    /// The VIPs this node advertises over BGP, for its `ironlb.io/vips` annotation.
+    pub fn set_bgp_vips(&mut self, vips: BTreeSet<IpAddr>) {
+        self.bgp_vips = vips;
+    }
+
     pub fn pass(
         &mut self,
         state: &ClusterState,
@@ -369,6 +377,7 @@ impl Announcer {
         } else {
             String::new()
         };
+        let vips = plan::visibility::merge_vips(&vips, &self.bgp_vips);
         let node_obj: Option<&Node> = state
             .nodes
             .get(&crate::k8s::index::ObjectKey::new("", self.node.clone()));

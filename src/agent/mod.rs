@@ -35,6 +35,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
 pub mod announce;
+pub mod bgp;
 pub mod dataplane;
 
 use crate::config::crd::{
@@ -286,6 +287,13 @@ pub async fn run_with(
     )
     .await;
     announcer.refresh_local().await;
+    let bgp_metrics = bgp::BgpMetrics::register(&mut registry);
+    let mut bgp = bgp::BgpSpeaker::new(
+        &args.node_name,
+        &args.namespace,
+        client.clone(),
+        bgp_metrics,
+    );
     let mut refresh = tokio::time::interval(Duration::from_secs(2));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -359,7 +367,12 @@ pub async fn run_with(
                 *liveness.healthy.borrow(),
             );
             dataplane.update(&state, &validated);
-            let pass = announcer.pass(&state, &validated, &live, trigger);
+            let (bgp_notes, bgp_actions) =
+                bgp.sync(&state, &validated, args.lb_class.as_deref()).await;
+            announcer.set_bgp_vips(bgp.advertised().clone());
+            let mut pass = announcer.pass(&state, &validated, &live, trigger);
+            pass.node_notes.extend(bgp_notes);
+            pass.services.extend(bgp_actions);
             announcer.bind().await;
             if writer
                 .apply_own(&mut state, &args.node_name, pass)
@@ -409,6 +422,7 @@ pub async fn run_with(
                 }
             }
             _ = refresh.tick() => {
+                bgp.record();
                 if announcer.refresh_local().await || announcer.holding() {
                     announce_due.get_or_insert_with(std::time::Instant::now);
                 }
@@ -449,6 +463,8 @@ pub async fn run_with(
         }
     }
     stop_tx.send_replace(true);
+    // Close the sessions without a Cease: peers with graceful restart keep the routes while the agent restarts.
+    bgp.shutdown(true).await;
     let _ = elector_task.await;
     Ok(())
 }

@@ -858,9 +858,6 @@ fn peers(objects: &[Named<crd::BGPPeer>], out: &mut Validated) {
         if s.local_asn.is_some() {
             f.warn("spec.localASN", NOT_ACTED_ON);
         }
-        if s.enable_graceful_restart == Some(true) {
-            f.warn("spec.enableGracefulRestart", NOT_ACTED_ON);
-        }
         if s.dual_stack_address_family == Some(true) {
             f.warn("spec.dualStackAddressFamily", NOT_ACTED_ON);
         }

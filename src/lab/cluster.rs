@@ -550,6 +550,7 @@ fn node_object(node: &LabNode) -> Node {
         "status": {
             "addresses": [
                 {"type": "InternalIP", "address": node.ipv4.to_string()},
+                {"type": "InternalIP", "address": node.ipv6.to_string()},
                 {"type": "Hostname", "address": node.name},
             ],
             "conditions": [{"type": "Ready", "status": "True"}],

@@ -23,6 +23,9 @@ pub struct LabArgs {
     /// agent programs its node's IPVS, where the kernel has it).
     #[arg(long, value_enum, default_value_t = crate::agent::dataplane::Mode::Integrated)]
     pub dataplane: crate::agent::dataplane::Mode,
+    /// Also run a BGP router (gobgp, bird or frr) in the switch namespace, peering with every node.
+    #[arg(long, value_name = "DAEMON")]
+    pub bgp: Option<super::bgp::Daemon>,
 }
 
 /// Whether this kernel has IPVS: its /proc file, or its generic-netlink family (the module loads on demand).
@@ -78,7 +81,7 @@ pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
         writeln!(out, "{note}")?;
     }
     let result = tokio::select! {
-        r = demo(options, args.keep, out) => r,
+        r = demo(options, args.keep, args.bgp, out) => r,
         // Ctrl-C or SIGTERM: either way the lab must be torn down, not left behind.
         _ = crate::agent::shutdown_signal() => {
             let _ = writeln!(out, "interrupted; tearing the lab down");
@@ -93,7 +96,13 @@ pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
     result
 }
 
-async fn demo(options: LabOptions, keep: bool, out: &mut impl Write) -> cluster::Result<()> {
+async fn demo(
+    options: LabOptions,
+    keep: bool,
+    bgp: Option<super::bgp::Daemon>,
+    out: &mut impl Write,
+) -> cluster::Result<()> {
+    let router_dir = options.dir.join("router");
     let nodes = options.nodes;
     writeln!(
         out,
@@ -154,6 +163,32 @@ async fn demo(options: LabOptions, keep: bool, out: &mut impl Write) -> cluster:
         }
     }
 
+    let mut router = None;
+    if let Some(daemon) = bgp {
+        let vips: Vec<IpAddr> = rows
+            .iter()
+            .flat_map(|r| r.vips.iter())
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let (r, routes) =
+            super::bgp::peer_lab(&lab, daemon, &router_dir, &vips, Duration::from_secs(30)).await?;
+        writeln!(
+            out,
+            "\nBGP: {} in {} peers with every node; it holds:",
+            daemon.name(),
+            r.netns
+        )?;
+        for route in &routes {
+            writeln!(
+                out,
+                "  {:<22} via {}",
+                route.prefix.to_string(),
+                route.next_hop
+            )?;
+        }
+        router = Some(r);
+    }
+
     // Failover: the owner of the first IPv4 VIP dies (agent killed, link cut), as a node would.
     let Some((vip, owner)) = rows.iter().find_map(|r| {
         let ip = r
@@ -186,6 +221,10 @@ async fn demo(options: LabOptions, keep: bool, out: &mut impl Write) -> cluster:
         writeln!(out, "client-if: {UPLINK}")?;
         for node in &lab.topology.nodes {
             writeln!(out, "node-netns: {} {}", node.name, node.netns)?;
+        }
+        if let Some(r) = &router {
+            writeln!(out, "router-netns: {}", r.netns)?;
+            writeln!(out, "router-cli: {}", r.cli_prefix().join(" "))?;
         }
         writeln!(out, "\ntry:")?;
         writeln!(

@@ -4,6 +4,7 @@
 //! used by `ironlb agent` in a real cluster; the agent only ever sees the lab through the Kubernetes API it serves.
 
 pub mod api;
+pub mod bgp;
 pub mod cluster;
 pub mod demo;
 pub mod faults;

@@ -34,6 +34,16 @@ pub fn node_vips(node: &str, groups: &[VipGroup], owners: &BTreeMap<GroupKey, St
         .join(",")
 }
 
+/// A [`VIPS_ANNOTATION`] value with `more` VIPs added (those a node advertises over BGP), in the same order.
+pub fn merge_vips(value: &str, more: &BTreeSet<IpAddr>) -> String {
+    let mut ips: BTreeSet<IpAddr> = value.split(',').filter_map(|s| s.parse().ok()).collect();
+    ips.extend(more.iter().copied());
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// The [`ANNOUNCED_BY_ANNOTATION`] value of every Service whose group has an owner. A Service missing here is
 /// announced by no node, and its annotation is removed.
 pub fn announced_by(

@@ -1,0 +1,362 @@
+//! BGP figures with real routing daemons, in network namespaces (needs root, gobgpd and bird2):
+//!
+//! - (a) route load: 10,000 /32 VIP routes advertised to BIRD; the time from the session being Established at BIRD
+//!   until BIRD holds all 10,000. In the same run, to the same BIRD, gobgpd originates the same 10,000 prefixes
+//!   (loaded into its RIB from an MRT dump before its session is enabled), measured the same way: BIRD's
+//!   `show protocols` and `show route protocol P count`, polled every 5 ms.
+//! - (b) withdraw: two real agents in the lab peer with BIRD; a Local Service's only endpoint is removed and the
+//!   time until BIRD no longer holds the route from that node is measured (birdc polled every 5 ms, so the figure
+//!   includes up to ~10 ms of polling).
+//!
+//! `cargo bench --bench bgp_lab` prints a table; under `cargo test --benches` a smaller smoke version runs. Nothing
+//! is asserted about timings.
+
+#[path = "support/mod.rs"]
+mod support;
+use support::{ms, percentile};
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ironlb::bgp::codec::RouteAttrs;
+use ironlb::bgp::fsm::{FsmConfig, PeerAs};
+use ironlb::bgp::session::{RouteSet, SessionConfig};
+use ironlb::lab::bgp::{Daemon, Neighbor, NsSpeaker, Router, RouterConfig};
+use ironlb::lab::cluster::{Lab, LabOptions, is_root};
+use ironlb::lab::topology::{Topology, run_in};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn prefixes(n: u32) -> Vec<Ipv4Addr> {
+    // 10.x is not a documentation range, but 10,000 host routes do not fit in them; they exist only inside the
+    // benchmark's namespaces.
+    (0..n).map(|i| Ipv4Addr::from(0x0a00_0000 + i)).collect()
+}
+
+/// An MRT TABLE_DUMP_V2 file (RFC 6396) holding `prefixes` as /32s with next hop `nh`, for `gobgp mrt inject`.
+fn mrt(prefixes: &[Ipv4Addr], nh: Ipv4Addr, asn: u32) -> Vec<u8> {
+    fn record(out: &mut Vec<u8>, subtype: u16, body: &[u8]) {
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&13u16.to_be_bytes());
+        out.extend_from_slice(&subtype.to_be_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    let mut out = Vec::new();
+    let mut peers = Vec::new();
+    peers.extend_from_slice(&nh.octets()); // collector id
+    peers.extend_from_slice(&0u16.to_be_bytes()); // view name length
+    peers.extend_from_slice(&1u16.to_be_bytes());
+    peers.push(0x02); // IPv4 peer, 4-byte AS
+    peers.extend_from_slice(&nh.octets());
+    peers.extend_from_slice(&nh.octets());
+    peers.extend_from_slice(&asn.to_be_bytes());
+    record(&mut out, 1, &peers);
+    for (seq, p) in prefixes.iter().enumerate() {
+        let mut attrs = vec![0x40, 1, 1, 0]; // ORIGIN IGP
+        attrs.extend_from_slice(&[0x40, 2, 0]); // empty AS_PATH
+        attrs.extend_from_slice(&[0x40, 3, 4]);
+        attrs.extend_from_slice(&nh.octets());
+        let mut body = Vec::new();
+        body.extend_from_slice(&(seq as u32).to_be_bytes());
+        body.push(32);
+        body.extend_from_slice(&p.octets());
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(&0u16.to_be_bytes());
+        body.extend_from_slice(&0u32.to_be_bytes());
+        body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        body.extend_from_slice(&attrs);
+        record(&mut out, 2, &body);
+    }
+    out
+}
+
+fn bird_established(router: &Router, proto: &str) -> bool {
+    router
+        .cli(&["show", "protocols", proto])
+        .is_ok_and(|s| s.contains("Established"))
+}
+
+fn bird_count(router: &Router, proto: &str) -> usize {
+    router
+        .cli(&["show", "route", "protocol", proto, "count"])
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Polls BIRD: the instant protocol `proto` is Established, then the instant it holds `n` routes.
+fn measure_load(router: &Router, proto: &str, n: usize) -> Option<(Duration, Duration)> {
+    let start = Instant::now();
+    while !bird_established(router, proto) {
+        if start.elapsed() > LIMIT {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let established = Instant::now();
+    while bird_count(router, proto) < n {
+        if established.elapsed() > LIMIT {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Some((established.elapsed(), established - start))
+}
+
+fn route_load(n: u32) -> Option<(Duration, Duration)> {
+    let topo = Topology::create(&format!("ilb-bgpb-{}", std::process::id()), 2).ok()?;
+    let dir = tempfile::tempdir().ok()?;
+    let router = Router::start(
+        Daemon::Bird,
+        &topo.switch,
+        &dir.path().join("bird"),
+        RouterConfig {
+            asn: 64496,
+            router_id: Ipv4Addr::new(192, 0, 2, 1),
+            neighbors: vec![
+                Neighbor {
+                    address: "192.0.2.11".parse().unwrap(),
+                    asn: 64497,
+                    password: None,
+                    multihop: false,
+                },
+                Neighbor {
+                    address: "192.0.2.12".parse().unwrap(),
+                    asn: 64498,
+                    password: None,
+                    multihop: false,
+                },
+            ],
+            graceful_restart: false,
+        },
+    )
+    .ok()?;
+    let set: RouteSet = prefixes(n)
+        .into_iter()
+        .map(|p| (ipnet::IpNet::from(IpAddr::V4(p)), RouteAttrs::default()))
+        .collect();
+
+    // IronLB: the session starts with the whole route set.
+    let speaker = NsSpeaker::start(
+        &topo.nodes[0].netns,
+        SessionConfig {
+            name: "bench".into(),
+            peer: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 179),
+            source: None,
+            password: None,
+            ttl: 1,
+            connect_timeout: Duration::from_secs(2),
+            alt_next_hop: None,
+            fsm: FsmConfig {
+                local_asn: 64497,
+                peer_as: PeerAs::Fixed(64496),
+                router_id: Ipv4Addr::new(192, 0, 2, 11),
+                hold_time: 90,
+                keepalive: None,
+                connect_retry: Duration::from_secs(1),
+                graceful_restart: None,
+                ipv4: true,
+                ipv6: false,
+                restarted: false,
+            },
+        },
+        set,
+    )
+    .ok()?;
+    let ironlb = measure_load(&router, "n1", n as usize);
+    speaker.stop(false);
+
+    // GoBGP: RIB loaded first with the session administratively down, then enabled.
+    let conf = dir.path().join("gobgpd.toml");
+    std::fs::write(
+        &conf,
+        "[global.config]\n  as = 64498\n  router-id = \"192.0.2.12\"\n  port = -1\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"192.0.2.1\"\n    peer-as = 64496\n    admin-down = true\n",
+    )
+    .ok()?;
+    let mrt_file = dir.path().join("routes.mrt");
+    std::fs::File::create(&mrt_file)
+        .ok()?
+        .write_all(&mrt(&prefixes(n), Ipv4Addr::new(192, 0, 2, 12), 64498))
+        .ok()?;
+    let mut gobgpd = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.nodes[1].netns,
+            "gobgpd",
+            "-t",
+            "toml",
+            "-f",
+        ])
+        .arg(&conf)
+        .args(["--api-hosts", "127.0.0.1:50051"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let ns = topo.nodes[1].netns.clone();
+    let gobgp = |args: &[&str]| {
+        let mut full = vec!["gobgp"];
+        full.extend_from_slice(args);
+        run_in(&ns, &full)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gobgp(&["global"]).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mrt_path = mrt_file.display().to_string();
+    let inject = gobgp(&["mrt", "inject", "global", &mrt_path]);
+    if let Err(e) = &inject {
+        eprintln!("gobgp mrt inject: {e}");
+    }
+    let summary = gobgp(&["global", "rib", "summary"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string());
+    eprintln!("gobgpd RIB after inject: {summary:?}");
+    let loaded = inject.is_ok();
+    let reference = if loaded {
+        let _ = gobgp(&["neighbor", "192.0.2.1", "enable"]);
+        measure_load(&router, "n2", n as usize)
+    } else {
+        eprintln!("gobgpd did not load the MRT dump");
+        None
+    };
+    let _ = gobgpd.kill();
+    let _ = gobgpd.wait();
+    match (ironlb, reference) {
+        (Some((a, ae)), Some((b, be))) => {
+            println!(
+                "| (a) {n} routes to BIRD, Established → all held | IronLB {} (start → Established {}) | gobgpd {} (enable → Established {}) | {:.2}× |",
+                ms(a),
+                ms(ae),
+                ms(b),
+                ms(be),
+                a.as_secs_f64() / b.as_secs_f64()
+            );
+            Some((a, b))
+        }
+        other => {
+            eprintln!("route load incomplete: {other:?}");
+            None
+        }
+    }
+}
+
+async fn withdraw(trials: usize) -> Option<Vec<Duration>> {
+    let prefix = format!("ilb-bgpw-{}", std::process::id());
+    let mut lab = Lab::start(LabOptions {
+        nodes: 2,
+        services: 0,
+        dir: std::env::temp_dir().join(&prefix),
+        prefix,
+        binary: env!("CARGO_BIN_EXE_ironlb").into(),
+        strict_arp: "enforce".into(),
+        agent_args: Vec::new(),
+    })
+    .await
+    .ok()?;
+    let dir = tempfile::tempdir().ok()?;
+    let vips: Vec<IpAddr> = Vec::new();
+    let (router, _) = ironlb::lab::bgp::peer_lab(
+        &lab,
+        Daemon::Bird,
+        dir.path(),
+        &vips,
+        Duration::from_secs(1),
+    )
+    .await
+    .ok()?;
+    let mut samples = Vec::new();
+    for i in 0..trials {
+        let name = format!("w{i}");
+        lab.create_demo_service(&name, false, true, Some(&["node-1"]))
+            .await
+            .ok()?;
+        // Wait for the route from node-1.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut vip = None;
+        while vip.is_none() && Instant::now() < deadline {
+            let routes = tokio::task::block_in_place(|| router.routes()).unwrap_or_default();
+            let svc: k8s_openapi::api::core::v1::Service =
+                kube::Api::namespaced(lab.client.clone(), "default")
+                    .get(&name)
+                    .await
+                    .ok()?;
+            let ip: Option<IpAddr> = svc
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|l| l.ingress)
+                .and_then(|v| {
+                    v.first()
+                        .and_then(|i| i.ip.as_deref().and_then(|s| s.parse().ok()))
+                });
+            if let Some(ip) = ip
+                && routes.iter().any(|r| {
+                    r.prefix == ipnet::IpNet::from(ip)
+                        && r.next_hop == IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11))
+                })
+            {
+                vip = Some(ip);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let vip = vip?;
+        let start = Instant::now();
+        lab.set_endpoints(&name, &[]).await.ok()?;
+        let prefix = ipnet::IpNet::from(vip);
+        loop {
+            let gone = tokio::task::block_in_place(|| {
+                router.routes().is_ok_and(|r| {
+                    !r.iter().any(|r| {
+                        r.prefix == prefix && r.next_hop == IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11))
+                    })
+                })
+            });
+            if gone {
+                samples.push(start.elapsed());
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                eprintln!("route {prefix} not withdrawn within 10 s");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    drop(router);
+    lab.kill_agent("node-1");
+    lab.kill_agent("node-2");
+    Some(samples)
+}
+
+fn main() {
+    if !is_root() {
+        println!("skipped: the BGP benchmarks need root to create network namespaces");
+        return;
+    }
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (n, trials) = if smoke { (500, 2) } else { (10_000, 10) };
+    println!("| measurement | IronLB | reference | ratio |");
+    println!("|---|---|---|---|");
+    let _ = route_load(n);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Some(mut samples) = rt.block_on(withdraw(trials)) {
+        samples.sort();
+        if !samples.is_empty() {
+            println!(
+                "| (b) withdraw: Local endpoint removed → route gone at BIRD ({} trials) | p50 {} / max {} | target ≤ 100 ms | |",
+                samples.len(),
+                ms(percentile(&samples, 0.5)),
+                ms(*samples.last().unwrap())
+            );
+        }
+    }
+}

@@ -1,0 +1,702 @@
+//! The agent's BGP side: from the BGPPeers and BGPAdvertisements (validated [`Config`]) and the eligibility the
+//! planner computes ([`PlanInput`]: for Local Services only nodes with a serving endpoint), it works out which
+//! sessions this node runs and which routes each carries, and keeps the [`Session`]s in step.
+//!
+//! ```text
+//!  ClusterState + Config ──PlanInput──▶ plan() ──per peer: SessionConfig + RouteSet──▶ BgpSpeaker ──▶ Session(s)
+//! ```
+//!
+//! [`plan`] is pure; [`BgpSpeaker`] owns the sessions, reads MD5 passwords from Secrets and reports what it cannot
+//! do (a `vrf`, a `bfdProfile`, an interface peer) as Warning Events, once per peer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::Api;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+
+use crate::alloc::ServiceKey;
+use crate::bgp::fsm::{FsmConfig, PeerAs, State};
+use crate::bgp::session::{RouteSet, Session, SessionConfig, SessionStatus};
+use crate::config::{Config, Labels, PeerEndpoint, PeerPassword, RemoteAsn, Validated};
+use crate::k8s::allocation::ServiceAction;
+use crate::k8s::events::Note;
+use crate::k8s::index::ObjectKey;
+use crate::k8s::state::ClusterState;
+use crate::plan::PlanInput;
+use crate::plan::visibility::ANNOUNCED_BY_ANNOTATION;
+
+/// The key of a `passwordSecret` Secret holding the password (a `kubernetes.io/basic-auth` Secret).
+pub const PASSWORD_KEY: &str = "password";
+/// Hold time when the BGPPeer sets none.
+pub const DEFAULT_HOLD_TIME: u16 = 90;
+/// First reconnect delay when the BGPPeer sets no `connectTime`.
+pub const DEFAULT_CONNECT_TIME: Duration = Duration::from_secs(5);
+/// Restart time announced with graceful restart.
+pub const RESTART_TIME: u16 = 120;
+
+/// A session this node should run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerPlan {
+    pub config: SessionConfig,
+    pub routes: RouteSet,
+    /// The password comes from this Secret (namespace, name), to be filled in by the caller.
+    pub password_secret: Option<(String, String)>,
+}
+
+/// What [`plan`] decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BgpPlan {
+    pub peers: BTreeMap<String, PeerPlan>,
+    /// Per BGPPeer, the fields that cannot be honoured, one sentence each.
+    pub warnings: BTreeMap<String, Vec<String>>,
+    /// For every VIP group advertised over BGP by some node: the nodes advertising it.
+    pub advertisers: BTreeMap<IpAddr, BTreeSet<String>>,
+}
+
+/// This node's addresses as its Node object lists them (InternalIP first, then ExternalIP).
+pub fn node_addresses(state: &ClusterState, node: &str) -> Vec<IpAddr> {
+    let Some(n) = state.nodes.get(&ObjectKey::new("", node.to_string())) else {
+        return Vec::new();
+    };
+    let mut addrs: Vec<(u8, IpAddr)> = n
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let rank = match a.type_.as_str() {
+                "InternalIP" => 0,
+                "ExternalIP" => 1,
+                _ => return None,
+            };
+            a.address.parse().ok().map(|ip| (rank, ip))
+        })
+        .collect();
+    addrs.sort_by_key(|(rank, _)| *rank);
+    addrs.into_iter().map(|(_, ip)| ip).collect()
+}
+
+fn peer_selects(peer: &crate::config::Peer, labels: &Labels) -> bool {
+    peer.node_selectors.is_empty() || peer.node_selectors.iter().any(|s| s.matches(labels))
+}
+
+/// Sessions and routes of `node`. `agent_namespace` is where a `passwordSecret` without namespace is read.
+pub fn plan(
+    node: &str,
+    state: &ClusterState,
+    config: &Config,
+    input: &PlanInput,
+    agent_namespace: &str,
+) -> BgpPlan {
+    let mut out = BgpPlan::default();
+    let labels_of = |n: &str| {
+        input
+            .nodes
+            .iter()
+            .find(|i| i.name == n)
+            .map(|i| i.labels.clone())
+    };
+    let Some(node_labels) = labels_of(node) else {
+        return out;
+    };
+    let addresses = node_addresses(state, node);
+    let service_labels = |key: &ServiceKey| -> Labels {
+        state
+            .services
+            .get(&ObjectKey::new(key.namespace.clone(), key.name.clone()))
+            .and_then(|s| s.metadata.labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    };
+
+    // Peers usable at all, and the warnings for the others.
+    let mut usable: Vec<&crate::config::Peer> = Vec::new();
+    for peer in config.peers.values() {
+        let mut warnings = Vec::new();
+        let mut skip = false;
+        if let Some(vrf) = peer.vrf.as_ref().filter(|v| !v.is_empty()) {
+            warnings.push(format!(
+                "spec.vrf {vrf:?} is not supported: no session is made to this peer"
+            ));
+            skip = true;
+        }
+        if let Some(bfd) = &peer.bfd_profile {
+            warnings.push(format!(
+                "spec.bfdProfile {bfd:?} is not supported: the session runs without BFD"
+            ));
+        }
+        if let PeerEndpoint::Interface(i) = &peer.endpoint {
+            warnings.push(format!(
+                "spec.interface {i:?} (unnumbered BGP) is not supported: no session is made"
+            ));
+            skip = true;
+        }
+        if !warnings.is_empty() {
+            out.warnings.insert(peer.name.clone(), warnings);
+        }
+        if !skip {
+            usable.push(peer);
+        }
+    }
+
+    // Which nodes advertise which group (for `announced-by`): eligible nodes that run a session to some peer.
+    for g in &input.groups {
+        let nodes: BTreeSet<String> = g
+            .bgp_nodes
+            .iter()
+            .filter(|n| labels_of(n).is_some_and(|l| usable.iter().any(|p| peer_selects(p, &l))))
+            .cloned()
+            .collect();
+        if !nodes.is_empty() {
+            out.advertisers.insert(g.key.0, nodes);
+        }
+    }
+
+    for peer in usable.into_iter().filter(|p| peer_selects(p, &node_labels)) {
+        let PeerEndpoint::Address(address) = peer.endpoint else {
+            continue;
+        };
+        let mut routes = RouteSet::new();
+        for g in input.groups.iter().filter(|g| g.bgp_nodes.contains(node)) {
+            let services: Vec<Labels> = g.services.keys().map(service_labels).collect();
+            for ip in &g.ips {
+                let Some(pool) = config.pools.values().find(|p| p.contains(ip)) else {
+                    continue;
+                };
+                for adv in config.bgp_advertisements.values() {
+                    let applies = adv.pools.contains(&pool.name)
+                        && (adv.node_selectors.is_empty()
+                            || adv.node_selectors.iter().any(|s| s.matches(&node_labels)))
+                        && (adv.service_selectors.is_empty()
+                            || services
+                                .iter()
+                                .all(|l| adv.service_selectors.iter().any(|s| s.matches(l))))
+                        && (adv.peers.is_empty() || adv.peers.contains(&peer.name));
+                    if !applies {
+                        continue;
+                    }
+                    let len = match ip {
+                        IpAddr::V4(_) => adv.aggregation_length,
+                        IpAddr::V6(_) => adv.aggregation_length_v6,
+                    };
+                    let Ok(prefix) = IpNet::new(*ip, len) else {
+                        continue;
+                    };
+                    let attrs = routes.entry(prefix.trunc()).or_default();
+                    attrs.communities.extend(adv.communities.iter().copied());
+                    attrs.local_pref = attrs.local_pref.max(adv.local_pref);
+                }
+            }
+        }
+        let (peer_as, ebgp) = match peer.remote_asn {
+            RemoteAsn::Fixed(a) => (PeerAs::Fixed(a), a != peer.my_asn),
+            RemoteAsn::Internal => (PeerAs::Internal, false),
+            RemoteAsn::External => (PeerAs::External, true),
+        };
+        let family_match = |ip: &IpAddr| ip.is_ipv4() == address.is_ipv4();
+        let router_id = peer
+            .router_id
+            .or_else(|| {
+                addresses.iter().find_map(|a| match a {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+            })
+            .unwrap_or_else(|| {
+                // No IPv4 address to derive it from: any stable non-zero value identifies this node's speaker.
+                let h = node.bytes().fold(2166136261u32, |h, b| {
+                    (h ^ u32::from(b)).wrapping_mul(16777619)
+                });
+                Ipv4Addr::from(h | 1)
+            });
+        let connect_retry = peer
+            .connect_time
+            .unwrap_or(DEFAULT_CONNECT_TIME)
+            .max(Duration::from_secs(1));
+        let config = SessionConfig {
+            name: peer.name.clone(),
+            peer: SocketAddr::new(address, peer.port),
+            source: peer.source_address,
+            password: match &peer.password {
+                Some(PeerPassword::Inline(p)) => Some(p.clone()),
+                _ => None,
+            },
+            ttl: if ebgp && !peer.ebgp_multi_hop { 1 } else { 255 },
+            connect_timeout: connect_retry.min(Duration::from_secs(30)),
+            alt_next_hop: if peer.disable_mp {
+                None
+            } else {
+                addresses.iter().find(|a| !family_match(a)).copied()
+            },
+            fsm: FsmConfig {
+                local_asn: peer.my_asn,
+                peer_as,
+                router_id,
+                hold_time: peer
+                    .hold_time
+                    .map_or(DEFAULT_HOLD_TIME, |d| d.as_secs().min(65535) as u16),
+                keepalive: peer.keepalive_time,
+                connect_retry,
+                graceful_restart: peer.graceful_restart.then_some(RESTART_TIME),
+                ipv4: !peer.disable_mp || address.is_ipv4(),
+                ipv6: !peer.disable_mp || address.is_ipv6(),
+                restarted: true,
+            },
+        };
+        let password_secret = match &peer.password {
+            Some(PeerPassword::Secret { name, namespace }) => Some((
+                namespace
+                    .clone()
+                    .unwrap_or_else(|| agent_namespace.to_string()),
+                name.clone(),
+            )),
+            _ => None,
+        };
+        out.peers.insert(
+            peer.name.clone(),
+            PeerPlan {
+                config,
+                routes,
+                password_secret,
+            },
+        );
+    }
+    out
+}
+
+/// The `announced-by` writes for BGP-advertised Services: the advertising nodes, comma-separated, written by the
+/// first of them. Groups that also have Layer 2 nodes keep the Layer 2 owner's annotation.
+pub fn service_actions(
+    node: &str,
+    state: &ClusterState,
+    input: &PlanInput,
+    plan: &BgpPlan,
+) -> Vec<ServiceAction> {
+    let mut actions = Vec::new();
+    for g in input.groups.iter().filter(|g| g.l2_nodes.is_empty()) {
+        let Some(nodes) = plan.advertisers.get(&g.key.0) else {
+            continue;
+        };
+        if nodes.iter().next().map(String::as_str) != Some(node) {
+            continue;
+        }
+        let value = nodes.iter().cloned().collect::<Vec<_>>().join(",");
+        for key in g.services.keys() {
+            let okey = ObjectKey::new(key.namespace.clone(), key.name.clone());
+            let Some(svc) = state.services.get(&okey) else {
+                continue;
+            };
+            let current = svc
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ANNOUNCED_BY_ANNOTATION));
+            if current == Some(&value) {
+                continue;
+            }
+            actions.push(ServiceAction {
+                service: okey,
+                reference: kube::Resource::object_ref(svc, &()),
+                status: None,
+                metadata: Some(
+                    json!({ "metadata": { "annotations": { ANNOUNCED_BY_ANNOTATION: value } } }),
+                ),
+                notes: Vec::new(),
+            });
+        }
+    }
+    actions
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
+}
+
+/// BGP metrics, per peer.
+#[derive(Clone, Default)]
+pub struct BgpMetrics {
+    established: Family<PeerLabels, Gauge>,
+    prefixes: Family<PeerLabels, Gauge>,
+    updates: Family<PeerLabels, Counter>,
+    flaps: Family<PeerLabels, Counter>,
+}
+
+impl BgpMetrics {
+    pub fn register(registry: &mut Registry) -> BgpMetrics {
+        let m = BgpMetrics::default();
+        registry.register(
+            "ironlb_bgp_session_up",
+            "1 while the session to the peer is Established",
+            m.established.clone(),
+        );
+        registry.register(
+            "ironlb_bgp_prefixes_advertised",
+            "Prefixes the peer holds from this node",
+            m.prefixes.clone(),
+        );
+        registry.register(
+            "ironlb_bgp_updates_sent",
+            "UPDATE messages sent to the peer",
+            m.updates.clone(),
+        );
+        registry.register(
+            "ironlb_bgp_session_flaps",
+            "Times an Established session went down",
+            m.flaps.clone(),
+        );
+        m
+    }
+}
+
+struct Running {
+    config: SessionConfig,
+    session: Session,
+    /// Counters already added to the metrics.
+    seen_updates: u64,
+    seen_flaps: u64,
+}
+
+/// This node's sessions.
+pub struct BgpSpeaker {
+    node: String,
+    namespace: String,
+    client: Client,
+    sessions: BTreeMap<String, Running>,
+    warned: BTreeMap<String, Vec<String>>,
+    metrics: BgpMetrics,
+    advertised: BTreeSet<IpAddr>,
+}
+
+impl BgpSpeaker {
+    pub fn new(node: &str, namespace: &str, client: Client, metrics: BgpMetrics) -> BgpSpeaker {
+        BgpSpeaker {
+            node: node.to_string(),
+            namespace: namespace.to_string(),
+            client,
+            sessions: BTreeMap::new(),
+            warned: BTreeMap::new(),
+            metrics,
+            advertised: BTreeSet::new(),
+        }
+    }
+
+    /// One pass: recomputes the plan, starts, restarts and stops sessions, hands each its routes. Returns the
+    /// Warning notes not reported before and the `announced-by` writes.
+    pub async fn sync(
+        &mut self,
+        state: &ClusterState,
+        validated: &Validated,
+        lb_class: Option<&str>,
+    ) -> (Vec<Note>, Vec<ServiceAction>) {
+        let input = PlanInput::from_cluster(state, &validated.config, lb_class);
+        let mut plan = plan(
+            &self.node,
+            state,
+            &validated.config,
+            &input,
+            &self.namespace,
+        );
+        let mut notes = Vec::new();
+        for (peer, warnings) in &plan.warnings {
+            if self.warned.get(peer) != Some(warnings) {
+                for w in warnings {
+                    tracing::warn!(peer = %peer, node = %self.node, "BGPPeer {peer}: {w}");
+                    notes.push(Note::warning(
+                        "BGPPeerUnsupportedField",
+                        format!("BGPPeer {peer}: {w}"),
+                    ));
+                }
+            }
+        }
+        self.warned = plan.warnings.clone();
+        for (name, p) in plan.peers.iter_mut() {
+            if let Some((ns, secret)) = &p.password_secret {
+                match self.secret_password(ns, secret).await {
+                    Ok(pw) => p.config.password = Some(pw),
+                    Err(e) => {
+                        tracing::warn!(peer = %name, "BGPPeer {name}: passwordSecret {ns}/{secret}: {e}; the session waits for it");
+                        let msg = format!("BGPPeer {name}: passwordSecret {ns}/{secret}: {e}");
+                        if self.warned.entry(name.clone()).or_default().last() != Some(&msg) {
+                            self.warned
+                                .entry(name.clone())
+                                .or_default()
+                                .push(msg.clone());
+                            notes.push(Note::warning("BGPPeerPasswordMissing", msg));
+                        }
+                    }
+                }
+            }
+        }
+        plan.peers
+            .retain(|_, p| p.password_secret.is_none() || p.config.password.is_some());
+
+        // Stop sessions no longer wanted or whose parameters changed.
+        let stale: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(name, r)| plan.peers.get(*name).is_none_or(|p| p.config != r.config))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            if let Some(r) = self.sessions.remove(&name) {
+                tracing::info!(peer = %name, "stopping BGP session");
+                self.metrics
+                    .established
+                    .get_or_create(&PeerLabels { peer: name.clone() })
+                    .set(0);
+                self.metrics
+                    .prefixes
+                    .get_or_create(&PeerLabels { peer: name.clone() })
+                    .set(0);
+                r.session.stop(false).await;
+            }
+        }
+        let actions = service_actions(&self.node, state, &input, &plan);
+        let prefixes: BTreeSet<IpNet> = plan
+            .peers
+            .values()
+            .flat_map(|p| p.routes.keys().copied())
+            .collect();
+        for (name, p) in plan.peers {
+            match self.sessions.get(&name) {
+                Some(r) => r.session.set_routes(p.routes),
+                None => {
+                    tracing::info!(peer = %name, address = %p.config.peer, "starting BGP session");
+                    let session = Session::spawn(p.config.clone(), p.routes);
+                    self.sessions.insert(
+                        name,
+                        Running {
+                            config: p.config,
+                            session,
+                            seen_updates: 0,
+                            seen_flaps: 0,
+                        },
+                    );
+                }
+            }
+        }
+        // The VIPs themselves for the node annotation, not the aggregates that may carry them.
+        let vips: BTreeSet<IpAddr> = input
+            .groups
+            .iter()
+            .filter(|g| g.bgp_nodes.contains(&self.node))
+            .flat_map(|g| g.ips.iter().copied())
+            .filter(|ip| prefixes.iter().any(|p| p.contains(ip)))
+            .collect();
+        self.advertised = vips;
+        self.record();
+        (notes, actions)
+    }
+
+    async fn secret_password(&self, namespace: &str, name: &str) -> Result<String, String> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("cannot read the Secret: {e}"))?
+            .ok_or_else(|| "the Secret does not exist".to_string())?;
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(PASSWORD_KEY))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|d| d.get(PASSWORD_KEY))
+                    .cloned()
+            })
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| format!("the Secret has no non-empty `{PASSWORD_KEY}`"))
+    }
+
+    /// Updates the per-peer metrics from the sessions' status.
+    pub fn record(&mut self) {
+        for (name, r) in self.sessions.iter_mut() {
+            let s: SessionStatus = r.session.status();
+            let labels = PeerLabels { peer: name.clone() };
+            self.metrics
+                .established
+                .get_or_create(&labels)
+                .set(i64::from(s.state == State::Established));
+            self.metrics
+                .prefixes
+                .get_or_create(&labels)
+                .set(s.advertised as i64);
+            self.metrics
+                .updates
+                .get_or_create(&labels)
+                .inc_by(s.updates_sent.saturating_sub(r.seen_updates));
+            self.metrics
+                .flaps
+                .get_or_create(&labels)
+                .inc_by(s.flaps.saturating_sub(r.seen_flaps));
+            r.seen_updates = s.updates_sent;
+            r.seen_flaps = s.flaps;
+        }
+    }
+
+    /// The VIPs this node advertises over BGP (for the node's `ironlb.io/vips`).
+    pub fn advertised(&self) -> &BTreeSet<IpAddr> {
+        &self.advertised
+    }
+
+    /// Each session's peer name and status.
+    pub fn statuses(&self) -> Vec<(String, SessionStatus)> {
+        self.sessions
+            .iter()
+            .map(|(n, r)| (n.clone(), r.session.status()))
+            .collect()
+    }
+
+    /// Stops every session. `graceful` (agent restart): no Cease, so peers with graceful restart keep the routes.
+    pub async fn shutdown(self, graceful: bool) {
+        for (_, r) in self.sessions {
+            r.session.stop(graceful).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::input::testing::{Ep, NodeExt, SvcExt, cluster, node, slice, svc};
+
+    const BASE: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pool, namespace: metallb-system}\nspec: {addresses: [203.0.113.0/24, '2001:db8:5::/64']}\n---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: router, namespace: metallb-system}\nspec: {myASN: 64497, peerASN: 64496, peerAddress: 192.0.2.1}";
+
+    fn adv(spec: &str) -> String {
+        format!(
+            "{BASE}\n---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {{name: adv, namespace: metallb-system}}\nspec: {spec}"
+        )
+    }
+
+    fn config(yaml: &str) -> Config {
+        let mut sources = crate::config::Sources::default();
+        for doc in yaml.split("\n---\n") {
+            let value: serde_yaml::Value = serde_yaml::from_str(doc).expect("test yaml");
+            match value["kind"].as_str() {
+                Some("IPAddressPool") => sources
+                    .pools
+                    .push(serde_yaml::from_value(value).expect("pool")),
+                Some("BGPAdvertisement") => sources
+                    .bgp_advertisements
+                    .push(serde_yaml::from_value(value).expect("adv")),
+                Some("BGPPeer") => sources
+                    .peers
+                    .push(serde_yaml::from_value(value).expect("peer")),
+                other => panic!("unexpected kind {other:?}"),
+            }
+        }
+        let validated = crate::config::validate(&sources);
+        assert!(validated.errors.is_empty(), "{:?}", validated.errors);
+        validated.config
+    }
+
+    fn plan_for(this: &str, yaml: &str, local: bool, endpoints: &[Ep]) -> BgpPlan {
+        let cfg = config(yaml);
+        let service = if local {
+            svc("svc").local("web")
+        } else {
+            svc("svc")
+        }
+        .status(&["203.0.113.5"]);
+        let state = cluster(
+            vec![service],
+            vec![slice("svc", endpoints)],
+            vec![
+                node("n1").label("kubernetes.io/hostname", "n1"),
+                node("n2").label("kubernetes.io/hostname", "n2"),
+            ],
+        );
+        let input = PlanInput::from_cluster(&state, &cfg, None);
+        plan(this, &state, &cfg, &input, "ironlb-system")
+    }
+
+    #[test]
+    fn host_routes_with_communities_and_local_pref() {
+        let p = plan_for(
+            "n1",
+            &adv("{communities: ['64497:1', 'large:64497:2:3'], localPref: 50}"),
+            false,
+            &[Ep::Ready("n2")],
+        );
+        let peer = &p.peers["router"];
+        assert_eq!(peer.config.peer, "192.0.2.1:179".parse().unwrap());
+        assert_eq!(peer.config.ttl, 1, "single-hop eBGP");
+        let attrs = &peer.routes[&"203.0.113.5/32".parse::<IpNet>().unwrap()];
+        assert_eq!(attrs.local_pref, Some(50));
+        assert_eq!(attrs.communities.len(), 2);
+        assert_eq!(
+            p.advertisers[&"203.0.113.5".parse::<IpAddr>().unwrap()].len(),
+            2
+        );
+    }
+
+    #[test]
+    fn local_service_only_from_nodes_with_endpoints() {
+        let yaml = adv("{}");
+        let p1 = plan_for("n1", &yaml, true, &[Ep::Ready("n2")]);
+        let p2 = plan_for("n2", &yaml, true, &[Ep::Ready("n2")]);
+        assert!(
+            p1.peers["router"].routes.is_empty(),
+            "n1 has no local endpoint"
+        );
+        assert_eq!(p2.peers["router"].routes.len(), 1);
+        // The endpoint moves: the route moves with it.
+        let p1 = plan_for("n1", &yaml, true, &[Ep::Ready("n1")]);
+        let p2 = plan_for("n2", &yaml, true, &[Ep::Ready("n1")]);
+        assert_eq!(p1.peers["router"].routes.len(), 1);
+        assert!(p2.peers["router"].routes.is_empty());
+    }
+
+    #[test]
+    fn aggregation_and_peer_selection() {
+        let p = plan_for(
+            "n1",
+            &adv("{aggregationLength: 24, peers: [router]}"),
+            false,
+            &[Ep::Ready("n1")],
+        );
+        assert!(
+            p.peers["router"]
+                .routes
+                .contains_key(&"203.0.113.0/24".parse::<IpNet>().unwrap())
+        );
+        let p = plan_for("n1", &adv("{peers: [other]}"), false, &[Ep::Ready("n1")]);
+        assert!(p.peers["router"].routes.is_empty());
+    }
+
+    #[test]
+    fn unsupported_fields_warn() {
+        let yaml = adv("{}").replace(
+            "peerAddress: 192.0.2.1}",
+            "peerAddress: 192.0.2.1, vrf: red, ebgpMultiHop: true}",
+        );
+        let p = plan_for("n1", &yaml, false, &[Ep::Ready("n1")]);
+        assert!(p.peers.is_empty(), "a VRF peer gets no session");
+        assert!(p.warnings["router"][0].contains("vrf"));
+    }
+
+    #[test]
+    fn node_selectors_of_peer() {
+        let yaml = adv("{}").replace(
+            "peerAddress: 192.0.2.1}",
+            "peerAddress: 192.0.2.1, nodeSelectors: [{matchLabels: {kubernetes.io/hostname: n2}}]}",
+        );
+        let p = plan_for("n1", &yaml, false, &[Ep::Ready("n1")]);
+        assert!(p.peers.is_empty());
+    }
+}

@@ -1,0 +1,837 @@
+//! Real BGP routers for the lab, the interop tests and the benchmarks: GoBGP, BIRD or FRR running in a network
+//! namespace with a config this module writes, queried through the daemon's own CLI. Also [`NsSpeaker`], an
+//! in-process IronLB BGP session living in a node namespace.
+//!
+//! Routers are passive: the nodes connect to them. Dropping a [`Router`] kills its daemon.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::bgp::session::{RouteSet, Session, SessionConfig, SessionStatus};
+use crate::config::community::CommunityValue;
+
+/// Which routing daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    Gobgp,
+    Bird,
+    Frr,
+}
+
+impl std::str::FromStr for Daemon {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gobgp" | "gobgpd" => Ok(Daemon::Gobgp),
+            "bird" | "bird2" => Ok(Daemon::Bird),
+            "frr" => Ok(Daemon::Frr),
+            other => Err(format!(
+                "unknown BGP daemon {other:?}: expected gobgp, bird or frr"
+            )),
+        }
+    }
+}
+
+impl Daemon {
+    pub fn name(self) -> &'static str {
+        match self {
+            Daemon::Gobgp => "gobgp",
+            Daemon::Bird => "bird",
+            Daemon::Frr => "frr",
+        }
+    }
+}
+
+/// One neighbour of the router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Neighbor {
+    pub address: IpAddr,
+    pub asn: u32,
+    pub password: Option<String>,
+    /// The neighbour is more than one hop away.
+    pub multihop: bool,
+}
+
+/// What the router is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterConfig {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub neighbors: Vec<Neighbor>,
+    /// Keep a restarting neighbour's routes (RFC 4724 receiving side).
+    pub graceful_restart: bool,
+}
+
+/// A route as the router holds it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PeerRoute {
+    pub prefix: IpNet,
+    pub next_hop: IpAddr,
+    pub local_pref: Option<u32>,
+    pub communities: BTreeSet<CommunityValue>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Io(String),
+    #[error("{command} failed: {stderr}")]
+    Cli { command: String, stderr: String },
+    #[error("cannot parse {daemon} output: {message}")]
+    Parse {
+        daemon: &'static str,
+        message: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A daemon running in a namespace.
+pub struct Router {
+    pub daemon: Daemon,
+    pub netns: String,
+    pub dir: PathBuf,
+    pub config: RouterConfig,
+    child: Option<Child>,
+    frr_pids: Vec<u32>,
+}
+
+impl Router {
+    /// Writes the config into `dir` and starts the daemon in `netns`; returns once its CLI answers.
+    pub fn start(daemon: Daemon, netns: &str, dir: &Path, config: RouterConfig) -> Result<Router> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+        let mut r = Router {
+            daemon,
+            netns: netns.to_string(),
+            dir: dir.to_path_buf(),
+            config,
+            child: None,
+            frr_pids: Vec::new(),
+        };
+        r.launch()?;
+        Ok(r)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let dir = &self.dir;
+        let log = std::fs::File::create(dir.join(format!("{}.log", self.daemon.name())))
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let log2 = log.try_clone().map_err(|e| Error::Io(e.to_string()))?;
+        match self.daemon {
+            Daemon::Gobgp => {
+                let conf = dir.join("gobgpd.toml");
+                std::fs::write(&conf, gobgp_config(&self.config))
+                    .map_err(|e| Error::Io(e.to_string()))?;
+                let child = Command::new("ip")
+                    .args(["netns", "exec", &self.netns, "gobgpd", "-t", "toml", "-f"])
+                    .arg(&conf)
+                    .args(["--api-hosts", "127.0.0.1:50051", "--log-level", "info"])
+                    .stdout(log)
+                    .stderr(log2)
+                    .spawn()
+                    .map_err(|e| Error::Io(format!("gobgpd: {e}")))?;
+                self.child = Some(child);
+            }
+            Daemon::Bird => {
+                let conf = dir.join("bird.conf");
+                std::fs::write(&conf, bird_config(&self.config))
+                    .map_err(|e| Error::Io(e.to_string()))?;
+                let child = Command::new("ip")
+                    .args(["netns", "exec", &self.netns, "bird", "-f", "-c"])
+                    .arg(&conf)
+                    .arg("-s")
+                    .arg(dir.join("bird.ctl"))
+                    .arg("-P")
+                    .arg(dir.join("bird.pid"))
+                    .stdout(log)
+                    .stderr(log2)
+                    .spawn()
+                    .map_err(|e| Error::Io(format!("bird: {e}")))?;
+                self.child = Some(child);
+            }
+            Daemon::Frr => {
+                let conf = dir.join("bgpd.conf");
+                std::fs::write(&conf, frr_config(&self.config))
+                    .map_err(|e| Error::Io(e.to_string()))?;
+                // zebra is needed for vtysh; both daemons run with their sockets and pid files in `dir`.
+                let _ = std::fs::set_permissions(
+                    dir,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o777),
+                );
+                for (bin, extra) in [
+                    ("/usr/lib/frr/zebra", vec![]),
+                    (
+                        "/usr/lib/frr/bgpd",
+                        vec!["-f".to_string(), conf.display().to_string()],
+                    ),
+                ] {
+                    let name = bin.rsplit('/').next().unwrap_or(bin);
+                    let status = Command::new("ip")
+                        .args(["netns", "exec", &self.netns, bin, "-d", "--vty_socket"])
+                        .arg(dir)
+                        .arg("-i")
+                        .arg(dir.join(format!("{name}.pid")))
+                        .arg("-z")
+                        .arg(dir.join("zserv.api"))
+                        .args(extra)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .map_err(|e| Error::Io(format!("{bin}: {e}")))?;
+                    if !status.success() {
+                        return Err(Error::Io(format!("{bin} did not start ({status})")));
+                    }
+                    if let Ok(pid) = std::fs::read_to_string(dir.join(format!("{name}.pid")))
+                        && let Ok(pid) = pid.trim().parse()
+                    {
+                        self.frr_pids.push(pid);
+                    }
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.cli_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Io(format!(
+                    "{} in {} did not answer its CLI within 15 s",
+                    self.daemon.name(),
+                    self.netns
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn cli_ok(&self) -> bool {
+        let probe: &[&str] = match self.daemon {
+            Daemon::Gobgp => &["global"],
+            Daemon::Bird => &["show", "status"],
+            Daemon::Frr => &["-c", "show bgp summary"],
+        };
+        self.cli(probe).is_ok()
+    }
+
+    /// The command prefix that runs the daemon's CLI against this router.
+    pub fn cli_prefix(&self) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.netns.clone(),
+        ];
+        match self.daemon {
+            Daemon::Gobgp => v.extend(["gobgp".into(), "-p".into(), "50051".into()]),
+            Daemon::Bird => v.extend([
+                "birdc".into(),
+                "-s".into(),
+                self.dir.join("bird.ctl").display().to_string(),
+            ]),
+            Daemon::Frr => v.extend([
+                "vtysh".into(),
+                "--vty_socket".into(),
+                self.dir.display().to_string(),
+            ]),
+        }
+        v
+    }
+
+    /// Runs the CLI with `args` appended and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let prefix = self.cli_prefix();
+        let out = Command::new(&prefix[0])
+            .args(&prefix[1..])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::Io(e.to_string()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if !out.status.success()
+            || (self.daemon == Daemon::Bird && stdout.contains("Unable to connect"))
+        {
+            return Err(Error::Cli {
+                command: format!("{} {}", prefix.join(" "), args.join(" ")),
+                stderr: format!("{}{}", String::from_utf8_lossy(&out.stderr), stdout),
+            });
+        }
+        Ok(stdout)
+    }
+
+    /// Every route the router holds from its neighbours, all paths (not only the best).
+    pub fn routes(&self) -> Result<Vec<PeerRoute>> {
+        let mut out = match self.daemon {
+            Daemon::Gobgp => {
+                let mut v = parse_gobgp(&self.cli(&["-j", "global", "rib", "-a", "ipv4"])?)?;
+                v.extend(parse_gobgp(
+                    &self.cli(&["-j", "global", "rib", "-a", "ipv6"])?,
+                )?);
+                v
+            }
+            Daemon::Bird => parse_bird(&self.cli(&["show", "route", "all"])?)?,
+            Daemon::Frr => {
+                let mut v = Vec::new();
+                for fam in ["ipv4", "ipv6"] {
+                    let list: serde_json::Value = serde_json::from_str(
+                        &self.cli(&["-c", &format!("show bgp {fam} unicast json")])?,
+                    )
+                    .map_err(|e| parse_err("frr", e.to_string()))?;
+                    for prefix in list["routes"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|m| m.keys())
+                    {
+                        v.extend(parse_frr(&self.cli(&[
+                            "-c",
+                            &format!("show bgp {fam} unicast {prefix} json"),
+                        ])?)?);
+                    }
+                }
+                v
+            }
+        };
+        out.sort();
+        Ok(out)
+    }
+
+    /// How many routes the router holds (cheaper than [`Router::routes`] for large tables).
+    pub fn route_count(&self) -> Result<usize> {
+        match self.daemon {
+            Daemon::Bird => {
+                let s = self.cli(&["show", "route", "count"])?;
+                // "10000 of 10000 routes for 10000 networks in table master4"
+                Ok(s.lines()
+                    .filter_map(|l| {
+                        l.split_whitespace()
+                            .next()
+                            .and_then(|n| n.parse::<usize>().ok())
+                    })
+                    .sum())
+            }
+            _ => Ok(self.routes()?.len()),
+        }
+    }
+
+    /// Stops the daemon (as a crash or an operator restart would).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for pid in self.frr_pids.drain(..) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = std::fs::remove_file(self.dir.join("bird.ctl"));
+    }
+
+    /// Restarts the daemon with the same config.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        // Let the kernel release port 179.
+        std::thread::sleep(Duration::from_millis(200));
+        self.launch()
+    }
+
+    /// Waits until `pred` holds for the router's routes; returns the last routes seen either way.
+    pub fn wait_routes(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[PeerRoute]) -> bool,
+    ) -> (bool, Vec<PeerRoute>) {
+        let deadline = Instant::now() + timeout;
+        let mut last = Vec::new();
+        loop {
+            if let Ok(r) = self.routes() {
+                last = r;
+                if pred(&last) {
+                    return (true, last);
+                }
+            }
+            if Instant::now() > deadline {
+                return (false, last);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.daemon.name())))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn gobgp_config(c: &RouterConfig) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "[global.config]\n  as = {}\n  router-id = \"{}\"\n  port = 179",
+        c.asn, c.router_id
+    );
+    for n in &c.neighbors {
+        let _ = writeln!(
+            s,
+            "[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = {}",
+            n.address, n.asn
+        );
+        if let Some(p) = &n.password {
+            let _ = writeln!(s, "    auth-password = \"{p}\"");
+        }
+        let _ = writeln!(s, "  [neighbors.transport.config]\n    passive-mode = true");
+        if n.multihop {
+            let _ = writeln!(
+                s,
+                "  [neighbors.ebgp-multihop.config]\n    enabled = true\n    multihop-ttl = 16"
+            );
+        }
+        if c.graceful_restart {
+            let _ = writeln!(
+                s,
+                "  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 120"
+            );
+        }
+        for fam in ["ipv4-unicast", "ipv6-unicast"] {
+            let _ = writeln!(
+                s,
+                "  [[neighbors.afi-safis]]\n    [neighbors.afi-safis.config]\n      afi-safi-name = \"{fam}\""
+            );
+            if c.graceful_restart {
+                let _ = writeln!(
+                    s,
+                    "    [neighbors.afi-safis.mp-graceful-restart.config]\n      enabled = true"
+                );
+            }
+        }
+    }
+    s
+}
+
+fn bird_config(c: &RouterConfig) -> String {
+    let mut s = format!(
+        "router id {};\nprotocol device {{ scan time 10; }}\nprotocol direct {{ ipv4; ipv6; }}\n",
+        c.router_id
+    );
+    for (i, n) in c.neighbors.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "protocol bgp n{} {{\n  local as {};\n  neighbor {} as {};\n  passive on;",
+            i + 1,
+            c.asn,
+            n.address,
+            n.asn
+        );
+        if let Some(p) = &n.password {
+            let _ = writeln!(s, "  password \"{p}\";");
+        }
+        if n.multihop {
+            let _ = writeln!(s, "  multihop 16;");
+        } else {
+            let _ = writeln!(s, "  direct;");
+        }
+        if c.graceful_restart {
+            let _ = writeln!(s, "  graceful restart on;");
+        }
+        let _ = writeln!(
+            s,
+            "  ipv4 {{ import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}"
+        );
+    }
+    s
+}
+
+fn frr_config(c: &RouterConfig) -> String {
+    let mut s = format!(
+        "hostname ilb-router\n!\nrouter bgp {}\n bgp router-id {}\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n",
+        c.asn, c.router_id
+    );
+    if c.graceful_restart {
+        s.push_str(" bgp graceful-restart\n");
+    }
+    for n in &c.neighbors {
+        let _ = writeln!(
+            s,
+            " neighbor {} remote-as {}\n neighbor {} passive",
+            n.address, n.asn, n.address
+        );
+        if let Some(p) = &n.password {
+            let _ = writeln!(s, " neighbor {} password {p}", n.address);
+        }
+        if n.multihop {
+            let _ = writeln!(s, " neighbor {} ebgp-multihop 16", n.address);
+        }
+    }
+    for fam in ["ipv4", "ipv6"] {
+        let _ = writeln!(s, " address-family {fam} unicast");
+        for n in &c.neighbors {
+            let _ = writeln!(s, "  neighbor {} activate", n.address);
+        }
+        s.push_str(" exit-address-family\n");
+    }
+    s
+}
+
+fn parse_err(daemon: &'static str, message: impl Into<String>) -> Error {
+    Error::Parse {
+        daemon,
+        message: message.into(),
+    }
+}
+
+/// `gobgp -j global rib -a FAMILY`: `{prefix: [path...]}`, each path with `attrs` by type code.
+pub fn parse_gobgp(json: &str) -> Result<Vec<PeerRoute>> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).or_else(|e| {
+        if json.trim().is_empty() {
+            Ok(serde_json::Value::Null)
+        } else {
+            Err(parse_err("gobgp", e.to_string()))
+        }
+    })?;
+    let mut out = Vec::new();
+    let Some(map) = v.as_object() else {
+        return Ok(out);
+    };
+    for (prefix, paths) in map {
+        let prefix: IpNet = prefix
+            .parse()
+            .map_err(|_| parse_err("gobgp", format!("prefix {prefix}")))?;
+        for path in paths.as_array().into_iter().flatten() {
+            let mut r = PeerRoute {
+                prefix,
+                next_hop: IpAddr::from([0, 0, 0, 0]),
+                local_pref: None,
+                communities: BTreeSet::new(),
+            };
+            for a in path["attrs"].as_array().into_iter().flatten() {
+                match a["type"].as_u64() {
+                    Some(3) | Some(14) => {
+                        if let Some(nh) = a["nexthop"].as_str().and_then(|s| s.parse().ok()) {
+                            r.next_hop = nh;
+                        }
+                    }
+                    Some(5) => r.local_pref = a["value"].as_u64().map(|v| v as u32),
+                    Some(8) => {
+                        for c in a["communities"].as_array().into_iter().flatten() {
+                            if let Some(c) = c.as_u64() {
+                                r.communities.insert(CommunityValue::Standard {
+                                    asn: (c >> 16) as u16,
+                                    value: c as u16,
+                                });
+                            }
+                        }
+                    }
+                    Some(32) => {
+                        for c in a["value"].as_array().into_iter().flatten() {
+                            let f = |k: &str| c[k].as_u64().unwrap_or(0) as u32;
+                            r.communities.insert(CommunityValue::Large {
+                                global: f("ASN"),
+                                local1: f("LocalData1"),
+                                local2: f("LocalData2"),
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// `birdc show route all`.
+pub fn parse_bird(text: &str) -> Result<Vec<PeerRoute>> {
+    let mut out: Vec<PeerRoute> = Vec::new();
+    let mut prefix: Option<IpNet> = None;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || line.starts_with("BIRD ") || line.starts_with("Table ") {
+            continue;
+        }
+        let first = trimmed.split_whitespace().next().unwrap_or("");
+        if !line.starts_with(char::is_whitespace)
+            && let Ok(p) = first.parse::<IpNet>()
+        {
+            prefix = Some(p);
+            if trimmed.contains('[') {
+                out.push(PeerRoute {
+                    prefix: p,
+                    next_hop: IpAddr::from([0, 0, 0, 0]),
+                    local_pref: None,
+                    communities: BTreeSet::new(),
+                });
+            }
+            continue;
+        }
+        if (first == "unicast" || first == "unreachable") && trimmed.contains('[') {
+            if let Some(p) = prefix {
+                out.push(PeerRoute {
+                    prefix: p,
+                    next_hop: IpAddr::from([0, 0, 0, 0]),
+                    local_pref: None,
+                    communities: BTreeSet::new(),
+                });
+            }
+            continue;
+        }
+        let Some(r) = out.last_mut() else { continue };
+        if let Some(v) = trimmed.strip_prefix("BGP.next_hop:") {
+            if let Some(nh) = v.split_whitespace().next().and_then(|s| s.parse().ok()) {
+                r.next_hop = nh;
+            }
+        } else if let Some(v) = trimmed.strip_prefix("BGP.local_pref:") {
+            r.local_pref = v.trim().parse().ok();
+        } else if let Some(v) = trimmed.strip_prefix("BGP.community:") {
+            for c in v.split(')').filter_map(|c| c.trim().strip_prefix('(')) {
+                let mut it = c.split(',').map(|x| x.trim().parse::<u16>());
+                if let (Some(Ok(asn)), Some(Ok(value))) = (it.next(), it.next()) {
+                    r.communities
+                        .insert(CommunityValue::Standard { asn, value });
+                }
+            }
+        } else if let Some(v) = trimmed.strip_prefix("BGP.large_community:") {
+            for c in v.split(')').filter_map(|c| c.trim().strip_prefix('(')) {
+                let n: Vec<u32> = c.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+                if let [global, local1, local2] = n[..] {
+                    r.communities.insert(CommunityValue::Large {
+                        global,
+                        local1,
+                        local2,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .filter(|r| !r.next_hop.is_unspecified())
+        .collect())
+}
+
+/// `vtysh -c 'show bgp ipv4 unicast PREFIX json'`: one prefix with all its paths.
+pub fn parse_frr(json: &str) -> Result<Vec<PeerRoute>> {
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).map_err(|e| parse_err("frr", e.to_string()))?;
+    let mut out = Vec::new();
+    {
+        let Some(prefix) = v["prefix"].as_str().and_then(|p| p.parse::<IpNet>().ok()) else {
+            return Ok(out);
+        };
+        for path in v["paths"].as_array().into_iter().flatten() {
+            let next_hop = path["nexthops"][0]["ip"]
+                .as_str()
+                .and_then(|s| s.parse().ok());
+            let Some(next_hop) = next_hop else { continue };
+            let mut communities = BTreeSet::new();
+            if let Some(list) = path["community"]["string"].as_str() {
+                communities.extend(
+                    list.split_whitespace()
+                        .filter_map(|c| c.parse::<CommunityValue>().ok()),
+                );
+            }
+            if let Some(list) = path["largeCommunity"]["string"].as_str() {
+                communities.extend(
+                    list.split_whitespace()
+                        .filter_map(|c| format!("large:{c}").parse::<CommunityValue>().ok()),
+                );
+            }
+            out.push(PeerRoute {
+                prefix,
+                next_hop,
+                local_pref: path["locPrf"]
+                    .as_u64()
+                    .or(path["localpref"].as_u64())
+                    .map(|v| v as u32),
+                communities,
+            });
+        }
+    }
+    Ok(out)
+}
+
+enum Cmd {
+    Routes(RouteSet),
+    Stop(bool, oneshot::Sender<()>),
+}
+
+/// An IronLB BGP session running on its own thread inside a network namespace (sockets belong to the namespace
+/// of the thread that opens them).
+pub struct NsSpeaker {
+    tx: mpsc::UnboundedSender<Cmd>,
+    status: watch::Receiver<SessionStatus>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsSpeaker {
+    pub fn start(netns: &str, config: SessionConfig, routes: RouteSet) -> Result<NsSpeaker> {
+        let file = std::fs::File::open(format!("/run/netns/{netns}"))
+            .map_err(|e| Error::Io(format!("{netns}: {e}")))?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
+        let (status_tx, status_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            if nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                return;
+            }
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let session = Session::spawn(config, routes);
+                let _ = status_tx.send(session.watch_status());
+                while let Some(cmd) = rx.recv().await {
+                    match cmd {
+                        Cmd::Routes(r) => session.set_routes(r),
+                        Cmd::Stop(graceful, done) => {
+                            session.stop(graceful).await;
+                            let _ = done.send(());
+                            return;
+                        }
+                    }
+                }
+            });
+        });
+        let status = status_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| Error::Io(format!("speaker thread in {netns} did not start")))?;
+        Ok(NsSpeaker {
+            tx,
+            status,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn set_routes(&self, routes: RouteSet) {
+        let _ = self.tx.send(Cmd::Routes(routes));
+    }
+
+    pub fn status(&self) -> SessionStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until the session's status satisfies `pred`.
+    pub fn wait(&self, timeout: Duration, pred: impl Fn(&SessionStatus) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if pred(&self.status.borrow()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pred(&self.status.borrow())
+    }
+
+    /// Stops the session (`graceful`: no Cease, as an agent restart) and joins the thread.
+    pub fn stop(mut self, graceful: bool) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Stop(graceful, done_tx));
+        let _ = done_rx.blocking_recv();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NsSpeaker {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let (done_tx, _done_rx) = oneshot::channel();
+            let _ = self.tx.send(Cmd::Stop(false, done_tx));
+            let _ = t.join();
+        }
+    }
+}
+
+/// The lab's BGP side for `ironlb lab --bgp`: a router (AS [`LAB_ROUTER_AS`]) in the switch namespace peering with
+/// every node (AS [`LAB_NODE_AS`]), configured in the cluster by one BGPPeer and one BGPAdvertisement for the lab
+/// pool. Returns once the router holds a route for every VIP in `vips`, or after `limit`.
+pub async fn peer_lab(
+    lab: &super::cluster::Lab,
+    daemon: Daemon,
+    dir: &Path,
+    vips: &[IpAddr],
+    limit: Duration,
+) -> super::cluster::Result<(Router, Vec<PeerRoute>)> {
+    use super::cluster::Error as LabError;
+    use crate::config::crd::{BGPAdvertisement, BGPPeer};
+    use kube::api::{Api, PostParams};
+
+    let config = RouterConfig {
+        asn: LAB_ROUTER_AS,
+        router_id: super::topology::SWITCH_V4,
+        neighbors: lab
+            .topology
+            .nodes
+            .iter()
+            .map(|n| Neighbor {
+                address: IpAddr::V4(n.ipv4),
+                asn: LAB_NODE_AS,
+                password: None,
+                multihop: false,
+            })
+            .collect(),
+        graceful_restart: true,
+    };
+    let netns = lab.topology.switch.clone();
+    let dir = dir.to_path_buf();
+    let router = tokio::task::spawn_blocking(move || Router::start(daemon, &netns, &dir, config))
+        .await
+        .map_err(|e| LabError::Setup(e.to_string()))?
+        .map_err(|e| LabError::Setup(format!("starting {}: {e}", daemon.name())))?;
+    let pp = PostParams::default();
+    let peer: BGPPeer = serde_json::from_value(serde_json::json!({
+        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+        "metadata": {"name": "lab-router", "namespace": "metallb-system"},
+        "spec": {"myASN": LAB_NODE_AS, "peerASN": LAB_ROUTER_AS, "peerAddress": super::topology::SWITCH_V4.to_string(),
+                 "connectTime": "1s", "enableGracefulRestart": true},
+    }))
+    .map_err(|e| LabError::Setup(e.to_string()))?;
+    Api::<BGPPeer>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &peer)
+        .await?;
+    let adv: BGPAdvertisement = serde_json::from_value(serde_json::json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
+        "metadata": {"name": "lab-router", "namespace": "metallb-system"},
+        "spec": {"ipAddressPools": ["lab"], "communities": [format!("{LAB_NODE_AS}:80")]},
+    }))
+    .map_err(|e| LabError::Setup(e.to_string()))?;
+    Api::<BGPAdvertisement>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &adv)
+        .await?;
+    let want: Vec<IpNet> = vips.iter().map(|ip| IpNet::from(*ip)).collect();
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let r = tokio::task::block_in_place(|| router.routes());
+        if let Ok(r) = r {
+            seen = r;
+            if want.iter().all(|p| seen.iter().any(|r| r.prefix == *p)) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((router, seen))
+}
+
+/// AS numbers of the lab (documentation range).
+pub const LAB_ROUTER_AS: u32 = 64496;
+pub const LAB_NODE_AS: u32 = 64497;

@@ -1,0 +1,191 @@
+//! BGP mode end to end: two real `ironlb agent` processes in the lab (node namespaces, lab API server) peer with a
+//! real BIRD in the switch namespace, configured by BGPPeer and BGPAdvertisement objects. A Local Service's route
+//! comes only from the node with its endpoint and follows the endpoint when it moves; the visibility annotations
+//! list the BGP-advertised VIP. Needs root and bird2 (scripts/setup).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use ironlb::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer};
+use ironlb::lab::bgp::{Daemon, Neighbor, PeerRoute, Router, RouterConfig};
+use ironlb::lab::cluster::{Lab, LabOptions, is_root};
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+
+type RoutePred = dyn Fn(&[PeerRoute]) -> bool + Send;
+
+fn from(routes: &[PeerRoute], vip: IpAddr, next_hop: &str) -> bool {
+    let nh: IpAddr = next_hop.parse().unwrap();
+    routes
+        .iter()
+        .any(|r| r.prefix == ipnet::IpNet::from(vip) && r.next_hop == nh)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_service_route_follows_its_endpoint() {
+    if !is_root() {
+        println!("skipped: needs root to create network namespaces");
+        return;
+    }
+    let prefix = format!("ilb-bgpa-{}", std::process::id());
+    let lab = Lab::start(LabOptions {
+        nodes: 2,
+        services: 0,
+        dir: std::env::temp_dir().join(&prefix),
+        prefix,
+        binary: env!("CARGO_BIN_EXE_ironlb").into(),
+        strict_arp: "enforce".into(),
+        agent_args: Vec::new(),
+    })
+    .await
+    .unwrap();
+    let _logs = Logs(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let router = tokio::task::block_in_place(|| {
+        Router::start(
+            Daemon::Bird,
+            &lab.topology.switch,
+            dir.path(),
+            RouterConfig {
+                asn: 64496,
+                router_id: Ipv4Addr::new(192, 0, 2, 1),
+                neighbors: lab
+                    .topology
+                    .nodes
+                    .iter()
+                    .map(|n| Neighbor {
+                        address: IpAddr::V4(n.ipv4),
+                        asn: 64497,
+                        password: None,
+                        multihop: false,
+                    })
+                    .collect(),
+                graceful_restart: false,
+            },
+        )
+    })
+    .unwrap();
+    let pp = PostParams::default();
+    let bfd: BFDProfile = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",
+        "metadata": {"name": "fast", "namespace": "metallb-system"},
+        "spec": {},
+    }))
+    .unwrap();
+    Api::<BFDProfile>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &bfd)
+        .await
+        .unwrap();
+    let peer: BGPPeer = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+        "metadata": {"name": "router", "namespace": "metallb-system"},
+        "spec": {"myASN": 64497, "peerASN": 64496, "peerAddress": "192.0.2.1", "connectTime": "1s", "bfdProfile": "fast"},
+    }))
+    .unwrap();
+    Api::<BGPPeer>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &peer)
+        .await
+        .unwrap();
+    let adv: BGPAdvertisement = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
+        "metadata": {"name": "router", "namespace": "metallb-system"},
+        "spec": {"ipAddressPools": ["lab"], "communities": ["64497:7"]},
+    }))
+    .unwrap();
+    Api::<BGPAdvertisement>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &adv)
+        .await
+        .unwrap();
+    lab.create_demo_service("web", false, true, Some(&["node-1"]))
+        .await
+        .unwrap();
+
+    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let vip: IpAddr = loop {
+        let svc = services.get("web").await.unwrap();
+        let ip = svc
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .and_then(|i| i.first().and_then(|i| i.ip.clone()));
+        if let Some(ip) = ip {
+            break ip.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the Service got no IP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let wait = |pred: Box<RoutePred>| {
+        tokio::task::block_in_place(|| router.wait_routes(Duration::from_secs(30), pred))
+    };
+    let (ok, seen) = wait(Box::new(move |r| {
+        from(r, vip, "192.0.2.11") && !from(r, vip, "192.0.2.12")
+    }));
+    assert!(
+        ok,
+        "route of {vip} from node-1 only: {seen:#?}\n{}",
+        router.log()
+    );
+    let route = seen
+        .iter()
+        .find(|r| r.prefix == ipnet::IpNet::from(vip))
+        .unwrap();
+    assert!(route.communities.contains(&"64497:7".parse().unwrap()));
+
+    // Visibility: node-1 lists the VIP in ironlb.io/vips.
+    let nodes: Api<Node> = Api::all(lab.client.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = nodes.get("node-1").await.unwrap();
+        let vips = n
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("ironlb.io/vips")
+            .cloned()
+            .unwrap_or_default();
+        if vips.split(',').any(|v| v == vip.to_string()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-1 ironlb.io/vips is {vips:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The endpoint moves to node-2: node-1 withdraws, node-2 advertises.
+    lab.set_endpoints("web", &["node-2"]).await.unwrap();
+    let (ok, seen) = wait(Box::new(move |r| {
+        from(r, vip, "192.0.2.12") && !from(r, vip, "192.0.2.11")
+    }));
+    assert!(ok, "after the endpoint moved: {seen:#?}");
+
+    // The unsupported bfdProfile was reported.
+    let log = std::fs::read_to_string(lab.agent_log("node-1")).unwrap_or_default();
+    assert!(
+        log.contains("bfdProfile"),
+        "no warning about bfdProfile in the agent log"
+    );
+}
+
+struct Logs<'a>(&'a Lab);
+
+impl Drop for Logs<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in self.0.node_names() {
+                let log = std::fs::read_to_string(self.0.agent_log(&node)).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!(
+                    "--- agent log of {node} ---\n{}",
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0.options().dir);
+        }
+    }
+}
