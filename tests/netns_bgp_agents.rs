@@ -1,7 +1,7 @@
 //! BGP mode end to end: two real `ironlb agent` processes in the lab (node namespaces, lab API server) peer with a
 //! real BIRD in the switch namespace, configured by BGPPeer and BGPAdvertisement objects. A Local Service's route
 //! comes only from the node with its endpoint and follows the endpoint when it moves; the visibility annotations
-//! list the BGP-advertised VIP. Needs root and bird2 (scripts/setup).
+//! list the BGP-advertised VIP and the sessions `ironlb status` shows. Needs root and bird2 (scripts/setup).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -152,6 +152,31 @@ async fn local_service_route_follows_its_endpoint() {
         assert!(
             Instant::now() < deadline,
             "node-1 ironlb.io/vips is {vips:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // `ironlb status` shows both nodes' sessions to the router as Established, read back from the Nodes.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let listed = nodes.list(&Default::default()).await.unwrap().items;
+        let report = ironlb::k8s::report::Report::new(&[], &listed);
+        let peers: Vec<String> = report
+            .bgp_peers
+            .iter()
+            .map(|r| format!("{} {} {}", r.node, r.peer, r.state))
+            .collect();
+        if peers == ["node-1 router Established", "node-2 router Established"] {
+            assert!(
+                report.render_table().contains("NODE    PEER    STATE"),
+                "{}",
+                report.render_table()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "BGP sessions in ironlb status: {peers:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -94,6 +94,8 @@ pub struct Announcer {
     wanted_bind: Option<(BTreeSet<IpAddr>, Vec<crate::config::Pool>)>,
     /// VIPs this node advertises over BGP, listed in its `ironlb.io/vips` with the Layer 2 ones.
     bgp_vips: BTreeSet<IpAddr>,
+    /// This node's `ironlb.io/bgp-peers` value; empty without sessions.
+    bgp_peers: String,
     /// What was last bound successfully; None forces the next bind to reconcile.
     bound: Option<BTreeSet<IpAddr>>,
     /// Until membership has found the other Ready nodes, or until this deadline, announce nothing: an agent that
@@ -195,6 +197,7 @@ impl Announcer {
             notes: AnnouncementNotes::default(),
             wanted_bind: None,
             bgp_vips: BTreeSet::new(),
+            bgp_peers: String::new(),
             bound: None,
             startup_hold: Some(Instant::now() + STARTUP_HOLD),
         };
@@ -293,6 +296,11 @@ impl Announcer {
         self.bgp_vips = vips;
     }
 
+    /// This node's BGP sessions as its `ironlb.io/bgp-peers` value (see [`plan::visibility::bgp_peers`]).
+    pub fn set_bgp_peers(&mut self, value: String) {
+        self.bgp_peers = value;
+    }
+
     pub fn pass(
         &mut self,
         state: &ClusterState,
@@ -381,7 +389,12 @@ impl Announcer {
         let node_obj: Option<&Node> = state
             .nodes
             .get(&crate::k8s::index::ObjectKey::new("", self.node.clone()));
-        pass.node_patch = announcement::node_patch(node_obj, &vips, &subnets_annotation(&local));
+        pass.node_patch = announcement::node_patch(
+            node_obj,
+            &vips,
+            &subnets_annotation(&local),
+            &self.bgp_peers,
+        );
         pass.services = announcement::service_actions(
             state,
             &self.node,

@@ -562,6 +562,16 @@ impl BgpSpeaker {
             .collect()
     }
 
+    /// The node's `ironlb.io/bgp-peers` value for the sessions now, given the value the Node carries.
+    pub fn peers_annotation(&self, previous: &str) -> String {
+        let states: Vec<(&str, &str)> = self
+            .sessions
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.session.status().state.as_str()))
+            .collect();
+        crate::plan::visibility::bgp_peers(previous, states)
+    }
+
     /// Stops every session. `graceful` (agent restart): no Cease, so peers with graceful restart keep the routes.
     pub async fn shutdown(self, graceful: bool) {
         for (_, r) in self.sessions {

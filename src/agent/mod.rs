@@ -370,6 +370,7 @@ pub async fn run_with(
             let (bgp_notes, bgp_actions) =
                 bgp.sync(&state, &validated, args.lb_class.as_deref()).await;
             announcer.set_bgp_vips(bgp.advertised().clone());
+            announcer.set_bgp_peers(bgp.peers_annotation(&node_bgp_peers(&state, &args.node_name)));
             let mut pass = announcer.pass(&state, &validated, &live, trigger);
             pass.node_notes.extend(bgp_notes);
             pass.services.extend(bgp_actions);
@@ -423,6 +424,11 @@ pub async fn run_with(
             }
             _ = refresh.tick() => {
                 bgp.record();
+                // Sessions change state on their own: a new value for the Node needs a pass to write it.
+                let shown = node_bgp_peers(&state, &args.node_name);
+                if bgp.peers_annotation(&shown) != shown {
+                    announce_due.get_or_insert_with(std::time::Instant::now);
+                }
                 if announcer.refresh_local().await || announcer.holding() {
                     announce_due.get_or_insert_with(std::time::Instant::now);
                 }
@@ -467,6 +473,17 @@ pub async fn run_with(
     bgp.shutdown(true).await;
     let _ = elector_task.await;
     Ok(())
+}
+
+/// The `ironlb.io/bgp-peers` value this node's Node carries now; empty when absent.
+fn node_bgp_peers(state: &ClusterState, node: &str) -> String {
+    state
+        .nodes
+        .get(&crate::k8s::index::ObjectKey::new("", node))
+        .and_then(|n| n.metadata.annotations.as_ref())
+        .and_then(|a| a.get(crate::plan::visibility::BGP_PEERS_ANNOTATION))
+        .cloned()
+        .unwrap_or_default()
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

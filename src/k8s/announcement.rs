@@ -20,12 +20,19 @@ use super::state::ClusterState;
 use crate::plan::NodePlan;
 use crate::plan::input::SUBNETS_ANNOTATION;
 use crate::plan::visibility::{
-    ANNOUNCED_BY_ANNOTATION, ANNOUNCED_ON_ANNOTATION, ANNOUNCED_SINCE_ANNOTATION, VIPS_ANNOTATION,
+    ANNOUNCED_BY_ANNOTATION, ANNOUNCED_ON_ANNOTATION, ANNOUNCED_SINCE_ANNOTATION,
+    BGP_PEERS_ANNOTATION, VIPS_ANNOTATION,
 };
 
 /// The merge patch for this node's own Node object, or None when its annotations already say this, or when the
-/// Node is not (yet) known: there is nothing to annotate then.
-pub fn node_patch(node: Option<&Node>, vips: &str, subnets: &str) -> Option<Value> {
+/// Node is not (yet) known: there is nothing to annotate then. An empty `bgp_peers` (no session) removes
+/// [`BGP_PEERS_ANNOTATION`]; `vips` and `subnets` are written even when empty.
+pub fn node_patch(
+    node: Option<&Node>,
+    vips: &str,
+    subnets: &str,
+    bgp_peers: &str,
+) -> Option<Value> {
     let annotations = node?.metadata.annotations.as_ref();
     let current = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
     let mut patch = Map::new();
@@ -33,6 +40,20 @@ pub fn node_patch(node: Option<&Node>, vips: &str, subnets: &str) -> Option<Valu
         if current(key) != Some(value) {
             patch.insert(key.to_string(), Value::String(value.to_string()));
         }
+    }
+    match current(BGP_PEERS_ANNOTATION) {
+        Some(_) if bgp_peers.is_empty() => {
+            // A merge patch removes a key set to null.
+            patch.insert(BGP_PEERS_ANNOTATION.to_string(), Value::Null);
+        }
+        None if bgp_peers.is_empty() => {}
+        now if now != Some(bgp_peers) => {
+            patch.insert(
+                BGP_PEERS_ANNOTATION.to_string(),
+                Value::String(bgp_peers.to_string()),
+            );
+        }
+        _ => {}
     }
     (!patch.is_empty()).then(|| json!({ "metadata": { "annotations": patch } }))
 }
@@ -265,15 +286,52 @@ mod tests {
             "metadata": {"name": "node-1", "annotations": {VIPS_ANNOTATION: "192.0.2.10", SUBNETS_ANNOTATION: "192.0.2.0/24"}}
         }))
         .unwrap();
-        assert_eq!(node_patch(Some(&node), "192.0.2.10", "192.0.2.0/24"), None);
         assert_eq!(
-            node_patch(Some(&node), "", "192.0.2.0/24"),
+            node_patch(Some(&node), "192.0.2.10", "192.0.2.0/24", ""),
+            None
+        );
+        assert_eq!(
+            node_patch(Some(&node), "", "192.0.2.0/24", ""),
             Some(json!({"metadata": {"annotations": {VIPS_ANNOTATION: ""}}}))
         );
         assert_eq!(
-            node_patch(None, "", ""),
+            node_patch(None, "", "", ""),
             None,
             "a Node not seen yet is not patched"
         );
+    }
+
+    #[test]
+    fn the_bgp_peers_annotation_is_written_on_change_and_removed_without_sessions() {
+        let node = |peers: Option<&str>| -> Node {
+            let mut annotations = json!({VIPS_ANNOTATION: "", SUBNETS_ANNOTATION: ""});
+            if let Some(p) = peers {
+                annotations[BGP_PEERS_ANNOTATION] = json!(p);
+            }
+            serde_json::from_value(
+                json!({"metadata": {"name": "node-1", "annotations": annotations}}),
+            )
+            .unwrap()
+        };
+        let up = "tor=Established";
+        assert_eq!(
+            node_patch(Some(&node(None)), "", "", up),
+            Some(json!({"metadata": {"annotations": {BGP_PEERS_ANNOTATION: up}}}))
+        );
+        assert_eq!(
+            node_patch(Some(&node(Some(up))), "", "", up),
+            None,
+            "no write while the value stands"
+        );
+        assert_eq!(
+            node_patch(Some(&node(Some(up))), "", "", "tor=Idle"),
+            Some(json!({"metadata": {"annotations": {BGP_PEERS_ANNOTATION: "tor=Idle"}}}))
+        );
+        assert_eq!(
+            node_patch(Some(&node(Some(up))), "", "", ""),
+            Some(json!({"metadata": {"annotations": {BGP_PEERS_ANNOTATION: null}}})),
+            "the last session gone, the annotation goes"
+        );
+        assert_eq!(node_patch(Some(&node(None)), "", "", ""), None);
     }
 }

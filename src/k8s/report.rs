@@ -2,11 +2,12 @@
 //!
 //! The owner of a VIP writes `ironlb.io/announced-by`, `ironlb.io/announced-on` and `ironlb.io/announced-since` on
 //! its Service when it takes the VIP over, so this report needs nothing but read access to Services: it shows what
-//! the cluster records, the same thing `kubectl get svc -o yaml` would.
+//! the cluster records, the same thing `kubectl get svc -o yaml` would. BGP sessions come from each Node's
+//! `ironlb.io/bgp-peers`, which its agent keeps current.
 
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams};
 use serde::Serialize;
 
@@ -14,7 +15,7 @@ use super::status::{POOL_ANNOTATION, ingress_ips};
 
 use crate::plan::visibility::{
     ANNOUNCED_BY_ANNOTATION as ANNOUNCED_BY, ANNOUNCED_ON_ANNOTATION as ANNOUNCED_ON,
-    ANNOUNCED_SINCE_ANNOTATION as ANNOUNCED_SINCE,
+    ANNOUNCED_SINCE_ANNOTATION as ANNOUNCED_SINCE, BGP_PEERS_ANNOTATION, parse_bgp_peers,
 };
 
 #[derive(clap::Args, Clone, Debug)]
@@ -105,7 +106,88 @@ pub fn render_table(rows: &[StatusRow]) -> String {
             r.since.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
+    aligned(&lines)
+}
+
+/// One BGP session of one node, as its agent last wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BgpPeerRow {
+    pub node: String,
+    pub peer: String,
+    pub state: String,
+}
+
+/// Every node's sessions, in node then peer order.
+pub fn bgp_peer_rows(nodes: &[Node]) -> Vec<BgpPeerRow> {
+    let mut rows: Vec<BgpPeerRow> = nodes
+        .iter()
+        .flat_map(|n| {
+            let node = n.metadata.name.clone().unwrap_or_default();
+            let value = n
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(BGP_PEERS_ANNOTATION))
+                .map(String::as_str)
+                .unwrap_or("");
+            parse_bgp_peers(value)
+                .into_iter()
+                .map(move |(peer, state)| BgpPeerRow {
+                    node: node.clone(),
+                    peer,
+                    state,
+                })
+        })
+        .collect();
+    rows.sort_by(|a, b| (&a.node, &a.peer).cmp(&(&b.node, &b.peer)));
+    rows
+}
+
+/// The sessions as an aligned table; empty when no node has a session.
+pub fn render_bgp_peers(rows: &[BgpPeerRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut lines = vec![["NODE", "PEER", "STATE"].map(str::to_string).to_vec()];
+    lines.extend(
+        rows.iter()
+            .map(|r| vec![r.node.clone(), r.peer.clone(), r.state.clone()]),
+    );
+    aligned(&lines)
+}
+
+/// The whole `ironlb status` report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub services: Vec<StatusRow>,
+    pub bgp_peers: Vec<BgpPeerRow>,
+}
+
+impl Report {
+    pub fn new(services: &[Service], nodes: &[Node]) -> Report {
+        Report {
+            services: rows(services),
+            bgp_peers: bgp_peer_rows(nodes),
+        }
+    }
+
+    /// The VIP table, then the BGP session table after a blank line when any node has a session.
+    pub fn render_table(&self) -> String {
+        let mut out = render_table(&self.services);
+        let peers = render_bgp_peers(&self.bgp_peers);
+        if !peers.is_empty() {
+            out.push('\n');
+            out.push_str(&peers);
+        }
+        out
+    }
+}
+
+/// Rows of cells as left-aligned columns two spaces apart.
+fn aligned(lines: &[Vec<String>]) -> String {
+    let columns = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
         .map(|i| {
             lines
                 .iter()
@@ -133,6 +215,8 @@ pub enum Error {
     Client(#[from] crate::agent::Error),
     #[error("listing Services")]
     List(#[source] kube::Error),
+    #[error("listing Nodes")]
+    ListNodes(#[source] kube::Error),
     #[error("encoding JSON")]
     Json(#[from] serde_json::Error),
 }
@@ -140,16 +224,21 @@ pub enum Error {
 /// Reads every Service and returns the report as text.
 pub async fn run(args: &StatusArgs) -> Result<String, Error> {
     let client = crate::agent::client(args.kubeconfig.as_deref()).await?;
-    let services = Api::<Service>::all(client)
+    let services = Api::<Service>::all(client.clone())
         .list(&ListParams::default())
         .await
         .map_err(Error::List)?
         .items;
-    let rows = rows(&services);
+    let nodes = Api::<Node>::all(client)
+        .list(&ListParams::default())
+        .await
+        .map_err(Error::ListNodes)?
+        .items;
+    let report = Report::new(&services, &nodes);
     Ok(if args.output == "json" {
-        serde_json::to_string_pretty(&rows)? + "\n"
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        render_table(&rows)
+        report.render_table()
     })
 }
 
@@ -195,5 +284,56 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::to_value(&rows).unwrap();
         assert_eq!(parsed[1]["owners"][0], "node-2");
+    }
+
+    fn node(name: &str, peers: Option<&str>) -> Node {
+        let annotations = match peers {
+            Some(p) => json!({BGP_PEERS_ANNOTATION: p}),
+            None => json!({}),
+        };
+        serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn bgp_sessions_follow_the_vip_table() {
+        let services = vec![svc("web", &["192.0.2.10"], json!({ANNOUNCED_BY: "node-2"}))];
+        let nodes = vec![
+            node("node-2", Some("tor-b=Active,tor-a=Established")),
+            node("node-1", Some("tor-a=Established")),
+            node("node-3", None),
+        ];
+        let report = Report::new(&services, &nodes);
+        assert_eq!(
+            report
+                .bgp_peers
+                .iter()
+                .map(|r| format!("{} {} {}", r.node, r.peer, r.state))
+                .collect::<Vec<_>>(),
+            vec![
+                "node-1 tor-a Established",
+                "node-2 tor-a Established",
+                "node-2 tor-b Active"
+            ]
+        );
+        let table = report.render_table();
+        let (vips, peers) = table
+            .split_once("\n\n")
+            .expect("a blank line between tables");
+        assert!(vips.starts_with("SERVICE"), "{table}");
+        let peers: Vec<&str> = peers.lines().collect();
+        assert_eq!(peers[0], "NODE    PEER   STATE");
+        assert_eq!(peers[3], "node-2  tor-b  Active");
+        let parsed = serde_json::to_value(&report).unwrap();
+        assert_eq!(parsed["services"][0]["owners"][0], "node-2");
+        assert_eq!(parsed["bgpPeers"][2]["state"], "Active");
+
+        // Without sessions there is no second table, but JSON still has the (empty) list.
+        let report = Report::new(&services, &[node("node-1", None)]);
+        assert_eq!(report.render_table(), render_table(&report.services));
+        assert_eq!(
+            serde_json::to_value(&report).unwrap()["bgpPeers"],
+            json!([])
+        );
     }
 }

@@ -19,6 +19,48 @@ pub const ANNOUNCED_BY_ANNOTATION: &str = "ironlb.io/announced-by";
 pub const ANNOUNCED_ON_ANNOTATION: &str = "ironlb.io/announced-on";
 /// When the current owner took the VIP over, RFC 3339.
 pub const ANNOUNCED_SINCE_ANNOTATION: &str = "ironlb.io/announced-since";
+/// Node annotation: the node's BGP sessions, `PEER=STATE` comma-separated in peer order (RFC 4271 state names).
+/// Absent when the node has no session.
+pub const BGP_PEERS_ANNOTATION: &str = "ironlb.io/bgp-peers";
+
+/// The [`BGP_PEERS_ANNOTATION`] value for `sessions` (BGPPeer name, RFC 4271 state), given the `previous` value.
+///
+/// A session that cannot reach its peer cycles through Idle, Connect and Active on every retry; writing each of
+/// those would rewrite the Node every few seconds for as long as the peer is down. So a peer that was not
+/// Established and still is not keeps its previous state; the value changes when a session appears, goes away,
+/// or reaches or leaves Established.
+pub fn bgp_peers<'a>(
+    previous: &str,
+    sessions: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let before: BTreeMap<String, String> = parse_bgp_peers(previous).into_iter().collect();
+    let now: BTreeMap<&str, &str> = sessions
+        .into_iter()
+        .map(|(peer, state)| {
+            let kept = before
+                .get(peer)
+                .filter(|was| *was != ESTABLISHED && state != ESTABLISHED);
+            (peer, kept.map_or(state, String::as_str))
+        })
+        .collect();
+    now.iter()
+        .map(|(peer, state)| format!("{peer}={state}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+const ESTABLISHED: &str = "Established";
+
+/// The (peer, state) pairs of a [`BGP_PEERS_ANNOTATION`] value, in its order. Entries without `=` or with an
+/// empty name are skipped: the value is read back from the API, where anyone with Node write access may edit it.
+pub fn parse_bgp_peers(value: &str) -> Vec<(String, String)> {
+    value
+        .split(',')
+        .filter_map(|entry| entry.split_once('='))
+        .map(|(peer, state)| (peer.trim().to_string(), state.trim().to_string()))
+        .filter(|(peer, _)| !peer.is_empty())
+        .collect()
+}
 
 /// The [`VIPS_ANNOTATION`] value of `node`: every IP of the groups it owns, sorted (IPv4 first, then numerically),
 /// comma-separated; empty when it owns none.
@@ -114,6 +156,42 @@ mod tests {
             "192.0.2.1,192.0.2.6,198.51.100.47,2001:db8::5"
         );
         assert_eq!(node_vips("n3", &groups, &o), "");
+    }
+
+    #[test]
+    fn bgp_peers_are_sorted_and_read_back() {
+        let value = bgp_peers("", [("tor-b", "Active"), ("tor-a", "Established")]);
+        assert_eq!(value, "tor-a=Established,tor-b=Active");
+        assert_eq!(
+            parse_bgp_peers(&value),
+            vec![
+                ("tor-a".to_string(), "Established".to_string()),
+                ("tor-b".to_string(), "Active".to_string())
+            ]
+        );
+        assert_eq!(bgp_peers(&value, []), "", "no session, no value");
+        assert_eq!(
+            parse_bgp_peers("=Idle,garbage, tor = Connect"),
+            vec![("tor".to_string(), "Connect".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_retrying_session_keeps_its_first_down_state() {
+        // Connect and Active alternate while the peer is unreachable: no new value, so no Node write.
+        assert_eq!(bgp_peers("tor=Active", [("tor", "Connect")]), "tor=Active");
+        assert_eq!(bgp_peers("tor=Connect", [("tor", "Idle")]), "tor=Connect");
+        // Reaching or leaving Established is always written.
+        assert_eq!(
+            bgp_peers("tor=Active", [("tor", "Established")]),
+            "tor=Established"
+        );
+        assert_eq!(bgp_peers("tor=Established", [("tor", "Idle")]), "tor=Idle");
+        // A new peer shows its own state.
+        assert_eq!(
+            bgp_peers("tor=Active", [("tor", "Connect"), ("spine", "OpenSent")]),
+            "spine=OpenSent,tor=Active"
+        );
     }
 
     #[test]
