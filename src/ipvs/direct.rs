@@ -850,6 +850,7 @@ pub fn kube_proxy_gaps(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ipvs::test_fixtures::{ep, slice};
     use serde_json::{Value, json};
 
     fn ip(s: &str) -> IpAddr {
@@ -881,21 +882,6 @@ mod tests {
             }
         }
         serde_json::from_value(v).unwrap()
-    }
-
-    fn slice(service: &str, family: &str, ports: Value, endpoints: Value) -> EndpointSlice {
-        serde_json::from_value(json!({
-            "metadata": {"name": format!("{service}-{family}"), "namespace": "shop",
-                         "labels": {SERVICE_NAME_LABEL: service}},
-            "addressType": family,
-            "ports": ports,
-            "endpoints": endpoints,
-        }))
-        .unwrap()
-    }
-
-    fn ep(addr: &str, node: &str, ready: bool) -> Value {
-        json!({"addresses": [addr], "nodeName": node, "conditions": {"ready": ready}})
     }
 
     fn dests(plan: &DirectPlan, id: ServiceId) -> Vec<String> {

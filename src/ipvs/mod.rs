@@ -19,3 +19,29 @@ pub use codec::{
 pub use programmer::{ActualTable, Calls, Change, Drain, Programmer, Report, WantedTable, diff};
 pub use render::render_ipvsadm;
 pub use socket::IpvsSocket;
+
+/// EndpointSlice builders shared by the wanted-state tests of both data planes.
+#[cfg(test)]
+pub(crate) mod test_fixtures {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use serde_json::{Value, json};
+
+    use super::verify::SERVICE_NAME_LABEL;
+
+    /// A slice of Service `service` in namespace `shop`, for address family `family` (`IPv4`/`IPv6`).
+    pub fn slice(service: &str, family: &str, ports: Value, endpoints: Value) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("{service}-{family}"), "namespace": "shop",
+                         "labels": {SERVICE_NAME_LABEL: service}},
+            "addressType": family,
+            "ports": ports,
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    /// One endpoint on `node`.
+    pub fn ep(addr: &str, node: &str, ready: bool) -> Value {
+        json!({"addresses": [addr], "nodeName": node, "conditions": {"ready": ready}})
+    }
+}

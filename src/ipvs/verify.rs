@@ -617,6 +617,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
 mod tests {
     use super::*;
     use crate::ipvs::codec::{Dest, ServiceSpec, Stats};
+    use crate::ipvs::test_fixtures::{ep, slice};
     use serde_json::{Value, json};
 
     fn ip(s: &str) -> IpAddr {
@@ -667,21 +668,6 @@ mod tests {
         fn build(self) -> Service {
             serde_json::from_value(self.v).unwrap()
         }
-    }
-
-    fn slice(service: &str, family: &str, ports: Value, endpoints: Value) -> EndpointSlice {
-        serde_json::from_value(json!({
-            "metadata": {"name": format!("{service}-{family}"), "namespace": "shop",
-                         "labels": {SERVICE_NAME_LABEL: service}},
-            "addressType": family,
-            "ports": ports,
-            "endpoints": endpoints,
-        }))
-        .unwrap()
-    }
-
-    fn ep(addr: &str, node: &str, ready: bool) -> Value {
-        json!({"addresses": [addr], "nodeName": node, "conditions": {"ready": ready}})
     }
 
     fn dests(plane: &DataPlane, id: ServiceId) -> Vec<String> {
