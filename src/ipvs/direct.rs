@@ -24,9 +24,9 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use super::codec::{DestId, DestSpec, FwdMethod, Protocol, ServiceId, ServiceSpec};
+use super::codec::{DestId, DestSpec, Protocol, ServiceId, ServiceSpec};
 use super::verify::{
-    Candidate, DEFAULT_AFFINITY_SECONDS, DataPlane, SERVICE_NAME_LABEL, candidates, protocol,
+    DEFAULT_AFFINITY_SECONDS, DataPlane, SERVICE_NAME_LABEL, candidates, protocol, real_servers,
 };
 
 /// Service annotation: the IPVS scheduler of the Service's virtual services.
@@ -164,29 +164,6 @@ fn proxy_mode_ips(svc: &Service, owned: &dyn Fn(&IpAddr) -> bool) -> Vec<IpAddr>
     ips.sort();
     ips.dedup();
     ips
-}
-
-/// Ready endpoints of the VIP's family, or the serving-and-terminating ones when none is ready.
-fn real_servers(candidates: &[Candidate], vip: &IpAddr) -> BTreeMap<DestId, DestSpec> {
-    let family: Vec<&Candidate> = candidates
-        .iter()
-        .filter(|c| c.addr.is_ipv4() == vip.is_ipv4())
-        .collect();
-    let ready = family.iter().any(|c| c.ready);
-    family
-        .into_iter()
-        .filter(|c| {
-            if ready {
-                c.ready
-            } else {
-                c.serving_terminating
-            }
-        })
-        .map(|c| {
-            let d = DestSpec::new(c.addr, c.port, FwdMethod::Masq, 1);
-            (d.id, d)
-        })
-        .collect()
 }
 
 /// One Service's part of the plan, computed from the Service and its own EndpointSlices alone. The whole plan is

@@ -175,26 +175,7 @@ pub fn wanted(
             };
             let candidates = candidates(&own_slices, port.name.as_deref(), proto, local, node);
             for vip in &vips {
-                let family: Vec<&Candidate> = candidates
-                    .iter()
-                    .filter(|c| c.addr.is_ipv4() == vip.is_ipv4())
-                    .collect();
-                // kube-proxy falls back to serving-and-terminating endpoints only when none is ready.
-                let ready = family.iter().any(|c| c.ready);
-                let dests: BTreeMap<DestId, DestSpec> = family
-                    .iter()
-                    .filter(|c| {
-                        if ready {
-                            c.ready
-                        } else {
-                            c.serving_terminating
-                        }
-                    })
-                    .map(|c| {
-                        let d = DestSpec::new(c.addr, c.port, FwdMethod::Masq, 1);
-                        (d.id, d)
-                    })
-                    .collect();
+                let dests = real_servers(&candidates, vip);
                 let id = ServiceId::Addr {
                     protocol: proto,
                     addr: *vip,
@@ -611,6 +592,29 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
     let (text, drift) = report(&wanted, &actual, vip_link);
     out.write_all(text.as_bytes()).map_err(Error::Write)?;
     Ok(drift.is_empty())
+}
+
+/// Ready endpoints of the VIP's family, or the serving-and-terminating ones when none is ready.
+pub(crate) fn real_servers(candidates: &[Candidate], vip: &IpAddr) -> BTreeMap<DestId, DestSpec> {
+    let family: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.addr.is_ipv4() == vip.is_ipv4())
+        .collect();
+    let ready = family.iter().any(|c| c.ready);
+    family
+        .into_iter()
+        .filter(|c| {
+            if ready {
+                c.ready
+            } else {
+                c.serving_terminating
+            }
+        })
+        .map(|c| {
+            let d = DestSpec::new(c.addr, c.port, FwdMethod::Masq, 1);
+            (d.id, d)
+        })
+        .collect()
 }
 
 #[cfg(test)]
