@@ -19,11 +19,13 @@ use anyhow::{Context, ensure};
 use ironlb::agent::dataplane::{DataPlaneArgs, DataPlaneMetrics, Mode, Target, Worker};
 use ironlb::ipvs::IpvsSocket;
 use ironlb::ipvs::direct;
+use ironlb::k8s::index::ObjectIndex;
 use ironlb::lab::api::{ApiServer, write_kubeconfig};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
 use serde_json::json;
 
 fn in_vm() -> bool {
@@ -458,10 +460,10 @@ fn direct_local_vip_keeps_the_client_address_and_cluster_vip_reaches_both_nodes(
 }
 
 /// One endpoint added to one Service of a table of `count` Services x 10 destinations, `rounds` times, through
-/// the agent's own path: the incremental index ([`direct::DirectIndex`], handed every Service and EndpointSlice as
-/// the agent's indexes hold them) and the worker's incremental pass on the delta. Checks that each new endpoint is
-/// in the kernel (and nothing else changed); returns the time from empty and, per round, (index update, update +
-/// kernel apply).
+/// the agent's own path: the watch event applied to the agent's object index (which notes the changed key), the
+/// incremental index told that key ([`direct::DirectIndex::update_changed`], as `DataPlane::update` does), and the
+/// worker's incremental pass on the delta. Checks that each new endpoint is in the kernel (and nothing else
+/// changed); returns the time from empty and, per round, (index update, update + kernel apply).
 fn incremental_endpoint(
     count: u32,
     rounds: u32,
@@ -498,6 +500,16 @@ fn incremental_endpoint(
         }))?);
     }
     let ranges = [ironlb::config::IpRange::from_cidr("192.0.2.0/24".parse()?)];
+    // The agent's object indexes, filled by the initial list.
+    let mut service_index = ObjectIndex::default();
+    service_index.reset(services);
+    let mut slice_index = ObjectIndex::default();
+    slice_index.reset(slices.clone());
+    let mut update = |index: &mut direct::DirectIndex,
+                      slice_index: &mut ObjectIndex<EndpointSlice>| {
+        let (a, b) = (service_index.take_changes(), slice_index.take_changes());
+        index.update_changed(&service_index, slice_index, &a, &b, "n1", &ranges)
+    };
     let mut index = direct::DirectIndex::new();
     let (notes_tx, _notes) = tokio::sync::mpsc::unbounded_channel();
     let mut worker = Worker::new(
@@ -507,7 +519,7 @@ fn incremental_endpoint(
         DataPlaneMetrics::default(),
     );
     let start = Instant::now();
-    let (first, _) = index.update(&services, &slices, "n1", &ranges);
+    let (first, _) = update(&mut index, &mut slice_index);
     ensure!(
         first.services.len() == count as usize,
         "{} virtual services",
@@ -530,8 +542,11 @@ fn incremental_endpoint(
             "addresses": ["198.51.100.200"], "nodeName": "n1", "conditions": {"ready": true}}))?);
         slices[changed].endpoints = eps;
         slices[changed].metadata.resource_version = Some(next_rv());
+        let event = watcher::Event::Apply(slices[changed].clone());
         let t0 = Instant::now();
-        let (delta, _) = index.update(&services, &slices, "n1", &ranges);
+        // The watch event, as the main loop applies it.
+        slice_index.handle(event);
+        let (delta, _) = update(&mut index, &mut slice_index);
         let built = t0.elapsed();
         ensure!(
             delta.services.len() == 1,

@@ -359,14 +359,20 @@ impl DataPlane {
     }
 
     /// Brings the wanted state up to date and hands what changed to the worker. In direct mode only the Services
-    /// whose objects changed are recomputed; cheap when nothing changed.
-    pub fn update(&mut self, state: &ClusterState, validated: &Validated) {
+    /// whose objects the watches changed (as the state's indexes noted them) are recomputed: the cost follows the
+    /// change, not the size of the cluster.
+    pub fn update(&mut self, state: &mut ClusterState, validated: &Validated) {
+        // What the watches changed since the last update; integrated mode recomputes its target whole.
+        let changed_services = state.services.take_changes();
+        let changed_slices = state.endpoint_slices.take_changes();
         let (work, problems) = match self.args.dataplane {
             Mode::Direct => {
                 let ranges = pool_ranges(validated);
-                let (delta, problems) = self.index.update(
-                    state.services.values(),
-                    state.endpoint_slices.values(),
+                let (delta, problems) = self.index.update_changed(
+                    &state.services,
+                    &state.endpoint_slices,
+                    &changed_services,
+                    &changed_slices,
                     &self.node,
                     &ranges,
                 );
@@ -855,12 +861,11 @@ mod tests {
     use super::*;
     use crate::config::IpRange;
     use crate::ipvs::verify::SERVICE_NAME_LABEL;
+    use crate::k8s::index::{ObjectIndex, ObjectKey};
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use proptest::prelude::*;
     use serde_json::{Value, json};
-
-    type Key = (String, String);
 
     #[derive(Clone, Debug)]
     enum Op {
@@ -875,6 +880,8 @@ mod tests {
         Pools(u8),
         /// Hand the current objects to the index (the agent batches several events into one update).
         Update,
+        /// The watches list everything again (after a watch restart).
+        Relist,
     }
 
     const NAMES: [(&str, &str); 4] = [("shop", "a"), ("shop", "b"), ("shop", "c"), ("tools", "a")];
@@ -988,6 +995,7 @@ mod tests {
             1 => (0..5usize, 0..NAMES.len()).prop_map(|(j, k)| Op::DeleteSlice(j, k)),
             1 => any::<u8>().prop_map(Op::Pools),
             3 => Just(Op::Update),
+            1 => Just(Op::Relist),
         ]
     }
 
@@ -995,12 +1003,26 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
         /// After any sequence of Service, EndpointSlice and pool edits, the incrementally maintained plan, and the
-        /// worker's target built from the deltas alone, equal a from-scratch `direct::wanted` of the same objects.
+        /// worker's target built from the deltas alone, equal a from-scratch `direct::wanted` of the same objects:
+        /// whether the index finds the changes itself (`update`) or is told them by the agent's object indexes
+        /// (`update_changed`, as the agent does).
         #[test]
         fn incremental_plan_equals_from_scratch(ops in proptest::collection::vec(op(), 1..60),
-                                                without_versions in any::<bool>()) {
-            let mut services: BTreeMap<Key, Service> = BTreeMap::new();
-            let mut slices: BTreeMap<Key, EndpointSlice> = BTreeMap::new();
+                                                without_versions in any::<bool>(),
+                                                keyed in any::<bool>()) {
+            let mut services: ObjectIndex<Service> = ObjectIndex::default();
+            let mut slices: ObjectIndex<EndpointSlice> = ObjectIndex::default();
+            let update = |index: &mut DirectIndex,
+                          services: &mut ObjectIndex<Service>,
+                          slices: &mut ObjectIndex<EndpointSlice>,
+                          ranges: &[IpRange]| {
+                if keyed {
+                    let (a, b) = (services.take_changes(), slices.take_changes());
+                    index.update_changed(services, slices, &a, &b, "n1", ranges)
+                } else {
+                    index.update(services.values(), slices.values(), "n1", ranges)
+                }
+            };
             let mut ranges = pools(0);
             let mut rv = 0u64;
             let mut index = DirectIndex::new();
@@ -1013,25 +1035,33 @@ mod tests {
                 let version = (!without_versions || !rv.is_multiple_of(3)).then_some(rv);
                 match op {
                     Op::Service(i, bits) => {
-                        let (ns, name) = NAMES[i];
-                        services.insert((ns.into(), name.into()), service(i, bits, version));
+                        services.apply(service(i, bits, version));
                     }
                     Op::DeleteService(i) => {
                         let (ns, name) = NAMES[i];
-                        services.remove(&(ns.to_string(), name.to_string()));
+                        if let Some(old) = services.get(&ObjectKey::new(ns, name)).cloned() {
+                            services.delete(&old);
+                        }
                     }
                     Op::Slice(j, k, bits) => {
-                        let s = slice(j, k, bits, version);
                         // A slice keeps its namespace: rewriting it in another one is another object.
-                        slices.insert((NAMES[k].0.into(), format!("slice-{j}")), s);
+                        slices.apply(slice(j, k, bits, version));
                     }
                     Op::DeleteSlice(j, k) => {
-                        slices.remove(&(NAMES[k].0.to_string(), format!("slice-{j}")));
+                        let key = ObjectKey::new(NAMES[k].0, format!("slice-{j}"));
+                        if let Some(old) = slices.get(&key).cloned() {
+                            slices.delete(&old);
+                        }
                     }
                     Op::Pools(v) => ranges = pools(v),
+                    Op::Relist => {
+                        let listed: Vec<Service> = services.values().cloned().collect();
+                        services.reset(listed);
+                        let listed: Vec<EndpointSlice> = slices.values().cloned().collect();
+                        slices.reset(listed);
+                    }
                     Op::Update => {
-                        let (delta, problems) =
-                            index.update(services.values(), slices.values(), "n1", &ranges);
+                        let (delta, problems) = update(&mut index, &mut services, &mut slices, &ranges);
                         let owned = |ip: &IpAddr| ranges.iter().any(|r| r.contains(ip));
                         let scratch = direct::wanted(services.values(), slices.values(), "n1", &owned);
                         for p in &problems {
@@ -1043,9 +1073,10 @@ mod tests {
                         target.apply(delta);
                         prop_assert_eq!(&index.plan(), &scratch);
                         prop_assert_eq!(&target, &Target::of_plan(scratch));
-                        // A second update with nothing changed is empty, unless some object has no version.
-                        let (again, _) = index.update(services.values(), slices.values(), "n1", &ranges);
-                        if !without_versions {
+                        // A second update with nothing changed is empty, unless some object has no version (and
+                        // the index must find the changes itself).
+                        let (again, _) = update(&mut index, &mut services, &mut slices, &ranges);
+                        if keyed || !without_versions {
                             prop_assert!(again.is_empty(), "{again:?}");
                         }
                         target.apply(again);

@@ -366,7 +366,7 @@ pub async fn run_with(
                 &crate::k8s::announcement::ready_nodes(&state),
                 *liveness.healthy.borrow(),
             );
-            dataplane.update(&state, &validated);
+            dataplane.update(&mut state, &validated);
             let (bgp_notes, bgp_actions) =
                 bgp.sync(&state, &validated, args.lb_class.as_deref()).await;
             announcer.set_bgp_vips(bgp.advertised().clone());

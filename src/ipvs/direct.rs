@@ -23,6 +23,9 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+
+use crate::k8s::index::{Changes, ObjectIndex, ObjectKey};
 
 use super::codec::{DestId, DestSpec, Protocol, ServiceId, ServiceSpec};
 use super::verify::{
@@ -480,7 +483,8 @@ impl DirectIndex {
     }
 
     /// Brings the plan up to date with the current objects; returns what changed and the problems of the
-    /// Services that were recomputed (or whose conflicts changed).
+    /// Services that were recomputed (or whose conflicts changed). Finds the changed objects by comparing every
+    /// resourceVersion; [`update_changed`](Self::update_changed) is the same when the caller knows them.
     pub fn update<'a>(
         &mut self,
         services: impl IntoIterator<Item = &'a Service>,
@@ -510,13 +514,14 @@ impl DirectIndex {
             .collect();
         slice_now.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         slice_now.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+        fn find<'a, T>(list: &[Entry<'a, T>], ns: &str, name: &str) -> Option<&'a T> {
+            list.binary_search_by(|(n, m, _)| (*n, *m).cmp(&(ns, name)))
+                .ok()
+                .map(|i| list[i].2.1)
+        }
 
         let mut touched: BTreeSet<Key> = BTreeSet::new();
-        let everything =
-            self.node.as_deref() != Some(node) || self.ranges.as_deref() != Some(ranges);
-        if everything {
-            self.node = Some(node.to_string());
-            self.ranges = Some(ranges.to_vec());
+        if self.scope_changed(node, ranges) {
             touched.extend(self.shares.keys().cloned());
             touched.extend(
                 svc_now
@@ -524,55 +529,162 @@ impl DirectIndex {
                     .map(|(ns, n, _)| (ns.to_string(), n.to_string())),
             );
         }
-
-        // Services added, removed or changed.
         for (key, _, new) in changes(&self.services, &svc_now, |seen, now| {
             same_version(seen, now.0)
         }) {
-            match new {
-                Some(i) => {
-                    self.services
-                        .insert(key.clone(), svc_now[i].2.0.map(str::to_string));
-                }
-                None => {
-                    self.services.remove(&key);
-                }
-            }
-            touched.insert(key);
+            self.note_service(key, new.map(|i| svc_now[i].2.1), &mut touched);
         }
-        // EndpointSlices added, removed or changed: their Service before and after.
-        for (key, old, new) in changes(&self.slices, &slice_now, |seen, now| {
+        for (key, _, new) in changes(&self.slices, &slice_now, |seen, now| {
             same_version(&seen.0, now.0)
         }) {
-            if let Some((_, Some(svc))) = &old {
-                let owner = (key.0.clone(), svc.clone());
-                if let Some(set) = self.slices_of.get_mut(&owner) {
-                    set.remove(&key.1);
-                    if set.is_empty() {
-                        self.slices_of.remove(&owner);
-                    }
-                }
-                touched.insert(owner);
-            }
-            match new {
-                Some(i) => {
-                    let (rv, slice) = slice_now[i].2;
-                    let label = service_label(slice).map(str::to_string);
-                    if let Some(svc) = &label {
-                        let owner = (key.0.clone(), svc.clone());
-                        self.slices_of
-                            .entry(owner.clone())
-                            .or_default()
-                            .insert(key.1.clone());
-                        touched.insert(owner);
-                    }
-                    self.slices.insert(key, (rv.map(str::to_string), label));
-                }
-                None => {
-                    self.slices.remove(&key);
-                }
+            self.note_slice(key, new.map(|i| slice_now[i].2.1), &mut touched);
+        }
+        self.recompute(
+            touched,
+            |ns, name| find(&svc_now, ns, name),
+            |ns, name| find(&slice_now, ns, name),
+            node,
+            ranges,
+        )
+    }
+
+    /// [`update`](Self::update) for a caller that knows which objects changed: `services` and `slices` are the
+    /// agent's indexes, `changed_services` and `changed_slices` what they noted since the last call. Costs in
+    /// proportion to the change, not to the cluster (unless the node, the pools or `all` say everything).
+    pub fn update_changed(
+        &mut self,
+        services: &ObjectIndex<Service>,
+        slices: &ObjectIndex<EndpointSlice>,
+        changed_services: &Changes,
+        changed_slices: &Changes,
+        node: &str,
+        ranges: &[crate::config::IpRange],
+    ) -> (Delta, Vec<Problem>) {
+        if changed_services.all || changed_slices.all {
+            return self.update(services.values(), slices.values(), node, ranges);
+        }
+        // The index keys by the namespace as written; this plan names an object without one "default".
+        fn find<'a, T: Resource + Clone>(
+            index: &'a ObjectIndex<T>,
+            ns: &str,
+            name: &str,
+        ) -> Option<&'a T> {
+            index.get(&ObjectKey::new(ns, name)).or_else(|| {
+                (ns == "default")
+                    .then(|| index.get(&ObjectKey::new("", name)))
+                    .flatten()
+            })
+        }
+        let key_of = |k: &ObjectKey| -> Key {
+            let ns = if k.namespace.is_empty() {
+                "default"
+            } else {
+                k.namespace.as_str()
+            };
+            (ns.to_string(), k.name.clone())
+        };
+        let mut touched: BTreeSet<Key> = BTreeSet::new();
+        if self.scope_changed(node, ranges) {
+            touched.extend(self.shares.keys().cloned());
+            touched.extend(services.iter().map(|(k, _)| key_of(k)));
+        }
+        for k in &changed_services.keys {
+            let svc = services.get(k);
+            let seen = self.services.get(&key_of(k));
+            let unchanged = svc.is_some_and(|s| {
+                seen.is_some_and(|v| same_version(v, s.metadata.resource_version.as_deref()))
+            });
+            if !unchanged && (svc.is_some() || seen.is_some()) {
+                self.note_service(key_of(k), svc, &mut touched);
             }
         }
+        for k in &changed_slices.keys {
+            let slice = slices.get(k);
+            let seen = self.slices.get(&key_of(k));
+            let unchanged = slice.is_some_and(|s| {
+                seen.is_some_and(|v| same_version(&v.0, s.metadata.resource_version.as_deref()))
+            });
+            if !unchanged && (slice.is_some() || seen.is_some()) {
+                self.note_slice(key_of(k), slice, &mut touched);
+            }
+        }
+        self.recompute(
+            touched,
+            |ns, name| find(services, ns, name),
+            |ns, name| find(slices, ns, name),
+            node,
+            ranges,
+        )
+    }
+
+    /// Takes the node and the pools' ranges; whether they differ from the last update's (then every Service must be
+    /// recomputed).
+    fn scope_changed(&mut self, node: &str, ranges: &[crate::config::IpRange]) -> bool {
+        let changed = self.node.as_deref() != Some(node) || self.ranges.as_deref() != Some(ranges);
+        if changed {
+            self.node = Some(node.to_string());
+            self.ranges = Some(ranges.to_vec());
+        }
+        changed
+    }
+
+    /// A Service added (`now` is Some), changed or removed (None): remembers its version and marks it.
+    fn note_service(&mut self, key: Key, now: Option<&Service>, touched: &mut BTreeSet<Key>) {
+        match now {
+            Some(svc) => {
+                self.services
+                    .insert(key.clone(), svc.metadata.resource_version.clone());
+            }
+            None => {
+                self.services.remove(&key);
+            }
+        }
+        touched.insert(key);
+    }
+
+    /// An EndpointSlice added, changed or removed: moves it between Services and marks its Service before and
+    /// after.
+    fn note_slice(&mut self, key: Key, now: Option<&EndpointSlice>, touched: &mut BTreeSet<Key>) {
+        if let Some((_, Some(svc))) = self.slices.get(&key) {
+            let owner = (key.0.clone(), svc.clone());
+            if let Some(set) = self.slices_of.get_mut(&owner) {
+                set.remove(&key.1);
+                if set.is_empty() {
+                    self.slices_of.remove(&owner);
+                }
+            }
+            touched.insert(owner);
+        }
+        match now {
+            Some(slice) => {
+                let label = service_label(slice).map(str::to_string);
+                if let Some(svc) = &label {
+                    let owner = (key.0.clone(), svc.clone());
+                    self.slices_of
+                        .entry(owner.clone())
+                        .or_default()
+                        .insert(key.1.clone());
+                    touched.insert(owner);
+                }
+                self.slices
+                    .insert(key, (slice.metadata.resource_version.clone(), label));
+            }
+            None => {
+                self.slices.remove(&key);
+            }
+        }
+    }
+
+    /// Recomputes the shares of the `touched` Services from the current objects (found through `service` and
+    /// `slice` by namespace and name) and returns the virtual services and bindings that changed.
+    fn recompute<'a>(
+        &mut self,
+        touched: BTreeSet<Key>,
+        service: impl Fn(&str, &str) -> Option<&'a Service>,
+        slice: impl Fn(&str, &str) -> Option<&'a EndpointSlice>,
+        node: &str,
+        ranges: &[crate::config::IpRange],
+    ) -> (Delta, Vec<Problem>) {
         if touched.is_empty() {
             return (Delta::default(), Vec::new());
         }
@@ -581,24 +693,13 @@ impl DirectIndex {
         let owned = |ip: &IpAddr| ranges.iter().any(|r| r.contains(ip));
         let mut fresh: BTreeMap<Key, Option<Share>> = BTreeMap::new();
         for key in &touched {
-            let svc = svc_now
-                .binary_search_by(|(ns, n, _)| (*ns, *n).cmp(&(key.0.as_str(), key.1.as_str())))
-                .ok()
-                .map(|i| svc_now[i].2.1);
-            let share = svc.and_then(|svc| {
+            let share = service(&key.0, &key.1).and_then(|svc| {
                 let own: Vec<&EndpointSlice> = self
                     .slices_of
                     .get(key)
                     .into_iter()
                     .flatten()
-                    .filter_map(|slice_name| {
-                        slice_now
-                            .binary_search_by(|(ns, n, _)| {
-                                (*ns, *n).cmp(&(key.0.as_str(), slice_name.as_str()))
-                            })
-                            .ok()
-                            .map(|i| slice_now[i].2.1)
-                    })
+                    .filter_map(|slice_name| slice(&key.0, slice_name))
                     .collect();
                 Share::of(svc, &own, node, &owned)
             });

@@ -3,7 +3,7 @@
 //! It knows nothing about what the objects mean. `apply`, `delete` and `reset` are plain functions on plain data, so
 //! the index is tested without an API server; the watch loop only maps watcher events onto them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::Resource;
 use kube::runtime::watcher;
@@ -42,13 +42,36 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
+/// What changed in an index since the last [`ObjectIndex::take_changes`]: the keys of the objects added, replaced
+/// or deleted, or everything (a relist replaced the whole contents).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub all: bool,
+    pub keys: BTreeSet<ObjectKey>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.keys.is_empty()
+    }
+
+    fn note(&mut self, key: &ObjectKey) {
+        if !self.all {
+            self.keys.insert(key.clone());
+        }
+    }
+}
+
 /// The objects of one kind, by key. While a relist is under way the old contents stay visible, and the relisted
-/// set replaces them atomically when the watcher says it is complete.
+/// set replaces them atomically when the watcher says it is complete. It also keeps the keys changed since the
+/// last [`take_changes`](Self::take_changes), so a consumer can recompute only what changed (the set is bounded by
+/// the number of objects).
 #[derive(Debug)]
 pub struct ObjectIndex<K> {
     objects: BTreeMap<ObjectKey, K>,
     relisting: Option<BTreeMap<ObjectKey, K>>,
     synced: bool,
+    changes: Changes,
 }
 
 impl<K> Default for ObjectIndex<K> {
@@ -57,6 +80,11 @@ impl<K> Default for ObjectIndex<K> {
             objects: BTreeMap::new(),
             relisting: None,
             synced: false,
+            // Nothing has been taken yet: everything is new to a consumer.
+            changes: Changes {
+                all: true,
+                keys: BTreeSet::new(),
+            },
         }
     }
 }
@@ -80,30 +108,51 @@ impl<K: Resource + Clone> ObjectIndex<K> {
                 return false;
             }
         }
+        self.changes.note(&key);
         self.objects.insert(key, obj);
         true
     }
 
     pub fn delete(&mut self, obj: &K) -> bool {
-        self.objects.remove(&ObjectKey::of(obj)).is_some()
+        let key = ObjectKey::of(obj);
+        let gone = self.objects.remove(&key).is_some();
+        if gone {
+            self.changes.note(&key);
+        }
+        gone
     }
 
-    /// Replaces the whole contents. Returns whether anything changed.
+    /// Replaces the whole contents. Returns whether anything changed; the keys that did are noted.
     pub fn reset(&mut self, objs: impl IntoIterator<Item = K>) -> bool {
         let fresh: BTreeMap<ObjectKey, K> =
             objs.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
-        let changed = fresh.len() != self.objects.len()
-            || fresh
-                .iter()
-                .zip(self.objects.iter())
-                .any(|((ka, a), (kb, b))| {
-                    ka != kb
-                        || a.meta().resource_version.is_none()
-                        || a.meta().resource_version != b.meta().resource_version
-                });
+        let mut changed = false;
+        for (key, obj) in &fresh {
+            let rv = &obj.meta().resource_version;
+            let same = rv.is_some()
+                && self
+                    .objects
+                    .get(key)
+                    .is_some_and(|old| &old.meta().resource_version == rv);
+            if !same {
+                self.changes.note(key);
+                changed = true;
+            }
+        }
+        for key in self.objects.keys() {
+            if !fresh.contains_key(key) {
+                self.changes.note(key);
+                changed = true;
+            }
+        }
         self.objects = fresh;
         self.synced = true;
         changed
+    }
+
+    /// The keys changed since the last call (or everything, after a relist or at first), and starts afresh.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
     }
 
     /// Applies one watcher event. Returns whether the visible contents changed.
@@ -214,5 +263,40 @@ mod tests {
         index.handle(watcher::Event::Init);
         index.handle(watcher::Event::InitApply(svc("a", "new", "5")));
         assert!(!index.handle(watcher::Event::InitDone));
+    }
+
+    #[test]
+    fn changes_name_the_keys_touched_since_they_were_last_taken() {
+        let mut index = ObjectIndex::default();
+        index.apply(svc("a", "web", "1"));
+        index.apply(svc("a", "db", "1"));
+        // Nothing was taken before: a consumer starts from everything.
+        assert!(index.take_changes().all);
+        assert!(index.take_changes().is_empty());
+        index.apply(svc("a", "web", "1"));
+        assert!(
+            index.take_changes().is_empty(),
+            "the same version is no change"
+        );
+        index.apply(svc("a", "web", "2"));
+        index.delete(&svc("a", "db", "1"));
+        index.delete(&svc("a", "gone", "1"));
+        let changes = index.take_changes();
+        assert!(!changes.all);
+        assert_eq!(
+            changes.keys,
+            BTreeSet::from([ObjectKey::new("a", "db"), ObjectKey::new("a", "web")])
+        );
+        // A relist notes exactly what differs from the contents it replaces.
+        index.apply(svc("a", "keep", "3"));
+        index.take_changes();
+        index.handle(watcher::Event::Init);
+        index.handle(watcher::Event::InitApply(svc("a", "keep", "3")));
+        index.handle(watcher::Event::InitApply(svc("a", "new", "4")));
+        assert!(index.handle(watcher::Event::InitDone));
+        assert_eq!(
+            index.take_changes().keys,
+            BTreeSet::from([ObjectKey::new("a", "new"), ObjectKey::new("a", "web")])
+        );
     }
 }
