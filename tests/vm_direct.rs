@@ -459,6 +459,73 @@ fn direct_local_vip_keeps_the_client_address_and_cluster_vip_reaches_both_nodes(
     Ok(())
 }
 
+/// A pool deleted while the agent was down: the VIP it had bound on `ironlb0` and that VIP's virtual service are
+/// still there at restart, but the VIP is outside every pool now. The restarted agent takes the addresses on its
+/// own link into the worker's scope (`prepare_link`), so the first pass removes that virtual service; a virtual
+/// service outside the scope (another program's) is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_restart_removes_what_a_deleted_pool_left_behind() -> anyhow::Result<()> {
+    if !in_vm() {
+        return Ok(());
+    }
+    let _node = RootNode::fresh();
+    // What the earlier run left, and what another program holds.
+    sh("ip addr add 192.0.2.9/32 dev ironlb0");
+    sh("ipvsadm -A -t 192.0.2.9:80 -s rr && ipvsadm -a -t 192.0.2.9:80 -r 198.51.100.1:8080 -m");
+    sh(
+        "ipvsadm -A -t 203.0.113.7:80 -s rr && ipvsadm -a -t 203.0.113.7:80 -r 198.51.100.2:8080 -m",
+    );
+
+    let leftover = ironlb::agent::dataplane::prepare_link("ironlb0").await;
+    ensure!(
+        leftover == BTreeSet::from(["192.0.2.9".parse()?]),
+        "addresses found on ironlb0: {leftover:?}"
+    );
+    let (notes_tx, _notes) = tokio::sync::mpsc::unbounded_channel();
+    let mut worker = Worker::new(
+        &args(3600),
+        IpvsSocket::connect()?,
+        notes_tx,
+        DataPlaneMetrics::default(),
+    );
+    worker.widen_scope(leftover);
+    // The pools now: 192.0.2.128/25 only, with one Service.
+    let service: Service = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": "default", "resourceVersion": "1"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.130", "ipMode": "Proxy"}]}},
+    }))?;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "web-1", "namespace": "default", "resourceVersion": "2",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["198.51.100.3"], "nodeName": "n1", "conditions": {"ready": true}}],
+    }))?;
+    let ranges = [ironlb::config::IpRange::from_cidr(
+        "192.0.2.128/25".parse()?,
+    )];
+    let mut index = direct::DirectIndex::new();
+    let (delta, _) = index.update([&service], [&slice], "n1", &ranges);
+    worker.program_delta(delta);
+
+    let table = out("ipvsadm -S -n");
+    println!("{table}");
+    ensure!(
+        !table.contains("192.0.2.9:80"),
+        "the deleted pool's virtual service is still there:\n{table}"
+    );
+    ensure!(
+        table.contains("-a -t 192.0.2.130:80 -r 198.51.100.3:8080 -m"),
+        "the wanted virtual service is missing:\n{table}"
+    );
+    ensure!(
+        table.contains("-a -t 203.0.113.7:80 -r 198.51.100.2:8080 -m"),
+        "a virtual service outside the scope was touched:\n{table}"
+    );
+    Ok(())
+}
+
 /// One endpoint added to one Service of a table of `count` Services x 10 destinations, `rounds` times, through
 /// the agent's own path: the watch event applied to the agent's object index (which notes the changed key), the
 /// incremental index told that key ([`direct::DirectIndex::update_changed`], as `DataPlane::update` does), and the

@@ -256,10 +256,9 @@ impl Announcer {
                 return;
             }
         }
+        let owned = bind_owned(&self.args.vip_link, pools);
         let reconciler =
-            AddressReconciler::new(self.handle.clone(), self.args.vip_link.clone(), move |ip| {
-                pools.iter().any(|p| p.contains(ip))
-            });
+            AddressReconciler::new(self.handle.clone(), self.args.vip_link.clone(), owned);
         match reconciler.reconcile(&wanted).await {
             Ok(outcome) if outcome.failed.is_empty() => {
                 if !outcome.requests.is_empty() {
@@ -414,6 +413,17 @@ impl Announcer {
     }
 }
 
+/// Which host-prefix addresses on the VIP link the binder may delete when they are not wanted: those inside a pool,
+/// and on IronLB's own direct-mode link every one (only IronLB binds there, so a VIP whose pool was deleted while
+/// the agent was down goes too). On `kube-ipvs0` the rest is kube-proxy's.
+fn bind_owned(
+    vip_link: &str,
+    pools: Vec<crate::config::Pool>,
+) -> impl Fn(&IpAddr) -> bool + Send + Sync + 'static {
+    let own_link = vip_link == crate::agent::dataplane::DIRECT_LINK;
+    move |ip| own_link || pools.iter().any(|p| p.contains(ip))
+}
+
 fn to_plan_interface(i: &crate::netif::LocalInterface) -> plan::LocalInterface {
     plan::LocalInterface {
         name: i.name.clone(),
@@ -483,4 +493,38 @@ async fn advertise_address(
         .flat_map(|i| i.addresses.iter())
         .map(|a| a.addr())
         .find(|ip| matches!(ip, IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_direct_link_is_ironlbs_alone_kube_ipvs0_only_within_the_pools() {
+        let pools = crate::config::validate(&crate::config::Sources {
+            legacy: Some(crate::config::load::LegacySource {
+                name: "ConfigMap/config".into(),
+                namespace: None,
+                payload:
+                    "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n"
+                        .into(),
+            }),
+            ..Default::default()
+        })
+        .config
+        .pools
+        .into_values()
+        .collect::<Vec<_>>();
+        assert_eq!(pools.len(), 1);
+        let inside: IpAddr = "192.0.2.5".parse().unwrap();
+        let outside: IpAddr = "198.51.100.7".parse().unwrap();
+        let direct = bind_owned("ironlb0", pools.clone());
+        assert!(direct(&inside) && direct(&outside));
+        let shared = bind_owned("kube-ipvs0", pools);
+        assert!(shared(&inside));
+        assert!(
+            !shared(&outside),
+            "an address outside the pools on kube-ipvs0 is kube-proxy's"
+        );
+    }
 }

@@ -283,6 +283,8 @@ pub struct DataPlane {
     last: Option<Arc<Target>>,
     /// The wanted state, maintained incrementally (direct mode).
     index: DirectIndex,
+    /// Whether a delta went to the worker yet (direct mode).
+    sent: bool,
     notes: mpsc::UnboundedSender<(Note, ObjectReference)>,
     /// Problems already reported, so an Event is sent once per problem.
     reported: BTreeSet<(ServiceRef, &'static str, String)>,
@@ -316,13 +318,21 @@ impl DataPlane {
                 }
             });
         }
-        if args.dataplane == Mode::Direct {
-            ensure_link(vip_link).await;
-        }
+        // In direct mode, the VIPs an earlier run left on the link (only on IronLB's own link: another one may hold
+        // addresses that are not IronLB's).
+        let leftover = match args.dataplane {
+            Mode::Direct if vip_link == DIRECT_LINK => prepare_link(vip_link).await,
+            Mode::Direct => {
+                prepare_link(vip_link).await;
+                BTreeSet::new()
+            }
+            Mode::Integrated => BTreeSet::new(),
+        };
         let tx = match IpvsSocket::connect() {
             Ok(socket) => {
                 let (tx, rx) = std_mpsc::channel();
-                let worker = Worker::new(&args, socket, notes.clone(), metrics.clone());
+                let mut worker = Worker::new(&args, socket, notes.clone(), metrics.clone());
+                worker.widen_scope(leftover);
                 std::thread::Builder::new()
                     .name("ironlb-ipvs".into())
                     .spawn(move || worker.run(rx))
@@ -345,6 +355,7 @@ impl DataPlane {
             tx,
             last: None,
             index: DirectIndex::new(),
+            sent: false,
             notes,
             reported: BTreeSet::new(),
             checked_ranges: None,
@@ -376,7 +387,13 @@ impl DataPlane {
                     &self.node,
                     &ranges,
                 );
-                ((!delta.is_empty()).then_some(Work::Delta(delta)), problems)
+                // The first update goes to the worker even when empty: its first pass is a full one, which
+                // removes what an earlier run left behind.
+                let first = !std::mem::replace(&mut self.sent, true);
+                (
+                    (first || !delta.is_empty()).then_some(Work::Delta(delta)),
+                    problems,
+                )
             }
             Mode::Integrated => {
                 let (target, problems) = target(
@@ -503,22 +520,47 @@ fn node_reference(node: &str) -> ObjectReference {
     }
 }
 
-/// Creates the direct-mode dummy link when it is missing (and brings it up).
-pub async fn ensure_link(name: &str) {
+/// Creates the direct-mode dummy link when it is missing (and brings it up), and returns the host-prefix
+/// addresses already on it. Everything on IronLB's own link was bound by an earlier run, so the worker takes these
+/// addresses into its scope: a virtual service left behind for a VIP that is no longer wanted (its pool was deleted
+/// while the agent was down) is then removed by the first pass, as the binding is by the announcer.
+pub async fn prepare_link(name: &str) -> BTreeSet<IpAddr> {
     let Ok((connection, handle, _)) = rtnetlink::new_connection() else {
         tracing::error!(link = name, "cannot open rtnetlink to create the VIP link");
-        return;
+        return BTreeSet::new();
     };
     let conn = tokio::spawn(connection);
+    let mut found = BTreeSet::new();
     match crate::netif::bind::ensure_link(&handle, name, crate::netif::bind::LinkKind::Dummy).await
     {
-        Ok(_) => tracing::info!(link = name, "VIP link present"),
+        Ok(_) => {
+            tracing::info!(link = name, "VIP link present");
+            let link = crate::netif::bind::AddressReconciler::new(handle, name, |_| false);
+            match link.actual().await {
+                Ok((_, addresses)) => {
+                    found = addresses
+                        .iter()
+                        .filter(|net| {
+                            net.prefix_len() == crate::netif::bind::host_prefix(&net.addr())
+                        })
+                        .map(|net| net.addr())
+                        .collect();
+                    if !found.is_empty() {
+                        tracing::info!(link = name, addresses = ?found, "VIPs bound by an earlier run; their \
+                            virtual services are in scope until the first pass settles them");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, link = name, "cannot list the VIP link's addresses")
+                }
+            }
+        }
         Err(error) => tracing::error!(%error, link = name, "cannot create the VIP link"),
     }
     conn.abort();
+    found
 }
 
-/// Applies the SNAT table with `nft -f -`.
 fn apply_snat(snat: &BTreeSet<ServiceId>) -> Result<(), String> {
     use std::io::Write;
     if !snat.is_empty() {
@@ -687,6 +729,14 @@ impl Worker {
             } else {
                 *s = self.wanted.vips.clone();
             }
+        }
+    }
+
+    /// Direct mode: also owns the virtual services of `addrs` (VIPs an earlier run bound), so that the next full
+    /// pass removes them unless they are wanted.
+    pub fn widen_scope(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        if self.mode == Mode::Direct {
+            self.set_scope(addrs.into_iter());
         }
     }
 
