@@ -45,7 +45,7 @@ pub const GROUP: &str = "metallb.io";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPAddressPoolSpec {
-    /// CIDR prefixes (`192.168.10.0/24`) or explicit ranges (`192.168.9.1-192.168.9.5`).
+    /// CIDR prefixes (`192.0.2.0/24`) or explicit ranges (`198.51.100.1-198.51.100.5`).
     pub addresses: Vec<String>,
     /// Whether the pool serves Services that do not ask for it by name. Defaults to true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -621,14 +621,14 @@ mod tests {
         let old: v1beta1::BGPPeer = serde_json::from_value(serde_json::json!({
             "apiVersion": "metallb.io/v1beta1", "kind": "BGPPeer",
             "metadata": {"name": "old", "namespace": "metallb-system"},
-            "spec": {"myASN": 64512, "peerASN": 64513, "peerAddress": "10.0.0.1", "holdTime": "90s",
+            "spec": {"myASN": 64500, "peerASN": 64501, "peerAddress": "203.0.113.254", "holdTime": "90s",
                      "ebgpMultiHop": true, "routerID": "1.2.3.4"}
         }))
         .unwrap();
         let new = BGPPeer::from(old);
         assert_eq!(new.metadata.name.as_deref(), Some("old"));
-        assert_eq!(new.spec.peer_asn, Some(64513));
-        assert_eq!(new.spec.peer_address.as_deref(), Some("10.0.0.1"));
+        assert_eq!(new.spec.peer_asn, Some(64501));
+        assert_eq!(new.spec.peer_address.as_deref(), Some("203.0.113.254"));
         assert_eq!(new.spec.hold_time.as_deref(), Some("90s"));
         assert_eq!(new.spec.ebgp_multi_hop, Some(true));
         assert_eq!(new.spec.router_id.as_deref(), Some("1.2.3.4"));

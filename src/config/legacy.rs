@@ -542,10 +542,10 @@ mod tests {
     fn advertisements_are_numbered_across_pools() {
         let input = "
 address-pools:
-- {name: a, protocol: bgp, addresses: [10.0.0.0/24], bgp-advertisements: [{localpref: 1}, {localpref: 2}]}
-- {name: b, protocol: bgp, addresses: [10.0.1.0/24]}
-- {name: c, protocol: layer2, addresses: [10.0.2.0/24]}
-- {name: d, protocol: layer2, addresses: [10.0.3.0/24]}
+- {name: a, protocol: bgp, addresses: [192.0.2.0/26], bgp-advertisements: [{localpref: 1}, {localpref: 2}]}
+- {name: b, protocol: bgp, addresses: [192.0.2.64/26]}
+- {name: c, protocol: layer2, addresses: [192.0.2.128/26]}
+- {name: d, protocol: layer2, addresses: [192.0.2.192/26]}
 ";
         let kinds: Vec<_> = names(input)
             .into_iter()
@@ -567,8 +567,8 @@ address-pools:
     #[test]
     fn renamed_pools_and_profiles_are_renamed_where_referenced() {
         let input = "
-peers: [{my-asn: 1, peer-asn: 2, peer-address: 10.0.0.1, bfd-profile: My_Profile}]
-address-pools: [{name: 1-Pool, protocol: layer2, addresses: [10.0.0.0/24]}]
+peers: [{my-asn: 1, peer-asn: 2, peer-address: 203.0.113.254, bfd-profile: My_Profile}]
+address-pools: [{name: 1-Pool, protocol: layer2, addresses: [192.0.2.0/24]}]
 bfd-profiles: [{name: My_Profile}]
 ";
         let values = migrate(input, "ns").unwrap();
@@ -586,7 +586,7 @@ kind: ConfigMap
 metadata: {name: config, namespace: lb}
 data:
   config: |
-    address-pools: [{name: p, protocol: l2, addresses: [10.0.0.0/24]}]
+    address-pools: [{name: p, protocol: l2, addresses: [192.0.2.0/24]}]
 ";
         let m = convert(input, "metallb-system").unwrap();
         assert_eq!(m.pools[0].metadata.namespace.as_deref(), Some("lb"));

@@ -312,7 +312,7 @@ mod tests {
             "---\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: empty}\n---\n\
              apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: nginx}\n---\n\
              apiVersion: metallb.io/v1beta1\nkind: BGPPeer\nmetadata: {name: old}\n\
-             spec: {myASN: 1, peerASN: 2, peerAddress: 10.0.0.1}\n",
+             spec: {myASN: 1, peerASN: 2, peerAddress: 203.0.113.254}\n",
         );
         assert_eq!(d.len(), 3, "{d:?}");
         assert!(matches!(&d[0], Document::L2Advertisement(a) if a.spec == Default::default()));
@@ -337,7 +337,7 @@ mod tests {
     fn a_mistyped_object_is_malformed_alone() {
         let d = docs(
             "apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: p}\nspec: {myASN: many}\n---\n\
-             apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: ok}\nspec: {addresses: [10.0.0.0/24]}\n",
+             apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: ok}\nspec: {addresses: [192.0.2.0/24]}\n",
         );
         let s = Sources::from_documents(d);
         assert_eq!(s.malformed.len(), 1);

@@ -1160,9 +1160,9 @@ mod tests {
         crd::BGPPeer {
             metadata: meta(name),
             spec: BGPPeerSpec {
-                my_asn: 64512,
-                peer_asn: Some(64513),
-                peer_address: Some("10.0.0.1".into()),
+                my_asn: 64500,
+                peer_asn: Some(64501),
+                peer_address: Some("203.0.113.254".into()),
                 ..Default::default()
             },
             status: None,
@@ -1237,11 +1237,11 @@ mod tests {
             pools: vec![pool(
                 "a",
                 &[
-                    "10.0.1.0/24",
-                    "10.0.0.0/24",
-                    "fc00::/124",
-                    "10.0.2.0-10.0.2.9",
-                    "192.168.1.5/24",
+                    "192.0.2.64/26",
+                    "192.0.2.0/26",
+                    "2001:db8::/124",
+                    "192.0.2.128-192.0.2.137",
+                    "198.51.100.5/24",
                 ],
             )],
             l2_advertisements: vec![l2("all", &[])],
@@ -1253,14 +1253,14 @@ mod tests {
         assert_eq!(
             ranges,
             [
-                "10.0.0.0-10.0.2.9",
-                "192.168.1.0-192.168.1.255",
-                "fc00::-fc00::f"
+                "192.0.2.0-192.0.2.137",
+                "198.51.100.0-198.51.100.255",
+                "2001:db8::-2001:db8::f"
             ]
         );
         assert!(p.auto_assign);
         assert!(!p.avoid_buggy_ips);
-        assert_eq!(pool_size(p), (256 * 2 + 10 + 256, 16));
+        assert_eq!(pool_size(p), (64 * 2 + 10 + 256, 16));
     }
 
     #[test]
@@ -1270,15 +1270,15 @@ mod tests {
                 pool(
                     "bad",
                     &[
-                        "10.0.0.0/33",
-                        "10.0.0.9-10.0.0.1",
-                        "10.0.0.1-fc00::1",
-                        "10.0.0.7",
+                        "192.0.2.0/33",
+                        "192.0.2.9-192.0.2.1",
+                        "192.0.2.1-2001:db8::1",
+                        "192.0.2.7",
                         "x",
                     ],
                 ),
                 pool("empty", &[]),
-                pool("good", &["10.1.0.0/24"]),
+                pool("good", &["203.0.113.0/24"]),
             ],
             ..Default::default()
         });
@@ -1313,7 +1313,7 @@ mod tests {
             "IPAddressPool",
             "bad",
             "spec.addresses[3]",
-            "10.0.0.7/32"
+            "192.0.2.7/32"
         ));
         assert!(has(
             e,
@@ -1337,9 +1337,9 @@ mod tests {
         // Given in reverse order: name order decides, not input order.
         let v = validate(&Sources {
             pools: vec![
-                pool("b", &["10.0.0.128/25"]),
-                pool("a", &["10.0.0.0/24"]),
-                pool("c", &["10.0.1.0/24"]),
+                pool("b", &["192.0.2.128/25"]),
+                pool("a", &["192.0.2.0/24"]),
+                pool("c", &["198.51.100.0/24"]),
             ],
             ..Default::default()
         });
@@ -1385,7 +1385,7 @@ mod tests {
     #[test]
     fn overlap_inside_one_pool_is_rejected() {
         let v = validate(&Sources {
-            pools: vec![pool("a", &["10.0.0.0/24", "10.0.0.5-10.0.0.6"])],
+            pools: vec![pool("a", &["192.0.2.0/24", "192.0.2.5-192.0.2.6"])],
             ..Default::default()
         });
         assert!(has(
@@ -1399,7 +1399,7 @@ mod tests {
 
     #[test]
     fn service_allocation_is_compiled_and_checked() {
-        let mut p = pool("a", &["10.0.0.0/24"]);
+        let mut p = pool("a", &["192.0.2.0/24"]);
         p.spec.service_allocation = Some(crd::ServiceAllocationSpec {
             priority: Some(5),
             namespaces: Some(vec!["x".into(), "y".into()]),
@@ -1449,10 +1449,10 @@ mod tests {
         assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
         let p = &v.config.peers["p"];
         assert_eq!(p.port, 179);
-        assert_eq!(p.remote_asn, RemoteAsn::Fixed(64513));
+        assert_eq!(p.remote_asn, RemoteAsn::Fixed(64501));
         assert_eq!(
             p.endpoint,
-            PeerEndpoint::Address("10.0.0.1".parse().unwrap())
+            PeerEndpoint::Address("203.0.113.254".parse().unwrap())
         );
         assert_eq!(p.hold_time, Some(Duration::from_secs(90)));
         assert_eq!(p.keepalive_time, Some(Duration::from_secs(30)));
@@ -1506,7 +1506,7 @@ mod tests {
         );
         assert!(has(
             &peer_errors(with(|s| {
-                s.peer_asn = Some(64512);
+                s.peer_asn = Some(64500);
                 s.ebgp_multi_hop = Some(true);
             })),
             "BGPPeer",
@@ -1536,11 +1536,11 @@ mod tests {
             "spec.interface",
             "mutually exclusive"
         ));
-        let e = peer_errors(with(|s| s.peer_address = Some("10.0.0.300".into())));
+        let e = peer_errors(with(|s| s.peer_address = Some("192.0.2.300".into())));
         assert!(has(&e, "BGPPeer", "p", "spec.peerAddress", "not an IP"));
         let e = peer_errors(with(|s| s.source_address = Some("nope".into())));
         assert!(has(&e, "BGPPeer", "p", "spec.sourceAddress", "not an IP"));
-        let e = peer_errors(with(|s| s.router_id = Some("fc00::1".into())));
+        let e = peer_errors(with(|s| s.router_id = Some("2001:db8::1".into())));
         assert!(has(&e, "BGPPeer", "p", "spec.routerID", "IPv4"));
         let e = peer_errors(with(|s| s.peer_port = Some(0)));
         assert!(has(&e, "BGPPeer", "p", "spec.peerPort", "1..=16384"));
@@ -1705,7 +1705,7 @@ mod tests {
     fn v1beta1_peers_are_read_as_v1beta2_with_a_warning() {
         let old: crd::v1beta1::BGPPeer = serde_json::from_value(serde_json::json!({
             "apiVersion": "metallb.io/v1beta1", "kind": "BGPPeer", "metadata": {"name": "old"},
-            "spec": {"myASN": 1, "peerASN": 2, "peerAddress": "10.0.0.2"}
+            "spec": {"myASN": 1, "peerASN": 2, "peerAddress": "203.0.113.253"}
         }))
         .unwrap();
         let v = validate(&Sources {
@@ -1729,13 +1729,13 @@ mod tests {
             ..Default::default()
         });
         assert!(has(&v.errors, "BGPPeer", "p", "metadata.name", "same name"));
-        assert_eq!(v.config.peers["p"].my_asn, 64512, "the first one is kept");
+        assert_eq!(v.config.peers["p"].my_asn, 64500, "the first one is kept");
     }
 
     #[test]
     fn communities_resolve_values_and_aliases() {
         let v = validate(&Sources {
-            pools: vec![pool("a", &["10.0.0.0/24"])],
+            pools: vec![pool("a", &["192.0.2.0/24"])],
             communities: vec![
                 community(
                     "c1",
@@ -1886,9 +1886,9 @@ mod tests {
         }]);
         let v = validate(&Sources {
             pools: vec![
-                pool("a", &["10.0.0.0/24"]),
-                labelled(pool("b", &["10.0.1.0/24"]), "tier", "gold"),
-                pool("c", &["10.0.2.0/24"]),
+                pool("a", &["192.0.2.0/24"]),
+                labelled(pool("b", &["198.51.100.0/24"]), "tier", "gold"),
+                pool("c", &["203.0.113.0/24"]),
             ],
             l2_advertisements: vec![l2("by-list", &["a", "missing"]), by_label],
             ..Default::default()
@@ -1935,7 +1935,7 @@ mod tests {
             weight: 0,
         }]);
         let v = validate(&Sources {
-            pools: vec![pool("a", &["10.0.0.0/24"])],
+            pools: vec![pool("a", &["192.0.2.0/24"])],
             l2_advertisements: vec![adv],
             ..Default::default()
         });
@@ -1973,7 +1973,7 @@ mod tests {
     #[test]
     fn one_invalid_object_never_drops_the_valid_ones() {
         let v = validate(&Sources {
-            pools: vec![pool("good", &["10.0.0.0/24"]), pool("bad", &["nope"])],
+            pools: vec![pool("good", &["192.0.2.0/24"]), pool("bad", &["nope"])],
             peers: vec![peer("ok"), with(|s| s.my_asn = 0)],
             l2_advertisements: vec![l2("adv", &["good", "bad"])],
             malformed: vec![Diagnostic::new("BGPPeer", "typo", "spec", "invalid type")],
@@ -1994,10 +1994,10 @@ mod tests {
             name: "ConfigMap/config".into(),
             namespace: Some("metallb-system".into()),
             payload: "
-peers: [{my-asn: 64512, peer-asn: 64512, peer-address: 10.0.0.1, hold-time: 1s}]
+peers: [{my-asn: 64500, peer-asn: 64500, peer-address: 203.0.113.254, hold-time: 1s}]
 address-pools:
-- {name: l2, protocol: layer2, addresses: [192.168.1.0/24]}
-- {name: other, protocol: l2, addresses: [192.168.2.0/24]}
+- {name: l2, protocol: layer2, addresses: [198.51.100.0/24]}
+- {name: other, protocol: l2, addresses: [203.0.113.0/24]}
 "
             .into(),
         };
@@ -2041,7 +2041,7 @@ address-pools:
         // Beside CRDs it is still read, with a warning, and a CRD wins a name clash.
         let v = validate(&Sources {
             legacy: Some(legacy),
-            pools: vec![pool("l2", &["10.9.0.0/24"])],
+            pools: vec![pool("l2", &["192.0.2.0/24"])],
             ..Default::default()
         });
         assert!(has(
@@ -2053,7 +2053,7 @@ address-pools:
         ));
         assert_eq!(
             v.config.pools["l2"].ranges[0].to_string(),
-            "10.9.0.0-10.9.0.255"
+            "192.0.2.0-192.0.2.255"
         );
         assert!(has(
             &v.errors,
@@ -2072,7 +2072,7 @@ address-pools:
                 namespace: None,
                 payload: "peers: {not: a list}".into(),
             }),
-            pools: vec![pool("a", &["10.0.0.0/24"])],
+            pools: vec![pool("a", &["192.0.2.0/24"])],
             ..Default::default()
         });
         assert_eq!(v.errors.len(), 1);
