@@ -64,6 +64,18 @@ fn args(period: u64) -> DataPlaneArgs {
     }
 }
 
+/// A direct-mode worker on this namespace's IPVS whose Events go nowhere (a closed channel; the worker ignores
+/// that).
+fn quiet_worker() -> anyhow::Result<Worker> {
+    let (notes_tx, _) = tokio::sync::mpsc::unbounded_channel();
+    Ok(Worker::new(
+        &args(3600),
+        IpvsSocket::connect()?,
+        notes_tx,
+        DataPlaneMetrics::default(),
+    ))
+}
+
 /// The root namespace's IPVS table and an `ironlb0` dummy; flushed and deleted on drop.
 struct RootNode;
 
@@ -413,13 +425,7 @@ fn direct_local_vip_keeps_the_client_address_and_cluster_vip_reaches_both_nodes(
     // The worker runs inside node 1: its IPVS socket, the nft table and the conntrack sysctl are node 1's.
     let programmed =
         ironlb::lab::netns::in_netns("dp-node1", move || -> anyhow::Result<String> {
-            let (notes_tx, _notes) = tokio::sync::mpsc::unbounded_channel();
-            let mut worker = Worker::new(
-                &args(3600),
-                IpvsSocket::connect()?,
-                notes_tx,
-                DataPlaneMetrics::default(),
-            );
+            let mut worker = quiet_worker()?;
             worker.program(&target);
             Ok(out("ipvsadm -S -n; nft list table inet ironlb"))
         })??;
@@ -481,13 +487,7 @@ async fn direct_restart_removes_what_a_deleted_pool_left_behind() -> anyhow::Res
         leftover == BTreeSet::from(["192.0.2.9".parse()?]),
         "addresses found on ironlb0: {leftover:?}"
     );
-    let (notes_tx, _notes) = tokio::sync::mpsc::unbounded_channel();
-    let mut worker = Worker::new(
-        &args(3600),
-        IpvsSocket::connect()?,
-        notes_tx,
-        DataPlaneMetrics::default(),
-    );
+    let mut worker = quiet_worker()?;
     worker.widen_scope(leftover);
     // The pools now: 192.0.2.128/25 only, with one Service.
     let service: Service = serde_json::from_value(json!({
@@ -578,13 +578,7 @@ fn incremental_endpoint(
         index.update_changed(&service_index, slice_index, &a, &b, "n1", &ranges)
     };
     let mut index = direct::DirectIndex::new();
-    let (notes_tx, _notes) = tokio::sync::mpsc::unbounded_channel();
-    let mut worker = Worker::new(
-        &args(3600),
-        IpvsSocket::connect()?,
-        notes_tx,
-        DataPlaneMetrics::default(),
-    );
+    let mut worker = quiet_worker()?;
     let start = Instant::now();
     let (first, _) = update(&mut index, &mut slice_index);
     ensure!(
