@@ -33,7 +33,7 @@ use crate::k8s::events::Note;
 use crate::k8s::index::ObjectKey;
 use crate::k8s::state::ClusterState;
 use crate::plan::PlanInput;
-use crate::plan::visibility::ANNOUNCED_BY_ANNOTATION;
+use crate::plan::visibility::{ANNOUNCED_BY_ANNOTATION, BGP_ADVERTISED_BY_ANNOTATION};
 
 /// The key of a `passwordSecret` Secret holding the password (a `kubernetes.io/basic-auth` Secret).
 pub const PASSWORD_KEY: &str = "password";
@@ -276,8 +276,9 @@ pub fn plan(
     out
 }
 
-/// The `announced-by` writes for BGP-advertised Services: the advertising nodes, comma-separated, written by the
-/// first of them. Groups that also have Layer 2 nodes keep the Layer 2 owner's annotation.
+/// The annotation writes for BGP-advertised Services: the advertising nodes, comma-separated, written by the first
+/// of them, in `announced-by`; for a Service also announced over Layer 2 (whose `announced-by` is its Layer 2
+/// owner's), in `bgp-advertised-by`.
 pub fn service_actions(
     node: &str,
     state: &ClusterState,
@@ -285,13 +286,18 @@ pub fn service_actions(
     plan: &BgpPlan,
 ) -> Vec<ServiceAction> {
     let mut actions = Vec::new();
-    for g in input.groups.iter().filter(|g| g.l2_nodes.is_empty()) {
+    for g in &input.groups {
         let Some(nodes) = plan.advertisers.get(&g.key.0) else {
             continue;
         };
         if nodes.iter().next().map(String::as_str) != Some(node) {
             continue;
         }
+        let annotation = if g.l2_nodes.is_empty() {
+            ANNOUNCED_BY_ANNOTATION
+        } else {
+            BGP_ADVERTISED_BY_ANNOTATION
+        };
         let value = nodes.iter().cloned().collect::<Vec<_>>().join(",");
         for key in g.services.keys() {
             let okey = ObjectKey::new(key.namespace.clone(), key.name.clone());
@@ -302,7 +308,7 @@ pub fn service_actions(
                 .metadata
                 .annotations
                 .as_ref()
-                .and_then(|a| a.get(ANNOUNCED_BY_ANNOTATION));
+                .and_then(|a| a.get(annotation));
             if current == Some(&value) {
                 continue;
             }
@@ -310,9 +316,7 @@ pub fn service_actions(
                 service: okey,
                 reference: kube::Resource::object_ref(svc, &()),
                 status: None,
-                metadata: Some(
-                    json!({ "metadata": { "annotations": { ANNOUNCED_BY_ANNOTATION: value } } }),
-                ),
+                metadata: Some(json!({ "metadata": { "annotations": { annotation: value } } })),
                 notes: Vec::new(),
             });
         }
@@ -607,6 +611,9 @@ mod tests {
                 Some("BGPPeer") => sources
                     .peers
                     .push(serde_yaml::from_value(value).expect("peer")),
+                Some("L2Advertisement") => sources
+                    .l2_advertisements
+                    .push(serde_yaml::from_value(value).expect("l2 adv")),
                 other => panic!("unexpected kind {other:?}"),
             }
         }
@@ -616,6 +623,16 @@ mod tests {
     }
 
     fn plan_for(this: &str, yaml: &str, local: bool, endpoints: &[Ep]) -> BgpPlan {
+        setup(this, yaml, local, endpoints).2
+    }
+
+    /// The cluster (one Service at 203.0.113.5, nodes n1 and n2), its plan input and `this` node's BGP plan.
+    fn setup(
+        this: &str,
+        yaml: &str,
+        local: bool,
+        endpoints: &[Ep],
+    ) -> (ClusterState, PlanInput, BgpPlan) {
         let cfg = config(yaml);
         let service = if local {
             svc("svc").local("web")
@@ -627,12 +644,53 @@ mod tests {
             vec![service],
             vec![slice("svc", endpoints)],
             vec![
-                node("n1").label("kubernetes.io/hostname", "n1"),
-                node("n2").label("kubernetes.io/hostname", "n2"),
+                node("n1")
+                    .label("kubernetes.io/hostname", "n1")
+                    .subnets("203.0.113.11/24"),
+                node("n2")
+                    .label("kubernetes.io/hostname", "n2")
+                    .subnets("203.0.113.12/24"),
             ],
         );
         let input = PlanInput::from_cluster(&state, &cfg, None);
-        plan(this, &state, &cfg, &input, "ironlb-system")
+        let plan = plan(this, &state, &cfg, &input, "ironlb-system");
+        (state, input, plan)
+    }
+
+    /// The annotation and value `node` writes on the Service, if any.
+    fn written(node: &str, yaml: &str) -> Vec<(String, String)> {
+        let (state, input, plan) = setup(node, yaml, false, &[Ep::Ready("n1")]);
+        service_actions(node, &state, &input, &plan)
+            .into_iter()
+            .flat_map(|a| {
+                let annotations = a.metadata.expect("metadata")["metadata"]["annotations"].clone();
+                serde_json::from_value::<BTreeMap<String, String>>(annotations).expect("strings")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn advertisers_go_to_announced_by_or_beside_the_layer2_owner() {
+        let bgp_only = adv("{}");
+        assert_eq!(
+            written("n1", &bgp_only),
+            [(ANNOUNCED_BY_ANNOTATION.to_string(), "n1,n2".to_string())]
+        );
+        assert!(
+            written("n2", &bgp_only).is_empty(),
+            "the first advertiser writes"
+        );
+        // The same pool also announced over Layer 2: announced-by is the Layer 2 owner's.
+        let both = format!(
+            "{bgp_only}\n---\napiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {{name: l2, namespace: metallb-system}}\nspec: {{}}"
+        );
+        assert_eq!(
+            written("n1", &both),
+            [(
+                BGP_ADVERTISED_BY_ANNOTATION.to_string(),
+                "n1,n2".to_string()
+            )]
+        );
     }
 
     #[test]

@@ -15,7 +15,8 @@ use super::status::{POOL_ANNOTATION, ingress_ips};
 
 use crate::plan::visibility::{
     ANNOUNCED_BY_ANNOTATION as ANNOUNCED_BY, ANNOUNCED_ON_ANNOTATION as ANNOUNCED_ON,
-    ANNOUNCED_SINCE_ANNOTATION as ANNOUNCED_SINCE, BGP_PEERS_ANNOTATION, parse_bgp_peers,
+    ANNOUNCED_SINCE_ANNOTATION as ANNOUNCED_SINCE,
+    BGP_ADVERTISED_BY_ANNOTATION as BGP_ADVERTISED_BY, BGP_PEERS_ANNOTATION, parse_bgp_peers,
 };
 
 #[derive(clap::Args, Clone, Debug)]
@@ -34,6 +35,10 @@ pub struct StatusRow {
     pub vips: Vec<String>,
     pub pool: Option<String>,
     pub owners: Vec<String>,
+    /// For a Service announced over both Layer 2 and BGP: the nodes advertising it over BGP (`owners` is then the
+    /// Layer 2 owner).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bgp_advertisers: Vec<String>,
     pub interfaces: Vec<String>,
     pub since: Option<String>,
 }
@@ -69,6 +74,7 @@ pub fn rows(services: &[Service]) -> Vec<StatusRow> {
                 vips: ips.iter().map(ToString::to_string).collect(),
                 pool: annotations.get(POOL_ANNOTATION).cloned(),
                 owners: list(annotations.get(ANNOUNCED_BY)),
+                bgp_advertisers: list(annotations.get(BGP_ADVERTISED_BY)),
                 interfaces: list(annotations.get(ANNOUNCED_ON)),
                 since: annotations.get(ANNOUNCED_SINCE).cloned(),
             })
@@ -97,10 +103,13 @@ pub fn render_table(rows: &[StatusRow]) -> String {
             r.service.clone(),
             r.vips.join(","),
             r.pool.clone().unwrap_or_else(|| "-".into()),
-            if r.owners.is_empty() {
-                "(not announced)".into()
-            } else {
-                r.owners.join(",")
+            match (r.owners.is_empty(), r.bgp_advertisers.is_empty()) {
+                (true, true) => "(not announced)".into(),
+                (_, true) => r.owners.join(","),
+                (true, false) => format!("bgp:{}", r.bgp_advertisers.join(",")),
+                (false, false) => {
+                    format!("{} bgp:{}", r.owners.join(","), r.bgp_advertisers.join(","))
+                }
             },
             dash(&r.interfaces),
             r.since.clone().unwrap_or_else(|| "-".into()),
@@ -284,6 +293,22 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::to_value(&rows).unwrap();
         assert_eq!(parsed[1]["owners"][0], "node-2");
+    }
+
+    #[test]
+    fn a_service_in_layer2_and_bgp_shows_both() {
+        let services = vec![svc(
+            "web",
+            &["192.0.2.10"],
+            json!({ANNOUNCED_BY: "node-2", BGP_ADVERTISED_BY: "node-1,node-3"}),
+        )];
+        let rows = rows(&services);
+        assert_eq!(rows[0].owners, vec!["node-2"]);
+        assert_eq!(rows[0].bgp_advertisers, vec!["node-1", "node-3"]);
+        let table = render_table(&rows);
+        assert!(table.contains("node-2 bgp:node-1,node-3"), "{table}");
+        let json = serde_json::to_value(&rows).unwrap();
+        assert_eq!(json[0]["bgp_advertisers"][1], "node-3");
     }
 
     fn node(name: &str, peers: Option<&str>) -> Node {

@@ -15,6 +15,9 @@ use crate::alloc::ServiceKey;
 pub const VIPS_ANNOTATION: &str = "ironlb.io/vips";
 /// Service annotation: the node announcing the Service's VIPs.
 pub const ANNOUNCED_BY_ANNOTATION: &str = "ironlb.io/announced-by";
+/// Service annotation, for a Service announced over both Layer 2 and BGP: the nodes advertising it over BGP,
+/// comma-separated (`announced-by` names its Layer 2 owner). A BGP-only Service has them in `announced-by`.
+pub const BGP_ADVERTISED_BY_ANNOTATION: &str = "ironlb.io/bgp-advertised-by";
 /// The interfaces the owner answers ARP/NDP on, comma-separated.
 pub const ANNOUNCED_ON_ANNOTATION: &str = "ironlb.io/announced-on";
 /// When the current owner took the VIP over, RFC 3339.
