@@ -369,6 +369,13 @@ async fn check_mode_without_strict_arp_announces_nothing_and_says_why() {
         },
     )
     .await;
+    // The Events come at startup; the allocation may land a moment later.
+    wait_until(
+        "the Service to get its IP all the same",
+        Duration::from_secs(20),
+        || async { lab.status().await.unwrap().len() == 1 },
+    )
+    .await;
     let rows = lab.status().await.unwrap();
     assert_eq!(rows.len(), 1, "the Service still gets its IP");
     assert!(rows[0].owners.is_empty(), "nobody announces: {rows:?}");
