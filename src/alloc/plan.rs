@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use serde::Deserialize;
@@ -109,9 +110,10 @@ pub fn moves_any(rows: &[PlanRow]) -> bool {
 struct Entry<'a> {
     svc: &'a Service,
     key: ServiceKey,
-    /// What adoption reads: the Service minus a malformed IP request.
-    adoptable: Option<LbRequest>,
-    request: Result<LbRequest, String>,
+    /// What adoption reads: the Service minus a malformed IP request. The same value as `request` when that is
+    /// valid: one copy per Service, shared with the allocator.
+    adoptable: Option<Arc<LbRequest>>,
+    request: Result<Arc<LbRequest>, String>,
     previous: Vec<IpAddr>,
 }
 
@@ -132,9 +134,12 @@ pub fn plan_services<'a>(
         let ns_labels = namespaces.get(ns).unwrap_or(&empty);
         let (adoptable, request) = match LbRequest::from_service(svc, ns_labels, lb_class) {
             Ok(None) => continue,
-            Ok(Some(r)) => (Some(r.clone()), Ok(r)),
+            Ok(Some(r)) => {
+                let r = Arc::new(r);
+                (Some(Arc::clone(&r)), Ok(r))
+            }
             Err(e) => match LbRequest::for_adoption(svc, ns_labels, lb_class) {
-                Ok(r) => (r, Err(e.to_string())),
+                Ok(r) => (r.map(Arc::new), Err(e.to_string())),
                 Err(_) => (None, Err(e.to_string())),
             },
         };
@@ -161,14 +166,14 @@ pub fn plan_services<'a>(
     for entry in &entries {
         if let Some(r) = &entry.adoptable {
             // A refusal here is reported by the allocation pass below.
-            let _ = allocator.adopt(r);
+            let _ = allocator.adopt_shared(r);
         }
     }
     let mut rows: Vec<PlanRow> = entries
         .iter()
         .map(|entry| {
             let result = match &entry.request {
-                Ok(r) => allocator.allocate(r).map_err(|e| {
+                Ok(r) => allocator.allocate_shared(r).map_err(|e| {
                     let text = e.to_string();
                     let prefix = format!("{}: ", entry.key);
                     text.strip_prefix(&prefix)
