@@ -4,17 +4,21 @@
 //!   status patch done directly by a client, with no agent in between);
 //! - allocator takeover after SIGKILL of the leader (Lease holder change, and first new IP), and after SIGTERM;
 //! - agent RSS with 1,000 and 10,000 Services;
-//! - API writes per minute in steady state.
+//! - API writes per minute in steady state;
+//! - in this process, without the lab: the heap one allocation pass over 10,000 Services takes at its peak.
 //!
-//! Run with `cargo bench --bench agent_lab`. It prints a table; nothing here asserts timing.
+//! Run with `cargo bench --bench agent_lab` (`AGENT_LAB_ONLY=rss` for the last two only). It prints a table; nothing
+//! here asserts timing.
 
 #[path = "support/mod.rs"]
 mod support;
 use support::{ms, percentile};
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -23,6 +27,84 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
+
+/// Counts the heap in use and its peak, for the in-process measurement of one allocation pass.
+struct Counting;
+static HEAP: AtomicUsize = AtomicUsize::new(0);
+static HEAP_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed to the system allocator unchanged; only the byte counts are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let now = HEAP.fetch_add(layout.size(), Relaxed) + layout.size();
+        HEAP_PEAK.fetch_max(now, Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HEAP.fetch_sub(layout.size(), Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+/// The heap above what `state` holds that the leader's allocation pass takes at its peak, over `n` Services as the
+/// lab API server returns them, on a first pass (every Service new: the pass holds a write for each) and on a
+/// repeated one (every Service already allocated: nothing to write).
+fn pass_heap(n: usize) -> (f64, f64) {
+    use ironlb::k8s::allocation::{AllocationController, Settings};
+    use ironlb::k8s::state::ClusterState;
+    let mut state = ClusterState::default();
+    let pool = serde_yaml::from_str(POOL).expect("the bench pool");
+    let mut pool: ironlb::config::crd::IPAddressPool = pool;
+    pool.metadata.resource_version = Some("1".into());
+    state.pools.apply(pool);
+    state.namespaces.apply(
+        serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": "default", "resourceVersion": "1",
+            "labels": {"kubernetes.io/metadata.name": "default"}}}),
+        )
+        .expect("a valid Namespace"),
+    );
+    for i in 0..n {
+        let mut svc = lb_service(&format!("load-{i}"));
+        svc.metadata.uid = Some(format!("uid-{i}"));
+        svc.metadata.resource_version = Some((i + 2).to_string());
+        svc.metadata.creation_timestamp =
+            serde_json::from_value(json!("2026-11-22T08:00:00Z")).ok();
+        state.services.apply(svc);
+    }
+    let validated = ironlb::config::validate(&state.config_sources());
+    let mut controller = AllocationController::new(Settings::default());
+    let mut measure = |state: &ClusterState| {
+        let base = HEAP.load(Relaxed);
+        HEAP_PEAK.store(base, Relaxed);
+        let pass = controller.pass(state, &validated);
+        let peak = HEAP_PEAK.load(Relaxed) - base;
+        (pass, peak as f64 / (1024.0 * 1024.0))
+    };
+    let (first, first_peak) = measure(&state);
+    // Put the written status and annotations back, as the agent's writer does with the API's reply.
+    for action in first.services {
+        let mut svc = state
+            .services
+            .get(&action.service)
+            .expect("planned")
+            .clone();
+        let mut value = serde_json::to_value(&svc).expect("a Service serializes");
+        for patch in [action.status, action.metadata].into_iter().flatten() {
+            json_patch::merge(&mut value, &patch);
+        }
+        svc = serde_json::from_value(value).expect("a patched Service");
+        svc.metadata.resource_version = Some((n + 10).to_string());
+        state.services.apply(svc);
+    }
+    let (again, again_peak) = measure(&state);
+    assert!(again.services.is_empty(), "a repeated pass writes nothing");
+    (first_peak, again_peak)
+}
 
 const POOL: &str = r#"
 apiVersion: metallb.io/v1beta1
@@ -72,12 +154,13 @@ fn start_agent(kubeconfig: &Path, node: &str, log_dir: &Path) -> Agent {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A `/proc/PID/status` figure in KiB: `VmRSS:` (resident now) or `VmHWM:` (the peak so far).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
@@ -185,6 +268,11 @@ async fn wait_holder_change(
 async fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs this too and only wants a quick smoke run.
     let quick = !std::env::args().any(|a| a == "--bench");
+    // `AGENT_LAB_ONLY=rss` runs only the memory and steady-state part (3), for work on the leader's memory.
+    let only_rss = std::env::var("AGENT_LAB_ONLY").is_ok_and(|v| v == "rss");
+    // First, while nothing else runs in this process: the heap counter sees the pass alone.
+    let planned = if quick { 200 } else { 10_000 };
+    let (first_peak, again_peak) = pass_heap(planned);
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig: PathBuf = dir.path().join("kubeconfig");
     let server = ironlb::lab::api::ApiServer::start("127.0.0.1:0".parse().unwrap())
@@ -236,7 +324,13 @@ async fn main() {
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
     // 1. Create → IP, one Service at a time, spaced so queueing does not add to the figure.
-    let count = if quick { 10 } else { 200 };
+    let count = if quick {
+        10
+    } else if only_rss {
+        0
+    } else {
+        200
+    };
     let mut latencies = Vec::new();
     for i in 0..count {
         let name = format!("lat-{i}");
@@ -290,7 +384,13 @@ async fn main() {
     ));
 
     // 2. Takeover after SIGKILL and after SIGTERM.
-    let trials = if quick { 1 } else { 5 };
+    let trials = if quick {
+        1
+    } else if only_rss {
+        0
+    } else {
+        5
+    };
     for (signal, label) in [("-KILL", "SIGKILL"), ("-TERM", "SIGTERM")] {
         let mut to_holder = Vec::new();
         let mut to_ip = Vec::new();
@@ -341,6 +441,9 @@ async fn main() {
     // 3. RSS at 1,000 and 10,000 Services, and steady-state writes.
     let targets: &[usize] = if quick { &[50] } else { &[1_000, 10_000] };
     let mut created = 0usize;
+    // The request log's length when the last Service was seen allocated: what the agents wrote after that and before
+    // the steady-state window opens is listed too.
+    let mut log_at_allocated = 0;
     for &target in targets {
         let batch_start = Instant::now();
         while created < target {
@@ -359,13 +462,21 @@ async fn main() {
             .await
             .is_ok_and(|r| r.is_ok());
         let fill = batch_start.elapsed();
+        log_at_allocated = server.requests().len();
+        // Steady state: the leader hands the memory its last passes freed back to the system once they have been
+        // quiet for half a second. The peak stays visible as VmHWM.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leader = holder(&leases).await.unwrap_or_default();
         let rss: Vec<String> = agents
             .iter()
             .map(|a| {
+                let mib = |field| status_kib(a.child.id(), field) as f64 / 1024.0;
                 format!(
-                    "{} {:.1} MiB",
+                    "{}{} {:.1} MiB (peak {:.1})",
                     a.node,
-                    rss_kib(a.child.id()) as f64 / 1024.0
+                    if a.node == leader { " (leader)" } else { "" },
+                    mib("VmRSS:"),
+                    mib("VmHWM:")
                 )
             })
             .collect();
@@ -391,13 +502,95 @@ async fn main() {
         .find(|a| a.node == leader)
         .map(|a| a.metrics)
         .unwrap_or_default();
+    // Every write any client sends during the window, from the lab API server's request log, with its time into the
+    // window: the agents' counter says how many, the log says which object.
+    let logged = |server: &ironlb::lab::api::ApiServer| server.requests().len();
+    let mut offset = logged(&server);
+    for r in server
+        .requests()
+        .iter()
+        .skip(log_at_allocated)
+        .take(offset.saturating_sub(log_at_allocated))
+    {
+        if r.method != "GET" && !r.path.contains("/leases/") {
+            println!(
+                "write after the last allocation, before the window: {} {}",
+                r.method, r.path
+            );
+        }
+    }
     let before = metric(port, "ironlb_api_writes_total");
-    tokio::time::sleep(window).await;
+    let window_start = Instant::now();
+    let mut writes: Vec<(Duration, String)> = Vec::new();
+    let mut rotated = false;
+    while window_start.elapsed() < window {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = server.requests();
+        rotated |= log.len() == ironlb::lab::api::server::RequestLog::CAPACITY;
+        let at = window_start.elapsed();
+        for r in log.iter().skip(offset) {
+            if r.method != "GET" {
+                writes.push((at, format!("{} {}", r.method, r.path)));
+            }
+        }
+        offset = log.len();
+    }
     let after = metric(port, "ironlb_api_writes_total");
+    let per_minute = |n: usize| n as f64 * 60.0 / window.as_secs_f64();
+    let is_lease = |w: &str| w.contains("/leases/");
+    let others: Vec<&(Duration, String)> = writes.iter().filter(|(_, w)| !is_lease(w)).collect();
+    let lease_writes = writes.len() - others.len();
     rows.push((
-        "API writes per minute in steady state (Services, Events)".to_string(),
+        "API writes per minute in steady state (Services, Events), leader's counter".to_string(),
         format!("{:.1}", (after - before) * 60.0 / window.as_secs_f64()),
-        "plus Lease renewals: 60/min by the leader".to_string(),
+        format!(
+            "all clients, request log: {:.1} Service/Event writes, {:.1} Lease writes{}",
+            per_minute(others.len()),
+            per_minute(lease_writes),
+            if rotated {
+                " (log rotated: incomplete)"
+            } else {
+                ""
+            }
+        ),
+    ));
+    for (at, what) in &others {
+        println!("steady-state write at {:.1} s: {what}", at.as_secs_f64());
+    }
+    // What the agents wrote after the last status write, in order: the tail of the allocation work.
+    let log = server.requests();
+    let last_status = log.iter().rposition(|r| {
+        r.method == "PATCH" && r.path.contains("/services/") && r.path.ends_with("/status")
+    });
+    if let Some(last) = last_status {
+        println!("last Service status write: {}", log[last].path);
+        for r in &log[last + 1..] {
+            if r.method != "GET" && !r.path.contains("/leases/") {
+                println!("  then: {} {}", r.method, r.path);
+            }
+        }
+    }
+    let rss_after: Vec<String> = agents
+        .iter()
+        .map(|a| {
+            let mib = |field| status_kib(a.child.id(), field) as f64 / 1024.0;
+            format!(
+                "{} {:.1} MiB (peak {:.1})",
+                a.node,
+                mib("VmRSS:"),
+                mib("VmHWM:")
+            )
+        })
+        .collect();
+    println!(
+        "RSS after the steady-state window: {}",
+        rss_after.join(", ")
+    );
+
+    rows.push((
+        format!("Heap peak of one allocation pass over {planned} Services, in process"),
+        format!("repeated pass {again_peak:.1} MiB; first pass (a write for every Service) {first_peak:.1} MiB"),
+        "above the ClusterState holding the Services".to_string(),
     ));
 
     println!("\n| measurement | IronLB | reference |\n|---|---|---|");

@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use crate::config::model::{from_u128, to_u128};
 use crate::config::{Family, Pool};
@@ -211,7 +212,9 @@ struct IpHold {
 
 #[derive(Clone, Debug)]
 struct Held {
-    request: LbRequest,
+    /// Shared with the caller when it used the `_shared` entry points, so that a pass over every Service keeps one
+    /// copy of each request.
+    request: Arc<LbRequest>,
     assignment: Assignment,
 }
 
@@ -461,6 +464,14 @@ impl Allocator {
         if req.status_ips.is_empty() {
             return Ok(None);
         }
+        self.adopt_shared(&Arc::new(req.clone()))
+    }
+
+    /// [`Allocator::adopt`], keeping `req` itself rather than a copy.
+    pub fn adopt_shared(&mut self, req: &Arc<LbRequest>) -> Result<Option<Assignment>, Refusal> {
+        if req.status_ips.is_empty() {
+            return Ok(None);
+        }
         let pool = self.check(req, &req.status_ips)?;
         self.release(&req.service);
         Ok(Some(self.register(req, req.status_ips.clone(), pool)))
@@ -473,6 +484,11 @@ impl Allocator {
     /// match the Service, by priority; else the other `autoAssign` pools. Ties break in pool name order, and a pool
     /// gives its lowest free address (or the lowest VIP the Service may share).
     pub fn allocate(&mut self, req: &LbRequest) -> Result<Assignment, Refusal> {
+        self.allocate_shared(&Arc::new(req.clone()))
+    }
+
+    /// [`Allocator::allocate`], keeping `req` itself rather than a copy.
+    pub fn allocate_shared(&mut self, req: &Arc<LbRequest>) -> Result<Assignment, Refusal> {
         if let Some(held) = self.services.get(&req.service) {
             let ips = held.assignment.ips.clone();
             match self.check(req, &ips) {
@@ -770,7 +786,7 @@ impl Allocator {
 
     /// PreferDualStack Service holding one family: add the other from the same pool when it has one free, as MetalLB
     /// does, never moving the address it has.
-    fn complete_dual_stack(&mut self, req: &LbRequest) -> Assignment {
+    fn complete_dual_stack(&mut self, req: &Arc<LbRequest>) -> Assignment {
         let held = &self.services[&req.service].assignment;
         let (_, preferred) = req.wanted_families();
         if preferred.is_empty() || held.ips.len() != 1 || !req.requested_ips.is_empty() {
@@ -796,7 +812,7 @@ impl Allocator {
     }
 
     /// Records the assignment; the caller checked it.
-    fn register(&mut self, req: &LbRequest, ips: Vec<IpAddr>, pool: String) -> Assignment {
+    fn register(&mut self, req: &Arc<LbRequest>, ips: Vec<IpAddr>, pool: String) -> Assignment {
         let sharing = req.sharing();
         for ip in &ips {
             let index = self.pools.get_mut(&pool);
@@ -833,7 +849,7 @@ impl Allocator {
         self.services.insert(
             req.service.clone(),
             Held {
-                request: req.clone(),
+                request: Arc::clone(req),
                 assignment: assignment.clone(),
             },
         );

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use serde::Deserialize;
@@ -109,9 +110,10 @@ pub fn moves_any(rows: &[PlanRow]) -> bool {
 struct Entry<'a> {
     svc: &'a Service,
     key: ServiceKey,
-    /// What adoption reads: the Service minus a malformed IP request.
-    adoptable: Option<LbRequest>,
-    request: Result<LbRequest, String>,
+    /// What adoption reads: the Service minus a malformed IP request. The same value as `request` when that is
+    /// valid: one copy per Service, shared with the allocator.
+    adoptable: Option<Arc<LbRequest>>,
+    request: Result<Arc<LbRequest>, String>,
     previous: Vec<IpAddr>,
 }
 
@@ -126,15 +128,29 @@ pub fn plan_services<'a>(
     lb_class: Option<&str>,
 ) -> Vec<PlanRow> {
     let empty = Labels::new();
+    // A namespace's labels are read only by namespaceSelectors: without one, no request needs its own copy of them
+    // (a B-tree node and its strings per Service, on every pass).
+    let namespace_labels_read = pools.iter().any(|p| {
+        p.service_allocation
+            .as_ref()
+            .is_some_and(|sa| !sa.namespace_selectors.is_empty())
+    });
     let mut entries: Vec<Entry> = Vec::new();
     for svc in services {
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let ns_labels = namespaces.get(ns).unwrap_or(&empty);
+        let ns_labels = if namespace_labels_read {
+            namespaces.get(ns).unwrap_or(&empty)
+        } else {
+            &empty
+        };
         let (adoptable, request) = match LbRequest::from_service(svc, ns_labels, lb_class) {
             Ok(None) => continue,
-            Ok(Some(r)) => (Some(r.clone()), Ok(r)),
+            Ok(Some(r)) => {
+                let r = Arc::new(r);
+                (Some(Arc::clone(&r)), Ok(r))
+            }
             Err(e) => match LbRequest::for_adoption(svc, ns_labels, lb_class) {
-                Ok(r) => (r, Err(e.to_string())),
+                Ok(r) => (r.map(Arc::new), Err(e.to_string())),
                 Err(_) => (None, Err(e.to_string())),
             },
         };
@@ -161,14 +177,14 @@ pub fn plan_services<'a>(
     for entry in &entries {
         if let Some(r) = &entry.adoptable {
             // A refusal here is reported by the allocation pass below.
-            let _ = allocator.adopt(r);
+            let _ = allocator.adopt_shared(r);
         }
     }
     let mut rows: Vec<PlanRow> = entries
         .iter()
         .map(|entry| {
             let result = match &entry.request {
-                Ok(r) => allocator.allocate(r).map_err(|e| {
+                Ok(r) => allocator.allocate_shared(r).map_err(|e| {
                     let text = e.to_string();
                     let prefix = format!("{}: ", entry.key);
                     text.strip_prefix(&prefix)
@@ -370,6 +386,49 @@ mod tests {
 
     fn plan(pools: Vec<Pool>, services: &[Service]) -> Vec<PlanRow> {
         plan_services(pools, services, &BTreeMap::new(), None)
+    }
+
+    #[test]
+    fn namespace_selectors_see_the_namespace_labels() {
+        let namespaces: BTreeMap<String, Labels> = [
+            (
+                "prod".to_string(),
+                [("env".to_string(), "prod".to_string())].into(),
+            ),
+            (
+                "dev".to_string(),
+                [("env".to_string(), "dev".to_string())].into(),
+            ),
+        ]
+        .into();
+        let pools = vec![
+            pool("a-prod", &["192.0.2.0/30"]).for_namespace_label("env", "prod"),
+            pool("b-open", &["198.51.100.0/30"]),
+        ];
+        let services = [
+            svc("web").ns("prod").created(1),
+            svc("web").ns("dev").created(2),
+        ];
+        let rows = plan_services(pools.clone(), &services, &namespaces, None);
+        let got: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "dev/web  198.51.100.0  b-open  new",
+                "prod/web  192.0.2.0  a-prod  new"
+            ]
+        );
+        // Without a namespace selector the labels are not read, and nothing else changes.
+        let open: Vec<Pool> = pools.into_iter().skip(1).collect();
+        let rows = plan_services(open, &services, &namespaces, None);
+        let got: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "dev/web  198.51.100.1  b-open  new",
+                "prod/web  198.51.100.0  b-open  new"
+            ]
+        );
     }
 
     #[test]
