@@ -29,6 +29,7 @@ use crate::config::Validated;
 use crate::k8s::allocation::ServiceAction;
 use crate::k8s::announcement::{self, AnnouncementNotes};
 use crate::k8s::events::Note;
+use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
 use crate::netif::strict_arp::{self, Ipv4Conf, StrictArpMetrics, StrictArpReport};
 use crate::netif::{AddressReconciler, StrictArpMode};
@@ -59,6 +60,14 @@ pub struct AnnounceArgs {
     /// The link the VIPs are bound on in the integrated data plane.
     #[arg(long, env = "IRONLB_VIP_LINK", default_value = "kube-ipvs0")]
     pub vip_link: String,
+    /// Seconds between renewals of this node's Lease `ironlb-node-<node>`, the liveness fallback used while gossip
+    /// is unhealthy or has no key. Costs one API write per node per period; 0 turns the fallback off (Node Ready
+    /// alone then decides without gossip).
+    #[arg(long, env = "IRONLB_NODE_LEASE_PERIOD", default_value_t = 1)]
+    pub node_lease_period: u64,
+    /// Seconds a node counts as live after its Lease was last seen renewed (at least twice the period).
+    #[arg(long, env = "IRONLB_NODE_LEASE_DURATION", default_value_t = 3)]
+    pub node_lease_duration: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +119,10 @@ pub const STARTUP_HOLD: Duration = Duration::from_secs(3);
 pub struct Liveness {
     pub live: watch::Receiver<BTreeSet<String>>,
     pub healthy: watch::Receiver<bool>,
+    /// Nodes with a fresh node Lease; None while that signal is off or unavailable (see [`node_lease`]).
+    pub leases: watch::Receiver<Option<BTreeSet<String>>>,
+    /// The node Lease task, which deletes the Lease once `stop` turns true; await it before exiting.
+    pub lease_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Announcer {
@@ -178,10 +191,35 @@ impl Announcer {
             }
             Err(why) => tracing::error!(
                 secret = %format!("{namespace}/{}", args.gossip_secret),
-                "membership disabled: {why}; falling back to Node Ready for liveness, so failover takes as long as \
-                 the Node controller needs to mark a node NotReady"
+                "membership disabled: {why}; falling back to the node Leases and Node Ready for liveness, so \
+                 failover takes the node Lease duration (or, with --node-lease-period 0, as long as the Node \
+                 controller needs to mark a node NotReady)"
             ),
         }
+        let (leases_tx, leases) = watch::channel(None);
+        let lease_task =
+            match NodeLeaseTiming::from_flags(args.node_lease_period, args.node_lease_duration) {
+                Some(timing) => {
+                    tracing::info!(
+                        lease = %node_lease::lease_name(node),
+                        period = ?timing.period,
+                        duration = ?timing.duration,
+                        "node lease fallback on"
+                    );
+                    Some(tokio::spawn(node_lease::run(
+                        Api::namespaced(client.clone(), namespace),
+                        namespace.to_string(),
+                        node.to_string(),
+                        timing,
+                        leases_tx,
+                        stop.clone(),
+                    )))
+                }
+                None => {
+                    tracing::info!("node lease fallback off (--node-lease-period 0)");
+                    None
+                }
+            };
         let announcer = Announcer {
             node: node.to_string(),
             args,
@@ -201,7 +239,15 @@ impl Announcer {
             bound: None,
             startup_hold: Some(Instant::now() + STARTUP_HOLD),
         };
-        Ok((announcer, Liveness { live, healthy }))
+        Ok((
+            announcer,
+            Liveness {
+                live,
+                healthy,
+                leases,
+                lease_task,
+            },
+        ))
     }
 
     /// Re-reads the local interfaces and the strict ARP sysctls. Returns whether anything the plan depends on

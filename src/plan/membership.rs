@@ -63,9 +63,11 @@
 //! # Fallback
 //!
 //! Gossip is never the only signal (DESIGN.md, Announcement). The agent intersects gossip membership with the Nodes
-//! whose Ready condition is true, and falls back to Ready alone when gossip itself is unhealthy: the socket cannot be
-//! bound ([`run`] returns an error), or peers are expected but none has been reachable for
-//! [`Timing::isolation_grace`]. See [`live_nodes`].
+//! whose Ready condition is true, and falls back when gossip itself is unhealthy: the socket cannot be bound ([`run`]
+//! returns an error), there is no key, or peers are expected but none has been reachable for
+//! [`Timing::isolation_grace`]. The fallback is the per-node Leases ([`crate::k8s::node_lease`], seconds) combined
+//! with Ready, or Ready alone (the kubelet's tens of seconds) when the Lease signal is off or unavailable. See
+//! [`live_nodes`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -474,16 +476,26 @@ impl MembershipMetrics {
     }
 }
 
-/// The nodes owner choice may use. With working gossip, a node must be both gossip-live and Ready: gossip catches a
-/// dead agent in under a second, Ready catches a node whose kubelet the API has given up on. When gossip itself is
-/// unhealthy, its view says nothing about the others, so Ready alone decides.
+/// The nodes owner choice may use.
+///
+/// - With working gossip, a node must be both gossip-live and Ready: gossip catches a dead agent in under a second,
+///   Ready catches a node whose kubelet the API has given up on. The node Leases are not consulted, so an API outage
+///   cannot move VIPs while gossip works.
+/// - When gossip is unhealthy or absent, its view says nothing about the others. Then, if the per-node Lease signal
+///   is available (`leases` is Some: this agent sees its own Lease renewed through the API), a node must be Ready and
+///   hold a fresh Lease (see [`crate::k8s::node_lease`]): a dead agent drops out within the Lease duration instead of
+///   the kubelet's grace.
+/// - Otherwise (no Lease signal: turned off, not yet seen, or this agent cannot reach the API) Ready alone decides.
 pub fn live_nodes(
     gossip: &BTreeSet<String>,
     ready: &BTreeSet<String>,
     gossip_healthy: bool,
+    leases: Option<&BTreeSet<String>>,
 ) -> BTreeSet<String> {
     if gossip_healthy {
         gossip.intersection(ready).cloned().collect()
+    } else if let Some(fresh) = leases {
+        fresh.intersection(ready).cloned().collect()
     } else {
         ready.clone()
     }
@@ -934,9 +946,36 @@ mod tests {
     fn live_nodes_intersects_with_ready_unless_gossip_is_unhealthy() {
         let gossip = names(&["a", "b", "c"]);
         let ready = names(&["b", "c", "d"]);
-        assert_eq!(live_nodes(&gossip, &ready, true), names(&["b", "c"]));
-        assert_eq!(live_nodes(&gossip, &ready, false), ready);
-        assert_eq!(live_nodes(&names(&["a"]), &ready, true), names(&[]));
+        assert_eq!(live_nodes(&gossip, &ready, true, None), names(&["b", "c"]));
+        assert_eq!(live_nodes(&gossip, &ready, false, None), ready);
+        assert_eq!(live_nodes(&names(&["a"]), &ready, true, None), names(&[]));
+    }
+
+    #[test]
+    fn node_leases_decide_with_ready_only_while_gossip_is_unhealthy() {
+        let gossip = names(&["a", "b", "c"]);
+        let ready = names(&["a", "b", "c", "d"]);
+        // b's agent died: its Lease went stale, though the Node is still Ready.
+        let leases = names(&["a", "c", "d", "e"]);
+        assert_eq!(
+            live_nodes(&gossip, &ready, false, Some(&leases)),
+            names(&["a", "c", "d"]),
+            "fresh Lease and Ready (e has a Lease but is not Ready)"
+        );
+        assert_eq!(
+            live_nodes(&gossip, &ready, true, Some(&leases)),
+            names(&["a", "b", "c"]),
+            "healthy gossip ignores the Leases"
+        );
+        assert_eq!(
+            live_nodes(&gossip, &ready, false, None),
+            ready,
+            "no Lease signal: Ready alone"
+        );
+        assert_eq!(
+            live_nodes(&gossip, &ready, false, Some(&names(&[]))),
+            names(&[])
+        );
     }
 
     #[test]
