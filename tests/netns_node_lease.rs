@@ -180,6 +180,17 @@ async fn fail_over(lab: &mut Lab, vip: Ipv4Addr, owner: &str, how: Stop) -> (Dur
     tokio::time::sleep(Duration::from_millis(500)).await;
     let settled = stopped.elapsed();
     let log = arp.finish();
+    let before: BTreeSet<String> = log
+        .between(Duration::ZERO, stopped_at)
+        .iter()
+        .flat_map(|r| r.answers.get(&vip).cloned().unwrap_or_default())
+        .map(|m| node_of(lab, &m))
+        .collect();
+    assert_eq!(
+        before,
+        BTreeSet::from([owner.to_string()]),
+        "{vip}: the owner alone answered before it was stopped"
+    );
     let (took, by) = first_takeover(lab, &log, vip, owner, stopped_at).unwrap_or_else(|| {
         panic!("no other node answered ARP for {vip} within {settled:?} after {owner} stopped")
     });
@@ -229,7 +240,7 @@ async fn owner_stopped_without_gossip_fails_over_through_node_leases() {
     let _serial = SERIAL.lock().await;
     let mut lab = Lab::start(options("kill", &NO_GOSSIP)).await.unwrap();
     let _logs = Logs::of(&lab);
-    let (_, _) = first_v4(&lab).await;
+    first_v4(&lab).await;
     // Gossip really is off: every agent reports unhealthy membership, and every node has its Lease.
     for node in lab.node_names() {
         wait_until(
@@ -245,6 +256,7 @@ async fn owner_stopped_without_gossip_fails_over_through_node_leases() {
             "{node}: gossip should be off"
         );
     }
+    // Owners settle once every agent has published its subnets and every Lease has been seen renewed.
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     let mut kills = Vec::new();
@@ -291,6 +303,9 @@ async fn without_the_lease_fallback_a_dead_owner_keeps_its_vip_in_the_lab() {
     let args = [NO_GOSSIP[0], NO_GOSSIP[1], "--node-lease-period", "0"];
     let mut lab = Lab::start(options("off", &args)).await.unwrap();
     let _logs = Logs::of(&lab);
+    first_v4(&lab).await;
+    // Owners settle once every agent has published its subnets (until then a node looks ineligible to the others).
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let (vip, owner) = first_v4(&lab).await;
     for node in lab.node_names() {
         assert!(!lease_exists(&lab, &node).await, "{node} wrote a Lease");

@@ -10,7 +10,8 @@
 //!
 //! Every agent runs the same pure planner on the same inputs, so all agree on each VIP's owner without asking each
 //! other; the only thing they exchange is who is alive. A pass runs at once on a membership change, since that is the
-//! failover path.
+//! failover path. Besides gossip, [`Announcer::start`] runs the per-node Lease task ([`node_lease`]), whose view of
+//! live nodes the main loop uses while gossip is unhealthy or absent (see [`membership::live_nodes`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
