@@ -212,17 +212,26 @@ async fn fail_over(lab: &mut Lab, vip: Ipv4Addr, owner: &str, how: Stop) -> (Dur
     (took, by)
 }
 
-/// Restarts `node`'s agent and waits until its Lease is back and has been seen renewed by the others.
+/// Restarts `node`'s agent and waits until every agent, the restarted one included, uses the Lease signal and counts
+/// all nodes live (the SIGKILLed agent's stale Lease is still there, so its mere existence proves nothing).
 async fn restart(lab: &mut Lab, node: &str) {
     lab.start_agent(node).unwrap();
+    let nodes = lab.node_names();
     wait_until(
-        &format!("the Lease of {node}"),
+        &format!("every agent to count {node} live again"),
         Duration::from_secs(30),
-        || lease_exists(lab, node),
+        || async {
+            nodes.iter().all(|n| {
+                lab.metrics(n).is_ok_and(|text| {
+                    metric(&text, "ironlb_node_lease_available") == Some(1.0)
+                        && metric(&text, "ironlb_node_lease_live_nodes") == Some(nodes.len() as f64)
+                })
+            })
+        },
     )
     .await;
-    // Every agent has seen it renewed (and VIPs moved back) within a Lease duration.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The VIPs it owns move back to it; let that settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 fn ms(d: Duration) -> u128 {
@@ -258,6 +267,18 @@ async fn owner_stopped_without_gossip_fails_over_through_node_leases() {
     }
     // Owners settle once every agent has published its subnets and every Lease has been seen renewed.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    // The Lease signal is in use everywhere: each agent sees its own renewals and all three nodes live.
+    for node in lab.node_names() {
+        let text = lab.metrics(&node).unwrap();
+        assert_eq!(
+            (
+                metric(&text, "ironlb_node_lease_available"),
+                metric(&text, "ironlb_node_lease_live_nodes")
+            ),
+            (Some(1.0), Some(3.0)),
+            "{node}: node lease metrics"
+        );
+    }
 
     let mut kills = Vec::new();
     for trial in 1..=3 {
@@ -309,6 +330,12 @@ async fn without_the_lease_fallback_a_dead_owner_keeps_its_vip_in_the_lab() {
     let (vip, owner) = first_v4(&lab).await;
     for node in lab.node_names() {
         assert!(!lease_exists(&lab, &node).await, "{node} wrote a Lease");
+        let text = lab.metrics(&node).unwrap();
+        assert_eq!(
+            metric(&text, "ironlb_node_lease_available"),
+            Some(0.0),
+            "{node}"
+        );
     }
     let arp = ArpWatch::start(&lab, vec![vip], Duration::from_millis(50)).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -198,6 +198,7 @@ impl Announcer {
             ),
         }
         let (leases_tx, leases) = watch::channel(None);
+        let lease_metrics = node_lease::NodeLeaseMetrics::register(registry);
         let lease_task =
             match NodeLeaseTiming::from_flags(args.node_lease_period, args.node_lease_duration) {
                 Some(timing) => {
@@ -213,6 +214,7 @@ impl Announcer {
                         node.to_string(),
                         timing,
                         leases_tx,
+                        lease_metrics,
                         stop.clone(),
                     )))
                 }

@@ -40,6 +40,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -88,6 +91,42 @@ impl NodeLeaseTiming {
         let period = Duration::from_secs(period_secs);
         let duration = Duration::from_secs(duration_secs).max(period * 2);
         Some(NodeLeaseTiming { period, duration })
+    }
+}
+
+/// Node Lease metrics.
+#[derive(Clone, Debug, Default)]
+pub struct NodeLeaseMetrics {
+    available: Gauge,
+    live: Gauge,
+    renew_failures: Counter,
+}
+
+impl NodeLeaseMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = NodeLeaseMetrics::default();
+        registry.register(
+            "ironlb_node_lease_available",
+            "1 while this agent sees its own node Lease renewed through the API, so the Lease signal can be used",
+            m.available.clone(),
+        );
+        registry.register(
+            "ironlb_node_lease_live_nodes",
+            "Nodes whose Lease this agent considers fresh (0 while the signal is unavailable)",
+            m.live.clone(),
+        );
+        registry.register(
+            "ironlb_node_lease_renew_failures",
+            "Renewals of this node's Lease that failed or timed out",
+            m.renew_failures.clone(),
+        );
+        m
+    }
+
+    fn record(&self, verdict: Option<&BTreeSet<String>>) {
+        self.available.set(i64::from(verdict.is_some()));
+        self.live
+            .set(verdict.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)));
     }
 }
 
@@ -249,10 +288,18 @@ pub async fn run(
     node: String,
     timing: NodeLeaseTiming,
     live: watch::Sender<Option<BTreeSet<String>>>,
+    metrics: NodeLeaseMetrics,
     stop: watch::Receiver<bool>,
 ) {
-    let renewer = renew(api.clone(), &namespace, &node, &timing, stop.clone());
-    let observer = observe(api, &node, live, stop);
+    let renewer = renew(
+        api.clone(),
+        &namespace,
+        &node,
+        &timing,
+        &metrics,
+        stop.clone(),
+    );
+    let observer = observe(api, &node, live, &metrics, stop);
     tokio::join!(renewer, observer);
 }
 
@@ -265,6 +312,7 @@ async fn renew(
     namespace: &str,
     node: &str,
     timing: &NodeLeaseTiming,
+    metrics: &NodeLeaseMetrics,
     stop: watch::Receiver<bool>,
 ) {
     let name = lease_name(node);
@@ -289,6 +337,9 @@ async fn renew(
                 Err(format!("no answer within {:?}", timing.duration))
             }
         };
+        if result.is_err() {
+            metrics.renew_failures.inc();
+        }
         match result {
             Ok(()) if failing => {
                 failing = false;
@@ -356,6 +407,7 @@ async fn observe(
     api: Api<Lease>,
     node: &str,
     live: watch::Sender<Option<BTreeSet<String>>>,
+    metrics: &NodeLeaseMetrics,
     stop: watch::Receiver<bool>,
 ) {
     let config = watcher::Config::default().labels(&format!("{LABEL}=true"));
@@ -368,6 +420,7 @@ async fn observe(
     loop {
         let now = Instant::now();
         let verdict = seen.live(now);
+        metrics.record(verdict.as_ref());
         live.send_if_modified(|current| {
             if *current == verdict {
                 return false;
