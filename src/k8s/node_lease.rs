@@ -353,11 +353,17 @@ async fn renew(
             Err(_) => {}
         }
     }
-    match api.delete(&name, &DeleteParams::default()).await {
-        Ok(_) => tracing::info!(lease = %name, "deleted the node lease"),
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
-        Err(error) => {
+    // Bounded, so an unreachable API cannot hold up the agent's exit: the Lease then expires on its own.
+    let params = DeleteParams::default();
+    let delete = api.delete(&name, &params);
+    match tokio::time::timeout(timing.duration, delete).await {
+        Ok(Ok(_)) => tracing::info!(lease = %name, "deleted the node lease"),
+        Ok(Err(kube::Error::Api(status))) if status.code == 404 => {}
+        Ok(Err(error)) => {
             tracing::warn!(%error, lease = %name, "could not delete the node lease; it expires on its own")
+        }
+        Err(_) => {
+            tracing::warn!(lease = %name, "deleting the node lease timed out; it expires on its own")
         }
     }
 }
