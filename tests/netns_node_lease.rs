@@ -5,6 +5,9 @@
 //! So without the Lease fallback a dead owner's VIP never moves here (the control scenario checks exactly that), and
 //! what moves it in the main scenario is the node Lease going stale, or being deleted on SIGTERM.
 //!
+//! A third scenario keeps the key but drops the gossip port with nftables in every node namespace: gossip reports
+//! itself unhealthy after its isolation grace (5 s with the Lease fallback on), and the Leases take over from there.
+//!
 //! Timings are printed (and recorded in BENCHMARKS.md), never asserted tightly: the deadline is a functional one.
 //! Every lab is torn down by its drop, even when a test fails, and the agents' logs are printed on failure. Needs root.
 
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ironlb::lab::cluster::{Lab, LabOptions, is_root};
 use ironlb::lab::faults::{ArpLog, ArpWatch, metric};
+use ironlb::lab::topology::run_in;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 
@@ -109,14 +113,17 @@ fn first_takeover(
     old: &str,
     from: Duration,
 ) -> Option<(Duration, String)> {
-    log.between(from, Duration::MAX).into_iter().find_map(|r| {
-        let answers = r.answers.get(&vip)?;
-        answers
-            .iter()
-            .map(|m| node_of(lab, m))
-            .find(|n| n != old)
-            .map(|n| (r.at - from, n))
-    })
+    // A round collects answers until the next one starts, so the round that began just before `from` counts too.
+    log.between(from.saturating_sub(log.period), Duration::MAX)
+        .into_iter()
+        .find_map(|r| {
+            let answers = r.answers.get(&vip)?;
+            answers
+                .iter()
+                .map(|m| node_of(lab, m))
+                .find(|n| n != old)
+                .map(|n| (r.at.saturating_sub(from), n))
+        })
 }
 
 /// Whether the Lease of `node` exists.
@@ -180,8 +187,9 @@ async fn fail_over(lab: &mut Lab, vip: Ipv4Addr, owner: &str, how: Stop) -> (Dur
     tokio::time::sleep(Duration::from_millis(500)).await;
     let settled = stopped.elapsed();
     let log = arp.finish();
+    // Rounds that ended before the stop (a round collects answers until the next one starts).
     let before: BTreeSet<String> = log
-        .between(Duration::ZERO, stopped_at)
+        .between(Duration::ZERO, stopped_at.saturating_sub(log.period))
         .iter()
         .flat_map(|r| r.answers.get(&vip).cloned().unwrap_or_default())
         .map(|m| node_of(lab, &m))
@@ -350,7 +358,7 @@ async fn without_the_lease_fallback_a_dead_owner_keeps_its_vip_in_the_lab() {
     );
     assert_eq!(owner_of(&lab, vip).await.as_deref(), Some(owner.as_str()));
     let before: BTreeSet<String> = log
-        .between(Duration::ZERO, killed_at)
+        .between(Duration::ZERO, killed_at.saturating_sub(log.period))
         .iter()
         .flat_map(|r| r.answers.get(&vip).cloned().unwrap_or_default())
         .map(|m| node_of(&lab, &m))
@@ -359,5 +367,86 @@ async fn without_the_lease_fallback_a_dead_owner_keeps_its_vip_in_the_lab() {
         before,
         BTreeSet::from([owner.clone()]),
         "the owner answered before the kill"
+    );
+}
+
+/// Drops every UDP datagram to the gossip port arriving in `netns` (the table goes with the namespace).
+fn block_gossip(netns: &str) {
+    for args in [
+        vec!["nft", "add", "table", "inet", "ironlb_test"],
+        vec![
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "ironlb_test",
+            "input",
+            "{ type filter hook input priority 0 ; policy accept ; }",
+        ],
+        vec![
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "ironlb_test",
+            "input",
+            "udp",
+            "dport",
+            "7946",
+            "drop",
+        ],
+    ] {
+        run_in(netns, &args).unwrap();
+    }
+}
+
+/// Scenario: the agents have the gossip key, but the gossip port is dropped on every node. Gossip turns unhealthy
+/// after its isolation grace, the node Leases decide, and a SIGKILLed owner's VIP moves to another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_killed_while_gossip_is_blocked_fails_over_through_node_leases() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::start(options("blocked", &[])).await.unwrap();
+    let _logs = Logs::of(&lab);
+    first_v4(&lab).await;
+    let nodes = lab.node_names();
+    wait_until(
+        "gossip to be healthy on every agent",
+        Duration::from_secs(20),
+        || async {
+            nodes.iter().all(|n| {
+                lab.metrics(n)
+                    .is_ok_and(|t| metric(&t, "ironlb_membership_healthy") == Some(1.0))
+            })
+        },
+    )
+    .await;
+    for node in &lab.topology.nodes {
+        block_gossip(&node.netns);
+    }
+    let unhealthy = wait_until(
+        "gossip to turn unhealthy and the Leases to be in use on every agent",
+        Duration::from_secs(30),
+        || async {
+            nodes.iter().all(|n| {
+                lab.metrics(n).is_ok_and(|t| {
+                    metric(&t, "ironlb_membership_healthy") == Some(0.0)
+                        && metric(&t, "ironlb_node_lease_live_nodes") == Some(nodes.len() as f64)
+                })
+            })
+        },
+    )
+    .await;
+    // Let the owners settle on the Lease view (during the grace each isolated agent believed itself alone).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (vip, owner) = first_v4(&lab).await;
+    let (took, by) = fail_over(&mut lab, vip, &owner, Stop::Kill).await;
+    println!(
+        "gossip port dropped on every node: gossip unhealthy everywhere {} ms after the block; SIGKILL of {owner} \
+         (owner of {vip}): {by} answered ARP {} ms after the kill",
+        ms(unhealthy),
+        ms(took)
     );
 }

@@ -152,18 +152,22 @@ impl Announcer {
         let (live_tx, live) = watch::channel(BTreeSet::from([node.to_string()]));
         let (healthy_tx, healthy) = watch::channel(false);
         let membership_metrics = MembershipMetrics::register(registry);
+        let lease_timing =
+            NodeLeaseTiming::from_flags(args.node_lease_period, args.node_lease_duration);
         match gossip_key(client, namespace, &args.gossip_secret).await {
             Ok(key) => {
                 let advertise = advertise_address(client, node, &handle).await;
                 let port = args.gossip_port;
                 match advertise {
                     Some(ip) => {
-                        let config = MembershipConfig::new(
+                        let mut config = MembershipConfig::new(
                             node.to_string(),
                             SocketAddr::new(unspecified_like(ip), port),
                             SocketAddr::new(ip, port),
                             key,
                         );
+                        config.timing.isolation_grace =
+                            membership::isolation_grace(lease_timing.as_ref().map(|t| t.duration));
                         let mut stop = stop.clone();
                         tokio::spawn(async move {
                             let stopped = async move {
@@ -199,30 +203,29 @@ impl Announcer {
         }
         let (leases_tx, leases) = watch::channel(None);
         let lease_metrics = node_lease::NodeLeaseMetrics::register(registry);
-        let lease_task =
-            match NodeLeaseTiming::from_flags(args.node_lease_period, args.node_lease_duration) {
-                Some(timing) => {
-                    tracing::info!(
-                        lease = %node_lease::lease_name(node),
-                        period = ?timing.period,
-                        duration = ?timing.duration,
-                        "node lease fallback on"
-                    );
-                    Some(tokio::spawn(node_lease::run(
-                        Api::namespaced(client.clone(), namespace),
-                        namespace.to_string(),
-                        node.to_string(),
-                        timing,
-                        leases_tx,
-                        lease_metrics,
-                        stop.clone(),
-                    )))
-                }
-                None => {
-                    tracing::info!("node lease fallback off (--node-lease-period 0)");
-                    None
-                }
-            };
+        let lease_task = match lease_timing {
+            Some(timing) => {
+                tracing::info!(
+                    lease = %node_lease::lease_name(node),
+                    period = ?timing.period,
+                    duration = ?timing.duration,
+                    "node lease fallback on"
+                );
+                Some(tokio::spawn(node_lease::run(
+                    Api::namespaced(client.clone(), namespace),
+                    namespace.to_string(),
+                    node.to_string(),
+                    timing,
+                    leases_tx,
+                    lease_metrics,
+                    stop.clone(),
+                )))
+            }
+            None => {
+                tracing::info!("node lease fallback off (--node-lease-period 0)");
+                None
+            }
+        };
         let announcer = Announcer {
             node: node.to_string(),
             args,

@@ -197,6 +197,11 @@ impl Observations {
         self.relisted = Some(BTreeSet::new());
     }
 
+    /// Whether a relist is under way: until it ends, [`Observations::live`] may lack Leases not yet listed again.
+    pub fn relisting(&self) -> bool {
+        self.relisted.is_some()
+    }
+
     /// A relist ended.
     pub fn relist_end(&mut self) {
         if let Some(listed) = self.relisted.take() {
@@ -426,8 +431,15 @@ async fn observe(
     loop {
         let now = Instant::now();
         let verdict = seen.live(now);
-        metrics.record(verdict.as_ref());
+        // A relist delivers the Leases one by one: publish only complete views.
+        let complete = !seen.relisting();
+        if complete {
+            metrics.record(verdict.as_ref());
+        }
         live.send_if_modified(|current| {
+            if !complete {
+                return false;
+            }
             if *current == verdict {
                 return false;
             }
@@ -622,6 +634,7 @@ mod tests {
         seen.observe(&lease("a", 0, 3), t0).unwrap();
         seen.observe(&lease("b", 0, 3), t0).unwrap();
         seen.relist_begin();
+        assert!(seen.relisting());
         seen.observe(&lease("a", 0, 3), t0).unwrap();
         assert_eq!(
             seen.live(t0),
@@ -629,6 +642,7 @@ mod tests {
             "not before the end"
         );
         seen.relist_end();
+        assert!(!seen.relisting());
         assert_eq!(seen.live(t0), Some(names(&["a"])));
     }
 

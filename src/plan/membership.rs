@@ -251,9 +251,9 @@ pub struct Timing {
     pub max_transmissions: NonZeroU8,
     /// How often seeds that are not live members are announced to again (partition healing, late starters).
     pub reannounce_period: Duration,
-    /// How long peers may be expected yet unreachable before gossip reports itself unhealthy. Longer than
-    /// kube-controller-manager's node-monitor grace period (40 s), so that by the time callers fall back to Node
-    /// Ready, a node that really died is no longer Ready.
+    /// How long peers may be expected yet unreachable before gossip reports itself unhealthy. Without the node
+    /// Lease fallback, longer than kube-controller-manager's node-monitor grace period (40 s), so that by the time
+    /// callers fall back to Node Ready, a node that really died is no longer Ready; see [`isolation_grace`].
     pub isolation_grace: Duration,
 }
 
@@ -473,6 +473,20 @@ impl MembershipMetrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+}
+
+/// How long gossip may be cut off from every expected peer before it reports itself unhealthy, given the node Lease
+/// fallback's duration (None: the fallback is off).
+///
+/// Until then an isolated agent sees itself alone and claims every VIP, so shorter is better, as long as the fallback
+/// knows about dead nodes by the time it takes over. Node Ready needs the kubelet's 40 s grace, hence 60 s without
+/// Leases. With them, a dead node's Lease is stale a duration after it died, so the grace only has to outlast a
+/// gossip hiccup and a rejoin (detection takes under a second): 5 s, or the Lease duration if longer.
+pub fn isolation_grace(lease_duration: Option<Duration>) -> Duration {
+    match lease_duration {
+        Some(duration) => duration.max(Duration::from_secs(5)),
+        None => Timing::lan().isolation_grace,
     }
 }
 
@@ -949,6 +963,19 @@ mod tests {
         assert_eq!(live_nodes(&gossip, &ready, true, None), names(&["b", "c"]));
         assert_eq!(live_nodes(&gossip, &ready, false, None), ready);
         assert_eq!(live_nodes(&names(&["a"]), &ready, true, None), names(&[]));
+    }
+
+    #[test]
+    fn isolation_grace_is_short_only_with_the_lease_fallback() {
+        assert_eq!(isolation_grace(None), Duration::from_secs(60));
+        assert_eq!(
+            isolation_grace(Some(Duration::from_secs(3))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            isolation_grace(Some(Duration::from_secs(20))),
+            Duration::from_secs(20)
+        );
     }
 
     #[test]
