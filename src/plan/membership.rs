@@ -65,9 +65,9 @@
 //! Gossip is never the only signal (DESIGN.md, Announcement). The agent intersects gossip membership with the Nodes
 //! whose Ready condition is true, and falls back when gossip itself is unhealthy: the socket cannot be bound ([`run`]
 //! returns an error), there is no key, or peers are expected but none has been reachable for
-//! [`Timing::isolation_grace`]. The fallback is the per-node Leases ([`crate::k8s::node_lease`], seconds) combined
-//! with Ready, or Ready alone (the kubelet's tens of seconds) when the Lease signal is off or unavailable. See
-//! [`live_nodes`].
+//! [`Timing::isolation_grace`] (5 s with the node Leases on, 60 s without: [`isolation_grace`]). The fallback is the
+//! per-node Leases ([`crate::k8s::node_lease`], seconds) combined with Ready, or Ready alone (the kubelet's tens of
+//! seconds) when the Lease signal is off or unavailable. See [`live_nodes`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
