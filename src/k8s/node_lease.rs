@@ -431,8 +431,9 @@ async fn observe(
     loop {
         let now = Instant::now();
         let verdict = seen.live(now);
-        // A relist delivers the Leases one by one: publish only complete views.
-        let complete = !seen.relisting();
+        // A relist delivers the Leases one by one: publish only complete views (an unavailable signal is complete:
+        // it must not wait for a relist that the API may never finish).
+        let complete = !seen.relisting() || verdict.is_none();
         if complete {
             metrics.record(verdict.as_ref());
         }
