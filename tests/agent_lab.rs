@@ -717,9 +717,25 @@ fn the_rbac_check_itself_rejects_what_it_should() -> Result<()> {
         "/apis/coordination.k8s.io/v1/namespaces/ironlb-system/leases/ironlb-allocator",
         ""
     ));
+    // The per-node Leases: any Lease of the agent's namespace, but no other namespace's.
+    assert!(allowed(
+        "DELETE",
+        "/apis/coordination.k8s.io/v1/namespaces/ironlb-system/leases/ironlb-node-a",
+        ""
+    ));
+    assert!(allowed(
+        "GET",
+        "/apis/coordination.k8s.io/v1/namespaces/ironlb-system/leases",
+        "labelSelector=ironlb.io%2Fnode-lease%3Dtrue&watch=true"
+    ));
     assert!(!allowed(
         "PUT",
-        "/apis/coordination.k8s.io/v1/namespaces/ironlb-system/leases/other",
+        "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/ironlb-node-a",
+        ""
+    ));
+    assert!(!allowed(
+        "DELETE",
+        "/apis/coordination.k8s.io/v1/namespaces/ironlb-system/leases",
         ""
     ));
     assert!(!allowed(
@@ -840,6 +856,9 @@ async fn agents_stay_within_their_rbac() -> Result<()> {
         ("get", "leases"),
         ("create", "leases"),
         ("update", "leases"),
+        ("list", "leases"),
+        ("watch", "leases"),
+        ("delete", "leases"),
         ("patch", "services"),
         ("patch", "services/status"),
         ("create", "events"),

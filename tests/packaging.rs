@@ -219,6 +219,10 @@ fn chart_values_reach_the_agent_flags() -> Result<()> {
         "metrics.port=9472",
         "--set",
         "gossip.key=a-key-for-this-test-only",
+        "--set",
+        "nodeLease.period=2",
+        "--set",
+        "nodeLease.duration=7",
     ])?)?;
     let agent = agent_container(&docs)?;
     let args = agent.args.clone().unwrap_or_default();
@@ -229,6 +233,8 @@ fn chart_values_reach_the_agent_flags() -> Result<()> {
         "--lb-class=ironlb.io/l2",
         "--config-namespace=lb-config",
         "--metrics-addr=0.0.0.0:9472",
+        "--node-lease-period=2",
+        "--node-lease-duration=7",
     ] {
         ensure!(
             args.iter().any(|a| a == want),

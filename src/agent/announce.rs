@@ -10,7 +10,8 @@
 //!
 //! Every agent runs the same pure planner on the same inputs, so all agree on each VIP's owner without asking each
 //! other; the only thing they exchange is who is alive. A pass runs at once on a membership change, since that is the
-//! failover path.
+//! failover path. Besides gossip, [`Announcer::start`] runs the per-node Lease task ([`node_lease`]), whose view of
+//! live nodes the main loop uses while gossip is unhealthy or absent (see [`membership::live_nodes`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +30,7 @@ use crate::config::Validated;
 use crate::k8s::allocation::ServiceAction;
 use crate::k8s::announcement::{self, AnnouncementNotes};
 use crate::k8s::events::Note;
+use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
 use crate::netif::strict_arp::{self, Ipv4Conf, StrictArpMetrics, StrictArpReport};
 use crate::netif::{AddressReconciler, StrictArpMode};
@@ -59,6 +61,14 @@ pub struct AnnounceArgs {
     /// The link the VIPs are bound on in the integrated data plane.
     #[arg(long, env = "IRONLB_VIP_LINK", default_value = "kube-ipvs0")]
     pub vip_link: String,
+    /// Seconds between renewals of this node's Lease `ironlb-node-<node>`, the liveness fallback used while gossip
+    /// is unhealthy or has no key. Costs one API write per node per period; 0 turns the fallback off (Node Ready
+    /// alone then decides without gossip).
+    #[arg(long, env = "IRONLB_NODE_LEASE_PERIOD", default_value_t = 1)]
+    pub node_lease_period: u64,
+    /// Seconds a node counts as live after its Lease was last seen renewed (at least twice the period).
+    #[arg(long, env = "IRONLB_NODE_LEASE_DURATION", default_value_t = 3)]
+    pub node_lease_duration: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +120,10 @@ pub const STARTUP_HOLD: Duration = Duration::from_secs(3);
 pub struct Liveness {
     pub live: watch::Receiver<BTreeSet<String>>,
     pub healthy: watch::Receiver<bool>,
+    /// Nodes with a fresh node Lease; None while that signal is off or unavailable (see [`node_lease`]).
+    pub leases: watch::Receiver<Option<BTreeSet<String>>>,
+    /// The node Lease task, which deletes the Lease once `stop` turns true; await it before exiting.
+    pub lease_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Announcer {
@@ -138,18 +152,22 @@ impl Announcer {
         let (live_tx, live) = watch::channel(BTreeSet::from([node.to_string()]));
         let (healthy_tx, healthy) = watch::channel(false);
         let membership_metrics = MembershipMetrics::register(registry);
+        let lease_timing =
+            NodeLeaseTiming::from_flags(args.node_lease_period, args.node_lease_duration);
         match gossip_key(client, namespace, &args.gossip_secret).await {
             Ok(key) => {
                 let advertise = advertise_address(client, node, &handle).await;
                 let port = args.gossip_port;
                 match advertise {
                     Some(ip) => {
-                        let config = MembershipConfig::new(
+                        let mut config = MembershipConfig::new(
                             node.to_string(),
                             SocketAddr::new(unspecified_like(ip), port),
                             SocketAddr::new(ip, port),
                             key,
                         );
+                        config.timing.isolation_grace =
+                            membership::isolation_grace(lease_timing.as_ref().map(|t| t.duration));
                         let mut stop = stop.clone();
                         tokio::spawn(async move {
                             let stopped = async move {
@@ -178,10 +196,36 @@ impl Announcer {
             }
             Err(why) => tracing::error!(
                 secret = %format!("{namespace}/{}", args.gossip_secret),
-                "membership disabled: {why}; falling back to Node Ready for liveness, so failover takes as long as \
-                 the Node controller needs to mark a node NotReady"
+                "membership disabled: {why}; falling back to the node Leases and Node Ready for liveness, so \
+                 failover takes the node Lease duration (or, with --node-lease-period 0, as long as the Node \
+                 controller needs to mark a node NotReady)"
             ),
         }
+        let (leases_tx, leases) = watch::channel(None);
+        let lease_metrics = node_lease::NodeLeaseMetrics::register(registry);
+        let lease_task = match lease_timing {
+            Some(timing) => {
+                tracing::info!(
+                    lease = %node_lease::lease_name(node),
+                    period = ?timing.period,
+                    duration = ?timing.duration,
+                    "node lease fallback on"
+                );
+                Some(tokio::spawn(node_lease::run(
+                    Api::namespaced(client.clone(), namespace),
+                    namespace.to_string(),
+                    node.to_string(),
+                    timing,
+                    leases_tx,
+                    lease_metrics,
+                    stop.clone(),
+                )))
+            }
+            None => {
+                tracing::info!("node lease fallback off (--node-lease-period 0)");
+                None
+            }
+        };
         let announcer = Announcer {
             node: node.to_string(),
             args,
@@ -201,7 +245,15 @@ impl Announcer {
             bound: None,
             startup_hold: Some(Instant::now() + STARTUP_HOLD),
         };
-        Ok((announcer, Liveness { live, healthy }))
+        Ok((
+            announcer,
+            Liveness {
+                live,
+                healthy,
+                leases,
+                lease_task,
+            },
+        ))
     }
 
     /// Re-reads the local interfaces and the strict ARP sysctls. Returns whether anything the plan depends on

@@ -346,7 +346,7 @@ pub async fn run_with(
 
     // When the change behind the next announcement pass was seen; None when no pass is needed.
     let mut announce_due: Option<std::time::Instant> = None;
-    let (mut live_open, mut healthy_open) = (true, true);
+    let (mut live_open, mut healthy_open, mut leases_open) = (true, true, true);
     // The validated configuration, recomputed only when a configuration object changed.
     let mut validated = crate::config::Validated::default();
     let mut config_stale = true;
@@ -368,6 +368,7 @@ pub async fn run_with(
                 &liveness.live.borrow(),
                 &crate::k8s::announcement::ready_nodes(&state),
                 *liveness.healthy.borrow(),
+                liveness.leases.borrow().as_ref(),
             );
             dataplane.update(&mut state, &validated);
             let (bgp_notes, bgp_actions) =
@@ -400,6 +401,13 @@ pub async fn run_with(
             changed = liveness.healthy.changed(), if healthy_open => {
                 healthy_open = changed.is_ok();
                 announce_due.get_or_insert_with(std::time::Instant::now);
+            }
+            changed = liveness.leases.changed(), if leases_open => {
+                leases_open = changed.is_ok();
+                // Only the fallback path reads the Leases: with healthy gossip a change moves nothing.
+                if !*liveness.healthy.borrow() {
+                    announce_due.get_or_insert_with(std::time::Instant::now);
+                }
             }
             change = changes.recv() => {
                 let Some(change) = change else { break };
@@ -480,6 +488,9 @@ pub async fn run_with(
     // Close the sessions without a Cease: peers with graceful restart keep the routes while the agent restarts.
     bgp.shutdown(true).await;
     let _ = elector_task.await;
+    if let Some(task) = liveness.lease_task.take() {
+        let _ = task.await;
+    }
     Ok(())
 }
 

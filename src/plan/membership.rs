@@ -63,9 +63,11 @@
 //! # Fallback
 //!
 //! Gossip is never the only signal (DESIGN.md, Announcement). The agent intersects gossip membership with the Nodes
-//! whose Ready condition is true, and falls back to Ready alone when gossip itself is unhealthy: the socket cannot be
-//! bound ([`run`] returns an error), or peers are expected but none has been reachable for
-//! [`Timing::isolation_grace`]. See [`live_nodes`].
+//! whose Ready condition is true, and falls back when gossip itself is unhealthy: the socket cannot be bound ([`run`]
+//! returns an error), there is no key, or peers are expected but none has been reachable for
+//! [`Timing::isolation_grace`] (5 s with the node Leases on, 60 s without: [`isolation_grace`]). The fallback is the
+//! per-node Leases ([`crate::k8s::node_lease`], seconds) combined with Ready, or Ready alone (the kubelet's tens of
+//! seconds) when the Lease signal is off or unavailable. See [`live_nodes`].
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -249,9 +251,9 @@ pub struct Timing {
     pub max_transmissions: NonZeroU8,
     /// How often seeds that are not live members are announced to again (partition healing, late starters).
     pub reannounce_period: Duration,
-    /// How long peers may be expected yet unreachable before gossip reports itself unhealthy. Longer than
-    /// kube-controller-manager's node-monitor grace period (40 s), so that by the time callers fall back to Node
-    /// Ready, a node that really died is no longer Ready.
+    /// How long peers may be expected yet unreachable before gossip reports itself unhealthy. Without the node
+    /// Lease fallback, longer than kube-controller-manager's node-monitor grace period (40 s), so that by the time
+    /// callers fall back to Node Ready, a node that really died is no longer Ready; see [`isolation_grace`].
     pub isolation_grace: Duration,
 }
 
@@ -474,16 +476,40 @@ impl MembershipMetrics {
     }
 }
 
-/// The nodes owner choice may use. With working gossip, a node must be both gossip-live and Ready: gossip catches a
-/// dead agent in under a second, Ready catches a node whose kubelet the API has given up on. When gossip itself is
-/// unhealthy, its view says nothing about the others, so Ready alone decides.
+/// How long gossip may be cut off from every expected peer before it reports itself unhealthy, given the node Lease
+/// fallback's duration (None: the fallback is off).
+///
+/// Until then an isolated agent sees itself alone and claims every VIP, so shorter is better, as long as the fallback
+/// knows about dead nodes by the time it takes over. Node Ready needs the kubelet's 40 s grace, hence 60 s without
+/// Leases. With them, a dead node's Lease is stale a duration after it died, so the grace only has to outlast a
+/// gossip hiccup and a rejoin (detection takes under a second): 5 s, or the Lease duration if longer.
+pub fn isolation_grace(lease_duration: Option<Duration>) -> Duration {
+    match lease_duration {
+        Some(duration) => duration.max(Duration::from_secs(5)),
+        None => Timing::lan().isolation_grace,
+    }
+}
+
+/// The nodes owner choice may use.
+///
+/// - With working gossip, a node must be both gossip-live and Ready: gossip catches a dead agent in under a second,
+///   Ready catches a node whose kubelet the API has given up on. The node Leases are not consulted, so an API outage
+///   cannot move VIPs while gossip works.
+/// - When gossip is unhealthy or absent, its view says nothing about the others. Then, if the per-node Lease signal
+///   is available (`leases` is Some: this agent sees its own Lease renewed through the API), a node must be Ready and
+///   hold a fresh Lease (see [`crate::k8s::node_lease`]): a dead agent drops out within the Lease duration instead of
+///   the kubelet's grace.
+/// - Otherwise (no Lease signal: turned off, not yet seen, or this agent cannot reach the API) Ready alone decides.
 pub fn live_nodes(
     gossip: &BTreeSet<String>,
     ready: &BTreeSet<String>,
     gossip_healthy: bool,
+    leases: Option<&BTreeSet<String>>,
 ) -> BTreeSet<String> {
     if gossip_healthy {
         gossip.intersection(ready).cloned().collect()
+    } else if let Some(fresh) = leases {
+        fresh.intersection(ready).cloned().collect()
     } else {
         ready.clone()
     }
@@ -934,9 +960,49 @@ mod tests {
     fn live_nodes_intersects_with_ready_unless_gossip_is_unhealthy() {
         let gossip = names(&["a", "b", "c"]);
         let ready = names(&["b", "c", "d"]);
-        assert_eq!(live_nodes(&gossip, &ready, true), names(&["b", "c"]));
-        assert_eq!(live_nodes(&gossip, &ready, false), ready);
-        assert_eq!(live_nodes(&names(&["a"]), &ready, true), names(&[]));
+        assert_eq!(live_nodes(&gossip, &ready, true, None), names(&["b", "c"]));
+        assert_eq!(live_nodes(&gossip, &ready, false, None), ready);
+        assert_eq!(live_nodes(&names(&["a"]), &ready, true, None), names(&[]));
+    }
+
+    #[test]
+    fn isolation_grace_is_short_only_with_the_lease_fallback() {
+        assert_eq!(isolation_grace(None), Duration::from_secs(60));
+        assert_eq!(
+            isolation_grace(Some(Duration::from_secs(3))),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            isolation_grace(Some(Duration::from_secs(20))),
+            Duration::from_secs(20)
+        );
+    }
+
+    #[test]
+    fn node_leases_decide_with_ready_only_while_gossip_is_unhealthy() {
+        let gossip = names(&["a", "b", "c"]);
+        let ready = names(&["a", "b", "c", "d"]);
+        // b's agent died: its Lease went stale, though the Node is still Ready.
+        let leases = names(&["a", "c", "d", "e"]);
+        assert_eq!(
+            live_nodes(&gossip, &ready, false, Some(&leases)),
+            names(&["a", "c", "d"]),
+            "fresh Lease and Ready (e has a Lease but is not Ready)"
+        );
+        assert_eq!(
+            live_nodes(&gossip, &ready, true, Some(&leases)),
+            names(&["a", "b", "c"]),
+            "healthy gossip ignores the Leases"
+        );
+        assert_eq!(
+            live_nodes(&gossip, &ready, false, None),
+            ready,
+            "no Lease signal: Ready alone"
+        );
+        assert_eq!(
+            live_nodes(&gossip, &ready, false, Some(&names(&[]))),
+            names(&[])
+        );
     }
 
     #[test]

@@ -1,0 +1,452 @@
+//! Failover without gossip, through the per-node Leases, with real packets in the lab.
+//!
+//! The agents here run without the gossip key (`--gossip-secret` names a Secret that does not exist), so membership
+//! is disabled and liveness falls back. The lab has no kubelet and no Node controller: its Nodes stay Ready forever.
+//! So without the Lease fallback a dead owner's VIP never moves here (the control scenario checks exactly that), and
+//! what moves it in the main scenario is the node Lease going stale, or being deleted on SIGTERM.
+//!
+//! A third scenario keeps the key but drops the gossip port with nftables in every node namespace: gossip reports
+//! itself unhealthy after its isolation grace (5 s with the Lease fallback on), and the Leases take over from there.
+//!
+//! Timings are printed (and recorded in BENCHMARKS.md), never asserted tightly: the deadline is a functional one.
+//! Every lab is torn down by its drop, even when a test fails, and the agents' logs are printed on failure. Needs root.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use ironlb::lab::cluster::{Lab, LabOptions, is_root};
+use ironlb::lab::faults::{ArpLog, ArpWatch, metric};
+use ironlb::lab::topology::run_in;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A generous functional bound on a takeover through the Leases (duration 3 s plus one renewal, measured well under
+/// it), so the test fails only when the fallback does not work, not when the two shared cores are slow.
+const TAKEOVER_LIMIT: Duration = Duration::from_secs(15);
+/// How long the control scenario watches a dead owner's VIP stay put: twice the Lease duration and more.
+const CONTROL_WINDOW: Duration = Duration::from_secs(8);
+const NO_GOSSIP: [&str; 2] = ["--gossip-secret", "ironlb-no-such-secret"];
+
+fn options(tag: &str, agent_args: &[&str]) -> LabOptions {
+    let prefix = format!("ilb-nl-{}-{tag}", std::process::id());
+    LabOptions {
+        nodes: 3,
+        services: 2,
+        dir: std::env::temp_dir().join(&prefix),
+        prefix,
+        binary: env!("CARGO_BIN_EXE_ironlb").into(),
+        strict_arp: "enforce".into(),
+        agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+fn skip() -> bool {
+    if !is_root() {
+        println!("skipped: needs root to create network namespaces");
+        return true;
+    }
+    false
+}
+
+/// Prints the agents' logs when a test fails, and removes them otherwise.
+struct Logs(std::path::PathBuf, Vec<String>);
+
+impl Logs {
+    fn of(lab: &Lab) -> Logs {
+        Logs(lab.options().dir.clone(), lab.node_names())
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            for node in &self.1 {
+                let log =
+                    std::fs::read_to_string(self.0.join(format!("{node}.log"))).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                eprintln!("--- agent log of {node} ---\n{tail}");
+            }
+        }
+    }
+}
+
+/// The first IPv4 VIP of the status table and its owner.
+async fn first_v4(lab: &Lab) -> (Ipv4Addr, String) {
+    let rows = lab.wait_announced(Duration::from_secs(30)).await.unwrap();
+    rows.into_iter()
+        .find_map(|r| {
+            let owner = r.owners.first()?.clone();
+            let vip = r.vips.iter().find_map(|v| v.parse::<Ipv4Addr>().ok())?;
+            Some((vip, owner))
+        })
+        .expect("an announced IPv4 VIP")
+}
+
+/// The owner `ironlb status` shows for `vip`.
+async fn owner_of(lab: &Lab, vip: Ipv4Addr) -> Option<String> {
+    lab.status()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|r| r.vips.iter().any(|v| v.parse() == Ok(vip)))
+        .and_then(|r| r.owners.first().cloned())
+}
+
+fn node_of(lab: &Lab, mac: &str) -> String {
+    lab.topology
+        .node_by_mac(mac)
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| mac.to_string())
+}
+
+/// The first ARP round at or after `from` in which `vip` was answered by someone other than `old`, and by whom.
+fn first_takeover(
+    lab: &Lab,
+    log: &ArpLog,
+    vip: Ipv4Addr,
+    old: &str,
+    from: Duration,
+) -> Option<(Duration, String)> {
+    // A round collects answers until the next one starts, so the round that began just before `from` counts too.
+    log.between(from.saturating_sub(log.period), Duration::MAX)
+        .into_iter()
+        .find_map(|r| {
+            let answers = r.answers.get(&vip)?;
+            answers
+                .iter()
+                .map(|m| node_of(lab, m))
+                .find(|n| n != old)
+                .map(|n| (r.at.saturating_sub(from), n))
+        })
+}
+
+/// Whether the Lease of `node` exists.
+async fn lease_exists(lab: &Lab, node: &str) -> bool {
+    Api::<Lease>::namespaced(lab.client.clone(), "ironlb-system")
+        .get_opt(&ironlb::k8s::node_lease::lease_name(node))
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// Waits until `check` holds, or panics after `limit`.
+async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// Stops the owner of `vip` and returns how long until another node answered ARP for it, and that node. Checks that
+/// the status table follows and that in the end one node alone answers.
+async fn fail_over(lab: &mut Lab, vip: Ipv4Addr, owner: &str, how: Stop) -> (Duration, String) {
+    let arp = ArpWatch::start(lab, vec![vip], Duration::from_millis(20)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped_at = arp.elapsed();
+    match how {
+        Stop::Kill => lab.kill_agent(owner),
+        Stop::Term => {
+            assert!(
+                lab.stop_agent(owner, Duration::from_secs(10)).unwrap(),
+                "the agent of {owner} did not exit on SIGTERM"
+            );
+        }
+    }
+    let stopped = Instant::now();
+    wait_until(
+        &format!("status to show a new owner of {vip}"),
+        TAKEOVER_LIMIT,
+        || async {
+            owner_of(lab, vip)
+                .await
+                .is_some_and(|o| o != owner && !o.is_empty())
+        },
+    )
+    .await;
+    // A little longer, so that the log shows who answers once things settled.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = stopped.elapsed();
+    let log = arp.finish();
+    // Rounds that ended before the stop (a round collects answers until the next one starts).
+    let before: BTreeSet<String> = log
+        .between(Duration::ZERO, stopped_at.saturating_sub(log.period))
+        .iter()
+        .flat_map(|r| r.answers.get(&vip).cloned().unwrap_or_default())
+        .map(|m| node_of(lab, &m))
+        .collect();
+    assert_eq!(
+        before,
+        BTreeSet::from([owner.to_string()]),
+        "{vip}: the owner alone answered before it was stopped"
+    );
+    let (took, by) = first_takeover(lab, &log, vip, owner, stopped_at).unwrap_or_else(|| {
+        panic!("no other node answered ARP for {vip} within {settled:?} after {owner} stopped")
+    });
+    assert!(
+        took <= TAKEOVER_LIMIT,
+        "{vip}: takeover took {took:?}, over the functional limit {TAKEOVER_LIMIT:?}"
+    );
+    let last: BTreeSet<String> = log
+        .last_answerers(vip, 10)
+        .iter()
+        .map(|m| node_of(lab, m))
+        .collect();
+    assert_eq!(
+        last,
+        BTreeSet::from([by.clone()]),
+        "{vip}: one answerer at the end"
+    );
+    assert_eq!(owner_of(lab, vip).await.as_deref(), Some(by.as_str()));
+    (took, by)
+}
+
+/// Restarts `node`'s agent and waits until every agent, the restarted one included, uses the Lease signal and counts
+/// all nodes live (the SIGKILLed agent's stale Lease is still there, so its mere existence proves nothing).
+async fn restart(lab: &mut Lab, node: &str) {
+    lab.start_agent(node).unwrap();
+    let nodes = lab.node_names();
+    wait_until(
+        &format!("every agent to count {node} live again"),
+        Duration::from_secs(30),
+        || async {
+            nodes.iter().all(|n| {
+                lab.metrics(n).is_ok_and(|text| {
+                    metric(&text, "ironlb_node_lease_available") == Some(1.0)
+                        && metric(&text, "ironlb_node_lease_live_nodes") == Some(nodes.len() as f64)
+                })
+            })
+        },
+    )
+    .await;
+    // The VIPs it owns move back to it; let that settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// Scenario: no gossip key on any agent. The owner of a VIP is SIGKILLed three times (restarted in between) and
+/// SIGTERMed once; each time another node answers ARP for the VIP within the functional deadline, the status table
+/// names it, and in the end it alone answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_stopped_without_gossip_fails_over_through_node_leases() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::start(options("kill", &NO_GOSSIP)).await.unwrap();
+    let _logs = Logs::of(&lab);
+    first_v4(&lab).await;
+    // Gossip really is off: every agent reports unhealthy membership, and every node has its Lease.
+    for node in lab.node_names() {
+        wait_until(
+            &format!("the Lease of {node}"),
+            Duration::from_secs(20),
+            || lease_exists(&lab, &node),
+        )
+        .await;
+        let text = lab.metrics(&node).unwrap();
+        assert_eq!(
+            metric(&text, "ironlb_membership_healthy"),
+            Some(0.0),
+            "{node}: gossip should be off"
+        );
+    }
+    // Owners settle once every agent has published its subnets and every Lease has been seen renewed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // The Lease signal is in use everywhere: each agent sees its own renewals and all three nodes live.
+    for node in lab.node_names() {
+        let text = lab.metrics(&node).unwrap();
+        assert_eq!(
+            (
+                metric(&text, "ironlb_node_lease_available"),
+                metric(&text, "ironlb_node_lease_live_nodes")
+            ),
+            (Some(1.0), Some(3.0)),
+            "{node}: node lease metrics"
+        );
+    }
+
+    let mut kills = Vec::new();
+    for trial in 1..=3 {
+        let (vip, owner) = first_v4(&lab).await;
+        let (took, by) = fail_over(&mut lab, vip, &owner, Stop::Kill).await;
+        println!(
+            "trial {trial}: SIGKILL of {owner} (owner of {vip}): {by} answered ARP {} ms after the kill",
+            ms(took)
+        );
+        kills.push(took);
+        restart(&mut lab, &owner).await;
+    }
+    let (vip, owner) = first_v4(&lab).await;
+    let (took, by) = fail_over(&mut lab, vip, &owner, Stop::Term).await;
+    println!(
+        "SIGTERM of {owner} (owner of {vip}): {by} answered ARP {} ms after the signal",
+        ms(took)
+    );
+    assert!(
+        !lease_exists(&lab, &owner).await,
+        "the stopped agent deleted its Lease"
+    );
+    kills.sort();
+    println!(
+        "node lease failover without gossip, SIGKILL: {} trials, min {} ms, median {} ms, max {} ms; SIGTERM {} ms",
+        kills.len(),
+        ms(kills[0]),
+        ms(kills[kills.len() / 2]),
+        ms(kills[kills.len() - 1]),
+        ms(took)
+    );
+}
+
+/// Control: the same lab with the Lease fallback off (`--node-lease-period 0`). Liveness is Node Ready alone, which
+/// the lab never turns false, so the dead owner keeps its VIP: nobody else answers for it. This is what the main
+/// scenario would see without node Leases, and shows that its takeovers come from the Leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_lease_fallback_a_dead_owner_keeps_its_vip_in_the_lab() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let args = [NO_GOSSIP[0], NO_GOSSIP[1], "--node-lease-period", "0"];
+    let mut lab = Lab::start(options("off", &args)).await.unwrap();
+    let _logs = Logs::of(&lab);
+    first_v4(&lab).await;
+    // Owners settle once every agent has published its subnets (until then a node looks ineligible to the others).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (vip, owner) = first_v4(&lab).await;
+    for node in lab.node_names() {
+        assert!(!lease_exists(&lab, &node).await, "{node} wrote a Lease");
+        let text = lab.metrics(&node).unwrap();
+        assert_eq!(
+            metric(&text, "ironlb_node_lease_available"),
+            Some(0.0),
+            "{node}"
+        );
+    }
+    let arp = ArpWatch::start(&lab, vec![vip], Duration::from_millis(50)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = arp.elapsed();
+    lab.kill_agent(&owner);
+    tokio::time::sleep(CONTROL_WINDOW).await;
+    let log = arp.finish();
+    assert_eq!(
+        first_takeover(&lab, &log, vip, &owner, killed_at),
+        None,
+        "another node took {vip} over without gossip and without Leases"
+    );
+    assert_eq!(owner_of(&lab, vip).await.as_deref(), Some(owner.as_str()));
+    let before: BTreeSet<String> = log
+        .between(Duration::ZERO, killed_at.saturating_sub(log.period))
+        .iter()
+        .flat_map(|r| r.answers.get(&vip).cloned().unwrap_or_default())
+        .map(|m| node_of(&lab, &m))
+        .collect();
+    assert_eq!(
+        before,
+        BTreeSet::from([owner.clone()]),
+        "the owner answered before the kill"
+    );
+}
+
+/// Drops every UDP datagram to the gossip port arriving in `netns` (the table goes with the namespace).
+fn block_gossip(netns: &str) {
+    for args in [
+        vec!["nft", "add", "table", "inet", "ironlb_test"],
+        vec![
+            "nft",
+            "add",
+            "chain",
+            "inet",
+            "ironlb_test",
+            "input",
+            "{ type filter hook input priority 0 ; policy accept ; }",
+        ],
+        vec![
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "ironlb_test",
+            "input",
+            "udp",
+            "dport",
+            "7946",
+            "drop",
+        ],
+    ] {
+        run_in(netns, &args).unwrap();
+    }
+}
+
+/// Scenario: the agents have the gossip key, but the gossip port is dropped on every node. Gossip turns unhealthy
+/// after its isolation grace, the node Leases decide, and a SIGKILLed owner's VIP moves to another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_killed_while_gossip_is_blocked_fails_over_through_node_leases() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::start(options("blocked", &[])).await.unwrap();
+    let _logs = Logs::of(&lab);
+    first_v4(&lab).await;
+    let nodes = lab.node_names();
+    wait_until(
+        "gossip to be healthy on every agent",
+        Duration::from_secs(20),
+        || async {
+            nodes.iter().all(|n| {
+                lab.metrics(n)
+                    .is_ok_and(|t| metric(&t, "ironlb_membership_healthy") == Some(1.0))
+            })
+        },
+    )
+    .await;
+    for node in &lab.topology.nodes {
+        block_gossip(&node.netns);
+    }
+    let unhealthy = wait_until(
+        "gossip to turn unhealthy and the Leases to be in use on every agent",
+        Duration::from_secs(30),
+        || async {
+            nodes.iter().all(|n| {
+                lab.metrics(n).is_ok_and(|t| {
+                    metric(&t, "ironlb_membership_healthy") == Some(0.0)
+                        && metric(&t, "ironlb_node_lease_live_nodes") == Some(nodes.len() as f64)
+                })
+            })
+        },
+    )
+    .await;
+    // Let the owners settle on the Lease view (during the grace each isolated agent believed itself alone).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (vip, owner) = first_v4(&lab).await;
+    let (took, by) = fail_over(&mut lab, vip, &owner, Stop::Kill).await;
+    println!(
+        "gossip port dropped on every node: gossip unhealthy everywhere {} ms after the block; SIGKILL of {owner} \
+         (owner of {vip}): {by} answered ARP {} ms after the kill",
+        ms(unhealthy),
+        ms(took)
+    );
+}
