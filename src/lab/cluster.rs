@@ -505,6 +505,57 @@ impl Lab {
         }
     }
 
+    /// With pods: waits until the client's connection to every VIP is answered by a pod as the Service's policy
+    /// says: with the client's own address (`Local`), or source-NATed to a node (`Cluster`). The agents program
+    /// IPVS and the SNAT table a moment after they announce. Returns how long it took.
+    pub async fn wait_forwarding(&self, limit: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let services = Api::<Service>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items;
+            let mut pending = Vec::new();
+            for svc in &services {
+                let local = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.external_traffic_policy.as_deref())
+                    == Some("Local");
+                for vip in crate::k8s::status::ingress_ips(svc) {
+                    let reply = self
+                        .connect_from_client(vip, Duration::from_secs(1))
+                        .ok()
+                        .and_then(|text| PodReply::parse(&text));
+                    let client = match vip {
+                        IpAddr::V4(_) => IpAddr::V4(topology::CLIENT_V4),
+                        IpAddr::V6(_) => IpAddr::V6(topology::CLIENT_V6),
+                    };
+                    let ok = reply.is_some_and(|r| {
+                        if local {
+                            r.peer == client
+                        } else {
+                            self.topology.node_with_addr(r.peer).is_some()
+                        }
+                    });
+                    if !ok {
+                        pending.push(vip);
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Timeout(
+                    limit,
+                    format!("pods to answer on {pending:?} as the Services' policies say"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The MAC that answers ARP (or NDP) for `vip` from the client, as `arping` / `ndisc6` see it.
     pub fn resolve_from_client(&self, vip: IpAddr) -> Option<String> {
         let out = match vip {

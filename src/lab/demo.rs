@@ -147,9 +147,21 @@ async fn demo(
     lab.wait_announced(Duration::from_secs(60)).await?;
     writeln!(
         out,
-        "every Service announced after {} ms\n",
+        "every Service announced after {} ms",
         started.elapsed().as_millis()
     )?;
+    if pods {
+        // The agents program IPVS and the SNAT table a moment after they announce.
+        match lab.wait_forwarding(Duration::from_secs(60)).await {
+            Ok(took) => writeln!(
+                out,
+                "every VIP forwarded to the pods {} ms later",
+                took.as_millis()
+            )?,
+            Err(e) => writeln!(out, "note: {e}; showing what answers now")?,
+        }
+    }
+    writeln!(out)?;
     // Let one round of periodic gratuitous ARP pass, so every cache on the LAN agrees before we look.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let rows = lab.status().await?;
