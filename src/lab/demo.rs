@@ -42,15 +42,10 @@ pub fn dataplane_agent_args(
     match (mode, has_ipvs) {
         (Mode::Integrated, _) => (Vec::new(), None),
         (Mode::Direct, true) => (vec!["--dataplane".into(), "direct".into()], None),
-        // Without IPVS nothing would forward a VIP bound on ironlb0; keep the lab's kube-ipvs0 so the nodes keep
-        // answering on the VIPs themselves.
+        // Without IPVS nothing forwards a VIP bound on ironlb0, so the node's own responder answers on it. (The
+        // agent binds on ironlb0 in direct mode even when told kube-ipvs0.)
         (Mode::Direct, false) => (
-            vec![
-                "--dataplane".into(),
-                "direct".into(),
-                "--vip-link".into(),
-                "kube-ipvs0".into(),
-            ],
+            vec!["--dataplane".into(), "direct".into()],
             Some(
                 "note: --dataplane direct, but this kernel has no IPVS (no /proc/net/ip_vs, no IPVS netlink family): \
                  the agents program no virtual services and keep announcing; each node answers on the VIP itself",
@@ -135,8 +130,8 @@ async fn demo(
     if lab.topology.vip_link_kind != "dummy" {
         writeln!(
             out,
-            "note: this kernel has no dummy links, so kube-ipvs0 is an empty bridge in each node (it holds the VIPs \
-             the same way); and no IPVS here, so each node's own responder answers on the VIP"
+            "note: this kernel has no dummy links, so kube-ipvs0 (and ironlb0) is an empty bridge in each node (it \
+             holds the VIPs the same way); and no IPVS here, so each node's own responder answers on the VIP"
         )?;
     }
     writeln!(
@@ -375,9 +370,9 @@ mod dataplane_tests {
     use crate::agent::dataplane::Mode;
 
     #[test]
-    fn direct_without_ipvs_says_so_and_keeps_the_lab_vip_link() {
+    fn direct_without_ipvs_says_so() {
         let (args, note) = dataplane_agent_args(Mode::Direct, false);
-        assert_eq!(args, ["--dataplane", "direct", "--vip-link", "kube-ipvs0"]);
+        assert_eq!(args, ["--dataplane", "direct"]);
         assert!(note.unwrap().contains("no IPVS"));
         assert_eq!(
             dataplane_agent_args(Mode::Direct, true),

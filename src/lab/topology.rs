@@ -19,7 +19,9 @@
 //!
 //! Only documentation prefixes are used, and only inside namespaces this module creates. The host kernel may lack
 //! dummy links, so `kube-ipvs0` is an empty bridge when dummy is unavailable: it holds local addresses the same way
-//! (the kernel accepts TCP to them) and the lab says which one it used.
+//! (the kernel accepts TCP to them) and the lab says which one it used. There the lab also makes the direct data
+//! plane's `ironlb0` the same way, since an agent can only create it as a dummy link; where dummy links exist, the
+//! agents create `ironlb0` themselves.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Output};
@@ -95,6 +97,9 @@ pub struct LabPod {
     pub gateway4: Ipv4Addr,
     pub gateway6: Ipv6Addr,
 }
+
+/// The direct data plane's VIP link, which the lab makes itself only where dummy links are missing.
+const DIRECT_LINK: &str = crate::agent::dataplane::DIRECT_LINK;
 
 /// The link in a node namespace that leads to its pod.
 pub const POD_LINK: &str = "pod";
@@ -206,24 +211,26 @@ impl Topology {
                     "nodad",
                 ],
             )?;
-            run_in(
-                &netns,
-                &[
-                    "ip",
-                    "link",
-                    "add",
-                    "kube-ipvs0",
-                    "type",
-                    topo.vip_link_kind,
-                ],
-            )?;
+            let vip_links: &[&str] = if dummy {
+                &["kube-ipvs0"]
+            } else {
+                &["kube-ipvs0", DIRECT_LINK]
+            };
+            for link in vip_links {
+                run_in(
+                    &netns,
+                    &["ip", "link", "add", link, "type", topo.vip_link_kind],
+                )?;
+            }
             // Linux drops global IPv6 addresses when a link goes down (keep_addr_on_down=0), so a node whose cable
             // was cut would come back without its IPv6 subnet; and an IPv6 VIP on a down link is not local.
-            for link in [UPLINK, "kube-ipvs0"] {
+            for link in std::iter::once(&UPLINK).chain(vip_links) {
                 let knob = format!("net.ipv6.conf.{link}.keep_addr_on_down=1");
                 run_in(&netns, &["sysctl", "-qw", &knob])?;
             }
-            run_in(&netns, &["ip", "link", "set", "kube-ipvs0", "up"])?;
+            for link in vip_links {
+                run_in(&netns, &["ip", "link", "set", link, "up"])?;
+            }
             let mac = mac_of(&netns, UPLINK)?;
             topo.nodes.push(LabNode {
                 name,
