@@ -236,6 +236,7 @@ async fn withdraw(trials: usize) -> Option<Vec<Duration>> {
         binary: env!("CARGO_BIN_EXE_ironlb").into(),
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
+        pods: false,
     })
     .await
     .ok()?;

@@ -350,6 +350,7 @@ async fn main() {
         binary: env!("CARGO_BIN_EXE_ironlb").into(),
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
+        pods: false,
     })
     .await
     .expect("start the lab");

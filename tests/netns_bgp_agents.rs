@@ -37,6 +37,7 @@ async fn local_service_route_follows_its_endpoint() {
         binary: env!("CARGO_BIN_EXE_ironlb").into(),
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
+        pods: false,
     })
     .await
     .unwrap();

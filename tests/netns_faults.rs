@@ -37,6 +37,7 @@ fn options(tag: &str, nodes: usize, services: usize, agent_args: &[&str]) -> Lab
         binary: env!("CARGO_BIN_EXE_ironlb").into(),
         strict_arp: "enforce".into(),
         agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+        pods: false,
     }
 }
 

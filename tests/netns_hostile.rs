@@ -119,6 +119,7 @@ async fn hostile_arp_and_ndp_neither_take_a_vip_nor_grow_the_agent() {
         binary: env!("CARGO_BIN_EXE_ironlb").into(),
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
+        pods: false,
     })
     .await
     .unwrap();
@@ -314,6 +315,7 @@ async fn absurd_objects_get_events_and_leave_working_vips_alone() {
         binary: env!("CARGO_BIN_EXE_ironlb").into(),
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
+        pods: false,
     })
     .await
     .unwrap();

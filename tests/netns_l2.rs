@@ -26,6 +26,7 @@ fn options(tag: &str, nodes: usize, services: usize, strict_arp: &str) -> LabOpt
         binary: env!("CARGO_BIN_EXE_ironlb").into(),
         strict_arp: strict_arp.into(),
         agent_args: Vec::new(),
+        pods: false,
     }
 }
 

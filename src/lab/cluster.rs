@@ -2,6 +2,11 @@
 //! `ironlb agent` process per node namespace, demo Services with EndpointSlices, and a TCP responder in every node
 //! namespace standing in for the pods. `ironlb lab` drives it, and so do the netns tests and the benchmarks.
 //!
+//! With [`LabOptions::pods`] (the direct data plane, where the kernel has IPVS) the EndpointSlices point at real
+//! backends instead: a pod namespace behind every node ([`Topology::add_pods`]) whose server answers
+//! `hello from pod-N on node-N to <the address it saw>` on [`POD_PORT`], so a client sees which pod its connection
+//! reached through the owner's IPVS and whether its own address arrived ([`PodReply`]).
+//!
 //! The lab API server listens twice over the same objects: inside the switch namespace, where the agents reach it
 //! over the lab bridge, and on the host's loopback, for the user's `kubectl`. Everything is torn down on drop:
 //! agents killed, responders stopped, namespaces deleted.
@@ -24,7 +29,7 @@ use serde_json::json;
 
 use super::api::ApiServer;
 use super::netns::in_netns;
-use super::topology::{self, LabNode, SWITCH_V4, Topology, UPLINK};
+use super::topology::{self, LabNode, LabPod, SWITCH_V4, Topology, UPLINK};
 use crate::config::crd::{IPAddressPool, L2Advertisement};
 use crate::k8s::report::{StatusRow, rows};
 
@@ -32,6 +37,8 @@ use crate::k8s::report::{StatusRow, rows};
 pub const API_PORT: u16 = 6443;
 /// The port every demo Service and node responder uses.
 pub const DEMO_PORT: u16 = 80;
+/// The port the pods listen on (the demo Services' targetPort when the lab has pods).
+pub const POD_PORT: u16 = 8080;
 /// The lab's pool: inside the lab subnet, so that clients resolve the VIPs with ARP and NDP.
 pub const POOL_V4: &str = "192.0.2.200-192.0.2.250";
 pub const POOL_V6: &str = "2001:db8::200-2001:db8::250";
@@ -74,6 +81,10 @@ pub struct LabOptions {
     pub strict_arp: String,
     /// Extra flags for every agent.
     pub agent_args: Vec<String>,
+    /// Give every node a pod namespace and point the demo EndpointSlices at the pods (IPv4 and IPv6) instead of
+    /// the nodes' own responders; the second demo Service becomes `externalTrafficPolicy: Local`. For the direct
+    /// data plane where the kernel has IPVS: the nodes' IPVS then forwards the VIPs to the pods.
+    pub pods: bool,
 }
 
 struct AgentProcess {
@@ -125,7 +136,10 @@ impl Lab {
             return Err(Error::NotRoot);
         }
         std::fs::create_dir_all(&options.dir)?;
-        let topology = Topology::create(&options.prefix, options.nodes)?;
+        let mut topology = Topology::create(&options.prefix, options.nodes)?;
+        if options.pods {
+            topology.add_pods()?;
+        }
 
         let inside = in_netns(&topology.switch, || {
             StdListener::bind((SWITCH_V4, API_PORT))
@@ -156,6 +170,9 @@ impl Lab {
             topology,
         };
         lab.apply_cluster_objects().await?;
+        for pod in lab.topology.pods.clone() {
+            lab.responders.push(start_pod_server(&pod)?);
+        }
         for node in lab.topology.nodes.clone() {
             lab.responders.push(start_responder(&node)?);
             lab.start_agent(&node.name)?;
@@ -212,7 +229,8 @@ impl Lab {
             nodes.create(&pp, &node_object(node)).await?;
         }
         for i in 1..=self.options.services {
-            self.create_demo_service(&format!("demo-{i}"), i == 1, false, None)
+            let local = self.options.pods && i == 2;
+            self.create_demo_service(&format!("demo-{i}"), i == 1, local, None)
                 .await?;
         }
         Ok(())
@@ -232,12 +250,16 @@ impl Lab {
         } else {
             json!(["IPv4"])
         };
+        let mut port = json!({"name": "http", "port": DEMO_PORT, "protocol": "TCP"});
+        if self.options.pods {
+            port["targetPort"] = json!(POD_PORT);
+        }
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "default"},
             "spec": {
                 "type": "LoadBalancer",
                 "selector": {"app": name},
-                "ports": [{"name": "http", "port": DEMO_PORT, "protocol": "TCP"}],
+                "ports": [port],
                 "ipFamilies": families,
                 "ipFamilyPolicy": if dual_stack { "PreferDualStack" } else { "SingleStack" },
                 "externalTrafficPolicy": if local { "Local" } else { "Cluster" },
@@ -260,31 +282,61 @@ impl Lab {
         .await
     }
 
-    /// Replaces a demo Service's EndpointSlice with one ready endpoint per listed node.
+    /// Replaces a demo Service's EndpointSlice with one ready endpoint per listed node: the node itself, or with
+    /// pods its pod (then in an IPv4 and an IPv6 slice).
     pub async fn set_endpoints(&self, service: &str, nodes: &[&str]) -> Result<()> {
-        let endpoints: Vec<_> = self
-            .topology
-            .nodes
-            .iter()
-            .filter(|n| nodes.contains(&n.name.as_str()))
-            .map(|n| {
-                json!({
-                    "addresses": [n.ipv4.to_string()],
-                    "nodeName": n.name,
-                    "conditions": {"ready": true, "serving": true, "terminating": false},
-                })
+        let ready = |addr: String, node: &str| {
+            json!({
+                "addresses": [addr],
+                "nodeName": node,
+                "conditions": {"ready": true, "serving": true, "terminating": false},
             })
+        };
+        if !self.options.pods {
+            let endpoints = self
+                .topology
+                .nodes
+                .iter()
+                .filter(|n| nodes.contains(&n.name.as_str()))
+                .map(|n| ready(n.ipv4.to_string(), &n.name))
+                .collect();
+            return self
+                .put_slice(service, "lab", "IPv4", endpoints, DEMO_PORT)
+                .await;
+        }
+        let pods: Vec<_> = self
+            .topology
+            .pods
+            .iter()
+            .filter(|p| nodes.contains(&p.node.as_str()))
             .collect();
+        let v4 = pods.iter().map(|p| ready(p.ipv4.to_string(), &p.node));
+        self.put_slice(service, "lab", "IPv4", v4.collect(), POD_PORT)
+            .await?;
+        let v6 = pods.iter().map(|p| ready(p.ipv6.to_string(), &p.node));
+        self.put_slice(service, "lab-v6", "IPv6", v6.collect(), POD_PORT)
+            .await
+    }
+
+    /// Creates or replaces the EndpointSlice `<service>-<suffix>`.
+    async fn put_slice(
+        &self,
+        service: &str,
+        suffix: &str,
+        family: &str,
+        endpoints: Vec<serde_json::Value>,
+        port: u16,
+    ) -> Result<()> {
+        let name = format!("{service}-{suffix}");
         let slice: EndpointSlice = serde_json::from_value(json!({
-            "metadata": {"name": format!("{service}-lab"), "namespace": "default",
+            "metadata": {"name": name, "namespace": "default",
                          "labels": {"kubernetes.io/service-name": service}},
-            "addressType": "IPv4",
+            "addressType": family,
             "endpoints": endpoints,
-            "ports": [{"name": "http", "port": DEMO_PORT, "protocol": "TCP"}],
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
         }))
         .map_err(|e| Error::Setup(e.to_string()))?;
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), "default");
-        let name = format!("{service}-lab");
         match api.get_opt(&name).await? {
             Some(existing) => {
                 let mut slice = slice;
@@ -453,6 +505,57 @@ impl Lab {
         }
     }
 
+    /// With pods: waits until the client's connection to every VIP is answered by a pod as the Service's policy
+    /// says: with the client's own address (`Local`), or source-NATed to a node (`Cluster`). The agents program
+    /// IPVS and the SNAT table a moment after they announce. Returns how long it took.
+    pub async fn wait_forwarding(&self, limit: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let services = Api::<Service>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items;
+            let mut pending = Vec::new();
+            for svc in &services {
+                let local = svc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.external_traffic_policy.as_deref())
+                    == Some("Local");
+                for vip in crate::k8s::status::ingress_ips(svc) {
+                    let reply = self
+                        .connect_from_client(vip, Duration::from_secs(1))
+                        .ok()
+                        .and_then(|text| PodReply::parse(&text));
+                    let client = match vip {
+                        IpAddr::V4(_) => IpAddr::V4(topology::CLIENT_V4),
+                        IpAddr::V6(_) => IpAddr::V6(topology::CLIENT_V6),
+                    };
+                    let ok = reply.is_some_and(|r| {
+                        if local {
+                            r.peer == client
+                        } else {
+                            self.topology.node_with_addr(r.peer).is_some()
+                        }
+                    });
+                    if !ok {
+                        pending.push(vip);
+                    }
+                }
+            }
+            if pending.is_empty() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Timeout(
+                    limit,
+                    format!("pods to answer on {pending:?} as the Services' policies say"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The MAC that answers ARP (or NDP) for `vip` from the client, as `arping` / `ndisc6` see it.
     pub fn resolve_from_client(&self, vip: IpAddr) -> Option<String> {
         let out = match vip {
@@ -503,6 +606,15 @@ impl Lab {
     pub fn options(&self) -> &LabOptions {
         &self.options
     }
+
+    /// `ipvsadm -Ln` inside `node`'s namespace: the virtual services its agent programmed.
+    pub fn ipvs(&self, node: &str) -> Result<String> {
+        let lab_node = self
+            .node(node)
+            .ok_or_else(|| Error::Setup(format!("no lab node {node}")))?;
+        let out = topology::run_in(&lab_node.netns, &["ipvsadm", "-Ln"])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }
 
 impl Drop for Lab {
@@ -515,21 +627,44 @@ impl Drop for Lab {
 
 /// A responder in `node`'s namespace that answers every TCP connection on port 80 with "hello from <node>".
 fn start_responder(node: &LabNode) -> Result<Responder> {
-    let listener = in_netns(&node.netns, || -> std::io::Result<StdListener> {
+    let greeting = format!("hello from {}\n", node.name);
+    serve(&node.netns, DEMO_PORT, move |_| greeting.clone())
+}
+
+/// The server of a pod: answers every TCP connection on [`POD_PORT`] with "hello from pod-N on node-N to <peer>".
+fn start_pod_server(pod: &LabPod) -> Result<Responder> {
+    let (name, node) = (pod.name.clone(), pod.node.clone());
+    serve(&pod.netns, POD_PORT, move |peer| {
+        PodReply {
+            pod: name.clone(),
+            node: node.clone(),
+            peer: peer.ip().to_canonical(),
+        }
+        .to_string()
+            + "\n"
+    })
+}
+
+/// A TCP server in namespace `ns` on `port` that writes `reply(peer)` to every connection and closes it.
+fn serve(
+    ns: &str,
+    port: u16,
+    reply: impl Fn(SocketAddr) -> String + Send + 'static,
+) -> Result<Responder> {
+    let listener = in_netns(ns, move || -> std::io::Result<StdListener> {
         // [::] with the default dual-stack socket accepts IPv4 too.
-        let listener = StdListener::bind((Ipv6Addr::UNSPECIFIED, DEMO_PORT))?;
+        let listener = StdListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
         listener.set_nonblocking(true)?;
         Ok(listener)
     })??;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let greeting = format!("hello from {}\n", node.name);
     let thread = std::thread::spawn(move || {
         while !flag.load(Ordering::Relaxed) {
             match listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((mut stream, peer)) => {
                     let _ = stream.set_nonblocking(false);
-                    let _ = stream.write_all(greeting.as_bytes());
+                    let _ = stream.write_all(reply(peer).as_bytes());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(5));
@@ -542,6 +677,39 @@ fn start_responder(node: &LabNode) -> Result<Responder> {
         stop,
         thread: Some(thread),
     })
+}
+
+/// What a pod's server answers: which pod, on which node, and the source address the connection arrived with
+/// (the client's own with `externalTrafficPolicy: Local`; the forwarding node's with `Cluster`, source-NATed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodReply {
+    pub pod: String,
+    pub node: String,
+    pub peer: IpAddr,
+}
+
+impl PodReply {
+    /// Parses "hello from pod-N on node-N to <peer>"; None for anything else (a node responder's reply).
+    pub fn parse(text: &str) -> Option<Self> {
+        let rest = text.trim().strip_prefix("hello from ")?;
+        let (pod, rest) = rest.split_once(" on ")?;
+        let (node, peer) = rest.split_once(" to ")?;
+        Some(Self {
+            pod: pod.to_string(),
+            node: node.to_string(),
+            peer: peer.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for PodReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "hello from {} on {} to {}",
+            self.pod, self.node, self.peer
+        )
+    }
 }
 
 fn node_object(node: &LabNode) -> Node {
@@ -597,5 +765,26 @@ mod tests {
         let ndisc = "Soliciting 2001:db8::200 (2001:db8::200) on eth0...\nTarget link-layer address: 02:AB:CD:00:11:22\n from 2001:db8::11\n";
         assert_eq!(parse_mac(ndisc).as_deref(), Some("02:ab:cd:00:11:22"));
         assert_eq!(parse_mac("no reply"), None);
+    }
+
+    #[test]
+    fn pod_replies_round_trip_and_node_replies_are_not_pod_replies() {
+        let reply = PodReply {
+            pod: "pod-2".into(),
+            node: "node-2".into(),
+            peer: "192.0.2.100".parse().unwrap(),
+        };
+        assert_eq!(
+            reply.to_string(),
+            "hello from pod-2 on node-2 to 192.0.2.100"
+        );
+        assert_eq!(PodReply::parse(&format!("{reply}\n")), Some(reply));
+        let v6 = PodReply::parse("hello from pod-1 on node-1 to 2001:db8::12").unwrap();
+        assert_eq!(v6.peer, "2001:db8::12".parse::<IpAddr>().unwrap());
+        assert_eq!(PodReply::parse("hello from node-2"), None);
+        assert_eq!(
+            PodReply::parse("hello from pod-1 on node-1 to nowhere"),
+            None
+        );
     }
 }

@@ -5,8 +5,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use super::cluster::{self, Lab, LabOptions};
-use super::topology::UPLINK;
+use super::cluster::{self, Lab, LabOptions, PodReply};
+use super::topology::{CLIENT_V4, CLIENT_V6, UPLINK};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct LabArgs {
@@ -42,15 +42,10 @@ pub fn dataplane_agent_args(
     match (mode, has_ipvs) {
         (Mode::Integrated, _) => (Vec::new(), None),
         (Mode::Direct, true) => (vec!["--dataplane".into(), "direct".into()], None),
-        // Without IPVS nothing would forward a VIP bound on ironlb0; keep the lab's kube-ipvs0 so the nodes keep
-        // answering on the VIPs themselves.
+        // Without IPVS nothing forwards a VIP bound on ironlb0, so the node's own responder answers on it. (The
+        // agent binds on ironlb0 in direct mode even when told kube-ipvs0.)
         (Mode::Direct, false) => (
-            vec![
-                "--dataplane".into(),
-                "direct".into(),
-                "--vip-link".into(),
-                "kube-ipvs0".into(),
-            ],
+            vec!["--dataplane".into(), "direct".into()],
             Some(
                 "note: --dataplane direct, but this kernel has no IPVS (no /proc/net/ip_vs, no IPVS netlink family): \
                  the agents program no virtual services and keep announcing; each node answers on the VIP itself",
@@ -61,6 +56,15 @@ pub fn dataplane_agent_args(
 
 /// Runs the demo, printing to `out`. Everything is torn down on return, and on Ctrl-C.
 pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
+    run_with_binary(args, cluster::this_binary()?, out).await
+}
+
+/// [`run`] with `binary` as the agents' `ironlb` (a test runs the demo from its own binary).
+pub async fn run_with_binary(
+    args: LabArgs,
+    binary: std::path::PathBuf,
+    out: &mut impl Write,
+) -> cluster::Result<()> {
     let prefix = format!("ilb-lab-{}", std::process::id());
     let dir = cluster::default_dir(&prefix);
     let options = LabOptions {
@@ -68,17 +72,30 @@ pub async fn run(args: LabArgs, out: &mut impl Write) -> cluster::Result<()> {
         services: usize::from(args.services),
         prefix: prefix.clone(),
         dir: dir.clone(),
-        binary: cluster::this_binary()?,
+        binary,
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
+        pods: false,
     };
-    let (agent_args, note) = dataplane_agent_args(args.dataplane, kernel_has_ipvs());
+    let has_ipvs = kernel_has_ipvs();
+    let (agent_args, note) = dataplane_agent_args(args.dataplane, has_ipvs);
+    // Where IPVS forwards, the VIPs need real backends: a pod behind every node.
+    let pods = args.dataplane == crate::agent::dataplane::Mode::Direct && has_ipvs;
     let options = LabOptions {
         agent_args,
+        pods,
         ..options
     };
     if let Some(note) = note {
         writeln!(out, "{note}")?;
+    }
+    if pods {
+        writeln!(
+            out,
+            "direct data plane with IPVS: every node's agent programs its IPVS; the VIPs forward to a pod namespace \
+             behind each node (pod-N on node-N, port {}); demo-2 is externalTrafficPolicy: Local, the others Cluster",
+            cluster::POD_PORT
+        )?;
     }
     let result = tokio::select! {
         r = demo(options, args.keep, args.bgp, out) => r,
@@ -109,11 +126,12 @@ async fn demo(
         "building the lab: {nodes} node namespaces, a client, a bridge, the lab API server"
     )?;
     let mut lab = Lab::start(options).await?;
+    let pods = lab.options().pods;
     if lab.topology.vip_link_kind != "dummy" {
         writeln!(
             out,
-            "note: this kernel has no dummy links, so kube-ipvs0 is an empty bridge in each node (it holds the VIPs \
-             the same way); and no IPVS here, so each node's own responder answers on the VIP"
+            "note: this kernel has no dummy links, so kube-ipvs0 (and ironlb0) is an empty bridge in each node (it \
+             holds the VIPs the same way); and no IPVS here, so each node's own responder answers on the VIP"
         )?;
     }
     writeln!(
@@ -124,9 +142,21 @@ async fn demo(
     lab.wait_announced(Duration::from_secs(60)).await?;
     writeln!(
         out,
-        "every Service announced after {} ms\n",
+        "every Service announced after {} ms",
         started.elapsed().as_millis()
     )?;
+    if pods {
+        // The agents program IPVS and the SNAT table a moment after they announce.
+        match lab.wait_forwarding(Duration::from_secs(60)).await {
+            Ok(took) => writeln!(
+                out,
+                "every VIP forwarded to the pods {} ms later",
+                took.as_millis()
+            )?,
+            Err(e) => writeln!(out, "note: {e}; showing what answers now")?,
+        }
+    }
+    writeln!(out)?;
     // Let one round of periodic gratuitous ARP pass, so every cache on the LAN agrees before we look.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let rows = lab.status().await?;
@@ -160,6 +190,25 @@ async fn demo(
                 out,
                 "  {vip:<16} {proto} answered by {by} ({verdict}); TCP :80 -> {tcp}"
             )?;
+            if pods {
+                writeln!(out, "  {:<16} {}", "", explain(&lab, &tcp, &by))?;
+            }
+        }
+    }
+    if pods && let Some((row, owner)) = rows.iter().find_map(|r| Some((r, r.owners.first()?))) {
+        writeln!(
+            out,
+            "\nIPVS in {owner}, the owner of {} (ip netns exec {} ipvsadm -Ln):",
+            row.vips.join(","),
+            lab.node(owner).map(|n| n.netns.as_str()).unwrap_or("?")
+        )?;
+        match lab.ipvs(owner) {
+            Ok(table) => {
+                for line in table.lines() {
+                    writeln!(out, "  {line}")?;
+                }
+            }
+            Err(e) => writeln!(out, "  ipvsadm failed: {e}")?,
         }
     }
 
@@ -222,6 +271,9 @@ async fn demo(
         for node in &lab.topology.nodes {
             writeln!(out, "node-netns: {} {}", node.name, node.netns)?;
         }
+        for pod in &lab.topology.pods {
+            writeln!(out, "pod-netns: {} {}", pod.name, pod.netns)?;
+        }
         if let Some(r) = &router {
             writeln!(out, "router-netns: {}", r.netns)?;
             writeln!(out, "router-cli: {}", r.cli_prefix().join(" "))?;
@@ -261,13 +313,45 @@ pub async fn measure_failover(
     lab.topology.cut(&node)?;
     while start.elapsed() < Duration::from_secs(10) {
         if let Ok(reply) = lab.connect_from_client(vip, Duration::from_millis(100))
-            && !reply.ends_with(owner)
+            && !through(lab, &reply, owner)
         {
             return Ok(Some((start.elapsed(), reply)));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(None)
+}
+
+/// Whether `reply` came through `node`: its own responder answered, or a pod saw the node's address (the node
+/// source-NATed the connection to it).
+fn through(lab: &Lab, reply: &str, node: &str) -> bool {
+    if reply.ends_with(node) {
+        return true;
+    }
+    PodReply::parse(reply)
+        .and_then(|r| lab.topology.node_with_addr(r.peer))
+        .is_some_and(|n| n.name == node)
+}
+
+/// What a pod's reply shows about the path from the client through `owner` (the node that answered ARP/NDP).
+fn explain(lab: &Lab, reply: &str, owner: &str) -> String {
+    let Some(r) = PodReply::parse(reply) else {
+        return "no pod answered: nothing forwarded this connection".into();
+    };
+    let by = format!("forwarded by {owner}'s IPVS to {} on {}", r.pod, r.node);
+    if r.peer == IpAddr::V4(CLIENT_V4) || r.peer == IpAddr::V6(CLIENT_V6) {
+        return format!(
+            "{by}; the pod saw the client's own address {} (no SNAT)",
+            r.peer
+        );
+    }
+    match lab.topology.node_with_addr(r.peer) {
+        Some(n) => format!(
+            "{by}; the pod saw {}, {}'s address (source-NATed by {})",
+            r.peer, n.name, n.name
+        ),
+        None => format!("{by}; the pod saw {}", r.peer),
+    }
 }
 
 /// Reconnects a node cut by [`measure_failover`] and restarts its agent.
@@ -286,9 +370,9 @@ mod dataplane_tests {
     use crate::agent::dataplane::Mode;
 
     #[test]
-    fn direct_without_ipvs_says_so_and_keeps_the_lab_vip_link() {
+    fn direct_without_ipvs_says_so() {
         let (args, note) = dataplane_agent_args(Mode::Direct, false);
-        assert_eq!(args, ["--dataplane", "direct", "--vip-link", "kube-ipvs0"]);
+        assert_eq!(args, ["--dataplane", "direct"]);
         assert!(note.unwrap().contains("no IPVS"));
         assert_eq!(
             dataplane_agent_args(Mode::Direct, true),

@@ -9,9 +9,19 @@
 //!    lab API server)  └── ...
 //! ```
 //!
+//! With pods ([`Topology::add_pods`], for the direct data plane where the kernel has IPVS), every node also gets a
+//! pod namespace behind it, routed by every node:
+//!
+//! ```text
+//!   <p>-node-N (pod 198.51.100.4N+1/30, 2001:db8:1:N::1/64) ── <p>-pod-N (eth0 198.51.100.4N+2/30,
+//!                                                                         2001:db8:1:N::2/64)
+//! ```
+//!
 //! Only documentation prefixes are used, and only inside namespaces this module creates. The host kernel may lack
 //! dummy links, so `kube-ipvs0` is an empty bridge when dummy is unavailable: it holds local addresses the same way
-//! (the kernel accepts TCP to them) and the lab says which one it used.
+//! (the kernel accepts TCP to them) and the lab says which one it used. There the lab also makes the direct data
+//! plane's `ironlb0` the same way, since an agent can only create it as a dummy link; where dummy links exist, the
+//! agents create `ironlb0` themselves.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Output};
@@ -74,6 +84,26 @@ pub struct LabNode {
     pub mac: String,
 }
 
+/// A pod of the lab: a namespace behind one node, which forwards to it (the direct data plane's real server).
+#[derive(Clone, Debug)]
+pub struct LabPod {
+    /// `pod-N`, behind `node-N`.
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    /// The node's addresses on the pod link: the pod's gateways.
+    pub gateway4: Ipv4Addr,
+    pub gateway6: Ipv6Addr,
+}
+
+/// The direct data plane's VIP link, which the lab makes itself only where dummy links are missing.
+const DIRECT_LINK: &str = crate::agent::dataplane::DIRECT_LINK;
+
+/// The link in a node namespace that leads to its pod.
+pub const POD_LINK: &str = "pod";
+
 /// The lab's namespaces and links. Dropping it deletes every namespace it made, and with them their links.
 #[derive(Debug)]
 pub struct Topology {
@@ -82,6 +112,8 @@ pub struct Topology {
     pub client: String,
     pub client_mac: String,
     pub nodes: Vec<LabNode>,
+    /// One per node once [`Topology::add_pods`] ran, in node order.
+    pub pods: Vec<LabPod>,
     /// The link kind of `kube-ipvs0`: `dummy` where the kernel has it, else `bridge`.
     pub vip_link_kind: &'static str,
     made: Vec<String>,
@@ -96,6 +128,7 @@ impl Topology {
             client: format!("{prefix}-client"),
             client_mac: String::new(),
             nodes: Vec::new(),
+            pods: Vec::new(),
             vip_link_kind: "bridge",
             made: Vec::new(),
         };
@@ -178,24 +211,26 @@ impl Topology {
                     "nodad",
                 ],
             )?;
-            run_in(
-                &netns,
-                &[
-                    "ip",
-                    "link",
-                    "add",
-                    "kube-ipvs0",
-                    "type",
-                    topo.vip_link_kind,
-                ],
-            )?;
+            let vip_links: &[&str] = if dummy {
+                &["kube-ipvs0"]
+            } else {
+                &["kube-ipvs0", DIRECT_LINK]
+            };
+            for link in vip_links {
+                run_in(
+                    &netns,
+                    &["ip", "link", "add", link, "type", topo.vip_link_kind],
+                )?;
+            }
             // Linux drops global IPv6 addresses when a link goes down (keep_addr_on_down=0), so a node whose cable
             // was cut would come back without its IPv6 subnet; and an IPv6 VIP on a down link is not local.
-            for link in [UPLINK, "kube-ipvs0"] {
+            for link in std::iter::once(&UPLINK).chain(vip_links) {
                 let knob = format!("net.ipv6.conf.{link}.keep_addr_on_down=1");
                 run_in(&netns, &["sysctl", "-qw", &knob])?;
             }
-            run_in(&netns, &["ip", "link", "set", "kube-ipvs0", "up"])?;
+            for link in vip_links {
+                run_in(&netns, &["ip", "link", "set", link, "up"])?;
+            }
             let mac = mac_of(&netns, UPLINK)?;
             topo.nodes.push(LabNode {
                 name,
@@ -206,6 +241,122 @@ impl Topology {
             });
         }
         Ok(topo)
+    }
+
+    /// Gives every node a pod namespace behind a veth (`pod` in the node, `eth0` in the pod), makes the nodes
+    /// forward, and routes each pod's subnets from every other node over the lab bridge, so that a node's IPVS can
+    /// send a connection to any pod.
+    pub fn add_pods(&mut self) -> Result<()> {
+        for (i, node) in self.nodes.clone().iter().enumerate() {
+            let n = i + 1;
+            let name = format!("pod-{n}");
+            let netns = format!("{}-{name}", self.prefix);
+            self.add_netns(&netns)?;
+            let (gw4, ipv4) = pod_v4(n);
+            let (gw6, ipv6) = pod_v6(n);
+            run_in(
+                &node.netns,
+                &[
+                    "ip", "link", "add", POD_LINK, "type", "veth", "peer", "name", UPLINK, "netns",
+                    &netns,
+                ],
+            )?;
+            for (ns, link, v4, v6) in [
+                (&node.netns, POD_LINK, gw4, gw6),
+                (&netns, UPLINK, ipv4, ipv6),
+            ] {
+                run_in(ns, &["ip", "addr", "add", &format!("{v4}/30"), "dev", link])?;
+                run_in(
+                    ns,
+                    &[
+                        "ip",
+                        "addr",
+                        "add",
+                        &format!("{v6}/64"),
+                        "dev",
+                        link,
+                        "nodad",
+                    ],
+                )?;
+                run_in(ns, &["ip", "link", "set", link, "up"])?;
+            }
+            run_in(
+                &netns,
+                &["ip", "route", "add", "default", "via", &gw4.to_string()],
+            )?;
+            run_in(
+                &netns,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &gw6.to_string(),
+                ],
+            )?;
+            for knob in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+                run_in(&node.netns, &["sysctl", "-qw", knob])?;
+            }
+            self.pods.push(LabPod {
+                name,
+                node: node.name.clone(),
+                netns,
+                ipv4,
+                ipv6,
+                gateway4: gw4,
+                gateway6: gw6,
+            });
+        }
+        for (i, pod) in self.pods.iter().enumerate() {
+            let via = &self.nodes[i];
+            // The subnets' network addresses: the node's side with its host bits cleared.
+            let net4 = Ipv4Addr::from(u32::from(pod_v4(i + 1).0) & !3);
+            let net6 = Ipv6Addr::from(u128::from(pod_v6(i + 1).0) & !u128::from(u64::MAX));
+            for node in self.nodes.iter().filter(|n| n.name != pod.node) {
+                run_in(
+                    &node.netns,
+                    &[
+                        "ip",
+                        "route",
+                        "add",
+                        &format!("{net4}/30"),
+                        "via",
+                        &via.ipv4.to_string(),
+                    ],
+                )?;
+                run_in(
+                    &node.netns,
+                    &[
+                        "ip",
+                        "-6",
+                        "route",
+                        "add",
+                        &format!("{net6}/64"),
+                        "via",
+                        &via.ipv6.to_string(),
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node that has `ip`: on its uplink, or on its pod link (a node source-NATs to either, by the route).
+    pub fn node_with_addr(&self, ip: IpAddr) -> Option<&LabNode> {
+        self.nodes.iter().find(|n| {
+            ip == IpAddr::V4(n.ipv4)
+                || ip == IpAddr::V6(n.ipv6)
+                || self
+                    .pod_of(&n.name)
+                    .is_some_and(|p| ip == IpAddr::V4(p.gateway4) || ip == IpAddr::V6(p.gateway6))
+        })
+    }
+
+    /// The pod behind `node`, once [`Topology::add_pods`] ran.
+    pub fn pod_of(&self, node: &str) -> Option<&LabPod> {
+        self.pods.iter().find(|p| p.node == node)
     }
 
     fn add_netns(&mut self, ns: &str) -> Result<()> {
@@ -269,6 +420,24 @@ impl Drop for Topology {
             let _ = run(&["ip", "netns", "del", ns]);
         }
     }
+}
+
+/// Node `n`'s side and pod `n`'s address of the pod link (IPv4, a /30 per node inside 198.51.100.0/24).
+fn pod_v4(n: usize) -> (Ipv4Addr, Ipv4Addr) {
+    let base = 4 * n as u8;
+    (
+        Ipv4Addr::new(198, 51, 100, base + 1),
+        Ipv4Addr::new(198, 51, 100, base + 2),
+    )
+}
+
+/// The same in IPv6: 2001:db8:1:N::1 and ::2, in a /64 per node.
+fn pod_v6(n: usize) -> (Ipv6Addr, Ipv6Addr) {
+    let net = n as u16;
+    (
+        Ipv6Addr::new(0x2001, 0xdb8, 1, net, 0, 0, 0, 1),
+        Ipv6Addr::new(0x2001, 0xdb8, 1, net, 0, 0, 0, 2),
+    )
 }
 
 fn mac_of(ns: &str, link: &str) -> Result<String> {
