@@ -40,6 +40,7 @@ fn options(tag: &str, agent_args: &[&str]) -> LabOptions {
         binary: env!("CARGO_BIN_EXE_ironlb").into(),
         strict_arp: "enforce".into(),
         agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
+        pods: false,
     }
 }
 
