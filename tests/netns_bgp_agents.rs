@@ -3,14 +3,17 @@
 //! comes only from the node with its endpoint and follows the endpoint when it moves; the visibility annotations
 //! list the BGP-advertised VIP and the sessions `ironlb status` shows. Needs root and bird2 (scripts/setup).
 
+mod netns_support;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use ironlb::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer};
 use ironlb::lab::bgp::{Daemon, Neighbor, PeerRoute, Router, RouterConfig};
-use ironlb::lab::cluster::{Lab, LabOptions, is_root};
+use ironlb::lab::cluster::Lab;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, PostParams};
+use netns_support::{Logs, skip};
 use serde_json::json;
 
 type RoutePred = dyn Fn(&[PeerRoute]) -> bool + Send;
@@ -24,24 +27,13 @@ fn from(routes: &[PeerRoute], vip: IpAddr, next_hop: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_service_route_follows_its_endpoint() {
-    if !is_root() {
-        println!("skipped: needs root to create network namespaces");
+    if skip() {
         return;
     }
-    let prefix = format!("ilb-bgpa-{}", std::process::id());
-    let lab = Lab::start(LabOptions {
-        nodes: 2,
-        services: 0,
-        dir: std::env::temp_dir().join(&prefix),
-        prefix,
-        binary: env!("CARGO_BIN_EXE_ironlb").into(),
-        strict_arp: "enforce".into(),
-        agent_args: Vec::new(),
-        pods: false,
-    })
-    .await
-    .unwrap();
-    let _logs = Logs(&lab);
+    let lab = Lab::start(netns_support::options("ilb-bgpa", 2, 0, "enforce", &[]))
+        .await
+        .unwrap();
+    let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
     let router = tokio::task::block_in_place(|| {
         Router::start(
@@ -195,23 +187,4 @@ async fn local_service_route_follows_its_endpoint() {
         log.contains("bfdProfile"),
         "no warning about bfdProfile in the agent log"
     );
-}
-
-struct Logs<'a>(&'a Lab);
-
-impl Drop for Logs<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for node in self.0.node_names() {
-                let log = std::fs::read_to_string(self.0.agent_log(&node)).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!(
-                    "--- agent log of {node} ---\n{}",
-                    lines[lines.len().saturating_sub(40)..].join("\n")
-                );
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0.options().dir);
-        }
-    }
 }

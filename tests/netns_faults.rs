@@ -7,15 +7,18 @@
 //! The labs run one at a time (each has two or three agents, and the machines have two cores). Every lab is torn down
 //! by its drop, even when a test fails, and the agents' logs are printed on failure. Needs root; CI runs as root.
 
+mod netns_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use ironlb::lab::cluster::{Lab, LabOptions, is_root};
+use ironlb::lab::cluster::{Lab, LabOptions};
 use ironlb::lab::faults::{ArpWatch, TcpWatch};
 use ironlb::lab::topology::{UPLINK, run_in};
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use netns_support::{Logs, skip};
 use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -28,51 +31,13 @@ const API_OUTAGE: Duration = Duration::from_secs(60);
 const OUTAGE_LIMIT: Duration = Duration::from_secs(3);
 
 fn options(tag: &str, nodes: usize, services: usize, agent_args: &[&str]) -> LabOptions {
-    let prefix = format!("ilb-f-{}-{tag}", std::process::id());
-    LabOptions {
+    netns_support::options(
+        &format!("ilb-f-{tag}"),
         nodes,
         services,
-        dir: std::env::temp_dir().join(&prefix),
-        prefix,
-        binary: env!("CARGO_BIN_EXE_ironlb").into(),
-        strict_arp: "enforce".into(),
-        agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
-        pods: false,
-    }
-}
-
-fn skip() -> bool {
-    if !is_root() {
-        println!("skipped: needs root to create network namespaces");
-        return true;
-    }
-    false
-}
-
-/// Prints the agents' logs when a test fails, and removes them otherwise. It holds no borrow of the lab, so a test
-/// can still kill and start agents.
-struct Logs(std::path::PathBuf, Vec<String>);
-
-impl Logs {
-    fn of(lab: &Lab) -> Logs {
-        Logs(lab.options().dir.clone(), lab.node_names())
-    }
-}
-
-impl Drop for Logs {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            for node in &self.1 {
-                let log =
-                    std::fs::read_to_string(self.0.join(format!("{node}.log"))).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-                eprintln!("--- agent log of {node} ---\n{tail}");
-            }
-        }
-    }
+        "enforce",
+        agent_args,
+    )
 }
 
 fn ms(d: Duration) -> String {

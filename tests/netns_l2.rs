@@ -4,59 +4,23 @@
 //! The labs of these tests run one at a time (each has three agents, and the machines have two cores), and each is
 //! torn down by its own drop, even when a test fails.
 
+mod netns_support;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ironlb::lab::cluster::{Lab, LabOptions, is_root};
+use ironlb::lab::cluster::{Lab, LabOptions};
 use ironlb::lab::demo::{heal, measure_failover};
 use ironlb::lab::topology::{UPLINK, run_in};
 use k8s_openapi::api::core::v1::{Event, Node, Secret};
 use kube::api::{Api, ListParams};
+use netns_support::{Logs, skip};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn options(tag: &str, nodes: usize, services: usize, strict_arp: &str) -> LabOptions {
-    let prefix = format!("ilb-l2-{}-{tag}", std::process::id());
-    LabOptions {
-        nodes,
-        services,
-        dir: std::env::temp_dir().join(&prefix),
-        prefix,
-        binary: env!("CARGO_BIN_EXE_ironlb").into(),
-        strict_arp: strict_arp.into(),
-        agent_args: Vec::new(),
-        pods: false,
-    }
-}
-
-fn skip() -> bool {
-    if !is_root() {
-        println!("skipped: needs root to create network namespaces");
-        return true;
-    }
-    false
-}
-
-/// Prints the agents' logs when a test fails (the lab is still alive when this runs).
-struct Logs<'a>(&'a Lab);
-
-impl Drop for Logs<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0.options().dir);
-        } else {
-            for node in self.0.node_names() {
-                let log = std::fs::read_to_string(self.0.agent_log(&node)).unwrap_or_default();
-                eprintln!("--- agent log of {node} ---\n{}", tail(&log, 60));
-            }
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    netns_support::options(&format!("ilb-l2-{tag}"), nodes, services, strict_arp, &[])
 }
 
 /// Every reply `arping -c count` got, as MACs.
@@ -107,7 +71,7 @@ async fn arp_and_ndp_are_answered_by_the_owner_alone_and_visibility_matches() {
     }
     let _serial = SERIAL.lock().await;
     let lab = Lab::start(options("own", 3, 3, "enforce")).await.unwrap();
-    let _logs = Logs(&lab);
+    let _logs = Logs::of(&lab);
     lab.wait_announced(Duration::from_secs(30)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let rows = lab.status().await.unwrap();
@@ -277,7 +241,7 @@ async fn thirty_vips_spread_over_three_nodes() {
     }
     let _serial = SERIAL.lock().await;
     let lab = Lab::start(options("bal", 3, 30, "enforce")).await.unwrap();
-    let _logs = Logs(&lab);
+    let _logs = Logs::of(&lab);
     lab.wait_announced(Duration::from_secs(60)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let rows = lab.status().await.unwrap();
@@ -300,7 +264,7 @@ async fn a_local_service_is_announced_where_its_endpoint_is() {
     }
     let _serial = SERIAL.lock().await;
     let lab = Lab::start(options("local", 3, 1, "enforce")).await.unwrap();
-    let _logs = Logs(&lab);
+    let _logs = Logs::of(&lab);
     lab.create_demo_service("local", false, true, Some(&["node-2"]))
         .await
         .unwrap();
@@ -353,7 +317,7 @@ async fn check_mode_without_strict_arp_announces_nothing_and_says_why() {
     let _serial = SERIAL.lock().await;
     // Fresh namespaces have arp_ignore=0 and arp_announce=0: not strict.
     let lab = Lab::start(options("check", 2, 1, "check")).await.unwrap();
-    let _logs = Logs(&lab);
+    let _logs = Logs::of(&lab);
     let events: Api<Event> = Api::all(lab.client.clone());
     wait_until(
         "a StrictARPNotEffective Warning on each Node",

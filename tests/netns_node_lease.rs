@@ -11,15 +11,18 @@
 //! Timings are printed (and recorded in BENCHMARKS.md), never asserted tightly: the deadline is a functional one.
 //! Every lab is torn down by its drop, even when a test fails, and the agents' logs are printed on failure. Needs root.
 
+mod netns_support;
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ironlb::lab::cluster::{Lab, LabOptions, is_root};
+use ironlb::lab::cluster::{Lab, LabOptions};
 use ironlb::lab::faults::{ArpLog, ArpWatch, metric};
 use ironlb::lab::topology::run_in;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
+use netns_support::{Logs, skip};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -31,50 +34,7 @@ const CONTROL_WINDOW: Duration = Duration::from_secs(8);
 const NO_GOSSIP: [&str; 2] = ["--gossip-secret", "ironlb-no-such-secret"];
 
 fn options(tag: &str, agent_args: &[&str]) -> LabOptions {
-    let prefix = format!("ilb-nl-{}-{tag}", std::process::id());
-    LabOptions {
-        nodes: 3,
-        services: 2,
-        dir: std::env::temp_dir().join(&prefix),
-        prefix,
-        binary: env!("CARGO_BIN_EXE_ironlb").into(),
-        strict_arp: "enforce".into(),
-        agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
-        pods: false,
-    }
-}
-
-fn skip() -> bool {
-    if !is_root() {
-        println!("skipped: needs root to create network namespaces");
-        return true;
-    }
-    false
-}
-
-/// Prints the agents' logs when a test fails, and removes them otherwise.
-struct Logs(std::path::PathBuf, Vec<String>);
-
-impl Logs {
-    fn of(lab: &Lab) -> Logs {
-        Logs(lab.options().dir.clone(), lab.node_names())
-    }
-}
-
-impl Drop for Logs {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            for node in &self.1 {
-                let log =
-                    std::fs::read_to_string(self.0.join(format!("{node}.log"))).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-                eprintln!("--- agent log of {node} ---\n{tail}");
-            }
-        }
-    }
+    netns_support::options(&format!("ilb-nl-{tag}"), 3, 2, "enforce", agent_args)
 }
 
 /// The first IPv4 VIP of the status table and its owner.

@@ -11,6 +11,7 @@
 //! Only the main loop owns `ClusterState`. A pass runs after a short settle delay, so a burst of changes costs one
 //! pass, and never while a previous pass's writes are under way.
 
+use crate::plan::membership::sleep_until;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -503,13 +504,6 @@ fn node_bgp_peers(state: &ClusterState, node: &str) -> String {
         .and_then(|a| a.get(crate::plan::visibility::BGP_PEERS_ANNOTATION))
         .cloned()
         .unwrap_or_default()
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Returns the heap memory the process has freed to the system. An allocation pass over every Service is a transient

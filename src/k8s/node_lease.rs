@@ -31,6 +31,7 @@
 //! The decisions are the pure [`Observations`]; [`run`] is the I/O shell, and the result leaves this module only as
 //! a `watch::Receiver<Option<BTreeSet<String>>>`.
 
+use crate::plan::membership::sleep_until;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -487,13 +488,6 @@ async fn observe(
                 }
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
