@@ -18,7 +18,7 @@ use ironlb::lab::faults::{ArpWatch, TcpWatch};
 use ironlb::lab::topology::{UPLINK, run_in};
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use netns_support::{Logs, skip};
+use netns_support::{Logs, skip, wait_until};
 use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -95,21 +95,6 @@ fn arping_replies(lab: &Lab, vip: Ipv4Addr, count: u32) -> Vec<String> {
         // arping exits 1 when nothing answered.
         Err(_) => Vec::new(),
     }
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 fn mac_of(lab: &Lab, node: &str) -> String {

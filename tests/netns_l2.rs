@@ -8,14 +8,14 @@ mod netns_support;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ironlb::lab::cluster::{Lab, LabOptions};
 use ironlb::lab::demo::{heal, measure_failover};
 use ironlb::lab::topology::{UPLINK, run_in};
 use k8s_openapi::api::core::v1::{Event, Node, Secret};
 use kube::api::{Api, ListParams};
-use netns_support::{Logs, skip};
+use netns_support::{Logs, skip, wait_until};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -47,21 +47,6 @@ fn arping_replies(lab: &Lab, vip: IpAddr, count: u32) -> Vec<String> {
         .filter(|l| l.contains("reply from"))
         .filter_map(ironlb::lab::cluster::parse_mac)
         .collect()
-}
-
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

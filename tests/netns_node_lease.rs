@@ -22,7 +22,7 @@ use ironlb::lab::faults::{ArpLog, ArpWatch, metric};
 use ironlb::lab::topology::run_in;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use netns_support::{Logs, skip};
+use netns_support::{Logs, skip, wait_until};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -95,22 +95,6 @@ async fn lease_exists(lab: &Lab, node: &str) -> bool {
         .ok()
         .flatten()
         .is_some()
-}
-
-/// Waits until `check` holds, or panics after `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return start.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 enum Stop {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use std::time::{Duration, Instant};
+
 use ironlb::lab::cluster::{Lab, LabOptions, is_root};
 
 /// True (and says why) when the test cannot create network namespaces.
@@ -60,4 +62,20 @@ impl Drop for Logs {
             }
         }
     }
+}
+
+/// Waits until `check` holds (polling every 50 ms) and returns how long that took, or panics after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
 }
