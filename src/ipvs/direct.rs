@@ -493,27 +493,23 @@ impl DirectIndex {
         ranges: &[crate::config::IpRange],
     ) -> (Delta, Vec<Problem>) {
         type Entry<'a, T> = (&'a str, &'a str, (Option<&'a str>, &'a T));
-        let mut svc_now: Vec<Entry<'a, Service>> = services
-            .into_iter()
-            .map(|s| {
-                let m = &s.metadata;
-                let name = m.name.as_deref().unwrap_or_default();
-                (namespace(m), name, (m.resource_version.as_deref(), s))
-            })
-            .collect();
-        // The agent's index iterates in this order already; sorting a sorted list is one pass.
-        svc_now.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        svc_now.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
-        let mut slice_now: Vec<Entry<'a, EndpointSlice>> = slices
-            .into_iter()
-            .map(|s| {
-                let m = &s.metadata;
-                let name = m.name.as_deref().unwrap_or_default();
-                (namespace(m), name, (m.resource_version.as_deref(), s))
-            })
-            .collect();
-        slice_now.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        slice_now.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+        /// The objects by namespace and name, sorted, the first of any duplicate kept. The agent's index iterates
+        /// in this order already; sorting a sorted list is one pass.
+        fn entries<'a, T: Resource>(objects: impl IntoIterator<Item = &'a T>) -> Vec<Entry<'a, T>> {
+            let mut list: Vec<Entry<'a, T>> = objects
+                .into_iter()
+                .map(|o| {
+                    let m = o.meta();
+                    let name = m.name.as_deref().unwrap_or_default();
+                    (namespace(m), name, (m.resource_version.as_deref(), o))
+                })
+                .collect();
+            list.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+            list.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+            list
+        }
+        let svc_now = entries(services);
+        let slice_now = entries(slices);
         fn find<'a, T>(list: &[Entry<'a, T>], ns: &str, name: &str) -> Option<&'a T> {
             list.binary_search_by(|(n, m, _)| (*n, *m).cmp(&(ns, name)))
                 .ok()
