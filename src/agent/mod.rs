@@ -508,7 +508,9 @@ fn node_bgp_peers(state: &ClusterState, node: &str) -> String {
 
 /// Returns the heap memory the process has freed to the system. An allocation pass over every Service is a transient
 /// peak (tens of MiB at 10,000 Services); glibc keeps what it frees in its per-thread arenas, so without this the
-/// leader's resident memory would stay at that peak for good. Costs a walk of the free lists, about a millisecond.
+/// leader's resident memory would stay at that peak for good. Costs a walk of the free lists: 6 to 54 ms at
+/// 10,000 Services (BENCHMARKS.md), once passes have been quiet for 500 ms. A no-op on musl, whose allocator
+/// returns memory itself.
 fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes no pointer and only releases free pages; it is safe to call at any time.
