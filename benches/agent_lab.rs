@@ -59,7 +59,7 @@ fn pass_heap(n: usize) -> (f64, f64) {
     let pool = serde_yaml::from_str(POOL).expect("the bench pool");
     let mut pool: ironlb::config::crd::IPAddressPool = pool;
     pool.metadata.resource_version = Some("1".into());
-    state.pools.apply(pool);
+    state.apply_config(&pool);
     state.namespaces.apply(
         serde_json::from_value(
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {

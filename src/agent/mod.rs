@@ -12,7 +12,7 @@
 //! pass, and never while a previous pass's writes are under way.
 
 use crate::plan::membership::sleep_until;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,7 +24,7 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -39,13 +39,10 @@ pub mod announce;
 pub mod bgp;
 pub mod dataplane;
 
-use crate::config::crd::{
-    BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
-};
 use crate::k8s::allocation::{AllocationController, Pass, ServiceAction, Settings};
 use crate::k8s::events::Note;
 use crate::k8s::leader::{Elector, LeaseTiming};
-use crate::k8s::state::{Change, ClusterState, Touched};
+use crate::k8s::state::{Change, ClusterState, ConfigKind, Touched};
 use crate::k8s::status::IngressMode;
 
 /// The name of the legacy MetalLB ConfigMap, read from the config namespace.
@@ -196,6 +193,7 @@ pub struct AllocationMetrics {
     watch_restarts: Family<KindLabels, Counter>,
     api_writes: Counter,
     dropped_writes: Counter,
+    invalid_config: Family<KindLabels, Gauge>,
 }
 
 impl AllocationMetrics {
@@ -246,7 +244,55 @@ impl AllocationMetrics {
             "Writes dropped because this agent was no longer the allocator",
             m.dropped_writes.clone(),
         );
+        registry.register(
+            "ironlb_config_objects_invalid",
+            "Configuration objects left out because they are invalid or cannot be decoded, by kind",
+            m.invalid_config.clone(),
+        );
         m
+    }
+}
+
+/// Validates the configuration the way `ironlb config check` does, and says what it left out on every agent, not
+/// only the allocator: a log line for each new error (naming the object, its namespace and the field) and the count
+/// per kind as a metric. The allocator also posts each as a Warning Event on the object.
+#[derive(Default)]
+struct ConfigReport {
+    logged: BTreeSet<String>,
+}
+
+impl ConfigReport {
+    fn validate(
+        &mut self,
+        state: &ClusterState,
+        metrics: &AllocationMetrics,
+        namespace: &str,
+    ) -> crate::config::Validated {
+        let validated = crate::config::validate(&state.config_sources());
+        let mut per_kind: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for d in &validated.errors {
+            per_kind.entry(&d.kind).or_default().insert(&d.name);
+        }
+        metrics.invalid_config.clear();
+        for (kind, names) in &per_kind {
+            metrics
+                .invalid_config
+                .get_or_create(&KindLabels {
+                    kind: kind.to_string(),
+                })
+                .set(i64::try_from(names.len()).unwrap_or(i64::MAX));
+        }
+        let now: BTreeSet<String> = validated.errors.iter().map(|d| d.to_string()).collect();
+        for d in &validated.errors {
+            if !self.logged.contains(&d.to_string()) {
+                tracing::warn!(
+                    kind = %d.kind, namespace, name = %d.name, field = %d.field, message = %d.message,
+                    "configuration object left out: {d}"
+                );
+            }
+        }
+        self.logged = now;
+        validated
     }
 }
 
@@ -351,6 +397,7 @@ pub async fn run_with(
     // The validated configuration, recomputed only when a configuration object changed.
     let mut validated = crate::config::Validated::default();
     let mut config_stale = true;
+    let mut config_report = ConfigReport::default();
     tokio::pin!(shutdown);
     loop {
         let due = if dirty && *leader.borrow() && state.is_synced() {
@@ -362,7 +409,7 @@ pub async fn run_with(
         if let Some(trigger) = announce_due.filter(|_| state.is_synced()) {
             announce_due = None;
             if config_stale {
-                validated = crate::config::validate(&state.config_sources());
+                validated = config_report.validate(&state, &metrics, &args.config_namespace);
                 config_stale = false;
             }
             let live = crate::plan::membership::live_nodes(
@@ -462,7 +509,7 @@ pub async fn run_with(
                 dirty = false;
                 retry_after = None;
                 if config_stale {
-                    validated = crate::config::validate(&state.config_sources());
+                    validated = config_report.validate(&state, &metrics, &args.config_namespace);
                     config_stale = false;
                 }
                 let pass = controller.pass(&state, &validated);
@@ -623,54 +670,18 @@ fn spawn_watches(
         "ConfigMap",
         Change::ConfigMap,
     );
-    spawn_watch(
-        Api::<IPAddressPool>::namespaced(client.clone(), cfg_ns),
-        all(),
-        &tx,
-        metrics,
-        "IPAddressPool",
-        Change::Pool,
-    );
-    spawn_watch(
-        Api::<L2Advertisement>::namespaced(client.clone(), cfg_ns),
-        all(),
-        &tx,
-        metrics,
-        "L2Advertisement",
-        Change::L2Advertisement,
-    );
-    spawn_watch(
-        Api::<BGPAdvertisement>::namespaced(client.clone(), cfg_ns),
-        all(),
-        &tx,
-        metrics,
-        "BGPAdvertisement",
-        Change::BgpAdvertisement,
-    );
-    spawn_watch(
-        Api::<BGPPeer>::namespaced(client.clone(), cfg_ns),
-        all(),
-        &tx,
-        metrics,
-        "BGPPeer",
-        Change::BgpPeer,
-    );
-    spawn_watch(
-        Api::<Community>::namespaced(client.clone(), cfg_ns),
-        all(),
-        &tx,
-        metrics,
-        "Community",
-        Change::Community,
-    );
-    spawn_watch(
-        Api::<BFDProfile>::namespaced(client.clone(), cfg_ns),
-        all(),
-        &tx,
-        metrics,
-        "BFDProfile",
-        Change::BfdProfile,
-    );
+    // The metallb.io kinds are watched untyped: an object this agent cannot decode must not fail its kind's list.
+    for kind in ConfigKind::ALL {
+        let resource = kind.api_resource();
+        spawn_watch(
+            Api::<DynamicObject>::namespaced_with(client.clone(), cfg_ns, &resource),
+            all(),
+            &tx,
+            metrics,
+            kind.name(),
+            move |event| Change::Config(kind, event),
+        );
+    }
 }
 
 fn spawn_watch<K>(
@@ -679,7 +690,7 @@ fn spawn_watch<K>(
     tx: &mpsc::Sender<Change>,
     metrics: &AllocationMetrics,
     kind: &'static str,
-    wrap: fn(watcher::Event<K>) -> Change,
+    wrap: impl Fn(watcher::Event<K>) -> Change + Send + 'static,
 ) where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {

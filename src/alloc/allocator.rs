@@ -306,7 +306,7 @@ fn missing_family(pools: &[&Pool], required: &[Family], preferred: &[Family]) ->
 
 /// Sort rank among `serviceAllocation` pools: a lower priority first, pools without one after. MetalLB reads a
 /// priority of 0 as unset, and so do we.
-fn priority_rank(pool: &Pool) -> (u8, i32) {
+fn priority_rank(pool: &Pool) -> (u8, i64) {
     match pool.service_allocation.as_ref().and_then(|sa| sa.priority) {
         Some(p) if p > 0 => (0, p),
         _ => (1, 0),
@@ -915,7 +915,7 @@ pub(crate) mod testing {
     pub trait PoolExt {
         fn manual(self) -> Pool;
         fn avoid_buggy(self) -> Pool;
-        fn priority(self, p: i32) -> Pool;
+        fn priority(self, p: i64) -> Pool;
         fn for_namespaces(self, ns: &[&str]) -> Pool;
         fn for_service_label(self, key: &str, value: &str) -> Pool;
         fn for_namespace_label(self, key: &str, value: &str) -> Pool;
@@ -934,7 +934,7 @@ pub(crate) mod testing {
             self.avoid_buggy_ips = true;
             self
         }
-        fn priority(mut self, p: i32) -> Pool {
+        fn priority(mut self, p: i64) -> Pool {
             sa(&mut self).priority = Some(p);
             self
         }

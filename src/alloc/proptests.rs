@@ -55,7 +55,7 @@ struct PoolAttrs {
     avoid_buggy: bool,
     /// 0: no serviceAllocation; 1: namespace ns1; 2: Services labelled team=blue.
     allocation: u8,
-    priority: Option<i32>,
+    priority: Option<i64>,
 }
 
 fn pools_strategy() -> impl Strategy<Value = Vec<Pool>> {
@@ -63,7 +63,7 @@ fn pools_strategy() -> impl Strategy<Value = Vec<Pool>> {
         prop::bool::weighted(0.85),
         any::<bool>(),
         0u8..3,
-        prop::option::of(1i32..3),
+        prop::option::of(1i64..3),
     )
         .prop_map(
             |(auto_assign, avoid_buggy, allocation, priority)| PoolAttrs {

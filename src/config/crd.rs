@@ -70,7 +70,7 @@ pub struct IPAddressPoolSpec {
 pub struct ServiceAllocationSpec {
     /// Lower numbers are preferred; pools without a priority come last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<i32>,
+    pub priority: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,7 +198,9 @@ pub struct BGPAdvertisementSpec {
     /// LOCAL_PREF for iBGP peers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "int32"))]
-    pub local_pref: Option<u32>,
+    // MetalLB's schema admits any integer here (int32 with no bounds), so decoding must too; a value that is not a
+    // LOCAL_PREF (RFC 4271: unsigned 32 bits) is an error of validation, for this object alone.
+    pub local_pref: Option<i64>,
     /// Community values (`AA:NN`, `large:AA:BB:CC`) or names of aliases defined by `Community` objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub communities: Option<Vec<String>>,

@@ -317,7 +317,7 @@ pub fn convert_config(config: &LegacyConfig, namespace: &str) -> Result<Migratio
             push(BGPAdvertisementSpec {
                 aggregation_length: adv.aggregation_length,
                 aggregation_length_v6: adv.aggregation_length_v6,
-                local_pref: (adv.local_pref != 0).then_some(adv.local_pref),
+                local_pref: (adv.local_pref != 0).then_some(i64::from(adv.local_pref)),
                 communities: (!adv.communities.is_empty()).then(|| adv.communities.clone()),
                 ip_address_pools: Some(vec![name.clone()]),
                 ..Default::default()

@@ -126,6 +126,15 @@ pub fn parse_documents(text: &str, origin: &Path) -> Result<Vec<Document>, LoadE
     Ok(docs)
 }
 
+/// Decodes one object (not a `List`) as `config check` does: the one decoder of configuration, which the agent's
+/// watches go through too.
+pub fn decode(value: Value) -> Document {
+    let mut out = Vec::with_capacity(1);
+    classify(value, "<object>", &mut out);
+    out.pop()
+        .unwrap_or_else(|| Document::Ignored("an empty List".into()))
+}
+
 /// Sorts one object by apiVersion and kind. `origin` names a bare legacy payload, which has no name of its own.
 /// A `List` is opened and each item classified.
 pub fn classify(mut value: Value, origin: &str, out: &mut Vec<Document>) {
@@ -197,9 +206,13 @@ pub fn classify(mut value: Value, origin: &str, out: &mut Vec<Document>) {
             return;
         }
     }
+    // The path serde was at names the field; MetalLB's users find `spec.localPref` faster than "invalid value".
     fn typed<T: DeserializeOwned>(value: Value, kind: &str, name: &str) -> Result<T, Diagnostic> {
-        serde_json::from_value(value)
-            .map_err(|e| Diagnostic::new(kind, name, "spec", e.to_string()))
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            Diagnostic::new(kind, name, &field, e.into_inner().to_string())
+        })
     }
     let doc = match (version, kind.as_str()) {
         ("v1beta1", "IPAddressPool") => typed(value, &kind, &name).map(Document::IPAddressPool),

@@ -161,7 +161,7 @@ impl Pool {
 /// pool with one.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ServiceAllocation {
-    pub priority: Option<i32>,
+    pub priority: Option<i64>,
     pub namespaces: Vec<String>,
     pub namespace_selectors: Vec<Selector>,
     pub service_selectors: Vec<Selector>,

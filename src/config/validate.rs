@@ -1013,6 +1013,16 @@ fn bgp_advertisements(
             0,
             128,
         );
+        let local_pref = s.local_pref.and_then(|v| {
+            let pref = u32::try_from(v).ok();
+            if pref.is_none() {
+                f.error(
+                    "spec.localPref",
+                    format!("{v} is not a LOCAL_PREF, which is unsigned 32 bits (0..=4294967295)"),
+                );
+            }
+            pref
+        });
         let service_selectors = f.selectors("spec.serviceSelectors", &s.service_selectors);
         if !service_selectors.is_empty()
             && (aggregation_length != 32 || aggregation_length_v6 != 128)
@@ -1068,7 +1078,7 @@ fn bgp_advertisements(
                 name: n.name.clone(),
                 aggregation_length,
                 aggregation_length_v6,
-                local_pref: s.local_pref,
+                local_pref,
                 communities,
                 pool_names,
                 pool_selectors,
@@ -1864,6 +1874,32 @@ mod tests {
             "spec.peers[0]",
             "BGPPeer/nobody"
         ));
+        // The schema admits any int32 (and the decoder any integer): the range is checked here, for this object only.
+        for bad in [-1, i64::from(u32::MAX) + 1] {
+            let v = adv(BGPAdvertisementSpec {
+                local_pref: Some(bad),
+                ..Default::default()
+            });
+            assert!(
+                has(
+                    &v.errors,
+                    "BGPAdvertisement",
+                    "adv",
+                    "spec.localPref",
+                    "unsigned 32 bits"
+                ),
+                "{bad}: {:?}",
+                lines(&v.errors)
+            );
+        }
+        let v = adv(BGPAdvertisementSpec {
+            local_pref: Some(i64::from(u32::MAX)),
+            ..Default::default()
+        });
+        assert_eq!(
+            v.config.bgp_advertisements["adv"].local_pref,
+            Some(u32::MAX)
+        );
         let v = adv(BGPAdvertisementSpec {
             node_selectors: Some(vec![bad_selector()]),
             ..Default::default()

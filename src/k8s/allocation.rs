@@ -13,7 +13,7 @@ use kube::Resource;
 use serde_json::Value;
 
 use super::events::Note;
-use super::index::{ObjectIndex, ObjectKey};
+use super::index::ObjectKey;
 use super::state::ClusterState;
 use super::status::{IngressMode, pool_annotation_patch, status_patch};
 use crate::alloc::Ips;
@@ -232,25 +232,7 @@ fn failure_class(reason: &str) -> String {
 /// The object a diagnostic is about, as the index holds it. Objects converted from the legacy ConfigMap exist only
 /// inside it, so their diagnostics go onto the ConfigMap.
 fn config_reference(state: &ClusterState, kind: &str, name: &str) -> Option<ObjectReference> {
-    fn find<K: Resource<DynamicType = ()> + Clone>(
-        index: &ObjectIndex<K>,
-        name: &str,
-    ) -> Option<ObjectReference> {
-        index
-            .values()
-            .find(|o| o.meta().name.as_deref() == Some(name))
-            .map(|o| o.object_ref(&()))
-    }
-    let found = match kind {
-        "IPAddressPool" => find(&state.pools, name),
-        "L2Advertisement" => find(&state.l2_advertisements, name),
-        "BGPAdvertisement" => find(&state.bgp_advertisements, name),
-        "BGPPeer" => find(&state.bgp_peers, name),
-        "Community" => find(&state.communities, name),
-        "BFDProfile" => find(&state.bfd_profiles, name),
-        _ => None,
-    };
-    found.or_else(|| {
+    state.config_reference(kind, name).or_else(|| {
         state
             .config_maps
             .values()

@@ -2,11 +2,18 @@
 //!
 //! Watchers feed it through [`ClusterState::handle`]; decisions read it. It holds objects exactly as the API returned
 //! them and derives nothing, so that a test can build any cluster with plain values and no server.
+//!
+//! The metallb.io objects are held untyped, as [`DynamicObject`]s, and typed only in [`ClusterState::config_sources`]
+//! by the same decoder `ironlb config check` uses ([`crate::config::load::decode`]). A typed watch would fail its
+//! whole list on one object it cannot decode, and keep the agent from ever becoming ready; here such an object is
+//! one diagnostic among valid objects.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Resource;
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher;
 
 use super::index::ObjectIndex;
@@ -14,8 +21,57 @@ use crate::config::Labels;
 use crate::config::crd::{
     BFDProfile, BGPAdvertisement, BGPPeer, Community, IPAddressPool, L2Advertisement,
 };
-use crate::config::load::{LegacySource, Sources};
+use crate::config::load::{LegacySource, Sources, decode};
 use crate::config::validate::Diagnostic;
+
+/// The metallb.io kinds the agent reads, at the version it watches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ConfigKind {
+    IPAddressPool,
+    L2Advertisement,
+    BGPAdvertisement,
+    BGPPeer,
+    Community,
+    BFDProfile,
+}
+
+impl ConfigKind {
+    pub const ALL: [ConfigKind; 6] = [
+        ConfigKind::IPAddressPool,
+        ConfigKind::L2Advertisement,
+        ConfigKind::BGPAdvertisement,
+        ConfigKind::BGPPeer,
+        ConfigKind::Community,
+        ConfigKind::BFDProfile,
+    ];
+
+    /// Group, version, kind and plural, from the typed CRDs, so the watch asks for what the decoder reads.
+    pub fn api_resource(self) -> ApiResource {
+        match self {
+            ConfigKind::IPAddressPool => ApiResource::erase::<IPAddressPool>(&()),
+            ConfigKind::L2Advertisement => ApiResource::erase::<L2Advertisement>(&()),
+            ConfigKind::BGPAdvertisement => ApiResource::erase::<BGPAdvertisement>(&()),
+            ConfigKind::BGPPeer => ApiResource::erase::<BGPPeer>(&()),
+            ConfigKind::Community => ApiResource::erase::<Community>(&()),
+            ConfigKind::BFDProfile => ApiResource::erase::<BFDProfile>(&()),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConfigKind::IPAddressPool => "IPAddressPool",
+            ConfigKind::L2Advertisement => "L2Advertisement",
+            ConfigKind::BGPAdvertisement => "BGPAdvertisement",
+            ConfigKind::BGPPeer => "BGPPeer",
+            ConfigKind::Community => "Community",
+            ConfigKind::BFDProfile => "BFDProfile",
+        }
+    }
+
+    fn of(kind: &str) -> Option<ConfigKind> {
+        ConfigKind::ALL.into_iter().find(|k| k.name() == kind)
+    }
+}
 
 /// One change reported by a watcher, tagged with its kind.
 // Changes live only in the watch channel (at most 1024 of them) on their way into the indexes, so an unboxed
@@ -28,12 +84,8 @@ pub enum Change {
     Node(watcher::Event<Node>),
     Namespace(watcher::Event<Namespace>),
     ConfigMap(watcher::Event<ConfigMap>),
-    Pool(watcher::Event<IPAddressPool>),
-    L2Advertisement(watcher::Event<L2Advertisement>),
-    BgpAdvertisement(watcher::Event<BGPAdvertisement>),
-    BgpPeer(watcher::Event<BGPPeer>),
-    Community(watcher::Event<Community>),
-    BfdProfile(watcher::Event<BFDProfile>),
+    /// A metallb.io object, undecoded.
+    Config(ConfigKind, watcher::Event<DynamicObject>),
 }
 
 #[derive(Debug, Default)]
@@ -44,12 +96,8 @@ pub struct ClusterState {
     pub namespaces: ObjectIndex<Namespace>,
     /// Only the legacy MetalLB ConfigMap is watched.
     pub config_maps: ObjectIndex<ConfigMap>,
-    pub pools: ObjectIndex<IPAddressPool>,
-    pub l2_advertisements: ObjectIndex<L2Advertisement>,
-    pub bgp_advertisements: ObjectIndex<BGPAdvertisement>,
-    pub bgp_peers: ObjectIndex<BGPPeer>,
-    pub communities: ObjectIndex<Community>,
-    pub bfd_profiles: ObjectIndex<BFDProfile>,
+    /// The metallb.io objects by kind, as the API returned them; see the module's note.
+    pub config: BTreeMap<ConfigKind, ObjectIndex<DynamicObject>>,
 }
 
 /// Which part of the state a change touched, so that work that depends on neither can be skipped.
@@ -71,16 +119,10 @@ impl ClusterState {
             Change::EndpointSlice(e) => touched(self.endpoint_slices.handle(e), Touched::Topology),
             Change::Node(e) => touched(self.nodes.handle(e), Touched::Topology),
             Change::ConfigMap(e) => touched(self.config_maps.handle(e), Touched::Config),
-            Change::Pool(e) => touched(self.pools.handle(e), Touched::Config),
-            Change::L2Advertisement(e) => {
-                touched(self.l2_advertisements.handle(e), Touched::Config)
-            }
-            Change::BgpAdvertisement(e) => {
-                touched(self.bgp_advertisements.handle(e), Touched::Config)
-            }
-            Change::BgpPeer(e) => touched(self.bgp_peers.handle(e), Touched::Config),
-            Change::Community(e) => touched(self.communities.handle(e), Touched::Config),
-            Change::BfdProfile(e) => touched(self.bfd_profiles.handle(e), Touched::Config),
+            Change::Config(kind, e) => touched(
+                self.config.entry(kind).or_default().handle(e),
+                Touched::Config,
+            ),
         }
     }
 
@@ -92,12 +134,9 @@ impl ClusterState {
             && self.nodes.is_synced()
             && self.namespaces.is_synced()
             && self.config_maps.is_synced()
-            && self.pools.is_synced()
-            && self.l2_advertisements.is_synced()
-            && self.bgp_advertisements.is_synced()
-            && self.bgp_peers.is_synced()
-            && self.communities.is_synced()
-            && self.bfd_profiles.is_synced()
+            && ConfigKind::ALL
+                .iter()
+                .all(|k| self.config.get(k).is_some_and(ObjectIndex::is_synced))
     }
 
     /// Labels of every namespace, for `serviceAllocation.namespaceSelectors`.
@@ -116,15 +155,13 @@ impl ClusterState {
     /// The configuration objects as the validator takes them. A legacy ConfigMap without a `config` key is reported
     /// as malformed rather than ignored, so its owner learns why nothing happened.
     pub fn config_sources(&self) -> Sources {
-        let mut sources = Sources {
-            pools: self.pools.values().cloned().collect(),
-            l2_advertisements: self.l2_advertisements.values().cloned().collect(),
-            bgp_advertisements: self.bgp_advertisements.values().cloned().collect(),
-            communities: self.communities.values().cloned().collect(),
-            bfd_profiles: self.bfd_profiles.values().cloned().collect(),
-            peers: self.bgp_peers.values().cloned().collect(),
-            ..Sources::default()
-        };
+        let mut sources = Sources::default();
+        for (kind, index) in &self.config {
+            let resource = kind.api_resource();
+            for obj in index.values() {
+                sources.add(decode(config_value(obj, &resource)));
+            }
+        }
         if let Some(cm) = self.config_maps.values().next() {
             let name = cm.metadata.name.clone().unwrap_or_default();
             match cm.data.as_ref().and_then(|d| d.get("config")) {
@@ -144,5 +181,129 @@ impl ClusterState {
             }
         }
         sources
+    }
+}
+
+impl ClusterState {
+    /// Puts a typed configuration object in, as a watch would deliver it; for tests and benchmarks that build a
+    /// cluster from values.
+    pub fn apply_config<K>(&mut self, obj: &K) -> bool
+    where
+        K: Resource<DynamicType = ()> + serde::Serialize,
+    {
+        let resource = ApiResource::erase::<K>(&());
+        let Some(kind) = ConfigKind::of(&resource.kind) else {
+            return false;
+        };
+        let value = serde_json::to_value(obj).unwrap_or_default();
+        let Ok(obj) = serde_json::from_value::<DynamicObject>(value) else {
+            return false;
+        };
+        self.config.entry(kind).or_default().apply(obj)
+    }
+
+    /// A reference to the configuration object of this kind and name, for an Event about it.
+    pub fn config_reference(&self, kind: &str, name: &str) -> Option<ObjectReference> {
+        let kind = ConfigKind::of(kind)?;
+        let resource = kind.api_resource();
+        self.config
+            .get(&kind)?
+            .values()
+            .find(|o| o.metadata.name.as_deref() == Some(name))
+            .map(|o| o.object_ref(&resource))
+    }
+}
+
+/// The object as JSON, with the apiVersion and kind of the watch it came from: items of a list may leave them out.
+fn config_value(obj: &DynamicObject, resource: &ApiResource) -> serde_json::Value {
+    let mut value = serde_json::to_value(obj).unwrap_or_default();
+    value["apiVersion"] = resource.api_version.clone().into();
+    value["kind"] = resource.kind.clone().into();
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(kind: ConfigKind, object: serde_json::Value) -> Change {
+        let obj: DynamicObject = serde_json::from_value(object).expect("an object");
+        Change::Config(kind, watcher::Event::Apply(obj))
+    }
+
+    fn meta(name: &str) -> serde_json::Value {
+        json!({"name": name, "namespace": "metallb-system", "resourceVersion": "1"})
+    }
+
+    /// What the API server returns for MetalLB's documented L2Advertisement (no `spec`), and an object the schema
+    /// admits but IronLB cannot use, among valid ones: the valid ones are used, the others named.
+    #[test]
+    fn config_objects_are_decoded_one_by_one_as_config_check_does() {
+        let mut state = ClusterState::default();
+        state.handle(event(
+            ConfigKind::IPAddressPool,
+            json!({"metadata": meta("lab"), "spec": {"addresses": ["198.51.100.10-198.51.100.40"]}}),
+        ));
+        state.handle(event(
+            ConfigKind::L2Advertisement,
+            json!({"metadata": meta("lab")}),
+        ));
+        state.handle(event(
+            ConfigKind::IPAddressPool,
+            json!({"metadata": meta("broken"), "spec": {"addresses": "198.51.100.50"}}),
+        ));
+        state.handle(event(
+            ConfigKind::BGPAdvertisement,
+            json!({"metadata": meta("pref"), "spec": {"localPref": -1}}),
+        ));
+        let sources = state.config_sources();
+        assert_eq!(sources.pools.len(), 1);
+        assert_eq!(sources.l2_advertisements.len(), 1);
+        assert_eq!(sources.l2_advertisements[0].spec, Default::default());
+        assert_eq!(sources.malformed.len(), 1, "{:?}", sources.malformed);
+        let broken = &sources.malformed[0];
+        assert_eq!(
+            (
+                broken.kind.as_str(),
+                broken.name.as_str(),
+                broken.field.as_str()
+            ),
+            ("IPAddressPool", "broken", "spec.addresses")
+        );
+        let validated = crate::config::validate(&sources);
+        assert!(validated.config.pools.contains_key("lab"));
+        assert!(validated.config.l2_advertisements.contains_key("lab"));
+        assert!(
+            validated
+                .errors
+                .iter()
+                .any(|d| d.name == "pref" && d.field == "spec.localPref"),
+            "{:?}",
+            validated.errors
+        );
+        assert!(
+            state.config_reference("IPAddressPool", "broken").is_some(),
+            "an Event can name the undecodable object"
+        );
+    }
+
+    #[test]
+    fn every_config_kind_must_list_before_the_state_is_synced() {
+        let mut state = ClusterState::default();
+        for change in [
+            Change::Service(watcher::Event::InitDone),
+            Change::EndpointSlice(watcher::Event::InitDone),
+            Change::Node(watcher::Event::InitDone),
+            Change::Namespace(watcher::Event::InitDone),
+            Change::ConfigMap(watcher::Event::InitDone),
+        ] {
+            state.handle(change);
+        }
+        for kind in ConfigKind::ALL {
+            assert!(!state.is_synced(), "synced before {kind:?} listed");
+            state.handle(Change::Config(kind, watcher::Event::InitDone));
+        }
+        assert!(state.is_synced());
     }
 }
