@@ -133,10 +133,11 @@ impl Announcer {
         args: AnnounceArgs,
         lb_class: Option<String>,
         namespace: &str,
-        client: &Client,
+        clients: &super::Clients,
         registry: &mut Registry,
         stop: watch::Receiver<bool>,
     ) -> Result<(Announcer, Liveness), Error> {
+        let client = &clients.request;
         let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Netlink)?;
         tokio::spawn(connection);
         let (announcements, plan_rx) = watch::channel(Announcements::default());
@@ -213,6 +214,7 @@ impl Announcer {
                 );
                 Some(tokio::spawn(node_lease::run(
                     Api::namespaced(client.clone(), namespace),
+                    Api::namespaced(clients.watch.clone(), namespace),
                     namespace.to_string(),
                     node.to_string(),
                     timing,

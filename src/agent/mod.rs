@@ -105,23 +105,59 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Builds the client and runs until SIGTERM or Ctrl-C.
+/// Builds the clients and runs until SIGTERM or Ctrl-C.
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let client = client(args.kubeconfig.as_deref()).await?;
+    let clients = Clients::new(args.kubeconfig.as_deref()).await?;
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|source| Error::Listen {
             addr: args.metrics_addr,
             source,
         })?;
-    run_with(args, client, listener, shutdown_signal()).await
+    run_with(args, clients, listener, shutdown_signal()).await
 }
 
 /// The User-Agent of the agent's API requests, so that audit logs (and the lab's RBAC test) can tell them apart.
 pub const USER_AGENT: &str = concat!("ironlb/", env!("CARGO_PKG_VERSION"), " (agent)");
 
-/// A client from `kubeconfig`, or from the environment (in-cluster, then `~/.kube/config`).
+/// How long one API request (not a watch) may take, from its first byte sent to its whole answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a connection to the API server may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The agent's two clients. Requests and watches need different timeouts: a request must fail within
+/// [`REQUEST_TIMEOUT`], while a watch is a long poll that is quiet for minutes when nothing changes (kube's
+/// watcher has an idle timeout of its own). Neither retries inside the client: kube's default layer retries
+/// 429/503/504 up to 15 times with backoff growing to minutes, which would hold the elector past its renew
+/// deadline. Every caller retries at its own pace instead (the elector every second, the writer on its next
+/// pass, the watcher with its backoff).
+#[derive(Clone)]
+pub struct Clients {
+    pub request: Client,
+    pub watch: Client,
+}
+
+impl Clients {
+    pub async fn new(kubeconfig: Option<&std::path::Path>) -> Result<Clients> {
+        let config = config(kubeconfig).await?;
+        let mut request = config.clone();
+        request.read_timeout = Some(REQUEST_TIMEOUT);
+        // Count the timeout from when the request is written, not from when its pooled connection went idle.
+        request.reset_reader_on_write = true;
+        Ok(Clients {
+            request: Client::try_from(request).map_err(Error::Client)?,
+            watch: Client::try_from(config).map_err(Error::Client)?,
+        })
+    }
+}
+
+/// A client for requests (not watches) from `kubeconfig`, or from the environment (in-cluster, then
+/// `~/.kube/config`), with the agent's timeouts and no retries of its own.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
+    Ok(Clients::new(kubeconfig).await?.request)
+}
+
+async fn config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kubeconfig =
@@ -144,7 +180,9 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
         axum::http::header::USER_AGENT,
         axum::http::HeaderValue::from_static(USER_AGENT),
     ));
-    Client::try_from(config).map_err(Error::Client)
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.default_retry = false;
+    Ok(config)
 }
 
 /// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
@@ -299,10 +337,11 @@ impl ConfigReport {
 /// Runs the agent with its dependencies handed in, until `shutdown` resolves.
 pub async fn run_with(
     mut args: AgentArgs,
-    client: Client,
+    clients: Clients,
     metrics_listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let client = clients.request.clone();
     let mut registry = Registry::default();
     let metrics = AllocationMetrics::register(&mut registry);
     let direct = args.dataplane.dataplane == dataplane::Mode::Direct;
@@ -320,7 +359,7 @@ pub async fn run_with(
         args.announce.clone(),
         args.lb_class.clone(),
         &args.namespace,
-        &client,
+        &clients,
         &mut registry,
         stop_rx.clone(),
     )
@@ -352,9 +391,10 @@ pub async fn run_with(
     ));
 
     let (changes_tx, mut changes) = mpsc::channel::<Change>(1024);
-    spawn_watches(&client, &args, changes_tx, &metrics);
+    spawn_watches(&clients.watch, &args, changes_tx, &metrics);
 
-    let (leader_tx, mut leader) = watch::channel(false);
+    let (leader_tx, mut leader) = watch::channel(None);
+    let mut leading = false;
     let timing = LeaseTiming {
         duration: Duration::from_secs(args.lease_duration.max(2)),
         renew_deadline: Duration::from_secs(args.lease_duration.max(2)) * 4 / 5,
@@ -374,6 +414,7 @@ pub async fn run_with(
         node: args.node_name.clone(),
         metrics: metrics.clone(),
         leader: leader.clone(),
+        outbox: crate::k8s::events::Outbox::default(),
     };
     let mut controller = AllocationController::new(Settings {
         lb_class: args.lb_class.clone(),
@@ -400,7 +441,7 @@ pub async fn run_with(
     let mut config_report = ConfigReport::default();
     tokio::pin!(shutdown);
     loop {
-        let due = if dirty && *leader.borrow() && state.is_synced() {
+        let due = if dirty && leading && state.is_synced() {
             let at = retry_after.unwrap_or_else(|| tokio::time::Instant::now() + SETTLE);
             Some(at)
         } else {
@@ -496,7 +537,12 @@ pub async fn run_with(
             }
             changed = leader.changed() => {
                 if changed.is_err() { break }
-                let leading = *leader.borrow_and_update();
+                // Every renewal moves the deadline; only a change of role matters here.
+                let now_leading = leader.borrow_and_update().is_some();
+                if now_leading == leading {
+                    continue;
+                }
+                leading = now_leading;
                 metrics.leader.set(i64::from(leading));
                 if leading {
                     // A new leader reports current problems itself and recomputes everything from status.
@@ -722,7 +768,10 @@ struct Writer {
     client: Client,
     node: String,
     metrics: AllocationMetrics,
-    leader: watch::Receiver<bool>,
+    /// Until when this agent may write as the allocator; see [`crate::k8s::leader`].
+    leader: watch::Receiver<Option<tokio::time::Instant>>,
+    /// Events not yet accepted by the API, oldest first.
+    outbox: crate::k8s::events::Outbox,
 }
 
 impl Writer {
@@ -734,16 +783,28 @@ impl Writer {
         pass: Pass,
     ) -> std::result::Result<(), Duration> {
         let mut retry = None;
+        if self.flush_events().await {
+            retry = Some(Duration::from_secs(1));
+        }
         for note in pass.config {
-            if self.gate() {
+            if self.gate().is_some() {
                 self.publish(&note.note, &note.reference).await;
             }
         }
         for action in pass.services {
-            if !self.gate() {
+            let Some(until) = self.gate() else {
                 continue;
-            }
-            match self.write_service(state, &action).await {
+            };
+            // A write still unanswered when leadership ends is abandoned: the next allocator may be writing by then.
+            let written = tokio::time::timeout_at(until, self.write_service(state, &action))
+                .await
+                .unwrap_or_else(|_| {
+                    self.metrics.dropped_writes.inc();
+                    Err(kube::Error::Service(
+                        "no answer before this agent's leadership deadline".into(),
+                    ))
+                });
+            match written {
                 Ok(()) => {
                     for note in &action.notes {
                         if note.reason == "IPAllocated" {
@@ -763,6 +824,11 @@ impl Writer {
                     retry = Some(retry.map_or(wait, |r: Duration| r.min(wait)));
                 }
             }
+        }
+        if !self.outbox.is_empty() {
+            retry = Some(retry.map_or(Duration::from_secs(1), |r: Duration| {
+                r.min(Duration::from_secs(1))
+            }));
         }
         retry.map_or(Ok(()), Err)
     }
@@ -811,16 +877,22 @@ impl Writer {
                 }
             }
         }
-        if failed { Err(()) } else { Ok(()) }
+        if failed || !self.outbox.is_empty() {
+            Err(())
+        } else {
+            Ok(())
+        }
     }
 
-    /// True while leading; otherwise counts a dropped write.
-    fn gate(&mut self) -> bool {
-        let leading = *self.leader.borrow();
-        if !leading {
+    /// While leading, the instant this agent's leadership ends; otherwise None, and a dropped write is counted. The
+    /// deadline is checked here on this agent's own clock, not only when the elector last published: an elector
+    /// stuck in a call has already published the deadline it will step down at.
+    fn gate(&mut self) -> Option<tokio::time::Instant> {
+        let until = (*self.leader.borrow()).filter(|u| tokio::time::Instant::now() < *u);
+        if until.is_none() {
             self.metrics.dropped_writes.inc();
         }
-        leading
+        until
     }
 
     async fn write_service(
@@ -848,14 +920,23 @@ impl Writer {
         Ok(())
     }
 
-    async fn publish(&self, note: &Note, reference: &k8s_openapi::api::core::v1::ObjectReference) {
-        match crate::k8s::events::publish(&self.client, note, reference, &self.node).await {
-            Ok(()) => {
-                self.metrics.api_writes.inc();
-            }
-            Err(error) => {
-                tracing::warn!(%error, reason = note.reason, "publishing an Event failed")
-            }
-        };
+    /// Queues the Event and sends what is queued. An Event that fails stays queued with its name, and goes out at
+    /// a later pass: once the API recovers it arrives once (an AlreadyExists answer means an earlier try landed).
+    async fn publish(
+        &mut self,
+        note: &Note,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+    ) {
+        self.outbox.push(note, reference, &self.node);
+        self.flush_events().await;
+    }
+
+    /// Sends queued Events, oldest first, until one fails. Returns whether any remain.
+    async fn flush_events(&mut self) -> bool {
+        let sent = self.outbox.flush(&self.client).await;
+        for _ in 0..sent {
+            self.metrics.api_writes.inc();
+        }
+        !self.outbox.is_empty()
     }
 }

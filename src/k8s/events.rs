@@ -98,17 +98,188 @@ pub async fn publish(
     regarding: &ObjectReference,
     node: &str,
 ) -> Result<(), kube::Error> {
-    let event = core_event(note, regarding, node, Timestamp::now());
+    create(client, &core_event(note, regarding, node, Timestamp::now())).await
+}
+
+/// Creates an Event built before. AlreadyExists is success: an earlier try whose answer was lost created it.
+async fn create(client: &kube::Client, event: &Event) -> Result<(), kube::Error> {
     let namespace = event.metadata.namespace.clone().unwrap_or_default();
-    Api::<Event>::namespaced(client.clone(), &namespace)
-        .create(&PostParams::default(), &event)
+    match Api::<Event>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), event)
         .await
-        .map(|_| ())
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Events waiting for the API, oldest first, each built once so that its name (and so its identity) survives
+/// retries. Bounded: past [`Outbox::LIMIT`] the oldest is dropped, logged and counted, so an API that stays away
+/// cannot grow the agent's memory.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    events: std::collections::VecDeque<Event>,
+    pub dropped: u64,
+}
+
+impl Outbox {
+    pub const LIMIT: usize = 1024;
+
+    pub fn push(&mut self, note: &Note, regarding: &ObjectReference, node: &str) {
+        if self.events.len() >= Self::LIMIT
+            && let Some(old) = self.events.pop_front()
+        {
+            self.dropped += 1;
+            tracing::warn!(
+                reason = old.reason.as_deref().unwrap_or(""),
+                object = old.involved_object.name.as_deref().unwrap_or(""),
+                "the Event queue is full; dropped its oldest Event"
+            );
+        }
+        // Names are unique per nanosecond; two Events queued in the same one must not collide.
+        let mut now = Timestamp::now();
+        if let Some(last) = self.events.back().and_then(|e| e.event_time.as_ref())
+            && now <= last.0
+        {
+            now = last.0 + k8s_openapi::jiff::SignedDuration::from_nanos(1);
+        }
+        self.events
+            .push_back(core_event(note, regarding, node, now));
+    }
+
+    /// Sends queued Events in order until one fails; returns how many were accepted.
+    pub async fn flush(&mut self, client: &kube::Client) -> usize {
+        let mut sent = 0;
+        while let Some(event) = self.events.front() {
+            if let Err(error) = create(client, event).await {
+                tracing::warn!(
+                    %error,
+                    reason = event.reason.as_deref().unwrap_or(""),
+                    queued = self.events.len(),
+                    "publishing an Event failed; it stays queued"
+                );
+                break;
+            }
+            self.events.pop_front();
+            sent += 1;
+        }
+        sent
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::{Request, Response};
+    use kube::client::Body;
+
+    /// How the fake API treats the next Event create.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Down,
+        Up,
+        /// Stores the Event but answers 500, as when the answer is lost on its way back.
+        LoseAnswer,
+    }
+
+    /// An Events API: stores created Events by name, answers AlreadyExists for a name it has.
+    fn events_api(
+        mode: Arc<Mutex<Mode>>,
+        stored: Arc<Mutex<BTreeMap<String, Event>>>,
+    ) -> kube::Client {
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let (mode, stored) = (mode.clone(), stored.clone());
+            async move {
+                let body = req.into_body().collect_bytes().await?;
+                let event: Event = serde_json::from_slice(&body)?;
+                let name = event.metadata.name.clone().unwrap_or_default();
+                let mode = *mode.lock().unwrap();
+                let mut stored = stored.lock().unwrap();
+                let code = match mode {
+                    Mode::Down => 503,
+                    _ if stored.contains_key(&name) => 409,
+                    Mode::Up => 201,
+                    Mode::LoseAnswer => 500,
+                };
+                if mode != Mode::Down && code != 409 {
+                    stored.insert(name, event.clone());
+                }
+                let answer = if code == 201 {
+                    serde_json::to_value(&event)?
+                } else {
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                        "message": "fake", "reason": if code == 409 { "AlreadyExists" } else { "InternalError" }})
+                };
+                let response = Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(Body::from(serde_json::to_vec(&answer)?))?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    #[tokio::test]
+    async fn events_that_fail_are_kept_and_arrive_once_when_the_api_recovers() {
+        let mode = Arc::new(Mutex::new(Mode::Down));
+        let stored = Arc::default();
+        let client = events_api(mode.clone(), Arc::clone(&stored));
+        let regarding = ObjectReference {
+            name: Some("web".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        };
+        let mut outbox = Outbox::default();
+        for i in 0..3 {
+            outbox.push(
+                &Note::normal("IPAllocated", format!("event {i}")),
+                &regarding,
+                "node-1",
+            );
+        }
+        assert_eq!(outbox.flush(&client).await, 0);
+        assert_eq!(outbox.len(), 3, "nothing is lost while the API is down");
+        *mode.lock().unwrap() = Mode::LoseAnswer;
+        assert_eq!(outbox.flush(&client).await, 0);
+        *mode.lock().unwrap() = Mode::Up;
+        assert_eq!(outbox.flush(&client).await, 3);
+        assert!(outbox.is_empty());
+        let stored = stored.lock().unwrap();
+        let messages: Vec<_> = stored
+            .values()
+            .map(|e| e.message.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            messages,
+            ["event 0", "event 1", "event 2"],
+            "each Event once, in order"
+        );
+    }
+
+    #[test]
+    fn a_full_outbox_drops_its_oldest_event() {
+        let mut outbox = Outbox::default();
+        let regarding = ObjectReference::default();
+        for i in 0..=Outbox::LIMIT {
+            outbox.push(&Note::normal("X", i.to_string()), &regarding, "n");
+        }
+        assert_eq!(outbox.len(), Outbox::LIMIT);
+        assert_eq!(outbox.dropped, 1);
+        assert_eq!(outbox.events[0].message.as_deref(), Some("1"));
+    }
 
     #[test]
     fn a_long_message_is_cut_to_the_api_limit_at_a_character_boundary() {

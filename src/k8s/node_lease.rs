@@ -288,8 +288,12 @@ pub fn own_spec(
 
 /// Runs the node Lease of `node` until `stop` turns true: renews it every period, watches every node Lease, and
 /// publishes the live nodes on `live` (None while the signal is unavailable). On stop it deletes its own Lease.
+/// Renews this node's Lease through `api` and watches every node's through `watch_api` (a client without a
+/// request timeout: a watch is a long poll).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     api: Api<Lease>,
+    watch_api: Api<Lease>,
     namespace: String,
     node: String,
     timing: NodeLeaseTiming,
@@ -297,15 +301,8 @@ pub async fn run(
     metrics: NodeLeaseMetrics,
     stop: watch::Receiver<bool>,
 ) {
-    let renewer = renew(
-        api.clone(),
-        &namespace,
-        &node,
-        &timing,
-        &metrics,
-        stop.clone(),
-    );
-    let observer = observe(api, &node, live, &metrics, stop);
+    let renewer = renew(api, &namespace, &node, &timing, &metrics, stop.clone());
+    let observer = observe(watch_api, &node, live, &metrics, stop);
     tokio::join!(renewer, observer);
 }
 
