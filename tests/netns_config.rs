@@ -5,13 +5,16 @@
 
 mod netns_support;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ironlb::lab::cluster::Lab;
 use k8s_openapi::api::core::v1::{Event, Service};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use netns_support::{Logs, skip, wait_until};
+use serde::Deserialize;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -36,8 +39,8 @@ fn kubectl(lab: &Lab, args: &[&str], stdin_yaml: Option<&str>) {
     );
 }
 
-async fn ingress(lab: &Lab, name: &str) -> Vec<String> {
-    let svc: Service = Api::namespaced(lab.client.clone(), "default")
+async fn ingress(lab: &Lab, name: &str, namespace: &str) -> Vec<String> {
+    let svc: Service = Api::namespaced(lab.client.clone(), namespace)
         .get(name)
         .await
         .expect("the Service");
@@ -113,10 +116,10 @@ async fn metallbs_documented_l2_config_works_and_an_unusable_object_is_named_not
         .await
         .unwrap();
     let took = wait_until("an IP for default/doc", SETTLE, || async {
-        !ingress(&lab, "doc").await.is_empty()
+        !ingress(&lab, "doc", "default").await.is_empty()
     })
     .await;
-    let ips = ingress(&lab, "doc").await;
+    let ips = ingress(&lab, "doc", "default").await;
     println!("Service create -> IP in status: {} ms", took.as_millis());
     let vip: IpAddr = ips[0].parse().unwrap();
     assert!(
@@ -196,5 +199,321 @@ async fn metallbs_documented_l2_config_works_and_an_unusable_object_is_named_not
         "announced again {} ms after all agents restarted",
         took.as_millis()
     );
-    assert_eq!(ingress(&lab, "doc").await, ips, "the restart moved no IP");
+    assert_eq!(
+        ingress(&lab, "doc", "default").await,
+        ips,
+        "the restart moved no IP"
+    );
+}
+
+/// One runnable example of `tests/fixtures/metallb-docs/scenarios.yaml`.
+#[derive(serde::Deserialize, Debug)]
+struct Scenario {
+    file: String,
+    mode: String,
+    #[serde(default)]
+    extra: String,
+    service: ScenarioService,
+    #[serde(default)]
+    node_labels: BTreeMap<String, String>,
+    expect_pool: String,
+    /// False when the example's own Service is one Kubernetes would refuse; the scenario's Service stands in.
+    #[serde(default = "yes")]
+    file_services: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct ScenarioService {
+    namespace: String,
+    #[serde(default)]
+    namespace_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    dual_stack: bool,
+}
+
+/// The L2Advertisements of these examples announce only on interfaces the lab's nodes do not have (eth3, eno1,
+/// ens18): their Services get an IP, and rightly no announcement.
+const NO_LAB_INTERFACE: &[&str] = &[
+    "metallb-docs/configuration-advanced-l2-07-interfaces-and-node-selector.yaml",
+    "metallb-docs/configuration-advanced-l2-08-interfaces-union.yaml",
+];
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The example's text with its addresses moved into documentation ranges, as TESTING.md requires of every test
+/// that touches the network (address-map.txt, longest first).
+fn mapped(text: &str) -> String {
+    let map = std::fs::read_to_string(fixtures().join("metallb-docs/address-map.txt")).unwrap();
+    map.lines()
+        .filter_map(|l| l.split_once(' '))
+        .fold(text.to_string(), |t, (from, to)| t.replace(from, to))
+}
+
+fn service_yaml(name: &str, s: &ScenarioService) -> String {
+    let svc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": s.namespace, "labels": s.labels, "annotations": s.annotations},
+        "spec": {
+            "type": "LoadBalancer",
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+            "ipFamilyPolicy": if s.dual_stack { "PreferDualStack" } else { "SingleStack" },
+            "ipFamilies": if s.dual_stack { serde_json::json!(["IPv4", "IPv6"]) } else { serde_json::json!(["IPv4"]) },
+        },
+    });
+    serde_yaml::to_string(&svc).unwrap()
+}
+
+/// An EndpointSlice for the Service with one ready endpoint per lab node.
+fn endpoint_slice(lab: &Lab, namespace: &str, service: &str) -> String {
+    let endpoints: Vec<_> = lab
+        .topology
+        .nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({"addresses": [n.ipv4.to_string()], "nodeName": n.name,
+                "conditions": {"ready": true, "serving": true, "terminating": false}})
+        })
+        .collect();
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-lab"), "namespace": namespace,
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+    });
+    serde_yaml::to_string(&slice).unwrap()
+}
+
+/// Runs kubectl; returns its error text instead of panicking, so one example's failure is reported with the others.
+fn try_kubectl(lab: &Lab, args: &[&str], yaml: Option<&str>) -> Result<(), String> {
+    let mut cmd = std::process::Command::new("kubectl");
+    cmd.arg("--kubeconfig").arg(&lab.kubeconfig).args(args);
+    if let Some(yaml) = yaml {
+        let file = lab.options().dir.join("example.yaml");
+        std::fs::write(&file, yaml).map_err(|e| e.to_string())?;
+        cmd.arg("-f").arg(&file);
+    }
+    let out = cmd.output().map_err(|e| format!("kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// What one example gave: the Services it checked, or why it failed.
+async fn run_example(lab: &Lab, scenario: &Scenario) -> Result<Vec<String>, String> {
+    let text = mapped(
+        &std::fs::read_to_string(fixtures().join(&scenario.file))
+            .map_err(|e| format!("reading {}: {e}", scenario.file))?,
+    );
+    // The metallb.io objects (and Services) of the example; other kinds (a Deployment) are not the lab's business.
+    let mut config = Vec::new();
+    let mut services = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&format!("{text}\n---\n{}", scenario.extra)) {
+        let value = serde_yaml::Value::deserialize(doc).map_err(|e| e.to_string())?;
+        let api_version = value["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        let out = serde_yaml::to_string(&value).map_err(|e| e.to_string())?;
+        if api_version.starts_with("metallb.io/") {
+            config.push(out);
+        } else if kind == "Service" && scenario.file_services {
+            let name = value["metadata"]["name"].as_str().unwrap_or_default();
+            services.push((name.to_string(), out));
+        }
+    }
+    let s = &scenario.service;
+    if s.namespace != "default" {
+        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": s.namespace, "labels": s.namespace_labels}});
+        try_kubectl(lab, &["apply"], Some(&serde_yaml::to_string(&ns).unwrap()))?;
+    }
+    for node in lab.node_names() {
+        for (k, v) in &scenario.node_labels {
+            let label = format!("{k}={v}");
+            try_kubectl(lab, &["label", "node", &node, "--overwrite", &label], None)?;
+        }
+    }
+    try_kubectl(lab, &["apply"], Some(&config.join("---\n")))?;
+    // The example's own Services when it has some (they may ask for IPs that a second Service could not share),
+    // otherwise one Service as the scenario describes.
+    if services.is_empty() {
+        services.push(("example".into(), service_yaml("example", s)));
+    }
+    let namespace = if services.len() > 1 || services[0].0 != "example" {
+        "default"
+    } else {
+        s.namespace.as_str()
+    };
+    for (name, yaml) in &services {
+        try_kubectl(lab, &["apply", "-n", namespace], Some(yaml))?;
+        // A ready endpoint on every node, as kube-controller-manager would publish for running pods: a Service
+        // without one is not announced.
+        try_kubectl(lab, &["apply"], Some(&endpoint_slice(lab, namespace, name)))?;
+    }
+    let api: Api<Service> = Api::namespaced(lab.client.clone(), namespace);
+    let mut checked = Vec::new();
+    for (name, _) in &services {
+        let limit = Instant::now() + Duration::from_secs(10);
+        let svc = loop {
+            let svc = api.get(name).await.map_err(|e| e.to_string())?;
+            let pool = svc.annotations().get("ironlb.io/pool").cloned();
+            let announced = svc.annotations().get("ironlb.io/announced-by").cloned();
+            let wants_owner =
+                scenario.mode == "l2" && !NO_LAB_INTERFACE.contains(&scenario.file.as_str());
+            if pool.is_some() && (!wants_owner || announced.is_some()) {
+                break svc;
+            }
+            if Instant::now() > limit {
+                return Err(format!(
+                    "{namespace}/{name}: after 10 s pool {pool:?}, announced by {announced:?}, status {:?}",
+                    svc.status
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let pool = svc
+            .annotations()
+            .get("ironlb.io/pool")
+            .cloned()
+            .unwrap_or_default();
+        if pool != scenario.expect_pool {
+            return Err(format!(
+                "{namespace}/{name}: pool {pool}, expected {}",
+                scenario.expect_pool
+            ));
+        }
+        let owner = svc.annotations().get("ironlb.io/announced-by").cloned();
+        checked.push(format!(
+            "{namespace}/{name} {:?} from {pool}, announced by {owner:?}",
+            ingress(lab, name, namespace).await
+        ));
+    }
+    for node in lab.node_names() {
+        let metrics = lab.metrics(&node).map_err(|e| e.to_string())?;
+        if let Some(line) = metrics
+            .lines()
+            .find(|l| l.starts_with("ironlb_config_objects_invalid{"))
+        {
+            return Err(format!(
+                "the agent of {node} left configuration out: {line}"
+            ));
+        }
+    }
+    Ok(checked)
+}
+
+/// Undoes an example: its objects, Services, namespace and node labels.
+fn reset(lab: &Lab, scenario: &Scenario) {
+    let kinds =
+        "ipaddresspools,l2advertisements,bgpadvertisements,bgppeers,communities,bfdprofiles";
+    let _ = try_kubectl(
+        lab,
+        &["-n", "metallb-system", "delete", kinds, "--all"],
+        None,
+    );
+    let _ = try_kubectl(
+        lab,
+        &[
+            "-n",
+            "default",
+            "delete",
+            "services,endpointslices",
+            "--all",
+        ],
+        None,
+    );
+    if scenario.service.namespace != "default" {
+        let _ = try_kubectl(
+            lab,
+            &[
+                "-n",
+                &scenario.service.namespace,
+                "delete",
+                "services,endpointslices",
+                "--all",
+            ],
+            None,
+        );
+        let _ = try_kubectl(
+            lab,
+            &["delete", "namespace", &scenario.service.namespace],
+            None,
+        );
+    }
+    for node in lab.node_names() {
+        for k in scenario.node_labels.keys() {
+            let _ = try_kubectl(lab, &["label", "node", &node, &format!("{k}-")], None);
+        }
+        // The node keeps the hostname label Kubernetes gives it.
+        let hostname = format!("kubernetes.io/hostname={node}");
+        let _ = try_kubectl(
+            lab,
+            &["label", "node", &node, "--overwrite", &hostname],
+            None,
+        );
+    }
+}
+
+/// Every object of MetalLB's configsamples and every configuration example of MetalLB's documentation, applied
+/// with kubectl to a running lab one example at a time: its Service gets an IP from the expected pool, Layer 2
+/// examples are announced (`ironlb.io/announced-by`), and the agent leaves nothing out. BGP examples are checked up
+/// to allocation: their peers are addresses with no router behind them here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metallbs_samples_and_documentation_examples_work_through_kubectl() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::start(netns_support::options("ilb-cfgdoc", 2, 0, "enforce", &[]))
+        .await
+        .unwrap();
+    let _logs = Logs::of(&lab);
+    kubectl(
+        &lab,
+        &[
+            "-n",
+            "metallb-system",
+            "delete",
+            "l2advertisement,ipaddresspool",
+            "lab",
+        ],
+        None,
+    );
+    let scenarios: Vec<Scenario> = serde_yaml::from_str(
+        &std::fs::read_to_string(fixtures().join("metallb-docs/scenarios.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert!(scenarios.len() >= 50, "{} examples", scenarios.len());
+    let mut failures = Vec::new();
+    for scenario in &scenarios {
+        match run_example(&lab, scenario).await {
+            Ok(checked) => println!("ok   {}: {}", scenario.file, checked.join("; ")),
+            Err(why) => {
+                println!("FAIL {}: {why}", scenario.file);
+                failures.push(format!("{}: {why}", scenario.file));
+            }
+        }
+        reset(&lab, scenario);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} examples failed:\n{}",
+        failures.len(),
+        scenarios.len(),
+        failures.join("\n")
+    );
 }
