@@ -374,6 +374,15 @@ struct Running {
 }
 
 /// This node's sessions.
+/// Why a `passwordSecret` gave no password: the API could not be asked, or the Secret says there is none.
+#[derive(Debug, thiserror::Error)]
+enum SecretRead {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error("{0}")]
+    Missing(String),
+}
+
 pub struct BgpSpeaker {
     node: String,
     namespace: String,
@@ -382,6 +391,10 @@ pub struct BgpSpeaker {
     warned: BTreeMap<String, Vec<String>>,
     metrics: BgpMetrics,
     advertised: BTreeSet<IpAddr>,
+    /// The last password read from each `passwordSecret` (namespace, name). A read that fails (the API slow or
+    /// gone) keeps it, so an Established session is not torn down over an outage; only a Secret that says there
+    /// is no password any more removes it.
+    passwords: BTreeMap<(String, String), String>,
 }
 
 impl BgpSpeaker {
@@ -394,6 +407,7 @@ impl BgpSpeaker {
             warned: BTreeMap::new(),
             metrics,
             advertised: BTreeSet::new(),
+            passwords: BTreeMap::new(),
         }
     }
 
@@ -428,9 +442,24 @@ impl BgpSpeaker {
         self.warned = plan.warnings.clone();
         for (name, p) in plan.peers.iter_mut() {
             if let Some((ns, secret)) = &p.password_secret {
-                match self.secret_password(ns, secret).await {
-                    Ok(pw) => p.config.password = Some(pw),
-                    Err(e) => {
+                let key = (ns.clone(), secret.clone());
+                let read = self.secret_password(ns, secret).await;
+                match &read {
+                    Ok(pw) => {
+                        self.passwords.insert(key.clone(), pw.clone());
+                    }
+                    Err(SecretRead::Unreadable(e)) if self.passwords.contains_key(&key) => {
+                        tracing::warn!(peer = %name, "BGPPeer {name}: passwordSecret {ns}/{secret}: {e}; keeping the password last read");
+                    }
+                    Err(SecretRead::Missing(_)) => {
+                        self.passwords.remove(&key);
+                    }
+                    Err(SecretRead::Unreadable(_)) => {}
+                }
+                match self.passwords.get(&key) {
+                    Some(pw) => p.config.password = Some(pw.clone()),
+                    None => {
+                        let e = read.err().map(|e| e.to_string()).unwrap_or_default();
                         tracing::warn!(peer = %name, "BGPPeer {name}: passwordSecret {ns}/{secret}: {e}; the session waits for it");
                         let msg = format!("BGPPeer {name}: passwordSecret {ns}/{secret}: {e}");
                         if self.warned.entry(name.clone()).or_default().last() != Some(&msg) {
@@ -505,12 +534,12 @@ impl BgpSpeaker {
         (notes, actions)
     }
 
-    async fn secret_password(&self, namespace: &str, name: &str) -> Result<String, String> {
+    async fn secret_password(&self, namespace: &str, name: &str) -> Result<String, SecretRead> {
         let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
             .get_opt(name)
             .await
-            .map_err(|e| format!("cannot read the Secret: {e}"))?
-            .ok_or_else(|| "the Secret does not exist".to_string())?;
+            .map_err(|e| SecretRead::Unreadable(format!("cannot read the Secret: {e}")))?
+            .ok_or_else(|| SecretRead::Missing("the Secret does not exist".to_string()))?;
         secret
             .data
             .as_ref()
@@ -524,7 +553,9 @@ impl BgpSpeaker {
                     .cloned()
             })
             .filter(|p| !p.is_empty())
-            .ok_or_else(|| format!("the Secret has no non-empty `{PASSWORD_KEY}`"))
+            .ok_or_else(|| {
+                SecretRead::Missing(format!("the Secret has no non-empty `{PASSWORD_KEY}`"))
+            })
     }
 
     /// Updates the per-peer metrics from the sessions' status.
