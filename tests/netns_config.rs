@@ -18,25 +18,30 @@ use serde::Deserialize;
 
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// Applies YAML with the real kubectl against the lab's API server.
-fn kubectl(lab: &Lab, args: &[&str], stdin_yaml: Option<&str>) {
-    let dir = &lab.options().dir;
-    let mut cmd = std::process::Command::new("kubectl");
-    cmd.arg("--kubeconfig").arg(&lab.kubeconfig).args(args);
-    if let Some(yaml) = stdin_yaml {
-        let file = dir.join(format!("apply-{}.yaml", std::process::id()));
-        std::fs::write(&file, yaml).expect("writing the manifest");
-        cmd.arg("-f").arg(&file);
+/// Runs the real kubectl against the lab's API server, with `yaml` as its `-f` file; panics on failure.
+fn kubectl(lab: &Lab, args: &[&str], yaml: Option<&str>) {
+    if let Err(why) = try_kubectl(lab, args, yaml) {
+        panic!("{why}");
     }
-    let out = cmd
-        .output()
-        .expect("running kubectl (scripts/setup installs it)");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+}
+
+/// A lab of two agents whose own pool and L2Advertisement are gone, for a test to apply its configuration.
+async fn lab_without_config(prefix: &str) -> Lab {
+    let lab = Lab::start(netns_support::options(prefix, 2, 0, "enforce", &[]))
+        .await
+        .unwrap();
+    kubectl(
+        &lab,
+        &[
+            "-n",
+            "metallb-system",
+            "delete",
+            "l2advertisement,ipaddresspool",
+            "lab",
+        ],
+        None,
     );
+    lab
 }
 
 async fn ingress(lab: &Lab, name: &str, namespace: &str) -> Vec<String> {
@@ -88,23 +93,9 @@ async fn metallbs_documented_l2_config_works_and_an_unusable_object_is_named_not
     if skip() {
         return;
     }
-    let prefix = "ilb-cfg";
-    let mut lab = Lab::start(netns_support::options(prefix, 2, 0, "enforce", &[]))
-        .await
-        .unwrap();
+    let mut lab = lab_without_config("ilb-cfg").await;
     let _logs = Logs::of(&lab);
-    // The lab's own configuration goes; the documented one and the unusable objects come in, with kubectl.
-    kubectl(
-        &lab,
-        &[
-            "-n",
-            "metallb-system",
-            "delete",
-            "l2advertisement,ipaddresspool",
-            "lab",
-        ],
-        None,
-    );
+    // The documented configuration and the unusable objects come in with kubectl.
     kubectl(
         &lab,
         &["apply"],
@@ -300,7 +291,7 @@ fn try_kubectl(lab: &Lab, args: &[&str], yaml: Option<&str>) -> Result<(), Strin
     let mut cmd = std::process::Command::new("kubectl");
     cmd.arg("--kubeconfig").arg(&lab.kubeconfig).args(args);
     if let Some(yaml) = yaml {
-        let file = lab.options().dir.join("example.yaml");
+        let file = lab.options().dir.join("kubectl-input.yaml");
         std::fs::write(&file, yaml).map_err(|e| e.to_string())?;
         cmd.arg("-f").arg(&file);
     }
@@ -478,21 +469,8 @@ async fn metallbs_samples_and_documentation_examples_work_through_kubectl() {
     if skip() {
         return;
     }
-    let lab = Lab::start(netns_support::options("ilb-cfgdoc", 2, 0, "enforce", &[]))
-        .await
-        .unwrap();
+    let lab = lab_without_config("ilb-cfgdoc").await;
     let _logs = Logs::of(&lab);
-    kubectl(
-        &lab,
-        &[
-            "-n",
-            "metallb-system",
-            "delete",
-            "l2advertisement,ipaddresspool",
-            "lab",
-        ],
-        None,
-    );
     let scenarios: Vec<Scenario> = serde_yaml::from_str(
         &std::fs::read_to_string(fixtures().join("metallb-docs/scenarios.yaml")).unwrap(),
     )
