@@ -374,6 +374,29 @@ struct Running {
 }
 
 /// This node's sessions.
+/// Keeps `passwords` as the last word of each Secret: a password read replaces it, a Secret without one removes it,
+/// and a read that failed leaves it as it was.
+fn remember_password(
+    passwords: &mut BTreeMap<(String, String), String>,
+    key: &(String, String),
+    read: &Result<String, SecretRead>,
+    peer: &str,
+) {
+    match read {
+        Ok(pw) => {
+            passwords.insert(key.clone(), pw.clone());
+        }
+        Err(SecretRead::Missing(_)) => {
+            passwords.remove(key);
+        }
+        Err(SecretRead::Unreadable(e)) => {
+            if passwords.contains_key(key) {
+                tracing::warn!(%peer, "BGPPeer {peer}: passwordSecret {}/{}: {e}; keeping the password last read", key.0, key.1);
+            }
+        }
+    }
+}
+
 /// Why a `passwordSecret` gave no password: the API could not be asked, or the Secret says there is none.
 #[derive(Debug, thiserror::Error)]
 enum SecretRead {
@@ -444,18 +467,7 @@ impl BgpSpeaker {
             if let Some((ns, secret)) = &p.password_secret {
                 let key = (ns.clone(), secret.clone());
                 let read = self.secret_password(ns, secret).await;
-                match &read {
-                    Ok(pw) => {
-                        self.passwords.insert(key.clone(), pw.clone());
-                    }
-                    Err(SecretRead::Unreadable(e)) if self.passwords.contains_key(&key) => {
-                        tracing::warn!(peer = %name, "BGPPeer {name}: passwordSecret {ns}/{secret}: {e}; keeping the password last read");
-                    }
-                    Err(SecretRead::Missing(_)) => {
-                        self.passwords.remove(&key);
-                    }
-                    Err(SecretRead::Unreadable(_)) => {}
-                }
+                remember_password(&mut self.passwords, &key, &read, name);
                 match self.passwords.get(&key) {
                     Some(pw) => p.config.password = Some(pw.clone()),
                     None => {
@@ -722,6 +734,27 @@ mod tests {
                 "n1,n2".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn a_secret_that_cannot_be_read_keeps_the_password_and_one_without_it_drops_it() {
+        let mut passwords = BTreeMap::new();
+        let key = ("ns".to_string(), "md5".to_string());
+        let unreadable = Err(SecretRead::Unreadable("503".into()));
+        remember_password(&mut passwords, &key, &unreadable, "p");
+        assert_eq!(
+            passwords.get(&key),
+            None,
+            "nothing to keep before a first read"
+        );
+        remember_password(&mut passwords, &key, &Ok("s3cret".into()), "p");
+        remember_password(&mut passwords, &key, &unreadable, "p");
+        assert_eq!(passwords.get(&key).map(String::as_str), Some("s3cret"));
+        remember_password(&mut passwords, &key, &Ok("rotated".into()), "p");
+        assert_eq!(passwords.get(&key).map(String::as_str), Some("rotated"));
+        let gone = Err(SecretRead::Missing("the Secret does not exist".into()));
+        remember_password(&mut passwords, &key, &gone, "p");
+        assert_eq!(passwords.get(&key), None);
     }
 
     #[test]
