@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::fs::File;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
