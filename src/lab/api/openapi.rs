@@ -3,13 +3,24 @@
 //! `kubectl apply`/`create` validate strictly by default. kubectl first reads `/openapi/v3` to learn whether the
 //! server supports the `fieldValidation` query parameter on each kind's PATCH path; if it cannot tell, it falls
 //! back to client-side validation against `/openapi/v2` and fails when that is missing. These documents declare
-//! the parameter on every kind, so kubectl leaves validation to the server. The lab server accepts and ignores
-//! `fieldValidation`: it validates nothing. No schemas are published, so kubectl computes strategic merge patches
-//! from its compiled-in types, and merge patches for custom resources.
+//! the parameter on every kind, so kubectl leaves validation to the server; for what they cannot cover (a
+//! `kind: List`, which kubectl always validates itself) an empty `/openapi/v2` lets kubectl skip validation. The
+//! lab server accepts and ignores `fieldValidation`: it validates nothing. No schemas are published, so kubectl
+//! computes strategic merge patches from its compiled-in types, and merge patches for custom resources.
 
 use super::discovery::group_versions;
 use super::resources::ResourceDef;
 use serde_json::{Map, Value, json};
+
+/// The media type of `/openapi/v2`: client-go asks for protobuf and decodes nothing else. This is the name
+/// kube-apiserver answers with; the `@v1.0` form client-go asks for is not a media type Go's parser accepts.
+pub const V2_CONTENT_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// `/openapi/v2`: an empty Document (a protobuf message with no fields set is zero bytes), so no definitions.
+/// kubectl falls back to it for client-side validation where the v3 documents cannot vouch for server-side
+/// validation, as for a `kind: List` (`kubectl create -f list.yaml`); it skips kinds the document does not define,
+/// so it validates nothing, as the lab does. Without the document such commands fail with a 404.
+pub const V2_DOCUMENT: &[u8] = &[];
 
 /// The OpenAPI path prefix of a group version: `api/v1` or `apis/<group>/<version>`.
 fn gv_path(group: &str, version: &str) -> String {

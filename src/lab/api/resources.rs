@@ -151,6 +151,39 @@ impl ResourceDef {
     }
 }
 
+/// The `status` of a CustomResourceDefinition the lab serves: names accepted as given, Established, the storage
+/// version stored; what kube-apiserver reports once a CRD's names raise no conflict.
+pub fn established_status(crd: &Value) -> Value {
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let condition = |kind: &str, reason: &str, message: &str| {
+        json!({
+            "type": kind,
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now,
+        })
+    };
+    let stored: Vec<&Value> = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
+        .filter_map(|v| v.get("name"))
+        .collect();
+    json!({
+        "acceptedNames": crd.pointer("/spec/names").cloned().unwrap_or_else(|| json!({})),
+        "conditions": [
+            condition("NamesAccepted", "NoConflicts", "no conflicts found"),
+            condition("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        ],
+        "storedVersions": stored,
+    })
+}
+
 /// The resources served from the start.
 pub fn builtin() -> Vec<ResourceDef> {
     let v1 = &["v1"];
@@ -274,6 +307,25 @@ mod tests {
         assert!(def.status);
         assert_eq!(def.singular, "widget");
         assert_eq!(def.short_names, vec!["wd"]);
+    }
+
+    #[test]
+    fn crd_status_is_established_with_its_names_and_storage_version() {
+        let crd = json!({"spec": {
+            "names": {"plural": "widgets", "kind": "Widget"},
+            "versions": [{"name": "v1alpha1", "storage": false}, {"name": "v1", "storage": true}],
+        }});
+        let status = established_status(&crd);
+        assert_eq!(status["acceptedNames"]["kind"], "Widget");
+        assert_eq!(status["storedVersions"], json!(["v1"]));
+        let true_conditions: Vec<&str> = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["status"] == "True")
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(true_conditions, ["NamesAccepted", "Established"]);
     }
 
     #[test]

@@ -258,6 +258,8 @@ impl Target {
 
 enum Route {
     Json(Value),
+    /// `/openapi/v2`, which client-go reads only as protobuf.
+    OpenApiV2,
     Resource(Box<Target>),
 }
 
@@ -272,6 +274,7 @@ fn route(lab: &Lab, path: &str) -> Result<Route> {
         ["version"] => return Ok(Route::Json(discovery::version())),
         ["healthz" | "readyz" | "livez"] => return Ok(Route::Json(json!("ok"))),
         ["api"] => return Ok(Route::Json(discovery::api_versions())),
+        ["openapi", "v2"] => return Ok(Route::OpenApiV2),
         ["openapi", "v3"] => return Ok(Route::Json(openapi::root(&defs))),
         ["openapi", "v3", "api", version] => {
             return openapi::document(&defs, "", version)
@@ -455,7 +458,15 @@ fn dispatch(
         Route::Json(doc) if *method == Method::GET => {
             return Ok(json_response(StatusCode::OK, &doc));
         }
-        Route::Json(_) => {
+        Route::OpenApiV2 if *method == Method::GET => {
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, openapi::V2_CONTENT_TYPE)],
+                openapi::V2_DOCUMENT,
+            )
+                .into_response());
+        }
+        Route::Json(_) | Route::OpenApiV2 => {
             return Err(Error::MethodNotAllowed {
                 method: method.clone(),
             });
@@ -463,8 +474,9 @@ fn dispatch(
         Route::Resource(t) => *t,
     };
     let as_table = table::wants_table(header_str(headers, header::ACCEPT));
-    // The lab speaks JSON only. A 415 makes client-go (kubectl's typed `create` commands send protobuf) retry the
-    // request as JSON, as it does against any server without protobuf.
+    // The lab speaks JSON only. kubectl's typed commands (`create namespace`, `create service ...`) send protobuf
+    // and fail on this 415: client-go does not retry them as JSON. `apply` and `create -f` send JSON. This is a
+    // known difference in tests/api_conformance.rs.
     if matches!(*method, Method::POST | Method::PUT)
         && header_str(headers, header::CONTENT_TYPE)
             .starts_with("application/vnd.kubernetes.protobuf")
@@ -655,8 +667,27 @@ fn prepare_create(target: &Target, mut obj: Value) -> Value {
             // As in Kubernetes, status is never set on create.
             obj["status"] = json!({"loadBalancer": {}});
         }
-        ("", "namespaces") if obj.get("status").is_none() => {
-            obj["status"] = json!({"phase": "Active"});
+        ("", "namespaces") => {
+            // As kube-apiserver's namespace strategy does, and as the store does for namespaces it makes itself:
+            // a pool's serviceAllocation.namespaceSelectors may select on this label.
+            if let Some(name) = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+            {
+                obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            }
+            if obj.pointer("/spec/finalizers").is_none() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
+            if obj.get("status").is_none() {
+                obj["status"] = json!({"phase": "Active"});
+            }
+        }
+        // The lab serves a CRD's kind as soon as it is stored, so it is Established at once; `kubectl wait
+        // --for=condition=Established` and clients that check the conditions then see what a real server reports.
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            obj["status"] = resources::established_status(&obj);
         }
         _ => {}
     }
