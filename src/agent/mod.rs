@@ -523,6 +523,9 @@ pub async fn run_with(
                 }
             }
             _ = refresh.tick() => {
+                // Events the API refused go out again here, not by re-running passes: a pass costs far more than a
+                // post, and an Event must never hold up allocation or announcement.
+                writer.flush_events().await;
                 bgp.record();
                 // Sessions change state on their own: a new value for the Node needs a pass to write it.
                 let shown = node_bgp_peers(&state, &args.node_name);
@@ -783,9 +786,7 @@ impl Writer {
         pass: Pass,
     ) -> std::result::Result<(), Duration> {
         let mut retry = None;
-        if self.flush_events().await {
-            retry = Some(Duration::from_secs(1));
-        }
+        self.flush_events().await;
         for note in pass.config {
             if self.gate().is_some() {
                 self.publish(&note.note, &note.reference).await;
@@ -824,11 +825,6 @@ impl Writer {
                     retry = Some(retry.map_or(wait, |r: Duration| r.min(wait)));
                 }
             }
-        }
-        if !self.outbox.is_empty() {
-            retry = Some(retry.map_or(Duration::from_secs(1), |r: Duration| {
-                r.min(Duration::from_secs(1))
-            }));
         }
         retry.map_or(Ok(()), Err)
     }
@@ -877,11 +873,7 @@ impl Writer {
                 }
             }
         }
-        if failed || !self.outbox.is_empty() {
-            Err(())
-        } else {
-            Ok(())
-        }
+        if failed { Err(()) } else { Ok(()) }
     }
 
     /// While leading, the instant this agent's leadership ends; otherwise None, and a dropped write is counted. The
@@ -920,23 +912,28 @@ impl Writer {
         Ok(())
     }
 
-    /// Queues the Event and sends what is queued. An Event that fails stays queued with its name, and goes out at
-    /// a later pass: once the API recovers it arrives once (an AlreadyExists answer means an earlier try landed).
+    /// Queues the Event and, unless others already wait, sends it. A refused Event stays queued with its name and
+    /// goes out at the refresh tick; once the API recovers it arrives once (AlreadyExists means an earlier try
+    /// landed).
     async fn publish(
         &mut self,
         note: &Note,
         reference: &k8s_openapi::api::core::v1::ObjectReference,
     ) {
+        // While earlier Events wait, the API is refusing or slow: queue behind them and leave the retry to the
+        // refresh tick, so that a pass never waits on one failing post per note.
+        let waiting = !self.outbox.is_empty();
         self.outbox.push(note, reference, &self.node);
-        self.flush_events().await;
+        if !waiting {
+            self.flush_events().await;
+        }
     }
 
-    /// Sends queued Events, oldest first, until one fails. Returns whether any remain.
-    async fn flush_events(&mut self) -> bool {
+    /// Sends queued Events, oldest first, until one fails.
+    async fn flush_events(&mut self) {
         let sent = self.outbox.flush(&self.client).await;
         for _ in 0..sent {
             self.metrics.api_writes.inc();
         }
-        !self.outbox.is_empty()
     }
 }
