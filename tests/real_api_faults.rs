@@ -226,7 +226,8 @@ fn random_api_faults_while_services_churn_lose_nothing() -> Result<()> {
         let name = format!("churn-{n}");
         cluster.apply(&service(&name))?;
         live.insert(name);
-        // Every 7th: a change (a label that allocation ignores); every 3rd: the oldest live Service is deleted.
+        // Every 7th: a change (a label that allocation ignores); every 3rd, and whenever 200 are live: the first
+        // live Service by name is deleted.
         if n % 7 == 6 {
             let victim = live.iter().nth(n % live.len()).cloned().unwrap_or_default();
             cluster.plane.kubectl_ok(&[
@@ -240,7 +241,8 @@ fn random_api_faults_while_services_churn_lose_nothing() -> Result<()> {
             ])?;
             changed += 1;
         }
-        if n % 3 == 2 && live.len() > 1 {
+        // The harness's Service CIDR (198.51.100.0/24) holds 253 ClusterIPs: at most 200 Services live at once.
+        while (n % 3 == 2 && live.len() > 1) || live.len() > 200 {
             let oldest = live.iter().next().cloned().unwrap_or_default();
             cluster.plane.kubectl_ok(&[
                 "-n",
@@ -253,6 +255,9 @@ fn random_api_faults_while_services_churn_lose_nothing() -> Result<()> {
             live.remove(&oldest);
             first_seen.remove(&oldest);
             deleted += 1;
+            if live.len() <= 200 {
+                break;
+            }
         }
         if Instant::now() >= next_cut {
             for proxy in proxies.values() {
