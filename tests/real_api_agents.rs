@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use cluster::{Crds, RealCluster, wait_for};
+use cluster::{Crds, RealCluster, assert_no_ip_twice, lb_service, wait_for};
 use serde_json::Value;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -23,13 +23,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 fn config_example() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/examples/metallb-config.yaml").to_string()
-}
-
-fn service(name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-         spec:\n  type: LoadBalancer\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n"
-    )
 }
 
 fn wait_ip(cluster: &RealCluster, name: &str) -> Result<Vec<String>> {
@@ -90,7 +83,7 @@ fn agents_allocate_elect_and_report_as_their_service_account() -> Result<()> {
     println!("allocator: {leader}");
 
     let created = Instant::now();
-    cluster.apply(&service("web"))?;
+    cluster.apply(&lb_service("web"))?;
     let ips = wait_ip(&cluster, "web")?;
     println!(
         "Service create -> IP in status on the real API server: {} ms",
@@ -184,7 +177,7 @@ fn the_allocator_is_taken_over_after_sigkill_and_sigterm_and_restarts_move_no_ip
     })?;
     let mut ips = std::collections::BTreeMap::new();
     for name in ["a", "b", "c"] {
-        cluster.apply(&service(name))?;
+        cluster.apply(&lb_service(name))?;
     }
     for name in ["a", "b", "c"] {
         ips.insert(name.to_string(), wait_ip(&cluster, name)?);
@@ -204,7 +197,7 @@ fn the_allocator_is_taken_over_after_sigkill_and_sigterm_and_restarts_move_no_ip
         "takeover after the allocator's SIGKILL: {} ms (Lease duration 5 s)",
         killed.elapsed().as_millis()
     );
-    cluster.apply(&service("d"))?;
+    cluster.apply(&lb_service("d"))?;
     ips.insert("d".into(), wait_ip(&cluster, "d")?);
     cluster.start_agent(&first)?;
 
@@ -235,7 +228,7 @@ fn the_allocator_is_taken_over_after_sigkill_and_sigterm_and_restarts_move_no_ip
     wait_for("an allocator after the restart", SETTLE, || {
         cluster.lease_holder().ok().flatten()
     })?;
-    cluster.apply(&service("e"))?;
+    cluster.apply(&lb_service("e"))?;
     wait_ip(&cluster, "e")?;
     for (name, before) in &ips {
         assert_eq!(
@@ -244,12 +237,7 @@ fn the_allocator_is_taken_over_after_sigkill_and_sigterm_and_restarts_move_no_ip
             "{name} kept its IP"
         );
     }
-    let all: std::collections::BTreeSet<String> = ips.values().flatten().cloned().collect();
-    assert_eq!(
-        all.len(),
-        ips.values().map(Vec::len).sum::<usize>(),
-        "no IP on two Services: {ips:?}"
-    );
+    assert_no_ip_twice(&ips);
     cluster.assert_nothing_forbidden();
     cluster.passed();
     Ok(())
@@ -277,7 +265,7 @@ fn metallbs_own_crds_with_its_documented_config_and_an_unusable_object() -> Resu
         cluster.lease_holder().ok().flatten()
     })?;
     let created = Instant::now();
-    cluster.apply(&service("doc"))?;
+    cluster.apply(&lb_service("doc"))?;
     let ips = wait_ip(&cluster, "doc")?;
     println!(
         "with MetalLB's CRDs: Service create -> IP {ips:?} in {} ms",
@@ -306,7 +294,7 @@ fn metallbs_own_crds_with_its_documented_config_and_an_unusable_object() -> Resu
     // A restarted agent lists the same objects, becomes ready and allocates.
     cluster.kill_agent("node-1");
     cluster.start_agent("node-1")?;
-    cluster.apply(&service("after-restart"))?;
+    cluster.apply(&lb_service("after-restart"))?;
     wait_ip(&cluster, "after-restart")?;
     assert_eq!(
         cluster.ingress("default", "doc")?,

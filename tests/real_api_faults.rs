@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use cluster::{Crds, RealCluster, wait_for};
+use cluster::{Crds, RealCluster, assert_no_ip_twice, lb_service, wait_for};
 use real_api_support::fault_proxy::{Fault, FaultProxy, RequestMatch};
 use serde_json::Value;
 
@@ -28,13 +28,6 @@ const LEASE_SECONDS: u64 = 3;
 const BIG_POOL: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\n\
     metadata: {name: big, namespace: metallb-system}\nspec: {addresses: [192.0.2.0/24, 203.0.113.0/24]}\n---\n\
     apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: big, namespace: metallb-system}\n";
-
-fn service(name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
-         spec:\n  type: LoadBalancer\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n"
-    )
-}
 
 /// Every LoadBalancer Service in `default` with its ingress IPs, read straight from the API server.
 fn ingress_by_service(cluster: &RealCluster) -> Result<BTreeMap<String, Vec<String>>> {
@@ -60,18 +53,6 @@ fn ingress_by_service(cluster: &RealCluster) -> Result<BTreeMap<String, Vec<Stri
         out.insert(name, ips);
     }
     Ok(out)
-}
-
-/// The invariant of every scenario: no IP is held by two Services.
-fn assert_no_ip_twice(ips: &BTreeMap<String, Vec<String>>) {
-    let mut holders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (svc, list) in ips {
-        for ip in list {
-            holders.entry(ip).or_default().push(svc);
-        }
-    }
-    let shared: Vec<_> = holders.iter().filter(|(_, s)| s.len() > 1).collect();
-    assert!(shared.is_empty(), "IPs held by two Services: {shared:?}");
 }
 
 /// The instants at which `node`'s elector logged a change of leadership to `leading`, from its JSON log.
@@ -130,7 +111,7 @@ fn a_stalled_leader_steps_down_before_anyone_takes_over_and_no_ip_is_held_twice(
         // New Services while the leader is cut off: it sees them on its watches and may try to write.
         for _ in 0..2 {
             created += 1;
-            cluster.apply(&service(&format!("s{created}")))?;
+            cluster.apply(&lb_service(&format!("s{created}")))?;
         }
         let taken = wait_for("the follower to take the Lease", SETTLE, || {
             cluster
@@ -224,7 +205,7 @@ fn random_api_faults_while_services_churn_lose_nothing() -> Result<()> {
         let due = started + limit.mul_f64(n as f64 / services as f64);
         std::thread::sleep(due.saturating_duration_since(Instant::now()));
         let name = format!("churn-{n}");
-        cluster.apply(&service(&name))?;
+        cluster.apply(&lb_service(&name))?;
         live.insert(name);
         // Every 7th: a change (a label that allocation ignores); every 3rd, and whenever 200 are live: the first
         // live Service by name is deleted.
@@ -338,7 +319,7 @@ fn events_posted_while_the_api_refuses_them_arrive_once_afterwards() -> Result<(
     proxy.add(Fault::Status(503).when(RequestMatch::any().method("POST").path("/events")));
     let names: Vec<String> = (0..5).map(|i| format!("ev-{i}")).collect();
     for name in &names {
-        cluster.apply(&service(name))?;
+        cluster.apply(&lb_service(name))?;
     }
     wait_for("IPs while Events fail", SETTLE, || {
         let ips = ingress_by_service(&cluster).ok()?;

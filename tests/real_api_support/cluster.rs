@@ -261,6 +261,26 @@ impl RealCluster {
     }
 }
 
+/// A LoadBalancer Service `default/<name>` with one TCP port, as YAML.
+pub fn lb_service(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  type: LoadBalancer\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n"
+    )
+}
+
+/// The invariant of every allocation scenario: no IP is held by two Services.
+pub fn assert_no_ip_twice(ips: &BTreeMap<String, Vec<String>>) {
+    let mut holders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (svc, list) in ips {
+        for ip in list {
+            holders.entry(ip).or_default().push(svc);
+        }
+    }
+    let shared: Vec<_> = holders.iter().filter(|(_, s)| s.len() > 1).collect();
+    assert!(shared.is_empty(), "IPs held by two Services: {shared:?}");
+}
+
 /// Polls `check` every 50 ms until it returns Some, for at most `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
     let start = Instant::now();
