@@ -3,10 +3,15 @@
 //!
 //! ```text
 //!  watcher tasks (one per kind) ──Change──▶ ┌────────────┐
-//!  Elector ──watch<bool> leader──────────▶ │ main loop   │──patches──▶ API (status, annotations)
-//!  shutdown signal ──────────────────────▶ │ ClusterState│──Events───▶ API (events.k8s.io)
+//!  Elector ──watch<Option<Instant>>──────▶ │ main loop   │──patches──▶ API (status, annotations)
+//!  shutdown signal ──────────────────────▶ │ ClusterState│──Events───▶ API (core/v1, queued until accepted)
 //!                                          └────────────┘──ready────▶ /readyz
 //! ```
+//!
+//! The Elector publishes, while this agent leads, the instant its leadership ends on this agent's own clock; the
+//! writer checks it before every Service write and abandons one still unanswered then (see [`crate::k8s::leader`]).
+//! Watches use a client without a request timeout (long polls); every other request times out after
+//! [`REQUEST_TIMEOUT`].
 //!
 //! Only the main loop owns `ClusterState`. A pass runs after a short settle delay, so a burst of changes costs one
 //! pass, and never while a previous pass's writes are under way.
