@@ -75,6 +75,17 @@ fn agents_allocate_elect_and_report_as_their_service_account() -> Result<()> {
     cluster
         .plane
         .kubectl_ok(&["apply", "-f", &config_example()])?;
+    // A BGP peer with an MD5 password from a Secret, so the agents read it under their ServiceAccount. The peer is
+    // a closed port on loopback: the session never comes up, which is not what this test is about.
+    cluster.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: bgp-auth, namespace: ironlb-system}\n\
+         type: kubernetes.io/basic-auth\nstringData: {password: s3cret}\n---\n\
+         apiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: loopback, namespace: metallb-system}\n\
+         spec: {myASN: 64512, peerASN: 64512, peerAddress: 127.0.0.1, peerPort: 9, passwordSecret: {name: bgp-auth}}\n\
+         ---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: loopback, namespace: metallb-system}\n\
+         ---\napiVersion: v1\nkind: Node\nmetadata: {name: node-1, labels: {kubernetes.io/hostname: node-1}}\n\
+         ---\napiVersion: v1\nkind: Node\nmetadata: {name: node-2, labels: {kubernetes.io/hostname: node-2}}\n",
+    )?;
     cluster.start_agent("node-1")?;
     cluster.start_agent("node-2")?;
     let leader = wait_for("an allocator", SETTLE, || {
@@ -145,6 +156,16 @@ fn agents_allocate_elect_and_report_as_their_service_account() -> Result<()> {
         "ironlb status shows default/web with {}: {rows}",
         ips[0]
     );
+
+    // Each agent read the password (a session starts only with it).
+    for node in ["node-1", "node-2"] {
+        wait_for(&format!("{node} to start its BGP session"), SETTLE, || {
+            cluster
+                .log_text(node)
+                .contains("starting BGP session")
+                .then_some(())
+        })?;
+    }
 
     // In steady state nothing is written.
     let before = resource_versions(&cluster)?;
