@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::legacy;
 use super::load::{self, LoadError, Sources};
-use super::validate::{Validated, pool_size, validate};
+use super::validate::{Validated, validate};
 
 /// Why a command could not run at all (as opposed to finding the config invalid).
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ fn report(sources: &Sources, v: &Validated, out: &mut impl Write) -> Result<(), 
     writeln!(out, "Pools ({}):", c.pools.len())?;
     for p in c.pools.values() {
         let ranges: Vec<String> = p.ranges.iter().map(ToString::to_string).collect();
-        let (v4, v6) = pool_size(p);
+        let (v4, v6) = p.size_per_family();
         writeln!(
             out,
             "  {}: {}; IPv4 addresses: {v4}, IPv6 addresses: {v6}; autoAssign: {}{}",

@@ -15,9 +15,9 @@ pub use check::{check, migrate_file};
 pub use crd::crd_manifests;
 pub use legacy::{migrate, migrate_to_yaml};
 pub use load::{Document, LoadError, Sources, load_paths};
-pub use model::{Family, IpRange, Labels, Pool, RangeError, ServiceAllocation};
-pub use selector::{Selector, SelectorError};
-pub use validate::{
-    BfdProfile, BgpAdvertisement, Config, Diagnostic, L2Advertisement, Peer, PeerEndpoint,
-    PeerPassword, RemoteAsn, Validated, validate,
+pub use model::{
+    BfdProfile, BgpAdvertisement, Config, Family, IpRange, L2Advertisement, Labels, Peer,
+    PeerEndpoint, PeerPassword, Pool, RangeError, RemoteAsn, ServiceAllocation,
 };
+pub use selector::{Selector, SelectorError};
+pub use validate::{Diagnostic, Validated, validate};

@@ -3,13 +3,28 @@
 //! Nothing here knows about YAML or the metallb.io wire types; `config::validate` builds these values from them,
 //! and only values that passed validation exist. Other modules rely on the invariants stated on each type.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::community::CommunityValue;
 use super::selector::Selector;
+
+/// The validated, internal configuration. Only objects without errors are here, and every cross-reference in it
+/// (advertisement to pool, peer to BFD profile) points to an object that is here too.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub pools: BTreeMap<String, Pool>,
+    pub l2_advertisements: BTreeMap<String, L2Advertisement>,
+    pub bgp_advertisements: BTreeMap<String, BgpAdvertisement>,
+    pub peers: BTreeMap<String, Peer>,
+    pub bfd_profiles: BTreeMap<String, BfdProfile>,
+    /// Community aliases from every `Community` object, by alias name.
+    pub communities: BTreeMap<String, CommunityValue>,
+}
 
 /// An address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -129,8 +144,8 @@ pub fn from_u128(family: Family, n: u128) -> IpAddr {
 
 /// A validated address pool (`IPAddressPool`, or an `address-pools` entry of the legacy ConfigMap).
 ///
-/// Invariants: `ranges` is non-empty and sorted, and no two ranges overlap; no two pools of one [`super::Config`]
-/// overlap either.
+/// Invariants: `ranges` is non-empty and sorted, and no two ranges overlap; no two pools of one [`Config`] overlap
+/// either.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pool {
     pub name: String,
@@ -151,6 +166,19 @@ impl Pool {
     pub fn has_family(&self, family: Family) -> bool {
         self.ranges.iter().any(|r| r.family() == family)
     }
+
+    /// The number of addresses per family, for summaries: (IPv4, IPv6).
+    pub fn size_per_family(&self) -> (u128, u128) {
+        let mut v4 = 0u128;
+        let mut v6 = 0u128;
+        for r in &self.ranges {
+            match r.family() {
+                Family::V4 => v4 += r.size(),
+                Family::V6 => v6 = v6.saturating_add(r.size()),
+            }
+        }
+        (v4, v6)
+    }
 }
 
 /// `IPAddressPool.spec.serviceAllocation`.
@@ -169,3 +197,126 @@ pub struct ServiceAllocation {
 
 /// Labels of an object, as Kubernetes stores them.
 pub type Labels = BTreeMap<String, String>;
+
+/// A validated `L2Advertisement`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L2Advertisement {
+    pub name: String,
+    /// `spec.ipAddressPools`, as written.
+    pub pool_names: Vec<String>,
+    /// `spec.ipAddressPoolSelectors`, matched against pool labels.
+    pub pool_selectors: Vec<Selector>,
+    /// The valid pools it selects: the named ones and those the selectors match, or every pool when neither is
+    /// given, as in MetalLB.
+    pub pools: BTreeSet<String>,
+    /// A node may announce when it matches any selector; every node may when there is none.
+    pub node_selectors: Vec<Selector>,
+    /// Interfaces to answer ARP/NDP on; empty means all.
+    pub interfaces: Vec<String>,
+    pub service_selectors: Vec<Selector>,
+    /// `spec.preferredNodeSelectors`: accepted, not yet acted on.
+    pub preferred_nodes: Vec<(i32, Selector)>,
+}
+
+/// A validated `BGPAdvertisement`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BgpAdvertisement {
+    pub name: String,
+    /// Prefix length IPv4 routes are rolled up to (32: none).
+    pub aggregation_length: u8,
+    /// Prefix length IPv6 routes are rolled up to (128: none).
+    pub aggregation_length_v6: u8,
+    pub local_pref: Option<u32>,
+    /// Aliases already resolved.
+    pub communities: BTreeSet<CommunityValue>,
+    pub pool_names: Vec<String>,
+    pub pool_selectors: Vec<Selector>,
+    /// As for [`L2Advertisement::pools`].
+    pub pools: BTreeSet<String>,
+    pub node_selectors: Vec<Selector>,
+    /// Names of the peers to advertise to; empty means all.
+    pub peers: Vec<String>,
+    pub service_selectors: Vec<Selector>,
+}
+
+/// How the remote AS number is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteAsn {
+    Fixed(u32),
+    /// Any AS equal to ours (iBGP).
+    Internal,
+    /// Any AS other than ours (eBGP).
+    External,
+}
+
+/// Where the session goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerEndpoint {
+    Address(IpAddr),
+    /// Unnumbered BGP over this node interface.
+    Interface(String),
+}
+
+/// The TCP MD5 password of a session.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PeerPassword {
+    Inline(String),
+    Secret {
+        name: String,
+        namespace: Option<String>,
+    },
+}
+
+impl fmt::Debug for PeerPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A password must not reach logs through a Debug print of the config.
+        match self {
+            PeerPassword::Inline(_) => f.write_str("Inline(<redacted>)"),
+            PeerPassword::Secret { name, namespace } => f
+                .debug_struct("Secret")
+                .field("name", name)
+                .field("namespace", namespace)
+                .finish(),
+        }
+    }
+}
+
+/// A validated `BGPPeer`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    pub my_asn: u32,
+    pub remote_asn: RemoteAsn,
+    pub local_asn: Option<u32>,
+    pub endpoint: PeerEndpoint,
+    /// 179 unless set.
+    pub port: u16,
+    pub source_address: Option<IpAddr>,
+    pub router_id: Option<Ipv4Addr>,
+    pub node_selectors: Vec<Selector>,
+    pub password: Option<PeerPassword>,
+    /// Effective timers, following MetalLB: a hold time alone implies a keepalive of a third of it, a keepalive
+    /// alone implies a hold time of three times it, and none leaves the speaker's defaults.
+    pub hold_time: Option<Duration>,
+    pub keepalive_time: Option<Duration>,
+    pub connect_time: Option<Duration>,
+    pub ebgp_multi_hop: bool,
+    pub vrf: Option<String>,
+    pub bfd_profile: Option<String>,
+    pub graceful_restart: bool,
+    pub dual_stack_address_family: bool,
+    pub disable_mp: bool,
+}
+
+/// A validated `BFDProfile`.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct BfdProfile {
+    pub name: String,
+    pub receive_interval: Option<u32>,
+    pub transmit_interval: Option<u32>,
+    pub detect_multiplier: Option<u32>,
+    pub echo_interval: Option<u32>,
+    pub echo_mode: bool,
+    pub passive_mode: bool,
+    pub minimum_ttl: Option<u32>,
+}
