@@ -1,0 +1,116 @@
+//! `L2Advertisement`: its pool list and selectors resolve against the accepted pools, its node, Service and pool
+//! selectors compile, and `spec.preferredNodeSelectors` weights are within MetalLB's range.
+
+use std::collections::BTreeMap;
+
+use super::{Findings, NOT_ACTED_ON, Named, Validated, selected_pools};
+use crate::config::crd;
+use crate::config::model::{L2Advertisement, Labels};
+use crate::config::selector::Selector;
+
+/// Checks each L2Advertisement against the accepted pools.
+pub(super) fn advertisements(
+    objects: &[Named<crd::L2Advertisement>],
+    pool_labels: &BTreeMap<String, Labels>,
+    out: &mut Validated,
+) {
+    for n in objects {
+        let mut f = Findings::new("L2Advertisement", &n.name, n.legacy);
+        let s = &n.object.spec;
+        if out.config.l2_advertisements.contains_key(&n.name) {
+            f.error("metadata.name", "another L2Advertisement has the same name");
+        }
+        let pool_names = s.ip_address_pools.clone().unwrap_or_default();
+        f.unique("spec.ipAddressPools", &pool_names);
+        let pool_selectors =
+            f.selectors("spec.ipAddressPoolSelectors", &s.ip_address_pool_selectors);
+        let node_selectors = f.selectors("spec.nodeSelectors", &s.node_selectors);
+        let service_selectors = f.selectors("spec.serviceSelectors", &s.service_selectors);
+        let mut preferred_nodes = Vec::new();
+        for (i, p) in s.preferred_node_selectors.iter().flatten().enumerate() {
+            let field = format!("spec.preferredNodeSelectors[{i}]");
+            if !(1..=100).contains(&p.weight) {
+                f.error(
+                    &format!("{field}.weight"),
+                    format!("{} is outside 1..=100", p.weight),
+                );
+            }
+            match Selector::compile(&p.preference) {
+                Ok(sel) => preferred_nodes.push((p.weight, sel)),
+                Err(e) => f.error(&format!("{field}.preference"), e),
+            }
+        }
+        if !preferred_nodes.is_empty() {
+            f.warn("spec.preferredNodeSelectors", NOT_ACTED_ON);
+        }
+        let interfaces = s.interfaces.clone().unwrap_or_default();
+        let pools = selected_pools(&mut f, &pool_names, &pool_selectors, pool_labels);
+        if f.finish(out) {
+            let adv = L2Advertisement {
+                name: n.name.clone(),
+                pool_names,
+                pool_selectors,
+                pools,
+                node_selectors,
+                interfaces,
+                service_selectors,
+                preferred_nodes,
+            };
+            out.config.l2_advertisements.insert(n.name.clone(), adv);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    use super::super::fixtures::*;
+    use super::super::validate;
+    use super::*;
+    use crate::config::load::Sources;
+
+    #[test]
+    fn l2_advertisement_checks() {
+        let mut adv = l2("adv", &["a", "a"]);
+        adv.spec.node_selectors = Some(vec![bad_selector()]);
+        adv.spec.preferred_node_selectors = Some(vec![crd::PreferredNodeSelector {
+            preference: LabelSelector::default(),
+            weight: 0,
+        }]);
+        let v = validate(&Sources {
+            pools: vec![pool("a", &["192.0.2.0/24"])],
+            l2_advertisements: vec![adv],
+            ..Default::default()
+        });
+        assert!(has(
+            &v.errors,
+            "L2Advertisement",
+            "adv",
+            "spec.ipAddressPools[1]",
+            "twice"
+        ));
+        assert!(has(
+            &v.errors,
+            "L2Advertisement",
+            "adv",
+            "spec.nodeSelectors[0]",
+            "Equals"
+        ));
+        assert!(has(
+            &v.errors,
+            "L2Advertisement",
+            "adv",
+            "spec.preferredNodeSelectors[0].weight",
+            "1..=100"
+        ));
+        assert!(v.config.l2_advertisements.is_empty());
+        assert!(has(
+            &v.warnings,
+            "IPAddressPool",
+            "a",
+            "",
+            "never announced"
+        ));
+    }
+}
