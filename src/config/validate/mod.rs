@@ -31,7 +31,7 @@ use super::load::Sources;
 use super::model::{Config, Labels};
 use super::selector::Selector;
 
-pub use pool::parse_address;
+pub use pool::{AddressError, parse_address};
 
 /// One finding about one object, shown as `Kind/name: field: message`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -8,41 +8,69 @@ use ipnet::IpNet;
 
 use super::{Findings, Named, Validated};
 use crate::config::crd;
-use crate::config::model::{IpRange, Labels, Pool, ServiceAllocation, to_u128};
+use crate::config::model::{IpRange, Labels, Pool, RangeError, ServiceAllocation, to_u128};
+
+/// Why a `spec.addresses` entry is not a range, or why a pool's entries do not form a set of disjoint ranges.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("{text:?}: {bound} {value:?} is not an IP address")]
+    NotAnAddress {
+        text: String,
+        /// `start` or `end`.
+        bound: &'static str,
+        value: String,
+    },
+    #[error(transparent)]
+    Range(#[from] RangeError),
+    #[error("{text:?} is an address, not a CIDR: write {text}/32 (IPv4) or {text}/128 (IPv6)")]
+    NotACidr { text: String },
+    #[error(
+        "{text:?} is neither a CIDR (192.0.2.0/24, 2001:db8::/64) nor a range (192.0.2.10-192.0.2.20)"
+    )]
+    Unrecognised { text: String },
+    #[error("{range} overlaps {other} of the same pool")]
+    Overlap { range: IpRange, other: IpRange },
+}
 
 /// Parses one `spec.addresses` entry: a CIDR or an inclusive `start-end` range.
-pub fn parse_address(text: &str) -> Result<IpRange, String> {
+pub fn parse_address(text: &str) -> Result<IpRange, AddressError> {
     if let Some((start, end)) = text.split_once('-') {
-        let ip = |s: &str, which: &str| {
+        let ip = |s: &str, bound: &'static str| {
             s.trim()
                 .parse::<IpAddr>()
-                .map_err(|_| format!("{text:?}: {which} {:?} is not an IP address", s.trim()))
+                .map_err(|_| AddressError::NotAnAddress {
+                    text: text.to_string(),
+                    bound,
+                    value: s.trim().to_string(),
+                })
         };
-        return IpRange::new(ip(start, "start")?, ip(end, "end")?).map_err(|e| e.to_string());
+        return Ok(IpRange::new(ip(start, "start")?, ip(end, "end")?)?);
     }
     match text.trim().parse::<IpNet>() {
         Ok(net) => Ok(IpRange::from_cidr(net.trunc())),
-        Err(_) if text.trim().parse::<IpAddr>().is_ok() => Err(format!(
-            "{text:?} is an address, not a CIDR: write {text}/32 (IPv4) or {text}/128 (IPv6)"
-        )),
-        Err(_) => Err(format!(
-            "{text:?} is neither a CIDR (192.0.2.0/24, 2001:db8::/64) nor a range (192.0.2.10-192.0.2.20)"
-        )),
+        Err(_) if text.trim().parse::<IpAddr>().is_ok() => Err(AddressError::NotACidr {
+            text: text.to_string(),
+        }),
+        Err(_) => Err(AddressError::Unrecognised {
+            text: text.to_string(),
+        }),
     }
 }
 
 /// Sorts ranges and merges adjacent ones; overlapping ranges are an error naming both.
-fn merge_ranges(mut ranges: Vec<IpRange>) -> Result<Vec<IpRange>, String> {
+fn merge_ranges(mut ranges: Vec<IpRange>) -> Result<Vec<IpRange>, AddressError> {
     ranges.sort();
     let mut merged: Vec<IpRange> = Vec::with_capacity(ranges.len());
     for r in ranges {
         if let Some(last) = merged.last_mut() {
             if last.overlaps(&r) {
-                return Err(format!("{r} overlaps {last} of the same pool"));
+                return Err(AddressError::Overlap {
+                    range: r,
+                    other: *last,
+                });
             }
             if last.family() == r.family() && to_u128(last.end()) + 1 == to_u128(r.start()) {
-                let joined = IpRange::new(last.start(), r.end()).map_err(|e| e.to_string())?;
-                *last = joined;
+                *last = IpRange::new(last.start(), r.end())?;
                 continue;
             }
         }
@@ -165,6 +193,38 @@ mod tests {
     use super::super::validate;
     use super::*;
     use crate::config::load::Sources;
+
+    #[test]
+    fn address_errors_say_what_is_wrong() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            parse_address("192.0.2.1-nope"),
+            Err(AddressError::NotAnAddress {
+                text: "192.0.2.1-nope".into(),
+                bound: "end",
+                value: "nope".into(),
+            })
+        );
+        assert_eq!(
+            parse_address("192.0.2.9-192.0.2.1"),
+            Err(AddressError::Range(RangeError::Reversed {
+                start: ip("192.0.2.9"),
+                end: ip("192.0.2.1"),
+            }))
+        );
+        assert_eq!(
+            parse_address("192.0.2.7"),
+            Err(AddressError::NotACidr {
+                text: "192.0.2.7".into()
+            })
+        );
+        let a = IpRange::new(ip("192.0.2.0"), ip("192.0.2.9")).unwrap();
+        let b = IpRange::new(ip("192.0.2.5"), ip("192.0.2.20")).unwrap();
+        assert_eq!(
+            merge_ranges(vec![b, a]),
+            Err(AddressError::Overlap { range: b, other: a })
+        );
+    }
 
     #[test]
     fn pools_sort_and_merge_ranges_and_default_auto_assign() {
