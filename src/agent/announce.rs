@@ -29,6 +29,7 @@ use crate::arp::{
 use crate::config::Validated;
 use crate::k8s::allocation::ServiceAction;
 use crate::k8s::announcement::{self, AnnouncementNotes};
+use crate::k8s::client::Clients;
 use crate::k8s::events::Note;
 use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
@@ -133,7 +134,7 @@ impl Announcer {
         args: AnnounceArgs,
         lb_class: Option<String>,
         namespace: &str,
-        clients: &super::Clients,
+        clients: &Clients,
         registry: &mut Registry,
         stop: watch::Receiver<bool>,
     ) -> Result<(Announcer, Liveness), Error> {

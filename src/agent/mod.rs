@@ -11,7 +11,7 @@
 //! The Elector publishes, while this agent leads, the instant its leadership ends on this agent's own clock; the
 //! writer checks it before every Service write and abandons one still unanswered then (see [`crate::k8s::leader`]).
 //! Watches use a client without a request timeout (long polls); every other request times out after
-//! [`REQUEST_TIMEOUT`].
+//! [`crate::k8s::client::REQUEST_TIMEOUT`].
 //!
 //! Only the main loop owns `ClusterState`. A pass runs after a short settle delay, so a burst of changes costs one
 //! pass, and never while a previous pass's writes are under way.
@@ -45,6 +45,7 @@ pub mod bgp;
 pub mod dataplane;
 
 use crate::k8s::allocation::{AllocationController, Pass, ServiceAction, Settings};
+use crate::k8s::client::Clients;
 use crate::k8s::events::Note;
 use crate::k8s::leader::{Elector, LeaseTiming};
 use crate::k8s::state::{Change, ClusterState, ConfigKind, Touched};
@@ -54,6 +55,11 @@ use crate::k8s::status::IngressMode;
 pub const LEGACY_CONFIGMAP: &str = "config";
 /// The Lease that elects the allocator.
 pub const ALLOCATOR_LEASE: &str = "ironlb-allocator";
+
+// The lab still imports the client constructor from here.
+pub use crate::k8s::client::client;
+// tests/agent_lab.rs still imports the agent's User-Agent from here.
+pub use crate::k8s::client::USER_AGENT;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct AgentArgs {
@@ -92,14 +98,8 @@ pub struct AgentArgs {
 pub enum Error {
     #[error("cannot start announcing")]
     Announce(#[from] announce::Error),
-    #[error("cannot build a Kubernetes client")]
-    Client(#[source] kube::Error),
-    #[error("cannot read kubeconfig {path}")]
-    Kubeconfig {
-        path: PathBuf,
-        #[source]
-        source: kube::config::KubeconfigError,
-    },
+    #[error(transparent)]
+    Client(#[from] crate::k8s::client::Error),
     #[error("cannot listen on {addr} for metrics")]
     Listen {
         addr: SocketAddr,
@@ -120,74 +120,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             source,
         })?;
     run_with(args, clients, listener, shutdown_signal()).await
-}
-
-/// The User-Agent of the agent's API requests, so that audit logs (and the lab's RBAC test) can tell them apart.
-pub const USER_AGENT: &str = concat!("ironlb/", env!("CARGO_PKG_VERSION"), " (agent)");
-
-/// How long one API request (not a watch) may take, from its first byte sent to its whole answer.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long opening a connection to the API server may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The agent's two clients. Requests and watches need different timeouts: a request must fail within
-/// [`REQUEST_TIMEOUT`], while a watch is a long poll that is quiet for minutes when nothing changes (kube's
-/// watcher has an idle timeout of its own). Neither retries inside the client: kube's default layer retries
-/// 429/503/504 up to 15 times with backoff growing to minutes, which would hold the elector past its renew
-/// deadline. Every caller retries at its own pace instead (the elector every second, the writer on its next
-/// pass, the watcher with its backoff).
-#[derive(Clone)]
-pub struct Clients {
-    pub request: Client,
-    pub watch: Client,
-}
-
-impl Clients {
-    pub async fn new(kubeconfig: Option<&std::path::Path>) -> Result<Clients> {
-        let config = config(kubeconfig).await?;
-        let mut request = config.clone();
-        request.read_timeout = Some(REQUEST_TIMEOUT);
-        // Count the timeout from when the request is written, not from when its pooled connection went idle.
-        request.reset_reader_on_write = true;
-        Ok(Clients {
-            request: Client::try_from(request).map_err(Error::Client)?,
-            watch: Client::try_from(config).map_err(Error::Client)?,
-        })
-    }
-}
-
-/// A client for requests (not watches) from `kubeconfig`, or from the environment (in-cluster, then
-/// `~/.kube/config`), with the agent's timeouts and no retries of its own.
-pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<Client> {
-    Ok(Clients::new(kubeconfig).await?.request)
-}
-
-async fn config(kubeconfig: Option<&std::path::Path>) -> Result<kube::Config> {
-    let mut config = match kubeconfig {
-        Some(path) => {
-            let kubeconfig =
-                kube::config::Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|source| Error::Kubeconfig {
-                    path: path.to_path_buf(),
-                    source,
-                })?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Client(kube::Error::InferConfig(e)))?,
-    };
-    config.headers.push((
-        axum::http::header::USER_AGENT,
-        axum::http::HeaderValue::from_static(USER_AGENT),
-    ));
-    config.connect_timeout = Some(CONNECT_TIMEOUT);
-    config.default_retry = false;
-    Ok(config)
 }
 
 /// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.

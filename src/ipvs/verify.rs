@@ -511,7 +511,7 @@ pub fn report(wanted: &DataPlane, actual: &DataPlane, vip_link: &str) -> (String
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Client(#[from] crate::agent::Error),
+    Client(#[from] crate::k8s::client::Error),
     #[error("listing {what}")]
     List {
         what: &'static str,
@@ -535,7 +535,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Reads the cluster and this namespace's IPVS table and VIP link, writes the report to `out`, and returns whether
 /// they agree.
 pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
-    let client = crate::agent::client(args.kubeconfig.as_deref()).await?;
+    let client = crate::k8s::client::client(args.kubeconfig.as_deref()).await?;
     let services = Api::<Service>::all(client.clone())
         .list(&ListParams::default())
         .await

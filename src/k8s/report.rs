@@ -221,7 +221,7 @@ fn aligned(lines: &[Vec<String>]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Client(#[from] crate::agent::Error),
+    Client(#[from] super::client::Error),
     #[error("listing Services")]
     List(#[source] kube::Error),
     #[error("listing Nodes")]
@@ -232,7 +232,7 @@ pub enum Error {
 
 /// Reads every Service and returns the report as text.
 pub async fn run(args: &StatusArgs) -> Result<String, Error> {
-    let client = crate::agent::client(args.kubeconfig.as_deref()).await?;
+    let client = super::client::client(args.kubeconfig.as_deref()).await?;
     let services = Api::<Service>::all(client.clone())
         .list(&ListParams::default())
         .await
