@@ -237,6 +237,7 @@ async fn withdraw(trials: usize) -> Option<Vec<Duration>> {
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
         pods: false,
+        api: Default::default(),
     })
     .await
     .ok()?;

@@ -351,6 +351,7 @@ async fn main() {
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
         pods: false,
+        api: Default::default(),
     })
     .await
     .expect("start the lab");

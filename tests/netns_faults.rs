@@ -160,9 +160,20 @@ async fn api_server_unreachable_for_a_minute_moves_no_vip() {
     }
     // Requests already on their way may still land; after that, nothing from the agents may reach the API.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let served_before = lab.api.requests().len();
+    let served_before = lab
+        .api
+        .embedded()
+        .expect("the embedded API server")
+        .requests()
+        .len();
     tokio::time::sleep(outage.saturating_sub(Duration::from_secs(1))).await;
-    let served_during = lab.api.requests().len() - served_before;
+    let served_during = lab
+        .api
+        .embedded()
+        .expect("the embedded API server")
+        .requests()
+        .len()
+        - served_before;
     for node in lab.node_names() {
         lab.block_api(&node, false).unwrap();
     }

@@ -120,6 +120,7 @@ async fn hostile_arp_and_ndp_neither_take_a_vip_nor_grow_the_agent() {
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
         pods: false,
+        api: Default::default(),
     })
     .await
     .unwrap();
@@ -316,6 +317,7 @@ async fn absurd_objects_get_events_and_leave_working_vips_alone() {
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
         pods: false,
+        api: Default::default(),
     })
     .await
     .unwrap();

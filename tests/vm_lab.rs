@@ -208,6 +208,7 @@ async fn direct_lab_forwards_vips_through_ipvs_to_pods() -> anyhow::Result<()> {
         strict_arp: "enforce".into(),
         agent_args: vec!["--dataplane".into(), "direct".into()],
         pods: true,
+        api: Default::default(),
     })
     .await?;
     let result = check(&lab).await;

@@ -8,8 +8,11 @@
 //! reached through the owner's IPVS and whether its own address arrived ([`PodReply`]).
 //!
 //! The lab API server listens twice over the same objects: inside the switch namespace, where the agents reach it
-//! over the lab bridge, and on the host's loopback, for the user's `kubectl`. Everything is torn down on drop:
-//! agents killed, responders stopped, namespaces deleted.
+//! over the lab bridge, and on the host's loopback, for the user's `kubectl`. With [`ApiChoice::Real`] the API is a
+//! real etcd and kube-apiserver ([`super::control_plane`]) on the host's loopback instead, with RBAC enforced: the
+//! user's kubeconfig is an admin's, every agent runs as the shipped manifest's ServiceAccount, and a [`Relay`] in
+//! the switch namespace carries the agents' connections to it. Everything is torn down on drop: agents killed,
+//! responders stopped, the API server stopped, namespaces deleted.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -28,6 +31,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 use super::api::ApiServer;
+use super::control_plane::{self, ControlPlane};
 use super::netns::in_netns;
 use super::topology::{self, LabNode, LabPod, SWITCH_V4, Topology, UPLINK};
 use crate::config::crd::{IPAddressPool, L2Advertisement};
@@ -42,6 +46,96 @@ pub const POD_PORT: u16 = 8080;
 /// The lab's pool: inside the lab subnet, so that clients resolve the VIPs with ARP and NDP.
 pub const POOL_V4: &str = "192.0.2.200-192.0.2.250";
 pub const POOL_V6: &str = "2001:db8::200-2001:db8::250";
+/// The real API server's Service CIDRs in the lab: documentation ranges the lab uses for nothing else, so a
+/// ClusterIP never collides with a node, pod or VIP address.
+pub const SERVICE_CIDRS: &str = "203.0.113.0/24,2001:db8:ffff::/112";
+
+/// Which Kubernetes API server the lab runs on.
+#[derive(Clone, Debug, Default)]
+pub enum ApiChoice {
+    /// The lab's own in-process API server: starts in milliseconds and needs nothing installed.
+    #[default]
+    Embedded,
+    /// A real etcd and kube-apiserver from the binaries in `bin` (`scripts/build-control-plane` builds them), with
+    /// RBAC enforced on every agent.
+    Real { bin: PathBuf },
+}
+
+/// The lab's API server, as it runs.
+pub enum LabApi {
+    Embedded(ApiServer),
+    Real {
+        // The relay first, so no agent connection outlives the API server behind it.
+        relay: Relay,
+        plane: ControlPlane,
+    },
+}
+
+impl LabApi {
+    /// The embedded API server, which records requests and injects faults; `None` on the real one.
+    pub fn embedded(&self) -> Option<&ApiServer> {
+        match self {
+            LabApi::Embedded(api) => Some(api),
+            LabApi::Real { .. } => None,
+        }
+    }
+
+    /// The real control plane, when the lab runs on one.
+    pub fn real(&self) -> Option<&ControlPlane> {
+        match self {
+            LabApi::Embedded(_) => None,
+            LabApi::Real { plane, .. } => Some(plane),
+        }
+    }
+
+    /// What to call it in messages to the user.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            LabApi::Embedded(_) => "the lab API server",
+            LabApi::Real { .. } => "a real etcd and kube-apiserver (RBAC enforced)",
+        }
+    }
+}
+
+/// Forwards the TCP connections accepted on a listener to `target`. The lab listens inside the switch namespace, on
+/// the address the agents' kubeconfig names, and connects from the host's namespace to the real API server on
+/// loopback: a socket stays in the namespace it was made in. TLS passes through untouched. Aborts every connection
+/// when dropped.
+pub struct Relay {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub fn start(listener: tokio::net::TcpListener, target: SocketAddr) -> Relay {
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut inbound, _)) = accepted else { continue };
+                        connections.spawn(async move {
+                            let connect = tokio::net::TcpStream::connect(target);
+                            if let Ok(Ok(mut outbound)) =
+                                tokio::time::timeout(Duration::from_secs(5), connect).await
+                            {
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            }
+                        });
+                    }
+                    // Reap finished connections so the set stays as large as the open ones.
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                }
+            }
+        });
+        Relay { task }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,6 +155,8 @@ pub enum Error {
     Timeout(Duration, String),
     #[error("{0}")]
     Setup(String),
+    #[error("the real control plane")]
+    ControlPlane(#[source] anyhow::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,6 +181,8 @@ pub struct LabOptions {
     /// the nodes' own responders; the second demo Service becomes `externalTrafficPolicy: Local`. For the direct
     /// data plane where the kernel has IPVS: the nodes' IPVS then forwards the VIPs to the pods.
     pub pods: bool,
+    /// The embedded API server, or a real control plane.
+    pub api: ApiChoice,
 }
 
 struct AgentProcess {
@@ -117,7 +215,7 @@ impl Drop for Responder {
 pub struct Lab {
     agents: BTreeMap<String, AgentProcess>,
     responders: Vec<Responder>,
-    pub api: ApiServer,
+    pub api: LabApi,
     pub client: Client,
     pub kubeconfig: PathBuf,
     agent_kubeconfig: PathBuf,
@@ -145,16 +243,44 @@ impl Lab {
             StdListener::bind((SWITCH_V4, API_PORT))
         })??;
         inside.set_nonblocking(true)?;
-        let outside = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        outside.set_nonblocking(true)?;
-        let api = ApiServer::from_listeners(vec![
-            tokio::net::TcpListener::from_std(outside)?,
-            tokio::net::TcpListener::from_std(inside)?,
-        ])?;
+        let inside = tokio::net::TcpListener::from_std(inside)?;
         let kubeconfig = options.dir.join("kubeconfig");
         let agent_kubeconfig = options.dir.join("agents.kubeconfig");
-        super::api::write_kubeconfig(&kubeconfig, &api.url())?;
-        super::api::write_kubeconfig(&agent_kubeconfig, &format!("http://{SWITCH_V4}:{API_PORT}"))?;
+        let api = match &options.api {
+            ApiChoice::Embedded => {
+                let outside = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+                outside.set_nonblocking(true)?;
+                let api = ApiServer::from_listeners(vec![
+                    tokio::net::TcpListener::from_std(outside)?,
+                    inside,
+                ])?;
+                super::api::write_kubeconfig(&kubeconfig, &api.url())?;
+                super::api::write_kubeconfig(
+                    &agent_kubeconfig,
+                    &format!("http://{SWITCH_V4}:{API_PORT}"),
+                )?;
+                LabApi::Embedded(api)
+            }
+            ApiChoice::Real { bin } => {
+                let (bin, user, agents) =
+                    (bin.clone(), kubeconfig.clone(), agent_kubeconfig.clone());
+                // Starting it and applying the manifest run processes and wait for them: off the async threads.
+                let plane =
+                    tokio::task::spawn_blocking(move || start_real_api(bin, &user, &agents))
+                        .await
+                        .map_err(|e| Error::Setup(format!("starting the control plane: {e}")))?
+                        .map_err(Error::ControlPlane)?;
+                let target = plane
+                    .server()
+                    .trim_start_matches("https://")
+                    .parse::<SocketAddr>()
+                    .map_err(|e| Error::Setup(format!("the API server's address: {e}")))?;
+                LabApi::Real {
+                    relay: Relay::start(inside, target),
+                    plane,
+                }
+            }
+        };
         let client = crate::agent::client(Some(&kubeconfig))
             .await
             .map_err(|e| Error::Setup(format!("lab API client: {e}")))?;
@@ -182,11 +308,14 @@ impl Lab {
 
     async fn apply_cluster_objects(&self) -> Result<()> {
         let pp = PostParams::default();
-        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        for crd in
-            crate::config::crd::crds().map_err(|e| Error::Setup(format!("generating CRDs: {e}")))?
-        {
-            crds.create(&pp, &crd).await?;
+        // The real control plane has them already, installed with the manifest's RBAC.
+        if self.api.real().is_none() {
+            let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+            for crd in crate::config::crd::crds()
+                .map_err(|e| Error::Setup(format!("generating CRDs: {e}")))?
+            {
+                crds.create(&pp, &crd).await?;
+            }
         }
         // A fresh gossip key for every lab, as an operator would make one with `openssl rand`.
         let mut key = vec![0u8; 32];
@@ -206,15 +335,7 @@ impl Lab {
         Api::<Secret>::namespaced(self.client.clone(), "ironlb-system")
             .create(&pp, &secret)
             .await?;
-        let pool: IPAddressPool = serde_json::from_value(json!({
-            "apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
-            "metadata": {"name": "lab", "namespace": "metallb-system"},
-            "spec": {"addresses": [POOL_V4, POOL_V6]},
-        }))
-        .map_err(|e| Error::Setup(e.to_string()))?;
-        Api::<IPAddressPool>::namespaced(self.client.clone(), "metallb-system")
-            .create(&pp, &pool)
-            .await?;
+        self.apply_pool("lab", &[POOL_V4, POOL_V6]).await?;
         let l2: L2Advertisement = serde_json::from_value(json!({
             "apiVersion": "metallb.io/v1beta1", "kind": "L2Advertisement",
             "metadata": {"name": "lab", "namespace": "metallb-system"},
@@ -233,6 +354,21 @@ impl Lab {
             self.create_demo_service(&format!("demo-{i}"), i == 1, local, None)
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Creates the IPAddressPool `name` in metallb-system with `addresses`, announced by the lab's L2Advertisement
+    /// only if it selects the pool (it selects `lab`).
+    pub async fn apply_pool(&self, name: &str, addresses: &[&str]) -> Result<()> {
+        let pool: IPAddressPool = serde_json::from_value(json!({
+            "apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+            "metadata": {"name": name, "namespace": "metallb-system"},
+            "spec": {"addresses": addresses},
+        }))
+        .map_err(|e| Error::Setup(e.to_string()))?;
+        Api::<IPAddressPool>::namespaced(self.client.clone(), "metallb-system")
+            .create(&PostParams::default(), &pool)
+            .await?;
         Ok(())
     }
 
@@ -737,6 +873,28 @@ pub fn parse_mac(text: &str) -> Option<String> {
                     .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
         })
         .map(str::to_ascii_lowercase)
+}
+
+/// Starts the real control plane with a serving certificate for the switch's address, installs IronLB's CRDs and
+/// the manifest's RBAC, and writes the user's (admin) kubeconfig to `user` and the agents' (the ServiceAccount's
+/// token, through the relay) to `agents`.
+fn start_real_api(bin: PathBuf, user: &Path, agents: &Path) -> anyhow::Result<ControlPlane> {
+    let plane = ControlPlane::start_with_options(
+        bin,
+        &control_plane::Options {
+            service_cidrs: SERVICE_CIDRS.into(),
+            serving_ips: vec![IpAddr::V4(SWITCH_V4)],
+        },
+    )?;
+    plane.install_ironlb(&control_plane::Crds::Ours)?;
+    let token = plane.service_account_kubeconfig_at(
+        "ironlb-system",
+        "ironlb-agent",
+        &format!("https://{SWITCH_V4}:{API_PORT}"),
+    )?;
+    std::fs::copy(plane.kubeconfig_path(), user)?;
+    std::fs::copy(token, agents)?;
+    Ok(plane)
 }
 
 /// Where the lab keeps its files: a fresh directory under the system temp dir.

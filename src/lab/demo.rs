@@ -26,6 +26,37 @@ pub struct LabArgs {
     /// Also run a BGP router (gobgp, bird or frr) in the switch namespace, peering with every node.
     #[arg(long, value_name = "DAEMON")]
     pub bgp: Option<super::bgp::Daemon>,
+    /// The Kubernetes API the lab runs on: `embedded` (the lab's own, in-process, starts at once) or `real` (etcd
+    /// and kube-apiserver built from their Go modules, RBAC enforced, every agent a ServiceAccount).
+    #[arg(long, value_enum, default_value_t = Api::Embedded)]
+    pub api: Api,
+    /// With `--api real`: the directory holding etcd, kube-apiserver and kubectl, as `scripts/build-control-plane`
+    /// prints it (`scripts/lab --api real` builds them and passes this).
+    #[arg(long, env = "IRONLB_CONTROL_PLANE_BIN", value_name = "DIR")]
+    pub control_plane_bin: Option<std::path::PathBuf>,
+}
+
+/// The `--api` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Api {
+    Embedded,
+    Real,
+}
+
+/// The lab's [`cluster::ApiChoice`] for the arguments, or why they cannot run.
+pub fn api_choice(api: Api, bin: Option<&std::path::Path>) -> cluster::Result<cluster::ApiChoice> {
+    match (api, bin) {
+        (Api::Embedded, _) => Ok(cluster::ApiChoice::Embedded),
+        (Api::Real, Some(bin)) => Ok(cluster::ApiChoice::Real {
+            bin: bin.to_path_buf(),
+        }),
+        (Api::Real, None) => Err(cluster::Error::Setup(
+            "--api real needs the control plane's binaries: run `scripts/lab --api real`, which builds them, or \
+             build them with scripts/build-control-plane and pass the directory it prints as --control-plane-bin \
+             (or IRONLB_CONTROL_PLANE_BIN)"
+                .into(),
+        )),
+    }
 }
 
 /// Whether this kernel has IPVS: its /proc file, or its generic-netlink family (the module loads on demand).
@@ -65,6 +96,7 @@ pub async fn run_with_binary(
     binary: std::path::PathBuf,
     out: &mut impl Write,
 ) -> cluster::Result<()> {
+    let api = api_choice(args.api, args.control_plane_bin.as_deref())?;
     let prefix = format!("ilb-lab-{}", std::process::id());
     let dir = cluster::default_dir(&prefix);
     let options = LabOptions {
@@ -76,6 +108,7 @@ pub async fn run_with_binary(
         strict_arp: "enforce".into(),
         agent_args: Vec::new(),
         pods: false,
+        api,
     };
     let has_ipvs = kernel_has_ipvs();
     let (agent_args, note) = dataplane_agent_args(args.dataplane, has_ipvs);
@@ -121,11 +154,26 @@ async fn demo(
 ) -> cluster::Result<()> {
     let router_dir = options.dir.join("router");
     let nodes = options.nodes;
+    let what = match options.api {
+        cluster::ApiChoice::Embedded => "the lab API server",
+        cluster::ApiChoice::Real { .. } => "a real etcd and kube-apiserver (takes a few seconds)",
+    };
     writeln!(
         out,
-        "building the lab: {nodes} node namespaces, a client, a bridge, the lab API server"
+        "building the lab: {nodes} node namespaces, a client, a bridge, {what}"
     )?;
+    let started = Instant::now();
     let mut lab = Lab::start(options).await?;
+    if let Some(plane) = lab.api.real() {
+        writeln!(
+            out,
+            "{} at {} ready after {} ms; every agent runs as the ServiceAccount ironlb-system/ironlb-agent with \
+             the RBAC of deploy/agent.yaml",
+            lab.api.describe(),
+            plane.server(),
+            started.elapsed().as_millis()
+        )?;
+    }
     let pods = lab.options().pods;
     if lab.topology.vip_link_kind != "dummy" {
         writeln!(

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod bgp;
+pub mod control_plane;
 pub mod cluster;
 pub mod demo;
 pub mod faults;

@@ -35,6 +35,7 @@ pub fn options(
         strict_arp: strict_arp.into(),
         agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         pods: false,
+        api: Default::default(),
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::real_api_support::ControlPlane;
+use crate::real_api_support::{self as control_plane, ControlPlane};
 
 /// Which CRDs the cluster has: IronLB's generated ones, or MetalLB's own manifests, as a user who keeps them would.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,38 +44,11 @@ fn repo(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-/// The RBAC objects (and their namespaces) of the shipped manifest, nothing else of it.
-fn manifest_rbac() -> Result<String> {
-    let text = std::fs::read_to_string(repo("deploy/ironlb.yaml"))?;
-    let keep = [
-        "Namespace",
-        "ServiceAccount",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "Role",
-        "RoleBinding",
-    ];
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)?;
-        if keep.contains(&value["kind"].as_str().unwrap_or_default()) {
-            out.push(serde_yaml::to_string(&value)?);
-        }
-    }
-    ensure!(out.len() >= 6, "deploy/ironlb.yaml holds no RBAC objects?");
-    Ok(out.join("---\n"))
-}
-
 impl RealCluster {
     /// Installs the CRDs and the manifest's RBAC on `plane`; no agent runs yet.
     pub fn start(plane: Arc<ControlPlane>, crds: Crds) -> Result<RealCluster> {
-        plane.kubectl_ok_with_input(
-            &["apply", "-f", "-"],
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: metallb-system}\n---\n\
-             apiVersion: v1\nkind: Namespace\nmetadata: {name: ironlb-system}\n",
-        )?;
-        let crd_files: Vec<PathBuf> = match crds {
-            Crds::Ours => vec![repo("deploy/crds/metallb.io.yaml")],
+        let crds = match crds {
+            Crds::Ours => control_plane::Crds::Ours,
             Crds::MetalLbs => {
                 let dir = repo("../shared/compat/metallb/crds");
                 let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -83,21 +56,10 @@ impl RealCluster {
                     .map(|e| e.map(|e| e.path()))
                     .collect::<std::io::Result<_>>()?;
                 files.sort();
-                files
+                control_plane::Crds::Files(files)
             }
         };
-        for file in &crd_files {
-            let file = file.to_str().context("a CRD path")?;
-            plane.kubectl_ok(&["apply", "--server-side", "-f", file])?;
-            plane.kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                "-f",
-                file,
-            ])?;
-        }
-        plane.kubectl_ok_with_input(&["apply", "-f", "-"], &manifest_rbac()?)?;
+        plane.install_ironlb(&crds)?;
         let agent_kubeconfig = plane.service_account_kubeconfig("ironlb-system", "ironlb-agent")?;
         Ok(RealCluster {
             plane,

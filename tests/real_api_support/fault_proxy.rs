@@ -29,9 +29,8 @@ use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use http_body_util::combinators::UnsyncBoxBody;
@@ -49,7 +48,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::timeout;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::{ControlPlane, new_key, openssl, path_str, write_file};
+use super::ControlPlane;
 
 /// How long a TCP connect or a TLS handshake (either side) may take.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
@@ -298,7 +297,7 @@ impl FaultProxy {
             .with_no_client_auth();
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
 
-        let (cert, key) = serving_certificate(plane)?;
+        let (cert, key) = plane.issue_serving_certificate()?;
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
@@ -402,7 +401,8 @@ impl FaultProxy {
             "{stem}.fault-proxy-{}.kubeconfig",
             self.addr.port()
         ));
-        write_file(&path, &serde_yaml::to_string(&config)?)?;
+        std::fs::write(&path, serde_yaml::to_string(&config)?)
+            .with_context(|| format!("write {}", path.display()))?;
         Ok(path)
     }
 
@@ -921,58 +921,4 @@ fn status_response(code: StatusCode, message: &str) -> Response<ProxyBody> {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
-}
-
-/// A serving certificate for the proxy, signed by the plane's CA (its key is `ca.key` in the plane's dir, where
-/// [`ControlPlane::start_with`] generates it). Each proxy gets its own pair, with a serial of its own: `-CAcreateserial`
-/// would share one serial file between proxies started at the same time.
-fn serving_certificate(plane: &ControlPlane) -> Result<(PathBuf, PathBuf)> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = plane.dir();
-    let name = format!("fault-proxy-{n}");
-    let key = new_key(dir, &name)?;
-    let csr = dir.join(format!("{name}.csr"));
-    let ext = dir.join(format!("{name}.ext"));
-    let cert = dir.join(format!("{name}.crt"));
-    write_file(
-        &ext,
-        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )?;
-    openssl(&[
-        "req",
-        "-new",
-        "-key",
-        path_str(&key)?,
-        "-subj",
-        "/CN=ironlb-fault-proxy",
-        "-out",
-        path_str(&csr)?,
-    ])?;
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let serial = format!("0x{nanos:016x}{:08x}{n:04x}", std::process::id());
-    let ca_cert = plane.ca_path();
-    let ca_key = dir.join("ca.key");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        path_str(&csr)?,
-        "-days",
-        "2",
-        "-CA",
-        path_str(&ca_cert)?,
-        "-CAkey",
-        path_str(&ca_key)?,
-        "-set_serial",
-        &serial,
-        "-extfile",
-        path_str(&ext)?,
-        "-out",
-        path_str(&cert)?,
-    ])?;
-    Ok((cert, key))
 }
