@@ -30,7 +30,10 @@ fn options(tag: &str, nodes: usize, services: usize, agent_args: &[&str]) -> Opt
     }
     let bin = real_api_support::bin_dir_or_skip()?;
     Some(LabOptions {
-        api: ApiChoice::Real { bin },
+        api: ApiChoice::Real {
+            bin,
+            crds: ironlb::lab::control_plane::Crds::Ours,
+        },
         ..netns_support::options(tag, nodes, services, "enforce", agent_args)
     })
 }

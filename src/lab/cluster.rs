@@ -57,8 +57,12 @@ pub enum ApiChoice {
     #[default]
     Embedded,
     /// A real etcd and kube-apiserver from the binaries in `bin` (`scripts/build-control-plane` builds them), with
-    /// RBAC enforced on every agent.
-    Real { bin: PathBuf },
+    /// RBAC enforced on every agent, and `crds` installed: IronLB's own, or MetalLB's manifests as a user keeping
+    /// them would have.
+    Real {
+        bin: PathBuf,
+        crds: control_plane::Crds,
+    },
 }
 
 /// The lab's API server, as it runs.
@@ -261,12 +265,12 @@ impl Lab {
                 )?;
                 LabApi::Embedded(api)
             }
-            ApiChoice::Real { bin } => {
-                let (bin, user, agents) =
-                    (bin.clone(), kubeconfig.clone(), agent_kubeconfig.clone());
+            ApiChoice::Real { bin, crds } => {
+                let (bin, crds) = (bin.clone(), crds.clone());
+                let (user, agents) = (kubeconfig.clone(), agent_kubeconfig.clone());
                 // Starting it and applying the manifest run processes and wait for them: off the async threads.
                 let plane =
-                    tokio::task::spawn_blocking(move || start_real_api(bin, &user, &agents))
+                    tokio::task::spawn_blocking(move || start_real_api(bin, &crds, &user, &agents))
                         .await
                         .map_err(|e| Error::Setup(format!("starting the control plane: {e}")))?
                         .map_err(Error::ControlPlane)?;
@@ -875,10 +879,15 @@ pub fn parse_mac(text: &str) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
-/// Starts the real control plane with a serving certificate for the switch's address, installs IronLB's CRDs and
+/// Starts the real control plane with a serving certificate for the switch's address, installs the CRDs and
 /// the manifest's RBAC, and writes the user's (admin) kubeconfig to `user` and the agents' (the ServiceAccount's
 /// token, through the relay) to `agents`.
-fn start_real_api(bin: PathBuf, user: &Path, agents: &Path) -> anyhow::Result<ControlPlane> {
+fn start_real_api(
+    bin: PathBuf,
+    crds: &control_plane::Crds,
+    user: &Path,
+    agents: &Path,
+) -> anyhow::Result<ControlPlane> {
     let plane = ControlPlane::start_with_options(
         bin,
         &control_plane::Options {
@@ -886,7 +895,7 @@ fn start_real_api(bin: PathBuf, user: &Path, agents: &Path) -> anyhow::Result<Co
             serving_ips: vec![IpAddr::V4(SWITCH_V4)],
         },
     )?;
-    plane.install_ironlb(&control_plane::Crds::Ours)?;
+    plane.install_ironlb(crds)?;
     let token = plane.service_account_kubeconfig_at(
         "ironlb-system",
         "ironlb-agent",

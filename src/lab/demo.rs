@@ -49,6 +49,7 @@ pub fn api_choice(api: Api, bin: Option<&std::path::Path>) -> cluster::Result<cl
         (Api::Embedded, _) => Ok(cluster::ApiChoice::Embedded),
         (Api::Real, Some(bin)) => Ok(cluster::ApiChoice::Real {
             bin: bin.to_path_buf(),
+            crds: super::control_plane::Crds::Ours,
         }),
         (Api::Real, None) => Err(cluster::Error::Setup(
             "--api real needs the control plane's binaries: run `scripts/lab --api real`, which builds them, or \

@@ -49,15 +49,7 @@ impl RealCluster {
     pub fn start(plane: Arc<ControlPlane>, crds: Crds) -> Result<RealCluster> {
         let crds = match crds {
             Crds::Ours => control_plane::Crds::Ours,
-            Crds::MetalLbs => {
-                let dir = repo("../shared/compat/metallb/crds");
-                let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-                    .with_context(|| format!("reading {}", dir.display()))?
-                    .map(|e| e.map(|e| e.path()))
-                    .collect::<std::io::Result<_>>()?;
-                files.sort();
-                control_plane::Crds::Files(files)
-            }
+            Crds::MetalLbs => control_plane::metallb_crds()?,
         };
         plane.install_ironlb(&crds)?;
         let agent_kubeconfig = plane.service_account_kubeconfig("ironlb-system", "ironlb-agent")?;

@@ -37,6 +37,18 @@ pub fn shared() -> Option<Arc<ControlPlane>> {
     Some(started)
 }
 
+/// MetalLB's own CRD manifests, from `../shared/compat/metallb/crds`, in file-name order.
+pub fn metallb_crds() -> Result<Crds> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/compat/metallb/crds");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    ensure!(!files.is_empty(), "no CRD manifests in {}", dir.display());
+    files.sort();
+    Ok(Crds::Files(files))
+}
+
 /// The bin dir, or `None` with the reason printed when the tier may be skipped (see [`shared`]).
 pub fn bin_dir_or_skip() -> Option<PathBuf> {
     let overridden = std::env::var_os("IRONLB_CONTROL_PLANE_BIN").is_some()
