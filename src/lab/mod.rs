@@ -5,8 +5,8 @@
 
 pub mod api;
 pub mod bgp;
-pub mod control_plane;
 pub mod cluster;
+pub mod control_plane;
 pub mod demo;
 pub mod faults;
 pub mod netns;
