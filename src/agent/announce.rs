@@ -475,7 +475,7 @@ fn bind_owned(
     vip_link: &str,
     pools: Vec<crate::config::Pool>,
 ) -> impl Fn(&IpAddr) -> bool + Send + Sync + 'static {
-    let own_link = vip_link == crate::agent::dataplane::DIRECT_LINK;
+    let own_link = vip_link == crate::ipvs::DIRECT_LINK;
     move |ip| own_link || pools.iter().any(|p| p.contains(ip))
 }
 

@@ -38,23 +38,12 @@ use tokio::sync::mpsc;
 use crate::config::Validated;
 use crate::ipvs::direct::{self, Delta, DirectIndex, DirectPlan, ServiceRef};
 use crate::ipvs::verify::{self, DataPlane as Plane, Drift};
-use crate::ipvs::{IpvsSocket, Programmer, ServiceId, ServiceSpec, WantedTable};
+use crate::ipvs::{IpvsSocket, KUBE_PROXY_LINK, Programmer, ServiceId, ServiceSpec, WantedTable};
 use crate::k8s::events::Note;
 use crate::k8s::state::ClusterState;
 
-/// IronLB's own dummy device for VIPs in direct mode (kube-proxy prunes `kube-ipvs0` of addresses it did not add).
-pub const DIRECT_LINK: &str = "ironlb0";
-/// The link kube-proxy creates in IPVS mode.
-pub const KUBE_PROXY_LINK: &str = "kube-ipvs0";
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    /// kube-proxy programs IPVS (ingress ipMode VIP); IronLB binds the VIPs on kube-ipvs0 and verifies.
-    #[default]
-    Integrated,
-    /// IronLB programs IPVS itself (ingress ipMode Proxy) and binds the VIPs on ironlb0.
-    Direct,
-}
+// The lab (and tests/vm_direct.rs) still import the data-plane mode and IronLB's link from here.
+pub use crate::ipvs::{DIRECT_LINK, Mode};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct DataPlaneArgs {

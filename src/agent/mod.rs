@@ -44,6 +44,7 @@ pub mod announce;
 pub mod bgp;
 pub mod dataplane;
 
+use crate::ipvs::Mode;
 use crate::k8s::allocation::{AllocationController, Pass, ServiceAction, Settings};
 use crate::k8s::client::Clients;
 use crate::k8s::events::Note;
@@ -56,7 +57,7 @@ pub const LEGACY_CONFIGMAP: &str = "config";
 /// The Lease that elects the allocator.
 pub const ALLOCATOR_LEASE: &str = "ironlb-allocator";
 
-// The lab still imports the client constructor from here.
+// The lab (and the vm tests and benches/agent_lab.rs) still import the client constructor from here.
 pub use crate::k8s::client::client;
 // tests/agent_lab.rs still imports the agent's User-Agent from here.
 pub use crate::k8s::client::USER_AGENT;
@@ -281,11 +282,12 @@ pub async fn run_with(
     let client = clients.request.clone();
     let mut registry = Registry::default();
     let metrics = AllocationMetrics::register(&mut registry);
-    let direct = args.dataplane.dataplane == dataplane::Mode::Direct;
-    if direct && args.announce.vip_link == dataplane::KUBE_PROXY_LINK {
-        // kube-proxy prunes kube-ipvs0 of addresses it did not add: direct mode binds on its own link.
-        args.announce.vip_link = dataplane::DIRECT_LINK.into();
-    }
+    let direct = args.dataplane.dataplane == Mode::Direct;
+    args.announce.vip_link = args
+        .dataplane
+        .dataplane
+        .vip_link(&args.announce.vip_link)
+        .to_string();
     let (ready_tx, ready_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -1,5 +1,6 @@
 //! IPVS over generic netlink: the codec of the kernel's "IPVS" family, the socket that carries it, and the
-//! programmer that reconciles wanted virtual services against the kernel's table.
+//! programmer that reconciles wanted virtual services against the kernel's table. It also owns the data-plane
+//! [`Mode`] (who programs IPVS) and the link each mode binds the VIPs on.
 //!
 //! This module owns only the IPVS services it is scoped to (a predicate over VIPs and fwmarks); kube-proxy's
 //! services and anyone else's are read but never changed.
@@ -7,6 +8,7 @@
 pub mod codec;
 pub mod direct;
 pub mod golden;
+pub mod mode;
 pub mod programmer;
 pub mod render;
 pub mod socket;
@@ -16,6 +18,7 @@ pub use codec::{
     Dest, DestId, DestSpec, Family, FwdMethod, IpvsAttr, IpvsCmd, IpvsMessage, Protocol, Service,
     ServiceId, ServiceSpec, Stats, Tunnel,
 };
+pub use mode::{DIRECT_LINK, KUBE_PROXY_LINK, Mode};
 pub use programmer::{ActualTable, Calls, Change, Drain, Programmer, Report, WantedTable, diff};
 pub use render::render_ipvsadm;
 pub use socket::IpvsSocket;

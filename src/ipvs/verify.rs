@@ -50,8 +50,8 @@ pub struct VerifyArgs {
     pub scheduler: String,
     /// The data plane to check: kube-proxy's (`integrated`), or IronLB's own (`direct`: ipMode Proxy VIPs, their
     /// annotations, bound on ironlb0 unless --vip-link says otherwise).
-    #[arg(long, env = "IRONLB_DATAPLANE", value_enum, default_value_t = crate::agent::dataplane::Mode::Integrated)]
-    pub dataplane: crate::agent::dataplane::Mode,
+    #[arg(long, env = "IRONLB_DATAPLANE", value_enum, default_value_t = super::Mode::Integrated)]
+    pub dataplane: super::Mode,
 }
 
 /// What the data plane should hold, or holds, for the LoadBalancer VIPs.
@@ -552,12 +552,8 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
             source,
         })?
         .items;
-    let direct = args.dataplane == crate::agent::dataplane::Mode::Direct;
-    let vip_link = if direct && args.vip_link == crate::agent::dataplane::KUBE_PROXY_LINK {
-        crate::agent::dataplane::DIRECT_LINK
-    } else {
-        args.vip_link.as_str()
-    };
+    let direct = args.dataplane == super::Mode::Direct;
+    let vip_link = args.dataplane.vip_link(&args.vip_link);
     let wanted = if direct {
         // Every Proxy-mode ingress IP: the pools are not read here.
         super::direct::wanted(&services, &slices, &args.node_name, &|_| true).plane
