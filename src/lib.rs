@@ -4,6 +4,7 @@ pub mod agent;
 pub mod alloc;
 pub mod arp;
 pub mod bgp;
+pub mod cli;
 pub mod config;
 pub mod ipvs;
 pub mod k8s;

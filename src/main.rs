@@ -51,9 +51,9 @@ enum Command {
     /// Print the metallb.io CRD manifests generated from IronLB's types.
     Crds,
     /// Show every VIP with its pool, owner node, interface and since when.
-    Status(ironlb::k8s::report::StatusArgs),
+    Status(ironlb::cli::status::StatusArgs),
     /// Compare this network namespace's IPVS services and VIP bindings with what the cluster wants; exit 1 on drift.
-    Verify(ironlb::ipvs::verify::VerifyArgs),
+    Verify(ironlb::cli::verify::VerifyArgs),
     /// The embedded lab: a small cluster in network namespaces with real agents (needs root).
     Lab {
         #[command(subcommand)]
@@ -140,13 +140,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status(args) => {
             use std::io::Write;
-            let report = runtime()?.block_on(ironlb::k8s::report::run(&args))?;
+            let report = runtime()?.block_on(ironlb::cli::status::run(&args))?;
             out.write_all(report.as_bytes())
                 .context("writing to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => {
-            let equal = runtime()?.block_on(ironlb::ipvs::verify::run(&args, &mut out))?;
+            let equal = runtime()?.block_on(ironlb::cli::verify::run(&args, &mut out))?;
             Ok(if equal {
                 ExitCode::SUCCESS
             } else {

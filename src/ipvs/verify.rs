@@ -1,58 +1,33 @@
-//! `ironlb verify`: checks, in the network namespace it runs in, that the integrated data plane (kube-proxy
-//! programming IPVS) holds what the cluster says it should for every LoadBalancer VIP.
+//! What kube-proxy's data plane should hold for every LoadBalancer VIP, and where a node's IPVS table and VIP link
+//! differ from it: the decisions behind `ironlb verify` and the agent's continuous check of the integrated data
+//! plane.
 //!
 //! [`wanted`] is pure: Services, EndpointSlices and the node name in, the IPVS services and VIP bindings kube-proxy
 //! would create out. It follows kube-proxy's IPVS proxier: one virtual service per ingress IP (ipMode unset or
 //! `VIP`) and Service port, scheduler `rr` unless configured otherwise, ClientIP affinity as persistence, real
 //! servers from the ready endpoints (serving and terminating ones only when none is ready) as Masq with weight 1,
-//! and for `externalTrafficPolicy: Local` only this node's endpoints. [`drift`] compares that with the kernel.
+//! and for `externalTrafficPolicy: Local` only this node's endpoints. [`drift`] compares that with the kernel's state.
 //!
-//! Only services on the wanted VIPs are read, so kube-proxy's ClusterIP and NodePort services are never reported
-//! as extra; an IPVS service on a VIP for a port or protocol no Service asks for is. This module reads the kernel
-//! and the API and changes neither.
+//! Only services on the wanted VIPs are compared ([`restrict`]), so kube-proxy's ClusterIP and NodePort services are
+//! never reported as extra; an IPVS service on a VIP for a port or protocol no Service asks for is. Nothing here
+//! reads the kernel or the API: the agent's data-plane worker and the `verify` command read them and pass the state
+//! in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Write;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Api;
-use kube::api::ListParams;
 
 use super::codec::{DestId, DestSpec, FwdMethod, Protocol, SVC_F_PERSISTENT, ServiceId};
-use super::programmer::{ActualTable, Programmer, WantedTable};
+use super::programmer::{ActualTable, WantedTable};
 use super::render::render_ipvsadm;
-use super::socket::IpvsSocket;
 
 /// The label that ties an EndpointSlice to its Service.
 pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// kube-proxy's default ClientIP affinity timeout (`v1.DefaultClientIPServiceAffinitySeconds`).
 pub(crate) const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
-
-/// `ironlb verify`.
-#[derive(Clone, Debug, clap::Args)]
-pub struct VerifyArgs {
-    /// Kubeconfig to read the cluster from (default: in-cluster config, then ~/.kube/config).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The node whose network namespace this is; decides the endpoints of `externalTrafficPolicy: Local` Services.
-    #[arg(long, env = "NODE_NAME")]
-    pub node_name: String,
-    /// The link kube-proxy binds LoadBalancer IPs on.
-    #[arg(long, env = "IRONLB_VIP_LINK", default_value = "kube-ipvs0")]
-    pub vip_link: String,
-    /// kube-proxy's IPVS scheduler (`ipvs.scheduler`; kube-proxy's default is rr).
-    #[arg(long, env = "IRONLB_IPVS_SCHEDULER", default_value = "rr")]
-    pub scheduler: String,
-    /// The data plane to check: kube-proxy's (`integrated`), or IronLB's own (`direct`: ipMode Proxy VIPs, their
-    /// annotations, bound on ironlb0 unless --vip-link says otherwise).
-    #[arg(long, env = "IRONLB_DATAPLANE", value_enum, default_value_t = super::Mode::Integrated)]
-    pub dataplane: super::Mode,
-}
 
 /// What the data plane should hold, or holds, for the LoadBalancer VIPs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -506,88 +481,6 @@ pub fn report(wanted: &DataPlane, actual: &DataPlane, vip_link: &str) -> (String
         out.push('\n');
     }
     (out, drift)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Client(#[from] crate::k8s::client::Error),
-    #[error("listing {what}")]
-    List {
-        what: &'static str,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("reading IPVS (is the ip_vs module loaded?)")]
-    Ipvs(#[source] super::programmer::Error),
-    #[error("opening the IPVS generic-netlink socket (is the ip_vs module loaded?)")]
-    IpvsSocket(#[source] super::socket::Error),
-    #[error("opening an rtnetlink socket")]
-    Netlink(#[source] std::io::Error),
-    #[error("listing links and addresses")]
-    Links(#[source] crate::netif::links::Error),
-    #[error("writing the report")]
-    Write(#[source] std::io::Error),
-}
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-/// Reads the cluster and this namespace's IPVS table and VIP link, writes the report to `out`, and returns whether
-/// they agree.
-pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<bool> {
-    let client = crate::k8s::client::client(args.kubeconfig.as_deref()).await?;
-    let services = Api::<Service>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::List {
-            what: "Services",
-            source,
-        })?
-        .items;
-    let slices = Api::<EndpointSlice>::all(client)
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::List {
-            what: "EndpointSlices",
-            source,
-        })?
-        .items;
-    let direct = args.dataplane == super::Mode::Direct;
-    let vip_link = args.dataplane.vip_link(&args.vip_link);
-    let wanted = if direct {
-        // Every Proxy-mode ingress IP: the pools are not read here.
-        super::direct::wanted(&services, &slices, &args.node_name, &|_| true).plane
-    } else {
-        wanted(&services, &slices, &args.node_name, &args.scheduler)
-    };
-    let vips = wanted.vips();
-
-    let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Netlink)?;
-    let conn = tokio::spawn(connection);
-    let links = crate::netif::links::list_interfaces(&handle)
-        .await
-        .map_err(Error::Links);
-    conn.abort();
-    let bound: BTreeSet<IpAddr> = links?
-        .into_iter()
-        .filter(|l| l.name == vip_link)
-        .flat_map(|l| l.addresses)
-        .filter(|net| net.prefix_len() == host_prefix(&net.addr()))
-        .map(|net| net.addr())
-        .collect();
-
-    let scope_vips = vips.clone();
-    let mut programmer = Programmer::new(
-        IpvsSocket::connect().map_err(Error::IpvsSocket)?,
-        Box::new(move |id| service_addr(id).is_some_and(|a| scope_vips.contains(&a))),
-        Duration::ZERO,
-    );
-    let table = programmer.actual().map_err(Error::Ipvs)?;
-    let actual = restrict(&table, &bound, &vips);
-
-    let (text, drift) = report(&wanted, &actual, vip_link);
-    out.write_all(text.as_bytes()).map_err(Error::Write)?;
-    Ok(drift.is_empty())
 }
 
 /// Ready endpoints of the VIP's family, or the serving-and-terminating ones when none is ready.

@@ -1,14 +1,12 @@
-//! `ironlb status`: where every VIP is announced, read back from the annotations the agents write.
+//! The report of `ironlb status`: where every VIP is announced, read back from the annotations the agents write.
 //!
 //! The owner of a VIP writes `ironlb.io/announced-by`, `ironlb.io/announced-on` and `ironlb.io/announced-since` on
-//! its Service when it takes the VIP over, so this report needs nothing but read access to Services: it shows what
-//! the cluster records, the same thing `kubectl get svc -o yaml` would. BGP sessions come from each Node's
-//! `ironlb.io/bgp-peers`, which its agent keeps current.
-
-use std::path::PathBuf;
+//! its Service when it takes the VIP over, so this report needs nothing but the Services: it shows what the cluster
+//! records, the same thing `kubectl get svc -o yaml` would. BGP sessions come from each Node's `ironlb.io/bgp-peers`,
+//! which its agent keeps current. It is a pure function of the objects it is given; the command that lists them
+//! from the API lives with the other command entry points (`cli::status`).
 
 use k8s_openapi::api::core::v1::{Node, Service};
-use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use super::status::{POOL_ANNOTATION, ingress_ips};
@@ -18,16 +16,6 @@ use crate::plan::visibility::{
     ANNOUNCED_SINCE_ANNOTATION as ANNOUNCED_SINCE,
     BGP_ADVERTISED_BY_ANNOTATION as BGP_ADVERTISED_BY, BGP_PEERS_ANNOTATION, parse_bgp_peers,
 };
-
-#[derive(clap::Args, Clone, Debug)]
-pub struct StatusArgs {
-    /// A kubeconfig; without it, the usual lookup (KUBECONFIG, ~/.kube/config, in-cluster).
-    #[arg(long, env = "KUBECONFIG")]
-    pub kubeconfig: Option<PathBuf>,
-    /// `table` or `json`.
-    #[arg(short = 'o', long, default_value = "table", value_parser = ["table", "json"])]
-    pub output: String,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StatusRow {
@@ -216,39 +204,6 @@ fn aligned(lines: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Client(#[from] super::client::Error),
-    #[error("listing Services")]
-    List(#[source] kube::Error),
-    #[error("listing Nodes")]
-    ListNodes(#[source] kube::Error),
-    #[error("encoding JSON")]
-    Json(#[from] serde_json::Error),
-}
-
-/// Reads every Service and returns the report as text.
-pub async fn run(args: &StatusArgs) -> Result<String, Error> {
-    let client = super::client::client(args.kubeconfig.as_deref()).await?;
-    let services = Api::<Service>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::List)?
-        .items;
-    let nodes = Api::<Node>::all(client)
-        .list(&ListParams::default())
-        .await
-        .map_err(Error::ListNodes)?
-        .items;
-    let report = Report::new(&services, &nodes);
-    Ok(if args.output == "json" {
-        serde_json::to_string_pretty(&report)? + "\n"
-    } else {
-        report.render_table()
-    })
 }
 
 #[cfg(test)]
