@@ -6,6 +6,7 @@ pub mod arp;
 pub mod bgp;
 pub mod cli;
 pub mod config;
+pub mod gossip;
 pub mod ipvs;
 pub mod k8s;
 pub mod lab;

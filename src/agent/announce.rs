@@ -11,7 +11,7 @@
 //! Every agent runs the same pure planner on the same inputs, so all agree on each VIP's owner without asking each
 //! other; the only thing they exchange is who is alive. A pass runs at once on a membership change, since that is the
 //! failover path. Besides gossip, [`Announcer::start`] runs the per-node Lease task ([`node_lease`]), whose view of
-//! live nodes the main loop uses while gossip is unhealthy or absent (see [`membership::live_nodes`]).
+//! live nodes the main loop uses while gossip is unhealthy or absent (see [`gossip::live_nodes`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +27,7 @@ use crate::arp::{
     Announce, Announcements, ArpConfig, ArpMetrics, ArpResponder, ArpResponderHandle,
 };
 use crate::config::Validated;
+use crate::gossip::{self, MembershipConfig, MembershipMetrics};
 use crate::k8s::allocation::ServiceAction;
 use crate::k8s::announcement::{self, AnnouncementNotes};
 use crate::k8s::client::Clients;
@@ -35,7 +36,6 @@ use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
 use crate::netif::strict_arp::{self, Ipv4Conf, StrictArpMetrics, StrictArpReport};
 use crate::netif::{AddressReconciler, StrictArpMode};
-use crate::plan::membership::{self, MembershipConfig, MembershipMetrics};
 use crate::plan::{self, PlanInput, choose_owners, node_plan, node_vips, subnets_annotation};
 
 /// The key in the membership Secret, as in MetalLB's `memberlist` Secret.
@@ -169,13 +169,13 @@ impl Announcer {
                             key,
                         );
                         config.timing.isolation_grace =
-                            membership::isolation_grace(lease_timing.as_ref().map(|t| t.duration));
+                            gossip::isolation_grace(lease_timing.as_ref().map(|t| t.duration));
                         let mut stop = stop.clone();
                         tokio::spawn(async move {
                             let stopped = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
-                            if let Err(error) = membership::run(
+                            if let Err(error) = gossip::run(
                                 config,
                                 seeds_rx,
                                 live_tx,

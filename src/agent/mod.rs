@@ -16,7 +16,6 @@
 //! Only the main loop owns `ClusterState`. A pass runs after a short settle delay, so a burst of changes costs one
 //! pass, and never while a previous pass's writes are under way.
 
-use crate::plan::membership::sleep_until;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,6 +43,7 @@ pub mod announce;
 pub mod bgp;
 pub mod dataplane;
 
+use crate::gossip::sleep_until;
 use crate::ipvs::Mode;
 use crate::k8s::allocation::{AllocationController, Pass, ServiceAction, Settings};
 use crate::k8s::client::Clients;
@@ -392,7 +392,7 @@ pub async fn run_with(
                 validated = config_report.validate(&state, &metrics, &args.config_namespace);
                 config_stale = false;
             }
-            let live = crate::plan::membership::live_nodes(
+            let live = crate::gossip::live_nodes(
                 &liveness.live.borrow(),
                 &crate::k8s::announcement::ready_nodes(&state),
                 *liveness.healthy.borrow(),

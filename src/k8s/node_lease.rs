@@ -31,7 +31,6 @@
 //! The decisions are the pure [`Observations`]; [`run`] is the I/O shell, and the result leaves this module only as
 //! a `watch::Receiver<Option<BTreeSet<String>>>`.
 
-use crate::plan::membership::sleep_until;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -455,7 +454,8 @@ async fn observe(
         let wake = seen.next_change(now);
         tokio::select! {
             _ = &mut stop_signal => return,
-            _ = sleep_until(wake) => {}
+            // No deadline: nothing to wake for until the next watch event.
+            _ = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
             item = stream.next() => {
                 let Some(item) = item else { return };
                 let now = Instant::now();

@@ -1,15 +1,15 @@
 //! Planning: which node announces which VIP, and what this node must do about it.
 //!
 //! Everything here is a pure function of the cluster as [`crate::k8s::state::ClusterState`] indexes it, the validated
-//! [`crate::config::Config`], the set of live agents and this node's own links. Every agent runs the same functions
-//! on the same inputs and so reaches the same answer without talking to the others; that is what lets an owner be
-//! replaced within a second of its death. Nothing here touches the API, a socket or the kernel: the reconcilers and
-//! the visibility writers apply what these functions return.
+//! [`crate::config::Config`], the set of live agents (decided outside, by the `gossip` module and the node Leases) and
+//! this node's own links. Every agent runs the same functions on the same inputs and so reaches the same answer without
+//! talking to the others; that is what lets an owner be replaced within a second of its death. Nothing here touches the
+//! API, a socket or the kernel: the reconcilers and the visibility writers apply what these functions return.
 //!
 //! ```text
 //! ClusterState + Config ──▶ input::PlanInput { VipGroup, NodeInfo }      (eligibility, reasons not announced)
 //!                                  │
-//! membership::run ──▶ live agents ──▶ owner::choose_owners ──▶ GroupKey → owner node
+//! gossip, node Leases ──▶ live agents ──▶ owner::choose_owners ──▶ GroupKey → owner node
 //!                                  │
 //!     local interfaces ──▶ node_plan::node_plan ──▶ NodePlan { announce, bind, owned_services }
 //!                                  │
@@ -18,7 +18,6 @@
 //! ```
 
 pub mod input;
-pub mod membership;
 pub mod node_plan;
 pub mod owner;
 pub mod visibility;

@@ -1,4 +1,4 @@
-//! Membership: which IronLB agents are alive right now, decided by a SWIM failure detector among the agents.
+//! Gossip membership: which IronLB agents are alive right now, decided by a SWIM failure detector among the agents.
 //!
 //! Why a detector of our own: L2 failover must hand a VIP to a new ARP owner in under a second after a node's agent
 //! dies. The API server's signals (the Node's Ready condition, a per-node Lease) take tens of seconds to turn, so the
@@ -6,7 +6,8 @@
 //!
 //! This module owns the gossip socket, the foca instance and its timers, and nothing else: it never talks to the API,
 //! never touches the kernel's addresses and never chooses owners. Its output is a `watch` of live node names (self
-//! included), which owner choice reads as an input like any other.
+//! included), which owner choice in `plan` reads as an input like any other; it is a module of its own, not part of
+//! `plan`, because planning never touches a socket.
 //!
 //! Every datagram is sealed with HMAC-SHA256 under a key shared by all agents (read by the agent from a Secret); a
 //! datagram whose MAC does not verify is counted and dropped before any byte of it is parsed, so only key holders can
