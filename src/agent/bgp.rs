@@ -630,7 +630,8 @@ impl BgpSpeaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::input::testing::{Ep, NodeExt, SvcExt, cluster, node, slice, svc};
+    use crate::k8s::state::testing::cluster;
+    use crate::plan::input::testing::{Ep, NodeExt, SvcExt, node, slice, svc};
 
     const BASE: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pool, namespace: metallb-system}\nspec: {addresses: [203.0.113.0/24, '2001:db8:5::/64']}\n---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: router, namespace: metallb-system}\nspec: {myASN: 64497, peerASN: 64496, peerAddress: 192.0.2.1}";
 

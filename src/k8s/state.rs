@@ -23,6 +23,7 @@ use crate::config::crd::{
 };
 use crate::config::load::{LegacySource, Sources, decode};
 use crate::config::validate::Diagnostic;
+use crate::plan::ClusterObjects;
 
 /// The metallb.io kinds the agent reads, at the version it watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -151,6 +152,25 @@ impl ClusterState {
     }
 }
 
+/// The planner reads the cluster from here in the agent.
+impl ClusterObjects for ClusterState {
+    fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+        self.endpoint_slices.values()
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    fn namespace_labels(&self) -> BTreeMap<String, Labels> {
+        ClusterState::namespace_labels(self)
+    }
+}
+
 impl ClusterState {
     /// The configuration objects as the validator takes them. A legacy ConfigMap without a `config` key is reported
     /// as malformed rather than ignored, so its owner learns why nothing happened.
@@ -220,6 +240,25 @@ fn config_value(obj: &DynamicObject, resource: &ApiResource) -> serde_json::Valu
     value["apiVersion"] = resource.api_version.clone().into();
     value["kind"] = resource.kind.clone().into();
     value
+}
+
+/// Builders for tests of the agent's consumers of the state.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A state holding exactly these objects.
+    pub fn cluster(
+        services: Vec<Service>,
+        slices: Vec<EndpointSlice>,
+        nodes: Vec<Node>,
+    ) -> ClusterState {
+        let mut state = ClusterState::default();
+        state.services.reset(services);
+        state.endpoint_slices.reset(slices);
+        state.nodes.reset(nodes);
+        state
+    }
 }
 
 #[cfg(test)]

@@ -16,12 +16,11 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::alloc::{LbRequest, ServiceKey};
 use crate::config::{Config, Labels, Selector};
-use crate::k8s::state::ClusterState;
 
 /// Node annotation in which every agent publishes the CIDRs of its usable interfaces, comma-separated, e.g.
 /// `192.0.2.11/24,2001:db8::11/64`. The other agents read it to know which nodes can reach a VIP's subnet.
@@ -121,6 +120,17 @@ pub enum NotAnnounced {
     NoEligibleNode { reasons: String },
 }
 
+/// The cluster objects the planner reads. The agent's `ClusterState` is one and a test's plain vectors are another:
+/// planning takes this rather than the agent's state, so that it depends on nothing that talks to the API.
+pub trait ClusterObjects {
+    fn services(&self) -> impl Iterator<Item = &Service>;
+    /// Walked once per Service.
+    fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice>;
+    fn nodes(&self) -> impl Iterator<Item = &Node>;
+    /// The labels of every Namespace, by name: advertisements select Services by them too.
+    fn namespace_labels(&self) -> BTreeMap<String, Labels>;
+}
+
 /// Everything the planner needs, read from the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlanInput {
@@ -160,21 +170,21 @@ impl PlanInput {
     /// Reads the plan inputs of every LoadBalancer Service of ours (nil class, or exactly `lb_class`) that has
     /// ingress IPs in its status. Pure: the same state and config give the same value on every node.
     pub fn from_cluster(
-        state: &ClusterState,
+        cluster: &impl ClusterObjects,
         config: &Config,
         lb_class: Option<&str>,
     ) -> PlanInput {
         let mut warnings = Vec::new();
-        let nodes: Vec<NodeInfo> = state
-            .nodes
-            .values()
+        let mut nodes: Vec<NodeInfo> = cluster
+            .nodes()
             .filter_map(|n| node_info(n, &mut warnings))
             .collect();
-        let namespace_labels = state.namespace_labels();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        let namespace_labels = cluster.namespace_labels();
         let no_labels = Labels::new();
 
         let mut holders = Vec::new();
-        for svc in state.services.values() {
+        for svc in cluster.services() {
             let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
             let ns_labels = namespace_labels.get(ns).unwrap_or(&no_labels);
             // Adoption reading: a broken IP annotation must not stop a VIP the Service already holds from being
@@ -194,7 +204,7 @@ impl PlanInput {
             ips.sort();
             ips.dedup();
             holders.push(Holder {
-                endpoints: endpoints(state.endpoint_slices.values(), &request.service),
+                endpoints: endpoints(cluster.endpoint_slices(), &request.service),
                 key: request.service,
                 ips,
                 labels: request.labels,
@@ -676,17 +686,42 @@ spec: {addresses: [198.51.100.0/24]}";
         ))
     }
 
+    /// A cluster of Services, EndpointSlices and Nodes, and no Namespace labels.
+    pub struct Objects {
+        pub services: Vec<Service>,
+        pub slices: Vec<EndpointSlice>,
+        pub nodes: Vec<Node>,
+    }
+
+    impl ClusterObjects for Objects {
+        fn services(&self) -> impl Iterator<Item = &Service> {
+            self.services.iter()
+        }
+
+        fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
+            self.slices.iter()
+        }
+
+        fn nodes(&self) -> impl Iterator<Item = &Node> {
+            self.nodes.iter()
+        }
+
+        fn namespace_labels(&self) -> BTreeMap<String, Labels> {
+            BTreeMap::new()
+        }
+    }
+
     /// A cluster holding exactly these objects.
     pub fn cluster(
         services: Vec<Service>,
         slices: Vec<EndpointSlice>,
         nodes: Vec<Node>,
-    ) -> ClusterState {
-        let mut state = ClusterState::default();
-        state.services.reset(services);
-        state.endpoint_slices.reset(slices);
-        state.nodes.reset(nodes);
-        state
+    ) -> Objects {
+        Objects {
+            services,
+            slices,
+            nodes,
+        }
     }
 
     /// The two-node, one-subnet cluster most tests start from.
