@@ -822,7 +822,7 @@ pub async fn serve(
                 tracing::info!(node = %shell.node, "left the gossip cluster");
                 return Ok(());
             }
-            () = sleep_until(next_timer) => shell.due_timers(Instant::now()),
+            () = crate::task::sleep_until(next_timer) => shell.due_timers(Instant::now()),
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, from)) => shell.datagram(&buf[..len], from),
                 // Unconnected UDP sockets surface little besides ICMP errors here; none is fatal.
@@ -839,14 +839,6 @@ pub async fn serve(
         }
         shell.flush(&socket).await;
         shell.publish(Instant::now());
-    }
-}
-
-/// Sleeps until `at`, or forever when there is nothing to wait for (a `select!` arm that never fires).
-pub(crate) async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

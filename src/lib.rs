@@ -12,4 +12,5 @@ pub mod k8s;
 pub mod lab;
 pub mod netif;
 pub mod plan;
+pub mod task;
 pub mod telemetry;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Client;
 use kube::api::Api;
@@ -37,6 +38,7 @@ use crate::k8s::state::ClusterState;
 use crate::netif::strict_arp::{self, Ipv4Conf, StrictArpMetrics, StrictArpReport};
 use crate::netif::{AddressReconciler, StrictArpMode};
 use crate::plan::{self, PlanInput, choose_owners, node_plan, node_vips, subnets_annotation};
+use crate::task::Task;
 
 /// The key in the membership Secret, as in MetalLB's `memberlist` Secret.
 pub const GOSSIP_SECRET_KEY: &str = "secretkey";
@@ -89,6 +91,9 @@ pub struct AnnouncePass {
 }
 
 pub struct Announcer {
+    /// The rtnetlink connection behind `handle`, and the gossip membership when it runs; aborted on drop.
+    _netlink: Task<()>,
+    _membership: Option<Task<()>>,
     node: String,
     args: AnnounceArgs,
     lb_class: Option<String>,
@@ -123,8 +128,9 @@ pub struct Liveness {
     pub healthy: watch::Receiver<bool>,
     /// Nodes with a fresh node Lease; None while that signal is off or unavailable (see [`node_lease`]).
     pub leases: watch::Receiver<Option<BTreeSet<String>>>,
-    /// The node Lease task, which deletes the Lease once `stop` turns true; await it before exiting.
-    pub lease_task: Option<tokio::task::JoinHandle<()>>,
+    /// The node Lease task, not yet started: it renews this node's Lease and deletes it once `stop` turns true. The
+    /// agent runs it among the tasks it awaits before exiting.
+    pub lease_task: Option<futures::future::BoxFuture<'static, ()>>,
 }
 
 impl Announcer {
@@ -140,7 +146,7 @@ impl Announcer {
     ) -> Result<(Announcer, Liveness), Error> {
         let client = &clients.request;
         let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Netlink)?;
-        tokio::spawn(connection);
+        let netlink = Task::spawn("rtnetlink connection", connection);
         let (announcements, plan_rx) = watch::channel(Announcements::default());
         let arp_config = ArpConfig {
             garp_period: Duration::from_secs(args.garp_period),
@@ -156,6 +162,7 @@ impl Announcer {
         let membership_metrics = MembershipMetrics::register(registry);
         let lease_timing =
             NodeLeaseTiming::from_flags(args.node_lease_period, args.node_lease_duration);
+        let mut membership_task = None;
         match gossip_key(client, namespace, &args.gossip_secret).await {
             Ok(key) => {
                 let advertise = advertise_address(client, node, &handle).await;
@@ -171,7 +178,7 @@ impl Announcer {
                         config.timing.isolation_grace =
                             gossip::isolation_grace(lease_timing.as_ref().map(|t| t.duration));
                         let mut stop = stop.clone();
-                        tokio::spawn(async move {
+                        membership_task = Some(Task::spawn("gossip membership", async move {
                             let stopped = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
@@ -187,7 +194,7 @@ impl Announcer {
                             {
                                 tracing::error!(%error, "membership stopped; falling back to Node Ready");
                             }
-                        });
+                        }));
                     }
                     None => tracing::error!(
                         node,
@@ -213,7 +220,7 @@ impl Announcer {
                     duration = ?timing.duration,
                     "node lease fallback on"
                 );
-                Some(tokio::spawn(node_lease::run(
+                Some(FutureExt::boxed(node_lease::run(
                     Api::namespaced(client.clone(), namespace),
                     Api::namespaced(clients.watch.clone(), namespace),
                     namespace.to_string(),
@@ -230,6 +237,8 @@ impl Announcer {
             }
         };
         let announcer = Announcer {
+            _netlink: netlink,
+            _membership: membership_task,
             node: node.to_string(),
             args,
             lb_class,

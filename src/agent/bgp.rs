@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Secret;
-use kube::Client;
-use kube::api::Api;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -373,64 +371,73 @@ struct Running {
     seen_flaps: u64,
 }
 
-/// This node's sessions.
-/// Keeps `passwords` as the last word of each Secret: a password read replaces it, a Secret without one removes it,
-/// and a read that failed leaves it as it was.
-fn remember_password(
-    passwords: &mut BTreeMap<(String, String), String>,
-    key: &(String, String),
-    read: &Result<String, SecretRead>,
-    peer: &str,
-) {
-    match read {
-        Ok(pw) => {
-            passwords.insert(key.clone(), pw.clone());
-        }
-        Err(SecretRead::Missing(_)) => {
-            passwords.remove(key);
-        }
-        Err(SecretRead::Unreadable(e)) => {
-            if passwords.contains_key(key) {
-                tracing::warn!(%peer, "BGPPeer {peer}: passwordSecret {}/{}: {e}; keeping the password last read", key.0, key.1);
-            }
-        }
-    }
-}
-
-/// Why a `passwordSecret` gave no password: the API could not be asked, or the Secret says there is none.
-#[derive(Debug, thiserror::Error)]
+/// Why a `passwordSecret` gives no password now.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 enum SecretRead {
-    #[error("{0}")]
-    Unreadable(String),
-    #[error("{0}")]
-    Missing(String),
+    /// The agent has not listed the Secrets of its namespace yet (list or watch refused, or the API unreachable).
+    #[error(
+        "the Secrets of {0} have not been read yet (is list and watch on secrets granted there?)"
+    )]
+    NotYetRead(String),
+    #[error("IronLB reads passwordSecrets only from its own namespace {0}: copy the Secret there")]
+    OtherNamespace(String),
+    #[error("the Secret does not exist")]
+    Missing,
+    #[error("the Secret has no non-empty `{PASSWORD_KEY}`")]
+    NoPassword,
 }
 
+/// The password `(namespace, name)` holds in the agent's watched Secrets. The watch keeps its last state through an
+/// API outage, so this never fails because the API is slow or gone once it has been read.
+fn password_in(
+    secrets: &crate::k8s::index::ObjectIndex<Secret>,
+    agent_namespace: &str,
+    (namespace, name): &(String, String),
+) -> Result<String, SecretRead> {
+    if namespace != agent_namespace {
+        return Err(SecretRead::OtherNamespace(agent_namespace.to_string()));
+    }
+    if !secrets.is_synced() {
+        return Err(SecretRead::NotYetRead(agent_namespace.to_string()));
+    }
+    let secret = secrets
+        .get(&crate::k8s::index::ObjectKey::new(namespace, name))
+        .ok_or(SecretRead::Missing)?;
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(PASSWORD_KEY))
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(PASSWORD_KEY))
+                .cloned()
+        })
+        .filter(|p| !p.is_empty())
+        .ok_or(SecretRead::NoPassword)
+}
+
+/// This node's sessions.
 pub struct BgpSpeaker {
     node: String,
     namespace: String,
-    client: Client,
     sessions: BTreeMap<String, Running>,
     warned: BTreeMap<String, Vec<String>>,
     metrics: BgpMetrics,
     advertised: BTreeSet<IpAddr>,
-    /// The last password read from each `passwordSecret` (namespace, name). A read that fails (the API slow or
-    /// gone) keeps it, so an Established session is not torn down over an outage; only a Secret that says there
-    /// is no password any more removes it.
-    passwords: BTreeMap<(String, String), String>,
 }
 
 impl BgpSpeaker {
-    pub fn new(node: &str, namespace: &str, client: Client, metrics: BgpMetrics) -> BgpSpeaker {
+    pub fn new(node: &str, namespace: &str, metrics: BgpMetrics) -> BgpSpeaker {
         BgpSpeaker {
             node: node.to_string(),
             namespace: namespace.to_string(),
-            client,
             sessions: BTreeMap::new(),
             warned: BTreeMap::new(),
             metrics,
             advertised: BTreeSet::new(),
-            passwords: BTreeMap::new(),
         }
     }
 
@@ -464,17 +471,14 @@ impl BgpSpeaker {
         }
         self.warned = plan.warnings.clone();
         for (name, p) in plan.peers.iter_mut() {
-            if let Some((ns, secret)) = &p.password_secret {
-                let key = (ns.clone(), secret.clone());
-                let read = self.secret_password(ns, secret).await;
-                remember_password(&mut self.passwords, &key, &read, name);
-                match self.passwords.get(&key) {
-                    Some(pw) => p.config.password = Some(pw.clone()),
-                    None => {
-                        let e = read.err().map(|e| e.to_string()).unwrap_or_default();
-                        tracing::warn!(peer = %name, "BGPPeer {name}: passwordSecret {ns}/{secret}: {e}; the session waits for it");
+            if let Some(key) = &p.password_secret {
+                match password_in(&state.secrets, &self.namespace, key) {
+                    Ok(pw) => p.config.password = Some(pw),
+                    Err(e) => {
+                        let (ns, secret) = key;
                         let msg = format!("BGPPeer {name}: passwordSecret {ns}/{secret}: {e}");
                         if self.warned.entry(name.clone()).or_default().last() != Some(&msg) {
+                            tracing::warn!(peer = %name, "{msg}; the session waits for it");
                             self.warned
                                 .entry(name.clone())
                                 .or_default()
@@ -544,30 +548,6 @@ impl BgpSpeaker {
         self.advertised = vips;
         self.record();
         (notes, actions)
-    }
-
-    async fn secret_password(&self, namespace: &str, name: &str) -> Result<String, SecretRead> {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| SecretRead::Unreadable(format!("cannot read the Secret: {e}")))?
-            .ok_or_else(|| SecretRead::Missing("the Secret does not exist".to_string()))?;
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(PASSWORD_KEY))
-            .and_then(|b| String::from_utf8(b.0.clone()).ok())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(PASSWORD_KEY))
-                    .cloned()
-            })
-            .filter(|p| !p.is_empty())
-            .ok_or_else(|| {
-                SecretRead::Missing(format!("the Secret has no non-empty `{PASSWORD_KEY}`"))
-            })
     }
 
     /// Updates the per-peer metrics from the sessions' status.
@@ -738,24 +718,56 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_that_cannot_be_read_keeps_the_password_and_one_without_it_drops_it() {
-        let mut passwords = BTreeMap::new();
-        let key = ("ns".to_string(), "md5".to_string());
-        let unreadable = Err(SecretRead::Unreadable("503".into()));
-        remember_password(&mut passwords, &key, &unreadable, "p");
+    fn passwords_come_from_the_watched_secrets_and_outlive_a_failed_relist() {
+        use crate::k8s::index::ObjectIndex;
+        use kube::runtime::watcher::Event;
+        let secret = |name: &str, password: &str| -> Secret {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ironlb-system", "resourceVersion": "1"},
+                "type": "kubernetes.io/basic-auth",
+                "data": {"password": k8s_openapi::ByteString(password.as_bytes().to_vec())},
+            }))
+            .unwrap()
+        };
+        let key = |ns: &str, name: &str| (ns.to_string(), name.to_string());
+        let mut secrets = ObjectIndex::<Secret>::default();
+        let md5 = key("ironlb-system", "md5");
+        assert!(matches!(
+            password_in(&secrets, "ironlb-system", &md5),
+            Err(SecretRead::NotYetRead(_))
+        ));
+        secrets.handle(Event::Init);
+        secrets.handle(Event::InitApply(secret("md5", "s3cret")));
+        secrets.handle(Event::InitApply(secret("empty", "")));
+        secrets.handle(Event::InitDone);
         assert_eq!(
-            passwords.get(&key),
-            None,
-            "nothing to keep before a first read"
+            password_in(&secrets, "ironlb-system", &md5).unwrap(),
+            "s3cret"
         );
-        remember_password(&mut passwords, &key, &Ok("s3cret".into()), "p");
-        remember_password(&mut passwords, &key, &unreadable, "p");
-        assert_eq!(passwords.get(&key).map(String::as_str), Some("s3cret"));
-        remember_password(&mut passwords, &key, &Ok("rotated".into()), "p");
-        assert_eq!(passwords.get(&key).map(String::as_str), Some("rotated"));
-        let gone = Err(SecretRead::Missing("the Secret does not exist".into()));
-        remember_password(&mut passwords, &key, &gone, "p");
-        assert_eq!(passwords.get(&key), None);
+        // A relist that never completes (the API refused it, or went away) leaves the last complete list in place.
+        secrets.handle(Event::Init);
+        assert_eq!(
+            password_in(&secrets, "ironlb-system", &md5).unwrap(),
+            "s3cret"
+        );
+        assert_eq!(
+            password_in(&secrets, "ironlb-system", &key("ironlb-system", "empty")),
+            Err(SecretRead::NoPassword)
+        );
+        assert_eq!(
+            password_in(&secrets, "ironlb-system", &key("ironlb-system", "nope")),
+            Err(SecretRead::Missing)
+        );
+        assert_eq!(
+            password_in(&secrets, "ironlb-system", &key("metallb-system", "md5")),
+            Err(SecretRead::OtherNamespace("ironlb-system".into()))
+        );
+        // Deleting the Secret does take the password away: the Secret says there is none.
+        secrets.handle(Event::Delete(secret("md5", "s3cret")));
+        assert_eq!(
+            password_in(&secrets, "ironlb-system", &md5),
+            Err(SecretRead::Missing)
+        );
     }
 
     #[test]

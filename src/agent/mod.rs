@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -43,7 +43,6 @@ pub mod announce;
 pub mod bgp;
 pub mod dataplane;
 
-use crate::gossip::sleep_until;
 use crate::ipvs::Mode;
 use crate::k8s::allocation::{AllocationController, Pass, ServiceAction, Settings};
 use crate::k8s::client::Clients;
@@ -51,6 +50,7 @@ use crate::k8s::events::Note;
 use crate::k8s::leader::{Elector, LeaseTiming};
 use crate::k8s::state::{Change, ClusterState, ConfigKind, Touched};
 use crate::k8s::status::IngressMode;
+use crate::task::{Tasks, sleep_until};
 
 /// The name of the legacy MetalLB ConfigMap, read from the config namespace.
 pub const LEGACY_CONFIGMAP: &str = "config";
@@ -101,6 +101,8 @@ pub enum Error {
     Announce(#[from] announce::Error),
     #[error(transparent)]
     Client(#[from] crate::k8s::client::Error),
+    #[error("the agent's task `{0}` ended while the agent ran")]
+    TaskDied(&'static str),
     #[error("cannot listen on {addr} for metrics")]
     Listen {
         addr: SocketAddr,
@@ -313,24 +315,28 @@ pub async fn run_with(
     .await;
     announcer.refresh_local().await;
     let bgp_metrics = bgp::BgpMetrics::register(&mut registry);
-    let mut bgp = bgp::BgpSpeaker::new(
-        &args.node_name,
-        &args.namespace,
-        client.clone(),
-        bgp_metrics,
-    );
-    let mut refresh = tokio::time::interval(Duration::from_secs(2));
-    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut bgp = bgp::BgpSpeaker::new(&args.node_name, &args.namespace, bgp_metrics);
+    let mut refresh = crate::task::interval(Duration::from_secs(2));
 
-    tokio::spawn(crate::telemetry::serve(
-        metrics_listener,
-        Arc::new(registry),
-        ready_rx,
-        stopped(stop_rx.clone()),
-    ));
+    // The tasks the agent depends on: told to stop at shutdown and awaited (a bounded time), and the watches, aborted
+    // then. If one ends before, the agent stops and exits non-zero, for the kubelet to restart it.
+    let mut tasks = Tasks::new();
+    let mut watches = Tasks::new();
+    let registry = Arc::new(registry);
+    let serve_stopped = stopped(stop_rx.clone());
+    tasks.spawn("metrics listener", async move {
+        if let Err(error) =
+            crate::telemetry::serve(metrics_listener, registry, ready_rx, serve_stopped).await
+        {
+            tracing::error!(%error, "the metrics and health listener failed");
+        }
+    });
+    if let Some(lease) = liveness.lease_task.take() {
+        tasks.spawn("node lease", lease);
+    }
 
     let (changes_tx, mut changes) = mpsc::channel::<Change>(1024);
-    spawn_watches(&clients.watch, &args, changes_tx, &metrics);
+    spawn_watches(&mut watches, &clients.watch, &args, changes_tx, &metrics);
 
     let (leader_tx, mut leader) = watch::channel(None);
     let mut leading = false;
@@ -346,7 +352,7 @@ pub async fn run_with(
         &args.node_name,
         timing,
     );
-    let elector_task = tokio::spawn(elector.run(leader_tx, stopped(stop_rx.clone())));
+    tasks.spawn("elector", elector.run(leader_tx, stopped(stop_rx.clone())));
 
     let mut writer = Writer {
         client: client.clone(),
@@ -378,6 +384,8 @@ pub async fn run_with(
     let mut validated = crate::config::Validated::default();
     let mut config_stale = true;
     let mut config_report = ConfigReport::default();
+    // The task whose end stopped the agent, if one did.
+    let mut died: Option<&'static str> = None;
     tokio::pin!(shutdown);
     loop {
         let due = if dirty && leading && state.is_synced() {
@@ -420,6 +428,16 @@ pub async fn run_with(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            task = tasks.died() => {
+                tracing::error!(task, "a task the agent depends on ended; stopping");
+                died = Some(task);
+                break;
+            }
+            task = watches.died() => {
+                tracing::error!(task, "a watch ended; stopping");
+                died = Some(task);
+                break;
+            }
             // Without membership (no gossip key) these channels are closed; the last value stands.
             changed = liveness.live.changed(), if live_open => {
                 live_open = changed.is_ok();
@@ -450,6 +468,9 @@ pub async fn run_with(
                             touched = true;
                         }
                         Touched::Services | Touched::Topology => touched = true,
+                        Touched::Secrets => {
+                            announce_due.get_or_insert(seen);
+                        }
                     }
                 }
                 if touched {
@@ -523,12 +544,21 @@ pub async fn run_with(
     stop_tx.send_replace(true);
     // Close the sessions without a Cease: peers with graceful restart keep the routes while the agent restarts.
     bgp.shutdown(true).await;
-    let _ = elector_task.await;
-    if let Some(task) = liveness.lease_task.take() {
-        let _ = task.await;
+    drop(watches);
+    // The elector releases the allocator Lease and the node lease task deletes this node's Lease: both are bounded
+    // by their request timeout, well inside the pod's termination grace period.
+    let late = tasks.shutdown(STOP_LIMIT).await;
+    if !late.is_empty() {
+        tracing::warn!(tasks = ?late, "tasks did not stop within {STOP_LIMIT:?}; aborted");
     }
-    Ok(())
+    match died {
+        Some(task) => Err(Error::TaskDied(task)),
+        None => Ok(()),
+    }
 }
+
+/// How long the agent's tasks have, together, to finish after it is told to stop.
+const STOP_LIMIT: Duration = Duration::from_secs(15);
 
 /// The `ironlb.io/bgp-peers` value this node's Node carries now; empty when absent.
 fn node_bgp_peers(state: &ClusterState, node: &str) -> String {
@@ -611,6 +641,7 @@ fn record_usage(
 }
 
 fn spawn_watches(
+    tasks: &mut Tasks,
     client: &Client,
     args: &AgentArgs,
     tx: mpsc::Sender<Change>,
@@ -619,6 +650,7 @@ fn spawn_watches(
     let cfg_ns = args.config_namespace.as_str();
     let all = || watcher::Config::default();
     spawn_watch(
+        tasks,
         Api::<Service>::all(client.clone()),
         all(),
         &tx,
@@ -627,6 +659,7 @@ fn spawn_watches(
         Change::Service,
     );
     spawn_watch(
+        tasks,
         Api::<EndpointSlice>::all(client.clone()),
         all(),
         &tx,
@@ -635,6 +668,7 @@ fn spawn_watches(
         Change::EndpointSlice,
     );
     spawn_watch(
+        tasks,
         Api::<Node>::all(client.clone()),
         all(),
         &tx,
@@ -643,6 +677,7 @@ fn spawn_watches(
         Change::Node,
     );
     spawn_watch(
+        tasks,
         Api::<Namespace>::all(client.clone()),
         all(),
         &tx,
@@ -651,6 +686,7 @@ fn spawn_watches(
         Change::Namespace,
     );
     spawn_watch(
+        tasks,
         Api::<ConfigMap>::namespaced(client.clone(), cfg_ns),
         all().fields(&format!("metadata.name={LEGACY_CONFIGMAP}")),
         &tx,
@@ -658,10 +694,21 @@ fn spawn_watches(
         "ConfigMap",
         Change::ConfigMap,
     );
+    // BGP passwords: a watched cache, so no pass waits on the API and an outage takes no password away.
+    spawn_watch(
+        tasks,
+        Api::<Secret>::namespaced(client.clone(), &args.namespace),
+        all(),
+        &tx,
+        metrics,
+        "Secret",
+        Change::Secret,
+    );
     // The metallb.io kinds are watched untyped: an object this agent cannot decode must not fail its kind's list.
     for kind in ConfigKind::ALL {
         let resource = kind.api_resource();
         spawn_watch(
+            tasks,
             Api::<DynamicObject>::namespaced_with(client.clone(), cfg_ns, &resource),
             all(),
             &tx,
@@ -673,6 +720,7 @@ fn spawn_watches(
 }
 
 fn spawn_watch<K>(
+    tasks: &mut Tasks,
     api: Api<K>,
     config: watcher::Config,
     tx: &mpsc::Sender<Change>,
@@ -687,7 +735,7 @@ fn spawn_watch<K>(
         .watch_restarts
         .get_or_create(&KindLabels { kind: kind.into() })
         .clone();
-    tokio::spawn(async move {
+    tasks.spawn(kind, async move {
         let mut stream = watcher(api, config).default_backoff().boxed();
         while let Some(item) = stream.next().await {
             match item {

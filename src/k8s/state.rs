@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
 use kube::api::{ApiResource, DynamicObject};
@@ -87,6 +87,8 @@ pub enum Change {
     ConfigMap(watcher::Event<ConfigMap>),
     /// A metallb.io object, undecoded.
     Config(ConfigKind, watcher::Event<DynamicObject>),
+    /// A Secret of the agent's own namespace (BGP passwords).
+    Secret(watcher::Event<Secret>),
 }
 
 #[derive(Debug, Default)]
@@ -99,6 +101,10 @@ pub struct ClusterState {
     pub config_maps: ObjectIndex<ConfigMap>,
     /// The metallb.io objects by kind, as the API returned them; see the module's note.
     pub config: BTreeMap<ConfigKind, ObjectIndex<DynamicObject>>,
+    /// The Secrets of the agent's namespace, for `passwordSecret`. Not part of [`ClusterState::is_synced`]: a
+    /// Secret the agent cannot list holds back only the BGP sessions that need it, never allocation or Layer 2.
+    /// A watch that fails keeps what it had, so an API outage takes no password away from a running session.
+    pub secrets: ObjectIndex<Secret>,
 }
 
 /// Which part of the state a change touched, so that work that depends on neither can be skipped.
@@ -108,6 +114,8 @@ pub enum Touched {
     Services,
     Config,
     Topology,
+    /// Only BGP passwords: the sessions need a look, allocation and Layer 2 do not.
+    Secrets,
 }
 
 impl ClusterState {
@@ -124,6 +132,7 @@ impl ClusterState {
                 self.config.entry(kind).or_default().handle(e),
                 Touched::Config,
             ),
+            Change::Secret(e) => touched(self.secrets.handle(e), Touched::Secrets),
         }
     }
 

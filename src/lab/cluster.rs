@@ -92,6 +92,14 @@ impl LabApi {
         }
     }
 
+    /// The relay carrying the agents' connections to the real control plane.
+    pub fn relay(&self) -> Option<&Relay> {
+        match self {
+            LabApi::Embedded(_) => None,
+            LabApi::Real { relay, .. } => Some(relay),
+        }
+    }
+
     /// What to call it in messages to the user.
     pub fn describe(&self) -> &'static str {
         match self {
@@ -104,34 +112,52 @@ impl LabApi {
 /// Forwards the TCP connections accepted on a listener to `target`. The lab listens inside the switch namespace, on
 /// the address the agents' kubeconfig names, and connects from the host's namespace to the real API server on
 /// loopback: a socket stays in the namespace it was made in. TLS passes through untouched. Aborts every connection
-/// when dropped.
+/// when dropped, and on [`Relay::reset`].
 pub struct Relay {
     task: tokio::task::JoinHandle<()>,
+    resets: tokio::sync::watch::Sender<u64>,
 }
 
 impl Relay {
     pub fn start(listener: tokio::net::TcpListener, target: SocketAddr) -> Relay {
+        let (resets, reset_rx) = tokio::sync::watch::channel(0u64);
         let task = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((mut inbound, _)) = accepted else { continue };
-                        connections.spawn(async move {
-                            let connect = tokio::net::TcpStream::connect(target);
-                            if let Ok(Ok(mut outbound)) =
-                                tokio::time::timeout(Duration::from_secs(5), connect).await
-                            {
-                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                            }
-                        });
+                        let Ok((inbound, _)) = accepted else { continue };
+                        connections.spawn(relay(inbound, target, reset_rx.clone()));
                     }
                     // Reap finished connections so the set stays as large as the open ones.
                     Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 }
             }
         });
-        Relay { task }
+        Relay { task, resets }
+    }
+
+    /// Closes every connection open now, as a load balancer in front of an API server does when it restarts: each
+    /// client's requests and watches fail, and it must connect again.
+    pub fn reset(&self) {
+        self.resets.send_modify(|n| *n += 1);
+    }
+}
+
+/// Carries one connection until either side closes it or the relay is reset.
+async fn relay(
+    mut inbound: tokio::net::TcpStream,
+    target: SocketAddr,
+    mut reset: tokio::sync::watch::Receiver<u64>,
+) {
+    reset.mark_unchanged();
+    let connect = tokio::net::TcpStream::connect(target);
+    let Ok(Ok(mut outbound)) = tokio::time::timeout(Duration::from_secs(5), connect).await else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        _ = reset.changed() => {}
     }
 }
 

@@ -1,0 +1,290 @@
+//! Owned tasks and timers. Every task the agent starts is held by a [`Task`], which aborts it when dropped, so no
+//! task outlives the component that started it; the agent keeps the ones it depends on in one [`Tasks`] set, which
+//! reports the first of them to end early ([`Tasks::died`]) and awaits them all, within a bound, at shutdown. A
+//! [`Deadline`] is a timer that can be set, moved and cleared, and awaited in a `select!` arm whether or not it is set.
+//!
+//! Nothing here knows about Kubernetes or the network.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+
+/// A spawned task that is aborted when this handle is dropped.
+#[derive(Debug)]
+pub struct Task<T> {
+    name: &'static str,
+    handle: Option<JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> Task<T> {
+    /// Spawns `future` on the current runtime.
+    pub fn spawn(name: &'static str, future: impl Future<Output = T> + Send + 'static) -> Task<T> {
+        Task {
+            name,
+            handle: Some(tokio::spawn(future)),
+        }
+    }
+}
+
+impl<T> Task<T> {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Waits for the task to end, and for its output.
+    pub async fn join(mut self) -> Result<T, JoinError> {
+        let handle = self.handle.take().expect("a task is joined once");
+        handle.await
+    }
+
+    /// Waits at most `limit` for the task to end on its own, then aborts it. Returns whether it ended in time.
+    pub async fn join_within(mut self, limit: Duration) -> bool {
+        let Some(mut handle) = self.handle.take() else {
+            return true;
+        };
+        match tokio::time::timeout(limit, &mut handle).await {
+            Ok(_) => true,
+            Err(_) => {
+                handle.abort();
+                false
+            }
+        }
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.handle {
+            handle.abort();
+        }
+    }
+}
+
+/// The tasks a component depends on. Each is expected to run until the component stops; one that ends before is a
+/// fault the component must not run on with ([`Tasks::died`]). Dropping the set aborts them all.
+#[derive(Debug)]
+pub struct Tasks {
+    tasks: Vec<Task<()>>,
+    ended_tx: mpsc::UnboundedSender<&'static str>,
+    ended: mpsc::UnboundedReceiver<&'static str>,
+}
+
+impl Default for Tasks {
+    fn default() -> Tasks {
+        let (ended_tx, ended) = mpsc::unbounded_channel();
+        Tasks {
+            tasks: Vec::new(),
+            ended_tx,
+            ended,
+        }
+    }
+}
+
+/// Says, when dropped, that its task ended: after the future returned, panicked or was aborted.
+struct Ended {
+    name: &'static str,
+    tx: mpsc::UnboundedSender<&'static str>,
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        let _ = self.tx.send(self.name);
+    }
+}
+
+impl Tasks {
+    pub fn new() -> Tasks {
+        Tasks::default()
+    }
+
+    /// Spawns `future` as a task the component depends on.
+    pub fn spawn(&mut self, name: &'static str, future: impl Future<Output = ()> + Send + 'static) {
+        let ended = Ended {
+            name,
+            tx: self.ended_tx.clone(),
+        };
+        self.tasks.push(Task::spawn(name, async move {
+            let _ended = ended;
+            future.await
+        }));
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.tasks.iter().map(Task::name).collect()
+    }
+
+    /// Resolves with the name of the first task that ended (returned, panicked or was aborted); never while all
+    /// run. Cancel-safe: meant for a `select!` arm beside the component's other inputs.
+    pub async fn died(&mut self) -> &'static str {
+        match self.ended.recv().await {
+            Some(name) => name,
+            // The set holds a sender itself, so this cannot happen; wait forever rather than report a false death.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Waits, until `limit` has passed in all, for every task to end on its own (they were told to stop), and aborts
+    /// the ones still running then. Returns the names of those aborted.
+    pub async fn shutdown(self, limit: Duration) -> Vec<&'static str> {
+        let until = Instant::now() + limit;
+        let mut late = Vec::new();
+        for task in self.tasks {
+            let name = task.name();
+            let left = until.saturating_duration_since(Instant::now());
+            if !task.join_within(left).await {
+                late.push(name);
+            }
+        }
+        late
+    }
+}
+
+/// A timer that may be unset. Awaiting an unset one never resolves, so it can stand in a `select!` arm always.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Deadline {
+    at: Option<Instant>,
+}
+
+impl Deadline {
+    pub fn at(&self) -> Option<Instant> {
+        self.at
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.at.is_some()
+    }
+
+    pub fn set(&mut self, at: Instant) {
+        self.at = Some(at);
+    }
+
+    /// Sets it to `at` unless it is already set to fire sooner.
+    pub fn set_if_earlier(&mut self, at: Instant) {
+        if self.at.is_none_or(|current| at < current) {
+            self.at = Some(at);
+        }
+    }
+
+    /// Sets it to `at` only when it is unset: the first cause of a pending action keeps its time.
+    pub fn set_if_unset(&mut self, at: Instant) {
+        self.at.get_or_insert(at);
+    }
+
+    pub fn clear(&mut self) {
+        self.at = None;
+    }
+
+    /// Resolves once the deadline has passed; never while it is unset. Does not clear it.
+    pub async fn elapsed(&self) {
+        sleep_until(self.at).await
+    }
+}
+
+/// Sleeps until `at`, or forever when it is None.
+pub async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A periodic tick that, after a stall, resumes at the period rather than firing the missed ticks in a burst.
+pub fn interval(period: Duration) -> tokio::time::Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn a_dropped_task_is_aborted() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        struct Flag(Arc<AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let flag = Flag(dropped.clone());
+        let task = Task::spawn("forever", async move {
+            let _flag = flag;
+            std::future::pending::<()>().await
+        });
+        tokio::task::yield_now().await;
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(task);
+        for _ in 0..100 {
+            if dropped.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the task's future was not dropped after its handle was");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn died_names_the_task_that_ended_and_waits_while_all_run() {
+        let mut tasks = Tasks::new();
+        tasks.spawn("steady", std::future::pending());
+        tasks.spawn("short", async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        });
+        let start = Instant::now();
+        assert_eq!(tasks.died().await, "short");
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_task_counts_as_dead() {
+        let mut tasks = Tasks::new();
+        tasks.spawn("steady", std::future::pending());
+        tasks.spawn("panics", async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            panic!("on purpose")
+        });
+        assert_eq!(tasks.died().await, "panics");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_waits_for_tasks_that_stop_and_aborts_the_rest() {
+        let mut tasks = Tasks::new();
+        tasks.spawn("stops", async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        tasks.spawn("hangs", std::future::pending());
+        let start = Instant::now();
+        let late = tasks.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(late, ["hangs"]);
+        assert!(start.elapsed() <= Duration::from_millis(2001));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_fires_only_when_set_and_keeps_the_earliest() {
+        let mut deadline = Deadline::default();
+        let unset = tokio::time::timeout(Duration::from_secs(3600), deadline.elapsed()).await;
+        assert!(unset.is_err(), "an unset deadline fired");
+        let now = Instant::now();
+        deadline.set_if_earlier(now + Duration::from_secs(5));
+        deadline.set_if_earlier(now + Duration::from_secs(2));
+        deadline.set_if_earlier(now + Duration::from_secs(9));
+        assert_eq!(deadline.at(), Some(now + Duration::from_secs(2)));
+        deadline.set_if_unset(now + Duration::from_secs(1));
+        assert_eq!(deadline.at(), Some(now + Duration::from_secs(2)));
+        deadline.elapsed().await;
+        assert_eq!(Instant::now(), now + Duration::from_secs(2));
+        deadline.clear();
+        assert!(!deadline.is_set());
+    }
+}
