@@ -41,16 +41,20 @@ use tokio::sync::{mpsc, watch};
 
 pub mod announce;
 pub mod bgp;
+pub mod core;
 pub mod dataplane;
 
+use self::core::{Core, Input, Output};
 use crate::ipvs::Mode;
 use crate::k8s::allocation::{AllocationController, Pass, ServiceAction, Settings};
 use crate::k8s::client::Clients;
 use crate::k8s::events::Note;
 use crate::k8s::leader::{Elector, LeaseTiming};
-use crate::k8s::state::{Change, ClusterState, ConfigKind, Touched};
+use crate::k8s::state::{Change, ClusterState, ConfigKind};
 use crate::k8s::status::IngressMode;
 use crate::task::{Tasks, sleep_until};
+use std::collections::VecDeque;
+use tokio::time::Instant;
 
 /// The name of the legacy MetalLB ConfigMap, read from the config namespace.
 pub const LEGACY_CONFIGMAP: &str = "config";
@@ -339,7 +343,6 @@ pub async fn run_with(
     spawn_watches(&mut watches, &clients.watch, &args, changes_tx, &metrics);
 
     let (leader_tx, mut leader) = watch::channel(None);
-    let mut leading = false;
     let timing = LeaseTiming {
         duration: Duration::from_secs(args.lease_duration.max(2)),
         renew_deadline: Duration::from_secs(args.lease_duration.max(2)) * 4 / 5,
@@ -369,63 +372,63 @@ pub async fn run_with(
             IngressMode::Vip
         },
     });
-    let mut state = ClusterState::default();
-    let mut dirty = false;
-    let mut retry_after: Option<tokio::time::Instant> = None;
-    const SETTLE: Duration = Duration::from_millis(10);
-    // When to hand the memory freed by the allocation passes back to the system: once they have been quiet this long.
-    let mut trim_at: Option<tokio::time::Instant> = None;
-    const TRIM_AFTER: Duration = Duration::from_millis(500);
-
-    // When the change behind the next announcement pass was seen; None when no pass is needed.
-    let mut announce_due: Option<std::time::Instant> = None;
+    // The decisions live in the core; this loop only turns what happens into its inputs and carries out its
+    // outputs, one at a time, in order.
+    let mut core = Core::new(metrics.clone(), &args.config_namespace);
+    let mut todo: VecDeque<Output> = VecDeque::new();
     let (mut live_open, mut healthy_open, mut leases_open) = (true, true, true);
-    // The validated configuration, recomputed only when a configuration object changed.
-    let mut validated = crate::config::Validated::default();
-    let mut config_stale = true;
-    let mut config_report = ConfigReport::default();
     // The task whose end stopped the agent, if one did.
     let mut died: Option<&'static str> = None;
     tokio::pin!(shutdown);
     loop {
-        let due = if dirty && leading && state.is_synced() {
-            let at = retry_after.unwrap_or_else(|| tokio::time::Instant::now() + SETTLE);
-            Some(at)
-        } else {
-            None
-        };
-        if let Some(trigger) = announce_due.filter(|_| state.is_synced()) {
-            announce_due = None;
-            if config_stale {
-                validated = config_report.validate(&state, &metrics, &args.config_namespace);
-                config_stale = false;
+        while let Some(output) = todo.pop_front() {
+            let input = match output {
+                Output::Ready => {
+                    tracing::info!(node = %args.node_name, "all watches synced");
+                    ready_tx.send_replace(true);
+                    None
+                }
+                Output::Leading(leading) => {
+                    metrics.leader.set(i64::from(leading));
+                    if leading {
+                        // A new leader reports current problems itself.
+                        controller.reset_notes();
+                    }
+                    None
+                }
+                Output::Allocate => {
+                    let (state, validated) = core.state_and_config();
+                    let pass = controller.pass(state, validated);
+                    let failures = pass.failures.clone();
+                    let wrote = !pass.services.is_empty();
+                    let retry = writer.apply(state, pass).await.err();
+                    record_usage(&metrics, state, validated, &failures);
+                    Some(Input::Allocated { wrote, retry })
+                }
+                Output::Announce { trigger } => {
+                    let ok = announce(
+                        &mut core,
+                        &args,
+                        &mut announcer,
+                        &liveness,
+                        &mut dataplane,
+                        &mut bgp,
+                        &mut writer,
+                        trigger.into_std(),
+                    )
+                    .await;
+                    Some(Input::Announced { ok })
+                }
+                Output::TrimMemory => {
+                    return_freed_memory();
+                    None
+                }
+            };
+            if let Some(input) = input {
+                todo.extend(core.handle(input, Instant::now()));
             }
-            let live = crate::gossip::live_nodes(
-                &liveness.live.borrow(),
-                &crate::k8s::announcement::ready_nodes(&state),
-                *liveness.healthy.borrow(),
-                liveness.leases.borrow().as_ref(),
-            );
-            dataplane.update(&mut state, &validated);
-            let (bgp_notes, bgp_actions) =
-                bgp.sync(&state, &validated, args.lb_class.as_deref()).await;
-            announcer.set_bgp_vips(bgp.advertised().clone());
-            announcer.set_bgp_peers(bgp.peers_annotation(&node_bgp_peers(&state, &args.node_name)));
-            let mut pass = announcer.pass(&state, &validated, &live, trigger);
-            pass.node_notes.extend(bgp_notes);
-            pass.services.extend(bgp_actions);
-            announcer.bind().await;
-            if writer
-                .apply_own(&mut state, &args.node_name, pass)
-                .await
-                .is_err()
-            {
-                announce_due = Some(trigger);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            continue;
         }
-        tokio::select! {
+        let input = tokio::select! {
             biased;
             _ = &mut shutdown => break,
             task = tasks.died() => {
@@ -442,45 +445,24 @@ pub async fn run_with(
             changed = liveness.live.changed(), if live_open => {
                 live_open = changed.is_ok();
                 tracing::info!(live = ?*liveness.live.borrow(), "membership changed");
-                announce_due.get_or_insert_with(std::time::Instant::now);
+                Input::Membership
             }
             changed = liveness.healthy.changed(), if healthy_open => {
                 healthy_open = changed.is_ok();
-                announce_due.get_or_insert_with(std::time::Instant::now);
+                Input::Membership
             }
             changed = liveness.leases.changed(), if leases_open => {
                 leases_open = changed.is_ok();
-                // Only the fallback path reads the Leases: with healthy gossip a change moves nothing.
-                if !*liveness.healthy.borrow() {
-                    announce_due.get_or_insert_with(std::time::Instant::now);
-                }
+                Input::NodeLeases { gossip_healthy: *liveness.healthy.borrow() }
             }
             change = changes.recv() => {
                 let Some(change) = change else { break };
-                let seen = std::time::Instant::now();
-                let mut touched = false;
+                let seen = Instant::now();
                 // Drain what is already queued before deciding anything.
-                for change in std::iter::once(change).chain(std::iter::from_fn(|| changes.try_recv().ok())) {
-                    match state.handle(change) {
-                        Touched::Nothing => {}
-                        Touched::Config => {
-                            config_stale = true;
-                            touched = true;
-                        }
-                        Touched::Services | Touched::Topology => touched = true,
-                        Touched::Secrets => {
-                            announce_due.get_or_insert(seen);
-                        }
-                    }
-                }
-                if touched {
-                    dirty = true;
-                    announce_due.get_or_insert(seen);
-                }
-                if state.is_synced() && !*ready_tx.borrow() {
-                    tracing::info!(node = %args.node_name, "all watches synced");
-                    ready_tx.send_replace(true);
-                }
+                let changes = std::iter::once(change)
+                    .chain(std::iter::from_fn(|| changes.try_recv().ok()))
+                    .collect();
+                Input::Changes { changes, seen }
             }
             _ = refresh.tick() => {
                 // Events the API refused go out again here, not by re-running passes: a pass costs far more than a
@@ -488,58 +470,21 @@ pub async fn run_with(
                 writer.flush_events().await;
                 bgp.record();
                 // Sessions change state on their own: a new value for the Node needs a pass to write it.
-                let shown = node_bgp_peers(&state, &args.node_name);
-                if bgp.peers_annotation(&shown) != shown {
-                    announce_due.get_or_insert_with(std::time::Instant::now);
-                }
-                if announcer.refresh_local().await || announcer.holding() {
-                    announce_due.get_or_insert_with(std::time::Instant::now);
-                }
+                let shown = node_bgp_peers(&core.state, &args.node_name);
+                let sessions_changed = bgp.peers_annotation(&shown) != shown;
+                let local_changed = announcer.refresh_local().await;
                 // Re-bind even when nothing else changed: something else may have removed an address.
                 announcer.bind().await;
+                Input::Refresh { node_changed: sessions_changed || local_changed || announcer.holding() }
             }
             changed = leader.changed() => {
                 if changed.is_err() { break }
-                // Every renewal moves the deadline; only a change of role matters here.
-                let now_leading = leader.borrow_and_update().is_some();
-                if now_leading == leading {
-                    continue;
-                }
-                leading = now_leading;
-                metrics.leader.set(i64::from(leading));
-                if leading {
-                    // A new leader reports current problems itself and recomputes everything from status.
-                    controller.reset_notes();
-                    dirty = true;
-                    retry_after = None;
-                }
+                // Every renewal moves the deadline; the core acts on a change of role only.
+                Input::Leadership(leader.borrow_and_update().is_some())
             }
-            _ = sleep_until(due) => {
-                dirty = false;
-                retry_after = None;
-                if config_stale {
-                    validated = config_report.validate(&state, &metrics, &args.config_namespace);
-                    config_stale = false;
-                }
-                let pass = controller.pass(&state, &validated);
-                let failures = pass.failures.clone();
-                // The leader puts its own writes into the state directly, so their watch events change nothing
-                // later: announce from the new state now, or a VIP this node owns would wait for the next tick.
-                if !pass.services.is_empty() {
-                    announce_due.get_or_insert_with(std::time::Instant::now);
-                }
-                if let Err(retry) = writer.apply(&mut state, pass).await {
-                    dirty = true;
-                    retry_after = Some(tokio::time::Instant::now() + retry);
-                }
-                record_usage(&metrics, &state, &validated, &failures);
-                trim_at = Some(tokio::time::Instant::now() + TRIM_AFTER);
-            }
-            _ = sleep_until(trim_at) => {
-                trim_at = None;
-                return_freed_memory();
-            }
-        }
+            _ = sleep_until(core.next_deadline()) => Input::Timer,
+        };
+        todo.extend(core.handle(input, Instant::now()));
     }
     stop_tx.send_replace(true);
     // Close the sessions without a Cease: peers with graceful restart keep the routes while the agent restarts.
@@ -559,6 +504,40 @@ pub async fn run_with(
 
 /// How long the agent's tasks have, together, to finish after it is told to stop.
 const STOP_LIMIT: Duration = Duration::from_secs(15);
+
+/// One announcement pass, for a change first seen at `trigger`: liveness, the data plane, BGP, the Layer 2 plan and
+/// its bindings, then this node's own writes. Returns whether the writes went through.
+#[allow(clippy::too_many_arguments)]
+async fn announce(
+    core: &mut Core,
+    args: &AgentArgs,
+    announcer: &mut announce::Announcer,
+    liveness: &announce::Liveness,
+    dataplane: &mut dataplane::DataPlane,
+    bgp: &mut bgp::BgpSpeaker,
+    writer: &mut Writer,
+    trigger: std::time::Instant,
+) -> bool {
+    let live = crate::gossip::live_nodes(
+        &liveness.live.borrow(),
+        &crate::k8s::announcement::ready_nodes(&core.state),
+        *liveness.healthy.borrow(),
+        liveness.leases.borrow().as_ref(),
+    );
+    let (state, validated) = core.state_and_config();
+    dataplane.update(state, validated);
+    let (bgp_notes, bgp_actions) = bgp.sync(state, validated, args.lb_class.as_deref()).await;
+    announcer.set_bgp_vips(bgp.advertised().clone());
+    announcer.set_bgp_peers(bgp.peers_annotation(&node_bgp_peers(state, &args.node_name)));
+    let mut pass = announcer.pass(state, validated, &live, trigger);
+    pass.node_notes.extend(bgp_notes);
+    pass.services.extend(bgp_actions);
+    announcer.bind().await;
+    writer
+        .apply_own(&mut core.state, &args.node_name, pass)
+        .await
+        .is_ok()
+}
 
 /// The `ironlb.io/bgp-peers` value this node's Node carries now; empty when absent.
 fn node_bgp_peers(state: &ClusterState, node: &str) -> String {

@@ -1,0 +1,530 @@
+//! The agent's decisions, apart from its I/O: what to do next, and when, given what happened. [`Core`] owns the
+//! cluster state and the validated configuration; [`Core::handle`] takes one [`Input`] (watch changes, leadership,
+//! liveness, a periodic look at the node, the result of a pass, a timer) and returns the [`Output`]s the shell must
+//! carry out, in order. It never waits and never touches the network, so a recorded sequence of inputs replays
+//! exactly in a unit test.
+//!
+//! The rules it keeps:
+//! - nothing is allocated or announced before every watch has listed once (an IP not yet seen could be handed out);
+//! - only the allocator allocates, and a burst of changes costs one allocation pass (a short settle delay);
+//! - an allocation pass that failed to write is retried after the delay it asked for, without blocking anything;
+//! - every change that can move an announcement asks for an announcement pass at once, stamped with the time the
+//!   change was seen; one that failed to write is retried after [`ANNOUNCE_RETRY`];
+//! - a change of BGP passwords asks for an announcement pass only: allocation does not depend on them;
+//! - the memory an allocation pass freed goes back to the system once passes have been quiet for [`TRIM_AFTER`].
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{AllocationMetrics, ConfigReport};
+use crate::config::Validated;
+use crate::k8s::state::{Change, ClusterState, Touched};
+use crate::task::Deadline;
+
+/// How long a burst of changes may go on before the allocation pass runs.
+pub const SETTLE: Duration = Duration::from_millis(10);
+/// How long after a failed announcement write the pass runs again.
+pub const ANNOUNCE_RETRY: Duration = Duration::from_millis(200);
+/// How long allocation passes must have been quiet before freed memory is returned.
+pub const TRIM_AFTER: Duration = Duration::from_millis(500);
+
+/// What happened.
+#[derive(Debug)]
+pub enum Input {
+    /// Watch events, in the order they arrived, first seen at `seen`.
+    Changes { changes: Vec<Change>, seen: Instant },
+    /// Whether this agent holds the allocator Lease now.
+    Leadership(bool),
+    /// The gossip membership, or its health, changed.
+    Membership,
+    /// The set of fresh node Leases changed; they count only while gossip is unhealthy.
+    NodeLeases { gossip_healthy: bool },
+    /// The periodic look at the node: whether something there (interfaces, a held announcement, BGP sessions whose
+    /// state the Node does not show yet) needs an announcement pass.
+    Refresh { node_changed: bool },
+    /// An allocation pass ran: whether it had writes, and how long to wait before retrying when a write failed.
+    Allocated {
+        wrote: bool,
+        retry: Option<Duration>,
+    },
+    /// An announcement pass ran; `ok` is false when its writes failed.
+    Announced { ok: bool },
+    /// [`Core::next_deadline`] has passed.
+    Timer,
+}
+
+/// What the shell must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Every watch has listed once: report ready.
+    Ready,
+    /// This agent became (true) or stopped being (false) the allocator.
+    Leading(bool),
+    /// Run an allocation pass over [`Core::state`] and [`Core::validated`], and report [`Input::Allocated`].
+    Allocate,
+    /// Run an announcement pass, for a change first seen at `trigger`, and report [`Input::Announced`].
+    Announce { trigger: Instant },
+    /// Return freed heap memory to the system.
+    TrimMemory,
+}
+
+pub struct Core {
+    pub state: ClusterState,
+    validated: Validated,
+    config_stale: bool,
+    config_report: ConfigReport,
+    metrics: AllocationMetrics,
+    config_namespace: String,
+    ready: bool,
+    leading: bool,
+    /// Changes the allocator has not passed over yet.
+    dirty: bool,
+    /// When the allocation pass runs, once `dirty` and leading and synced.
+    allocate: Deadline,
+    /// The first unhandled change that needs an announcement pass, if any.
+    announce: Option<Instant>,
+    /// While set, an announcement pass waits for it (a failed write's retry).
+    announce_retry: Deadline,
+    trim: Deadline,
+}
+
+impl Core {
+    pub fn new(metrics: AllocationMetrics, config_namespace: &str) -> Core {
+        Core {
+            state: ClusterState::default(),
+            validated: Validated::default(),
+            config_stale: true,
+            config_report: ConfigReport::default(),
+            metrics,
+            config_namespace: config_namespace.to_string(),
+            ready: false,
+            leading: false,
+            dirty: false,
+            allocate: Deadline::default(),
+            announce: None,
+            announce_retry: Deadline::default(),
+            trim: Deadline::default(),
+        }
+    }
+
+    /// The configuration as last validated; current whenever an [`Output::Allocate`] or [`Output::Announce`] is out.
+    pub fn validated(&self) -> &Validated {
+        &self.validated
+    }
+
+    /// The state, for a pass to write its own results into, beside the configuration it ran with.
+    pub fn state_and_config(&mut self) -> (&mut ClusterState, &Validated) {
+        (&mut self.state, &self.validated)
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.leading
+    }
+
+    /// The earliest instant at which [`Input::Timer`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let announce = self.announce.and(self.announce_retry.at());
+        [self.allocation_due(), announce, self.trim.at()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn allocation_due(&self) -> Option<Instant> {
+        (self.dirty && self.leading && self.state.is_synced())
+            .then_some(self.allocate.at())
+            .flatten()
+    }
+
+    /// Takes one input and returns what to do, in order.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Changes { changes, seen } => {
+                let mut moved = false;
+                for change in changes {
+                    match self.state.handle(change) {
+                        Touched::Nothing => {}
+                        Touched::Config => {
+                            self.config_stale = true;
+                            moved = true;
+                        }
+                        Touched::Services | Touched::Topology => moved = true,
+                        Touched::Secrets => self.want_announcement(seen),
+                    }
+                }
+                if moved {
+                    self.mark_dirty(now);
+                    self.want_announcement(seen);
+                }
+                if self.state.is_synced() && !self.ready {
+                    self.ready = true;
+                    out.push(Output::Ready);
+                }
+            }
+            Input::Leadership(leading) => {
+                if leading != self.leading {
+                    self.leading = leading;
+                    out.push(Output::Leading(leading));
+                    if leading {
+                        // A new allocator recomputes everything from the Services' status.
+                        self.mark_dirty(now);
+                    }
+                }
+            }
+            Input::Membership => self.want_announcement(now),
+            Input::NodeLeases { gossip_healthy } => {
+                // With healthy gossip the Leases move nothing.
+                if !gossip_healthy {
+                    self.want_announcement(now);
+                }
+            }
+            Input::Refresh { node_changed } => {
+                if node_changed {
+                    self.want_announcement(now);
+                }
+            }
+            Input::Allocated { wrote, retry } => {
+                // The allocator puts its own writes into the state, so their watch events change nothing later:
+                // announce from the new state now, or a VIP this node owns would wait for the next look.
+                if wrote {
+                    self.want_announcement(now);
+                }
+                if let Some(retry) = retry {
+                    self.dirty = true;
+                    self.allocate.set(now + retry);
+                }
+                self.trim.set(now + TRIM_AFTER);
+            }
+            Input::Announced { ok } => {
+                if !ok {
+                    self.want_announcement(now);
+                    self.announce_retry.set(now + ANNOUNCE_RETRY);
+                }
+            }
+            Input::Timer => {
+                if self.allocation_due().is_some_and(|at| at <= now) {
+                    self.dirty = false;
+                    self.allocate.clear();
+                    self.refresh_config();
+                    out.push(Output::Allocate);
+                }
+                if self.trim.at().is_some_and(|at| at <= now) {
+                    self.trim.clear();
+                    out.push(Output::TrimMemory);
+                }
+            }
+        }
+        if let Some(trigger) = self.announcement_due(now) {
+            self.announce = None;
+            self.announce_retry.clear();
+            self.refresh_config();
+            out.push(Output::Announce { trigger });
+        }
+        out
+    }
+
+    /// The trigger of an announcement pass that may run now.
+    fn announcement_due(&self, now: Instant) -> Option<Instant> {
+        let trigger = self.announce?;
+        let waiting = self.announce_retry.at().is_some_and(|at| at > now);
+        (self.state.is_synced() && !waiting).then_some(trigger)
+    }
+
+    fn want_announcement(&mut self, seen: Instant) {
+        self.announce.get_or_insert(seen);
+    }
+
+    /// A change for the allocator: the pass runs [`SETTLE`] after the last one, unless a retry is already set.
+    fn mark_dirty(&mut self, now: Instant) {
+        let retrying = self.dirty && self.allocate.at().is_some_and(|at| at > now + SETTLE);
+        self.dirty = true;
+        if !retrying {
+            self.allocate.set(now + SETTLE);
+        }
+    }
+
+    fn refresh_config(&mut self) {
+        if self.config_stale {
+            self.validated =
+                self.config_report
+                    .validate(&self.state, &self.metrics, &self.config_namespace);
+            self.config_stale = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::state::ConfigKind;
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    use kube::runtime::watcher::Event;
+
+    /// Every watch listed, empty: what an agent sees on an empty cluster.
+    fn synced() -> Vec<Change> {
+        let mut all = vec![
+            Change::Service(Event::InitDone),
+            Change::EndpointSlice(Event::InitDone),
+            Change::Node(Event::InitDone),
+            Change::Namespace(Event::InitDone),
+            Change::ConfigMap(Event::InitDone),
+        ];
+        all.extend(
+            ConfigKind::ALL
+                .iter()
+                .map(|k| Change::Config(*k, Event::InitDone)),
+        );
+        all
+    }
+
+    fn service(name: &str, rv: &str) -> Change {
+        Change::Service(Event::Apply(
+            serde_json::from_value::<Service>(serde_json::json!({
+                "metadata": {"name": name, "namespace": "default", "resourceVersion": rv},
+                "spec": {"type": "LoadBalancer"},
+            }))
+            .unwrap(),
+        ))
+    }
+
+    fn secret(name: &str, rv: &str) -> Change {
+        Change::Secret(Event::Apply(
+            serde_json::from_value::<Secret>(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ironlb-system", "resourceVersion": rv},
+            }))
+            .unwrap(),
+        ))
+    }
+
+    fn core() -> Core {
+        Core::new(AllocationMetrics::default(), "metallb-system")
+    }
+
+    fn changes(changes: Vec<Change>, seen: Instant) -> Input {
+        Input::Changes { changes, seen }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn nothing_is_decided_before_every_watch_has_listed() {
+        let t0 = Instant::now();
+        let mut core = core();
+        assert_eq!(
+            core.handle(Input::Leadership(true), t0),
+            [Output::Leading(true)]
+        );
+        assert_eq!(core.handle(changes(vec![service("web", "1")], t0), t0), []);
+        assert_eq!(
+            core.next_deadline(),
+            None,
+            "no pass may be scheduled unsynced"
+        );
+        assert_eq!(core.handle(Input::Membership, t0), []);
+        let t1 = t0 + ms(5);
+        assert_eq!(
+            core.handle(changes(synced(), t1), t1),
+            [Output::Ready, Output::Announce { trigger: t0 }],
+            "the first change seen stamps the announcement"
+        );
+        assert_eq!(core.next_deadline(), Some(t1 + SETTLE));
+        assert_eq!(core.handle(Input::Timer, t1 + SETTLE), [Output::Allocate]);
+    }
+
+    #[test]
+    fn a_burst_of_changes_costs_one_allocation_pass_and_only_the_leader_allocates() {
+        let t0 = Instant::now();
+        let mut core = core();
+        core.handle(changes(synced(), t0), t0);
+        core.handle(Input::Announced { ok: true }, t0);
+        for i in 0..5u64 {
+            let t = t0 + ms(i * 2);
+            core.handle(changes(vec![service(&format!("s{i}"), "1")], t), t);
+        }
+        assert_eq!(
+            core.next_deadline(),
+            None,
+            "a follower schedules no allocation"
+        );
+        assert_eq!(core.handle(Input::Timer, t0 + ms(100)), []);
+        let t1 = t0 + ms(100);
+        assert_eq!(
+            core.handle(Input::Leadership(true), t1),
+            [Output::Leading(true)]
+        );
+        let t2 = t1 + ms(3);
+        core.handle(changes(vec![service("late", "1")], t2), t2);
+        assert_eq!(
+            core.next_deadline(),
+            Some(t2 + SETTLE),
+            "the settle restarts"
+        );
+        assert_eq!(core.handle(Input::Timer, t2 + ms(5)), []);
+        assert_eq!(core.handle(Input::Timer, t2 + SETTLE), [Output::Allocate]);
+        assert_eq!(core.handle(Input::Timer, t2 + SETTLE + ms(1)), []);
+        // Losing the Lease stops allocation even with changes pending.
+        core.handle(Input::Leadership(false), t2 + ms(20));
+        core.handle(
+            changes(vec![service("after", "1")], t2 + ms(21)),
+            t2 + ms(21),
+        );
+        assert_eq!(core.handle(Input::Timer, t2 + ms(60)), []);
+    }
+
+    #[test]
+    fn a_failed_allocation_write_is_retried_after_its_delay_without_blocking_announcements() {
+        let t0 = Instant::now();
+        let mut core = core();
+        core.handle(changes(synced(), t0), t0);
+        core.handle(Input::Leadership(true), t0);
+        assert_eq!(core.handle(Input::Timer, t0 + SETTLE), [Output::Allocate]);
+        let t1 = t0 + ms(50);
+        assert_eq!(
+            core.handle(
+                Input::Allocated {
+                    wrote: true,
+                    retry: Some(Duration::from_secs(1))
+                },
+                t1
+            ),
+            [Output::Announce { trigger: t1 }]
+        );
+        // A change during the wait neither hastens the retry nor holds up announcing it.
+        let t2 = t1 + ms(100);
+        assert_eq!(
+            core.handle(changes(vec![service("web", "2")], t2), t2),
+            [Output::Announce { trigger: t2 }]
+        );
+        assert_eq!(core.handle(Input::Timer, t2 + SETTLE), []);
+        // The memory of the first pass went back meanwhile (quiet for TRIM_AFTER), as the retry comes due.
+        assert_eq!(
+            core.handle(Input::Timer, t1 + Duration::from_secs(1)),
+            [Output::Allocate, Output::TrimMemory]
+        );
+        // Then the freed memory is returned once passes are quiet.
+        let t3 = t1 + Duration::from_secs(1);
+        assert_eq!(
+            core.handle(
+                Input::Allocated {
+                    wrote: false,
+                    retry: None
+                },
+                t3
+            ),
+            []
+        );
+        assert_eq!(core.next_deadline(), Some(t3 + TRIM_AFTER));
+        assert_eq!(
+            core.handle(Input::Timer, t3 + TRIM_AFTER),
+            [Output::TrimMemory]
+        );
+        assert_eq!(core.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_failed_announcement_write_is_retried_later_keeping_its_trigger() {
+        let t0 = Instant::now();
+        let mut core = core();
+        core.handle(changes(synced(), t0), t0);
+        assert_eq!(core.handle(Input::Announced { ok: false }, t0 + ms(1)), []);
+        assert_eq!(core.next_deadline(), Some(t0 + ms(1) + ANNOUNCE_RETRY));
+        // A membership change meanwhile waits for the retry too, and keeps the older trigger.
+        assert_eq!(core.handle(Input::Membership, t0 + ms(50)), []);
+        assert_eq!(
+            core.handle(Input::Timer, t0 + ms(1) + ANNOUNCE_RETRY),
+            [Output::Announce {
+                trigger: t0 + ms(1)
+            }]
+        );
+        assert_eq!(core.handle(Input::Announced { ok: true }, t0 + ms(300)), []);
+        assert_eq!(core.next_deadline(), None);
+    }
+
+    #[test]
+    fn a_password_change_asks_for_an_announcement_pass_only() {
+        let t0 = Instant::now();
+        let mut core = core();
+        core.handle(Input::Leadership(true), t0);
+        core.handle(changes(synced(), t0), t0);
+        core.handle(Input::Timer, t0 + SETTLE);
+        core.handle(Input::Announced { ok: true }, t0 + SETTLE);
+        let t2 = t0 + ms(200);
+        assert_eq!(
+            core.handle(changes(vec![secret("md5", "1")], t2), t2),
+            [Output::Announce { trigger: t2 }]
+        );
+        assert_eq!(
+            core.next_deadline(),
+            None,
+            "no allocation pass for a Secret"
+        );
+        // The same object again (a relist) changes nothing and asks for nothing.
+        assert_eq!(core.handle(changes(vec![secret("md5", "1")], t2), t2), []);
+    }
+
+    #[test]
+    fn node_leases_count_only_while_gossip_is_unhealthy_and_a_refresh_only_when_the_node_changed() {
+        let t0 = Instant::now();
+        let mut core = core();
+        core.handle(changes(synced(), t0), t0);
+        core.handle(Input::Announced { ok: true }, t0);
+        assert_eq!(
+            core.handle(
+                Input::NodeLeases {
+                    gossip_healthy: true
+                },
+                t0
+            ),
+            []
+        );
+        assert_eq!(
+            core.handle(
+                Input::Refresh {
+                    node_changed: false
+                },
+                t0
+            ),
+            []
+        );
+        assert_eq!(
+            core.handle(
+                Input::NodeLeases {
+                    gossip_healthy: false
+                },
+                t0 + ms(1)
+            ),
+            [Output::Announce {
+                trigger: t0 + ms(1)
+            }]
+        );
+        assert_eq!(
+            core.handle(Input::Refresh { node_changed: true }, t0 + ms(2)),
+            [Output::Announce {
+                trigger: t0 + ms(2)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_new_allocator_recomputes_everything() {
+        let t0 = Instant::now();
+        let mut core = core();
+        core.handle(changes(synced(), t0), t0);
+        core.handle(Input::Announced { ok: true }, t0);
+        assert_eq!(core.next_deadline(), None);
+        assert_eq!(
+            core.handle(Input::Leadership(true), t0),
+            [Output::Leading(true)]
+        );
+        assert_eq!(
+            core.handle(Input::Leadership(true), t0),
+            [],
+            "a renewal is no change"
+        );
+        assert_eq!(core.handle(Input::Timer, t0 + SETTLE), [Output::Allocate]);
+    }
+}
