@@ -4,7 +4,6 @@
 //! planner consumes `LocalInterface { name, subnets, up, noarp, loopback }`; the other fields are for logs,
 //! `ironlb status` and the ARP responder (which needs the MAC).
 
-use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -13,17 +12,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
 
 use super::{DumpFailure, collect_dump};
-
-/// An Ethernet (EUI-48) hardware address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
+use crate::arp::MacAddr;
 
 /// One link of this network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,7 +18,7 @@ pub mod links;
 pub mod strict_arp;
 
 pub use bind::{AddressReconciler, AddressRequest, LinkKind};
-pub use links::{LocalInterface, MacAddr};
+pub use links::LocalInterface;
 pub use strict_arp::{StrictArpMode, StrictArpStatus, SysctlValues};
 
 /// Returns the positive errno of a netlink NACK, if `err` is one.
