@@ -16,7 +16,7 @@ const IFF_NOARP: u32 = 0x80;
 
 /// Why an interface is never used for announcements.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum LinkRefusal {
     KubeIpvs,
     Loopback,
     NoArp,
@@ -24,16 +24,16 @@ pub enum Refusal {
     NotFound,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for LinkRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Refusal::KubeIpvs => {
+            LinkRefusal::KubeIpvs => {
                 "kube-ipvs0 holds every VIP on every node; announcing there would break strict ARP"
             }
-            Refusal::Loopback => "a loopback interface has no link to announce on",
-            Refusal::NoArp => "the link is NOARP, so its neighbours do not resolve addresses",
-            Refusal::NoMac => "the link has no Ethernet address",
-            Refusal::NotFound => "no such interface in this network namespace",
+            LinkRefusal::Loopback => "a loopback interface has no link to announce on",
+            LinkRefusal::NoArp => "the link is NOARP, so its neighbours do not resolve addresses",
+            LinkRefusal::NoMac => "the link has no Ethernet address",
+            LinkRefusal::NotFound => "no such interface in this network namespace",
         })
     }
 }
@@ -48,19 +48,19 @@ pub struct LinkFacts<'a> {
 }
 
 /// Returns the MAC to answer with, or why the link must not be used.
-pub fn check_link(link: &LinkFacts<'_>) -> Result<MacAddr, Refusal> {
+pub fn check_link(link: &LinkFacts<'_>) -> Result<MacAddr, LinkRefusal> {
     if link.name == KUBE_IPVS {
-        return Err(Refusal::KubeIpvs);
+        return Err(LinkRefusal::KubeIpvs);
     }
     if link.loopback {
-        return Err(Refusal::Loopback);
+        return Err(LinkRefusal::Loopback);
     }
     if link.flags & IFF_NOARP != 0 {
-        return Err(Refusal::NoArp);
+        return Err(LinkRefusal::NoArp);
     }
     match link.mac {
         Some(mac) if mac != MacAddr::ZERO => Ok(mac),
-        _ => Err(Refusal::NoMac),
+        _ => Err(LinkRefusal::NoMac),
     }
 }
 
@@ -388,19 +388,19 @@ mod tests {
         };
         assert_eq!(
             check_link(&link("kube-ipvs0", false, 0, Some(NODE))),
-            Err(Refusal::KubeIpvs)
+            Err(LinkRefusal::KubeIpvs)
         );
         assert_eq!(
             check_link(&link("lo", true, 0, Some(MacAddr::ZERO))),
-            Err(Refusal::Loopback)
+            Err(LinkRefusal::Loopback)
         );
         assert_eq!(
             check_link(&link("wg0", false, IFF_NOARP, None)),
-            Err(Refusal::NoArp)
+            Err(LinkRefusal::NoArp)
         );
         assert_eq!(
             check_link(&link("tun0", false, 0, None)),
-            Err(Refusal::NoMac)
+            Err(LinkRefusal::NoMac)
         );
         assert_eq!(
             check_link(&link("eth0", false, 0x1003, Some(NODE))),

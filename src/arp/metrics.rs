@@ -9,14 +9,14 @@ use prometheus_client::registry::Registry;
 /// Address family of a gratuitous announcement.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum AddressFamily {
+pub enum FamilyLabel {
     ipv4,
     ipv6,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FamilyLabels {
-    pub family: AddressFamily,
+    pub family: FamilyLabel,
 }
 
 /// Failover latency buckets in seconds: the design's target is one second, MetalLB's typical figure about ten.
@@ -89,7 +89,7 @@ impl ArpMetrics {
         m
     }
 
-    pub(crate) fn gratuitous_sent(&self, family: AddressFamily) {
+    pub(crate) fn gratuitous_sent(&self, family: FamilyLabel) {
         self.gratuitous
             .get_or_create(&FamilyLabels { family })
             .inc();
@@ -104,7 +104,7 @@ mod tests {
     fn every_metric_is_exposed_with_its_name() {
         let mut registry = Registry::default();
         let m = ArpMetrics::register(&mut registry);
-        m.gratuitous_sent(AddressFamily::ipv6);
+        m.gratuitous_sent(FamilyLabel::ipv6);
         m.failover_seconds.observe(0.2);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();

@@ -29,7 +29,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 pub use codec::{ArpOp, ArpPacket, DecodeError, Frame, MacAddr, NaFlags, NdpMessage, NdpPacket};
-pub use decide::Refusal;
+pub use decide::LinkRefusal;
 pub use metrics::ArpMetrics;
 pub use responder::{ArpResponder, ArpResponderHandle};
 
@@ -75,7 +75,7 @@ pub enum Error {
     #[error("read timeout {0:?} must be between 1 ms and 5 s")]
     ReadTimeout(Duration),
     #[error("interface {interface}: {reason}")]
-    Refused { interface: String, reason: Refusal },
+    Refused { interface: String, reason: LinkRefusal },
     #[error("interface {interface}: cannot open a packet socket")]
     Channel {
         interface: String,

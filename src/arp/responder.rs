@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::codec::{ArpPacket, Frame, MacAddr, NdpPacket, may_be_arp_or_ndp};
-use super::decide::{self, LinkFacts, LogLimiter, Refusal, Verdict};
-use super::metrics::AddressFamily;
+use super::decide::{self, LinkFacts, LogLimiter, LinkRefusal, Verdict};
+use super::metrics::FamilyLabel;
 use super::{Announcements, ArpConfig, ArpMetrics, Error, Result};
 
 /// Consecutive socket errors after which a receive thread gives up on its interface.
@@ -262,12 +262,12 @@ impl Port {
         };
         // Checked by name before looking anything up, so kube-ipvs0 is refused even where it is missing.
         if name == decide::KUBE_IPVS {
-            return Err(refused(Refusal::KubeIpvs));
+            return Err(refused(LinkRefusal::KubeIpvs));
         }
         let iface = datalink::interfaces()
             .into_iter()
             .find(|i| i.name == name)
-            .ok_or(refused(Refusal::NotFound))?;
+            .ok_or(refused(LinkRefusal::NotFound))?;
         let mac = decide::check_link(&link_facts(&iface)).map_err(refused)?;
         let channel_config = datalink::Config {
             read_timeout: Some(config.read_timeout),
@@ -321,13 +321,13 @@ impl Port {
                     Frame::Arp(ArpPacket::gratuitous_request(self.mac, ip)),
                     Frame::Arp(ArpPacket::gratuitous_reply(self.mac, ip)),
                 ],
-                AddressFamily::ipv4,
+                FamilyLabel::ipv4,
             ),
             IpAddr::V6(ip) => (
                 vec![Frame::Ndp(NdpPacket::unsolicited_advertisement(
                     self.mac, ip,
                 ))],
-                AddressFamily::ipv6,
+                FamilyLabel::ipv6,
             ),
         };
         let mut sent = false;
