@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ironlb::ipvs::{
-    Change, DestId, DestSpec, Family, FwdMethod, IpvsSocket, Programmer, Protocol, ServiceId,
-    ServiceSpec, Tunnel, WantedTable, render_ipvsadm,
+    AddressFamily, DestId, DestSpec, FwdMethod, IpvsSocket, Programmer, Protocol, ServiceId,
+    ServiceSpec, TableChange, Tunnel, WantedTable, render_ipvsadm,
 };
 
 fn in_vm() -> bool {
@@ -116,7 +116,7 @@ fn programmer_creates_updates_and_deletes_exactly_what_is_wanted() {
     let dns = ServiceSpec::new(ServiceId::udp(ip("2001:db8::10"), 53), "wrr").persistent(300);
     let fwm = ServiceSpec::new(
         ServiceId::Fwmark {
-            family: Family::V4,
+            family: AddressFamily::V4,
             mark: 7,
         },
         "sh",
@@ -221,7 +221,7 @@ fn second_reconcile_sends_no_changes() {
         (
             ServiceSpec::new(
                 ServiceId::Fwmark {
-                    family: Family::V6,
+                    family: AddressFamily::V6,
                     mark: 8,
                 },
                 "rr",
@@ -235,7 +235,7 @@ fn second_reconcile_sends_no_changes() {
     assert_eq!(before.changes, 7);
     let second = p.reconcile(&wanted, Instant::now()).expect("reconcile");
     let after = p.calls();
-    assert_eq!(second.changes, Vec::<Change>::new());
+    assert_eq!(second.changes, Vec::<TableChange>::new());
     assert_eq!(
         after.changes, before.changes,
         "the second reconcile sent change requests"
@@ -272,8 +272,8 @@ fn drift_behind_our_back_is_repaired() {
     assert_eq!(
         repair.changes,
         vec![
-            Change::AddDest(svc.id, gone),
-            Change::UpdateDest(
+            TableChange::AddDest(svc.id, gone),
+            TableChange::UpdateDest(
                 svc.id,
                 DestSpec::new(ip("198.51.100.32"), 80, FwdMethod::Masq, 1)
             ),
@@ -316,9 +316,9 @@ fn codec_decodes_what_ipvsadm_created() {
     let bypass = DestSpec::new(ip("198.51.100.12"), 5060, FwdMethod::Bypass, 1);
     let failed = p
         .apply(&[
-            Change::AddDest(web, local),
-            Change::AddService(ServiceSpec::new(bypass_svc, "rr")),
-            Change::AddDest(bypass_svc, bypass),
+            TableChange::AddDest(web, local),
+            TableChange::AddService(ServiceSpec::new(bypass_svc, "rr")),
+            TableChange::AddDest(bypass_svc, bypass),
         ])
         .expect("apply");
     assert!(failed.is_empty(), "{failed:?}");
@@ -330,7 +330,7 @@ fn codec_decodes_what_ipvsadm_created() {
             .unwrap_or_else(|| panic!("{id:?} not dumped: {actual:?}"))
     };
     let fwm7 = ServiceId::Fwmark {
-        family: Family::V4,
+        family: AddressFamily::V4,
         mark: 7,
     };
     assert_eq!(got(&fwm7).0, ServiceSpec::new(fwm7, "sh"));
@@ -339,7 +339,7 @@ fn codec_decodes_what_ipvsadm_created() {
         vec![tunnel("198.51.100.3", 3)]
     );
     let fwm9 = ServiceId::Fwmark {
-        family: Family::V6,
+        family: AddressFamily::V6,
         mark: 9,
     };
     assert_eq!(got(&fwm9).0, ServiceSpec::new(fwm9, "rr").persistent(120));

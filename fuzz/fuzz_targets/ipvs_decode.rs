@@ -3,7 +3,7 @@
 //! Seed corpus: the golden frames in src/ipvs/golden.rs (hex-decode them into corpus/ipvs_decode/).
 #![no_main]
 
-use ironlb::ipvs::codec::{Dest, Family, IpvsMessage, Service, decode_frame};
+use ironlb::ipvs::codec::{AddressFamily, Dest, IpvsMessage, Service, decode_frame};
 use libfuzzer_sys::fuzz_target;
 use netlink_packet_core::NetlinkPayload;
 
@@ -26,7 +26,7 @@ fn inspect(msg: &IpvsMessage) {
         let _ = Service::from_attrs(attrs);
     }
     if let Some(attrs) = msg.dest() {
-        let _ = Dest::from_attrs(attrs, Family::V4);
-        let _ = Dest::from_attrs(attrs, Family::V6);
+        let _ = Dest::from_attrs(attrs, AddressFamily::V4);
+        let _ = Dest::from_attrs(attrs, AddressFamily::V6);
     }
 }

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Validated;
 use crate::ipvs::direct::{self, Delta, DirectIndex, DirectPlan, ServiceRef};
-use crate::ipvs::verify::{self, DataPlane as Plane, Drift};
+use crate::ipvs::verify::{self, DataPlaneState, Drift};
 use crate::ipvs::{IpvsSocket, KUBE_PROXY_LINK, Programmer, ServiceId, ServiceSpec, WantedTable};
 use crate::k8s::events::Note;
 use crate::k8s::state::ClusterState;
@@ -242,7 +242,7 @@ pub fn target(
 /// The Service of each virtual service kube-proxy would create: the one whose ingress holds the VIP and which has
 /// the port.
 fn owners_of(
-    plane: &Plane,
+    plane: &DataPlaneState,
     services: &[k8s_openapi::api::core::v1::Service],
 ) -> BTreeMap<ServiceId, ServiceRef> {
     let mut out = BTreeMap::new();
@@ -815,7 +815,7 @@ impl Worker {
             Mode::Integrated => changed_at.elapsed() >= self.settle && link_exists(KUBE_PROXY_LINK),
         };
         if settled {
-            let wanted = Plane {
+            let wanted = DataPlaneState {
                 ipvs: self.wanted.table.clone(),
                 bindings: BTreeSet::new(),
             };

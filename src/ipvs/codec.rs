@@ -765,12 +765,12 @@ impl Protocol {
 
 /// Address family of a fwmark service (an address service takes it from its address).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
+pub enum AddressFamily {
     V4,
     V6,
 }
 
-impl Family {
+impl AddressFamily {
     fn af(self) -> u16 {
         match self {
             Self::V4 => AF_INET,
@@ -795,7 +795,7 @@ pub enum ServiceId {
         port: u16,
     },
     Fwmark {
-        family: Family,
+        family: AddressFamily,
         mark: u32,
     },
 }
@@ -815,16 +815,16 @@ impl ServiceId {
             port,
         }
     }
-    pub fn family(&self) -> Family {
+    pub fn family(&self) -> AddressFamily {
         match self {
             Self::Addr {
                 addr: IpAddr::V4(_),
                 ..
-            } => Family::V4,
+            } => AddressFamily::V4,
             Self::Addr {
                 addr: IpAddr::V6(_),
                 ..
-            } => Family::V6,
+            } => AddressFamily::V6,
             Self::Fwmark { family, .. } => *family,
         }
     }
@@ -870,8 +870,8 @@ impl ServiceSpec {
     /// A service with ipvsadm's defaults: no persistence, full netmask.
     pub fn new(id: ServiceId, scheduler: &str) -> Self {
         let netmask = match id.family() {
-            Family::V4 => u32::MAX,
-            Family::V6 => 128,
+            AddressFamily::V4 => u32::MAX,
+            AddressFamily::V6 => 128,
         };
         Self {
             id,
@@ -940,7 +940,7 @@ impl Service {
         let af = af.ok_or_else(|| DecodeError::from("IPVS service without AF"))?;
         let id = match mark {
             Some(mark) if mark != 0 => ServiceId::Fwmark {
-                family: Family::from_af(af)?,
+                family: AddressFamily::from_af(af)?,
                 mark,
             },
             _ => ServiceId::Addr {
@@ -1106,7 +1106,10 @@ pub struct Dest {
 
 impl Dest {
     /// `service_family` is used when the kernel omits `ADDR_FAMILY` (kernels before 4.x).
-    pub fn from_attrs(attrs: &[DestAttr], service_family: Family) -> Result<Self, DecodeError> {
+    pub fn from_attrs(
+        attrs: &[DestAttr],
+        service_family: AddressFamily,
+    ) -> Result<Self, DecodeError> {
         let (mut addr, mut port, mut af, mut fwd, mut weight) = (None, None, None, None, 0);
         let (mut u, mut l, mut act, mut inact, mut pers) = (0, 0, 0, 0, 0);
         let (mut tun_type, mut tun_port, mut tun_flags) = (None, 0, 0);
@@ -1219,7 +1222,7 @@ mod tests {
     fn fwm7() -> ServiceSpec {
         ServiceSpec::new(
             ServiceId::Fwmark {
-                family: Family::V4,
+                family: AddressFamily::V4,
                 mark: 7,
             },
             "sh",
@@ -1339,7 +1342,7 @@ mod tests {
         assert_eq!(services[0].stats, Stats::default());
 
         let route = ipvs(&hex(golden::GET_DEST_REPLY_ROUTE6));
-        let d = Dest::from_attrs(route.dest().unwrap(), Family::V6).unwrap();
+        let d = Dest::from_attrs(route.dest().unwrap(), AddressFamily::V6).unwrap();
         assert_eq!(
             d.spec,
             DestSpec::new(ip("2001:db8::2"), 53, FwdMethod::Route, 2)
@@ -1347,7 +1350,7 @@ mod tests {
         assert_eq!((d.active_conns, d.inact_conns, d.persist_conns), (0, 0, 0));
 
         let tun = ipvs(&hex(golden::GET_DEST_REPLY_TUNNEL));
-        let d = Dest::from_attrs(tun.dest().unwrap(), Family::V4).unwrap();
+        let d = Dest::from_attrs(tun.dest().unwrap(), AddressFamily::V4).unwrap();
         let mut want = DestSpec::new(ip("198.51.100.3"), 0, FwdMethod::Tunnel, 3);
         want.tunnel = Some(Tunnel {
             kind: 0,
@@ -1392,9 +1395,9 @@ mod tests {
                     });
                 }
                 let family = if addr.contains(':') {
-                    Family::V6
+                    AddressFamily::V6
                 } else {
-                    Family::V4
+                    AddressFamily::V4
                 };
                 let msg = IpvsMessage::new(IpvsCmd::NewDest, vec![IpvsAttr::Dest(d.to_attrs())]);
                 let back = IpvsMessage::decode(&msg.encode()).unwrap();
@@ -1477,7 +1480,7 @@ mod tests {
                         let _ = Service::from_attrs(s);
                     }
                     if let Some(d) = genl.payload.dest() {
-                        let _ = Dest::from_attrs(d, Family::V4);
+                        let _ = Dest::from_attrs(d, AddressFamily::V4);
                     }
                 }
             }

@@ -29,7 +29,8 @@ use crate::k8s::index::{Changes, ObjectIndex, ObjectKey};
 
 use super::codec::{DestId, DestSpec, Protocol, ServiceId, ServiceSpec};
 use super::verify::{
-    DEFAULT_AFFINITY_SECONDS, DataPlane, SERVICE_NAME_LABEL, candidates, protocol, real_servers,
+    DEFAULT_AFFINITY_SECONDS, DataPlaneState, SERVICE_NAME_LABEL, candidates, protocol,
+    real_servers,
 };
 
 /// Service annotation: the IPVS scheduler of the Service's virtual services.
@@ -88,7 +89,7 @@ pub struct Problem {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirectPlan {
     /// The IPVS table, and the VIPs to bind on the direct-mode device.
-    pub plane: DataPlane,
+    pub plane: DataPlaneState,
     /// The Service each virtual service belongs to.
     pub owners: BTreeMap<ServiceId, ServiceRef>,
     /// Virtual services of `Cluster` Services, whose connections are source-NATed.

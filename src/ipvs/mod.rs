@@ -15,11 +15,13 @@ pub mod socket;
 pub mod verify;
 
 pub use codec::{
-    Dest, DestId, DestSpec, Family, FwdMethod, IpvsAttr, IpvsCmd, IpvsMessage, Protocol, Service,
-    ServiceId, ServiceSpec, Stats, Tunnel,
+    AddressFamily, Dest, DestId, DestSpec, FwdMethod, IpvsAttr, IpvsCmd, IpvsMessage, Protocol,
+    Service, ServiceId, ServiceSpec, Stats, Tunnel,
 };
 pub use mode::{DIRECT_LINK, KUBE_PROXY_LINK, Mode};
-pub use programmer::{ActualTable, Calls, Change, Drain, Programmer, Report, WantedTable, diff};
+pub use programmer::{
+    ActualTable, Calls, Drain, Programmer, Report, TableChange, WantedTable, diff,
+};
 pub use render::render_ipvsadm;
 pub use socket::IpvsSocket;
 

@@ -1,6 +1,6 @@
 //! Reconciles the IPVS services IronLB wants against the kernel's table.
 //!
-//! `diff` is pure: wanted table, actual table, scope and drain state in; a list of [`Change`] values out. The
+//! `diff` is pure: wanted table, actual table, scope and drain state in; a list of [`TableChange`] values out. The
 //! [`Programmer`] is the thin shell around it: dump, diff, hand the changes to the one executor, and count what it
 //! sent. It never touches a service outside its scope, so kube-proxy's services (and an operator's) stay as they
 //! are. EEXIST on an add and ENOENT on a delete mean the kernel already is where we wanted it, so they count as
@@ -23,9 +23,9 @@ pub type WantedTable = BTreeMap<ServiceId, (ServiceSpec, BTreeMap<DestId, DestSp
 /// What the kernel has, with connection counters.
 pub type ActualTable = BTreeMap<ServiceId, (ServiceSpec, BTreeMap<DestId, Dest>)>;
 
-/// One kernel change, as a value.
+/// One change to the kernel's IPVS table, as a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
+pub enum TableChange {
     AddService(ServiceSpec),
     UpdateService(ServiceSpec),
     AddDest(ServiceId, DestSpec),
@@ -34,7 +34,7 @@ pub enum Change {
     DelService(ServiceId),
 }
 
-impl Change {
+impl TableChange {
     /// The request that carries this change. Like ipvsadm, no NLM_F_CREATE/EXCL: the IPVS family ignores them.
     pub fn to_message(&self) -> IpvsMessage {
         let svc = |id: &ServiceId| IpvsAttr::Service(id.to_attrs());
@@ -90,18 +90,18 @@ impl Drain {
     }
 
     /// The step for one unwanted real server: delete it, set it to weight 0, or leave it draining.
-    fn step(&mut self, svc: ServiceId, dest: &Dest, now: Instant) -> Option<Change> {
+    fn step(&mut self, svc: ServiceId, dest: &Dest, now: Instant) -> Option<TableChange> {
         let key = (svc, dest.spec.id);
         if dest.active_conns == 0 {
             self.since.remove(&key);
-            return Some(Change::DelDest(svc, dest.spec.id));
+            return Some(TableChange::DelDest(svc, dest.spec.id));
         }
         let since = *self.since.entry(key).or_insert(now);
         if now.saturating_duration_since(since) >= self.grace {
             self.since.remove(&key);
-            Some(Change::DelDest(svc, dest.spec.id))
+            Some(TableChange::DelDest(svc, dest.spec.id))
         } else if dest.spec.weight != 0 {
-            Some(Change::UpdateDest(
+            Some(TableChange::UpdateDest(
                 svc,
                 DestSpec {
                     weight: 0,
@@ -127,26 +127,26 @@ pub fn diff(
     scope: &dyn Fn(&ServiceId) -> bool,
     drain: &mut Drain,
     now: Instant,
-) -> Vec<Change> {
+) -> Vec<TableChange> {
     let mut changes = Vec::new();
     for (id, (spec, dests)) in wanted.iter().filter(|(id, _)| scope(id)) {
         let empty = BTreeMap::new();
         let have = match actual.get(id) {
             None => {
-                changes.push(Change::AddService(spec.clone()));
+                changes.push(TableChange::AddService(spec.clone()));
                 &empty
             }
             Some((have_spec, have)) => {
                 if have_spec != spec {
-                    changes.push(Change::UpdateService(spec.clone()));
+                    changes.push(TableChange::UpdateService(spec.clone()));
                 }
                 have
             }
         };
         for (did, d) in dests {
             match have.get(did) {
-                None => changes.push(Change::AddDest(*id, *d)),
-                Some(h) if h.spec != *d => changes.push(Change::UpdateDest(*id, *d)),
+                None => changes.push(TableChange::AddDest(*id, *d)),
+                Some(h) if h.spec != *d => changes.push(TableChange::UpdateDest(*id, *d)),
                 Some(_) => {}
             }
         }
@@ -161,9 +161,13 @@ pub fn diff(
         .filter(|(id, _)| scope(id) && !wanted.contains_key(id))
     {
         // A whole service goes once none of its servers still holds connections within the grace period.
-        let steps: Vec<Option<Change>> = have.values().map(|h| drain.step(*id, h, now)).collect();
-        if steps.iter().all(|c| matches!(c, Some(Change::DelDest(..)))) {
-            changes.push(Change::DelService(*id));
+        let steps: Vec<Option<TableChange>> =
+            have.values().map(|h| drain.step(*id, h, now)).collect();
+        if steps
+            .iter()
+            .all(|c| matches!(c, Some(TableChange::DelDest(..))))
+        {
+            changes.push(TableChange::DelService(*id));
         } else {
             // Idle servers go now; the service stays until its busy ones are drained.
             changes.extend(steps.into_iter().flatten());
@@ -177,12 +181,12 @@ pub fn diff(
     // The kernel applies a batch in order: a service must exist before its servers, servers go before their
     // service. Sorting by kind keeps each kind's (deterministic) map order.
     changes.sort_by_key(|c| match c {
-        Change::AddService(_) => 0,
-        Change::UpdateService(_) => 1,
-        Change::AddDest(..) => 2,
-        Change::UpdateDest(..) => 3,
-        Change::DelDest(..) => 4,
-        Change::DelService(_) => 5,
+        TableChange::AddService(_) => 0,
+        TableChange::UpdateService(_) => 1,
+        TableChange::AddDest(..) => 2,
+        TableChange::UpdateDest(..) => 3,
+        TableChange::DelDest(..) => 4,
+        TableChange::DelService(_) => 5,
     });
     changes
 }
@@ -206,9 +210,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Default)]
 pub struct Report {
     /// Every change computed and sent.
-    pub changes: Vec<Change>,
+    pub changes: Vec<TableChange>,
     /// Changes the kernel refused (other than EEXIST on add / ENOENT on delete), with its error.
-    pub failed: Vec<(Change, std::io::Error)>,
+    pub failed: Vec<(TableChange, std::io::Error)>,
 }
 
 /// Requests sent to the kernel, by kind.
@@ -375,11 +379,11 @@ impl Programmer {
     }
 
     /// The one executor: sends the changes in order and keeps the refusals that matter.
-    pub fn apply(&mut self, changes: &[Change]) -> Result<Vec<(Change, std::io::Error)>> {
+    pub fn apply(&mut self, changes: &[TableChange]) -> Result<Vec<(TableChange, std::io::Error)>> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let requests: Vec<_> = changes.iter().map(Change::to_message).collect();
+        let requests: Vec<_> = changes.iter().map(TableChange::to_message).collect();
         self.calls.changes += requests.len() as u64;
         let outcomes = self.socket.execute(&requests)?;
         Ok(changes
@@ -404,7 +408,7 @@ const ESRCH: i32 = 3;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ipvs::codec::{Family, FwdMethod};
+    use crate::ipvs::codec::{AddressFamily, FwdMethod};
     use std::net::IpAddr;
 
     fn ip(s: &str) -> IpAddr {
@@ -457,8 +461,8 @@ mod tests {
         assert_eq!(
             c,
             vec![
-                Change::AddService(svc("192.0.2.10", 80)),
-                Change::AddDest(
+                TableChange::AddService(svc("192.0.2.10", 80)),
+                TableChange::AddDest(
                     ServiceId::tcp(ip("192.0.2.10"), 80),
                     dest("198.51.100.2", 8080, 1)
                 ),
@@ -476,7 +480,7 @@ mod tests {
             (
                 ServiceSpec::new(
                     ServiceId::Fwmark {
-                        family: Family::V6,
+                        family: AddressFamily::V6,
                         mark: 7,
                     },
                     "wrr",
@@ -502,8 +506,8 @@ mod tests {
         assert_eq!(
             diff(&w, &a, &all, &mut drain, Instant::now()),
             vec![
-                Change::UpdateService(svc("192.0.2.10", 80)),
-                Change::UpdateDest(id, dest("198.51.100.2", 8080, 5))
+                TableChange::UpdateService(svc("192.0.2.10", 80)),
+                TableChange::UpdateDest(id, dest("198.51.100.2", 8080, 5))
             ]
         );
     }
@@ -526,7 +530,7 @@ mod tests {
         let mut drain = Drain::new(Duration::from_secs(30));
         assert_eq!(
             diff(&w, &a, &scope, &mut drain, Instant::now()),
-            vec![Change::AddService(svc("192.0.2.10", 80))]
+            vec![TableChange::AddService(svc("192.0.2.10", 80))]
         );
     }
 
@@ -541,7 +545,10 @@ mod tests {
         let id = ServiceId::tcp(ip("192.0.2.10"), 80);
         assert_eq!(
             diff(&w, &a, &all, &mut drain, Instant::now()),
-            vec![Change::DelDest(id, DestId::new(ip("198.51.100.2"), 8080))]
+            vec![TableChange::DelDest(
+                id,
+                DestId::new(ip("198.51.100.2"), 8080)
+            )]
         );
     }
 
@@ -567,7 +574,7 @@ mod tests {
         let c = diff(&w, &a, &all, &mut drain, t0);
         assert_eq!(
             c,
-            vec![Change::UpdateDest(id, dest("198.51.100.2", 8080, 0))]
+            vec![TableChange::UpdateDest(id, dest("198.51.100.2", 8080, 0))]
         );
         a.get_mut(&id).unwrap().1.get_mut(&did).unwrap().spec.weight = 0;
 
@@ -577,7 +584,7 @@ mod tests {
 
         // Grace over: deleted even with connections.
         let c = diff(&w, &a, &all, &mut drain, t0 + Duration::from_secs(30));
-        assert_eq!(c, vec![Change::DelDest(id, did)]);
+        assert_eq!(c, vec![TableChange::DelDest(id, did)]);
         assert_eq!(drain.draining().count(), 0);
     }
 
@@ -607,7 +614,7 @@ mod tests {
             .active_conns = 0;
         assert_eq!(
             diff(&w, &a, &all, &mut drain, t0 + Duration::from_secs(1)),
-            vec![Change::DelDest(id, did)]
+            vec![TableChange::DelDest(id, did)]
         );
     }
 
@@ -638,7 +645,7 @@ mod tests {
         let back = wanted(&[(svc("192.0.2.10", 80), vec![dest("198.51.100.2", 8080, 3)])]);
         assert_eq!(
             diff(&back, &a, &all, &mut drain, t0 + Duration::from_secs(1)),
-            vec![Change::UpdateDest(id, dest("198.51.100.2", 8080, 3))]
+            vec![TableChange::UpdateDest(id, dest("198.51.100.2", 8080, 3))]
         );
         assert_eq!(drain.draining().count(), 0);
     }
@@ -662,23 +669,23 @@ mod tests {
         let none = WantedTable::new();
         assert_eq!(
             diff(&none, &a, &all, &mut drain, t0),
-            vec![Change::UpdateDest(id, dest("198.51.100.2", 8080, 0))]
+            vec![TableChange::UpdateDest(id, dest("198.51.100.2", 8080, 0))]
         );
         a.get_mut(&id).unwrap().1.get_mut(&did).unwrap().spec.weight = 0;
         assert!(diff(&none, &a, &all, &mut drain, t0 + Duration::from_secs(5)).is_empty());
         assert_eq!(
             diff(&none, &a, &all, &mut drain, t0 + Duration::from_secs(10)),
-            vec![Change::DelService(id)]
+            vec![TableChange::DelService(id)]
         );
     }
 
     #[test]
     fn change_messages_carry_full_attribute_sets() {
         let id = ServiceId::tcp(ip("192.0.2.10"), 80);
-        let m = Change::AddService(svc("192.0.2.10", 80)).to_message();
+        let m = TableChange::AddService(svc("192.0.2.10", 80)).to_message();
         assert_eq!(m.cmd, IpvsCmd::NewService);
         assert_eq!(m.service().unwrap().len(), 8);
-        let m = Change::DelDest(id, DestId::new(ip("198.51.100.2"), 8080)).to_message();
+        let m = TableChange::DelDest(id, DestId::new(ip("198.51.100.2"), 8080)).to_message();
         assert_eq!(m.cmd, IpvsCmd::DelDest);
         assert_eq!(m.dest().unwrap().len(), 3);
     }

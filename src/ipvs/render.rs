@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use super::codec::{
-    DestSpec, Family, Protocol, SVC_F_ONEPACKET, SVC_F_PERSISTENT, ServiceId, ServiceSpec,
+    AddressFamily, DestSpec, Protocol, SVC_F_ONEPACKET, SVC_F_PERSISTENT, ServiceId, ServiceSpec,
 };
 
 fn addr_port(addr: &IpAddr, port: u16) -> String {
@@ -29,7 +29,7 @@ fn service_key(s: &ServiceSpec) -> (u32, u8, u16, IpAddr, u16) {
         } => (0, u8::from(addr.is_ipv6()), protocol.number(), addr, port),
         ServiceId::Fwmark { family, mark } => (
             mark,
-            u8::from(family == Family::V6),
+            u8::from(family == AddressFamily::V6),
             0,
             IpAddr::from([0, 0, 0, 0]),
             0,
@@ -60,11 +60,11 @@ pub fn render_ipvsadm(table: &[(ServiceSpec, Vec<DestSpec>)]) -> String {
                 format!("{p} {}", addr_port(&addr, port))
             }
             ServiceId::Fwmark {
-                family: Family::V4,
+                family: AddressFamily::V4,
                 mark,
             } => format!("FWM  {mark}"),
             ServiceId::Fwmark {
-                family: Family::V6,
+                family: AddressFamily::V6,
                 mark,
             } => format!("FWM  {mark} IPv6"),
         };
@@ -72,14 +72,14 @@ pub fn render_ipvsadm(table: &[(ServiceSpec, Vec<DestSpec>)]) -> String {
         if svc.flags & SVC_F_PERSISTENT != 0 {
             let _ = write!(out, " persistent {}", svc.timeout);
             match svc.id.family() {
-                Family::V4 if svc.netmask != u32::MAX => {
+                AddressFamily::V4 if svc.netmask != u32::MAX => {
                     let _ = write!(
                         out,
                         " mask {}",
                         std::net::Ipv4Addr::from(svc.netmask.to_be_bytes())
                     );
                 }
-                Family::V6 if svc.netmask != 128 => {
+                AddressFamily::V6 if svc.netmask != 128 => {
                     let _ = write!(out, " mask {}", svc.netmask);
                 }
                 _ => {}
@@ -145,7 +145,7 @@ mod tests {
             (
                 ServiceSpec::new(
                     ServiceId::Fwmark {
-                        family: Family::V6,
+                        family: AddressFamily::V6,
                         mark: 5,
                     },
                     "sh",

@@ -31,13 +31,13 @@ pub(crate) const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
 
 /// What the data plane should hold, or holds, for the LoadBalancer VIPs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DataPlane {
+pub struct DataPlaneState {
     pub ipvs: WantedTable,
     /// VIPs bound with a host prefix on the VIP link.
     pub bindings: BTreeSet<IpAddr>,
 }
 
-impl DataPlane {
+impl DataPlaneState {
     /// The VIPs: every bound address and every virtual service address.
     pub fn vips(&self) -> BTreeSet<IpAddr> {
         let mut vips = self.bindings.clone();
@@ -107,8 +107,8 @@ pub fn wanted(
     slices: &[EndpointSlice],
     node: &str,
     scheduler: &str,
-) -> DataPlane {
-    let mut plane = DataPlane::default();
+) -> DataPlaneState {
+    let mut plane = DataPlaneState::default();
     for svc in services {
         let Some(spec) = &svc.spec else { continue };
         if spec.type_.as_deref() != Some("LoadBalancer") {
@@ -218,8 +218,8 @@ pub fn restrict(
     actual: &ActualTable,
     bound: &BTreeSet<IpAddr>,
     vips: &BTreeSet<IpAddr>,
-) -> DataPlane {
-    DataPlane {
+) -> DataPlaneState {
+    DataPlaneState {
         ipvs: actual
             .iter()
             .filter(|(id, _)| service_addr(id).is_some_and(|a| vips.contains(&a)))
@@ -364,7 +364,7 @@ fn persistence_of(s: &super::codec::ServiceSpec) -> Option<u32> {
 }
 
 /// Every difference, in a stable order: services in table order (each with its destinations), then bindings.
-pub fn drift(wanted: &DataPlane, actual: &DataPlane) -> Vec<Drift> {
+pub fn drift(wanted: &DataPlaneState, actual: &DataPlaneState) -> Vec<Drift> {
     let mut out = Vec::new();
     let ids: BTreeSet<&ServiceId> = wanted.ipvs.keys().chain(actual.ipvs.keys()).collect();
     for id in ids {
@@ -461,7 +461,11 @@ pub fn side_by_side(sections: &[(&str, &str)]) -> String {
 }
 
 /// The full report: both sides, then one line per difference (or "no drift").
-pub fn report(wanted: &DataPlane, actual: &DataPlane, vip_link: &str) -> (String, Vec<Drift>) {
+pub fn report(
+    wanted: &DataPlaneState,
+    actual: &DataPlaneState,
+    vip_link: &str,
+) -> (String, Vec<Drift>) {
     let [want_ipvs, want_bound] = wanted.render(vip_link);
     let [have_ipvs, have_bound] = actual.render(vip_link);
     let mut out = side_by_side(&[
@@ -563,7 +567,7 @@ mod tests {
         }
     }
 
-    fn dests(plane: &DataPlane, id: ServiceId) -> Vec<String> {
+    fn dests(plane: &DataPlaneState, id: ServiceId) -> Vec<String> {
         plane.ipvs[&id]
             .1
             .values()
@@ -739,8 +743,8 @@ mod tests {
         }
     }
 
-    fn plane(entries: &[(ServiceSpec, Vec<DestSpec>)], bound: &[&str]) -> DataPlane {
-        DataPlane {
+    fn plane(entries: &[(ServiceSpec, Vec<DestSpec>)], bound: &[&str]) -> DataPlaneState {
+        DataPlaneState {
             ipvs: entries
                 .iter()
                 .map(|(s, ds)| (s.id, (s.clone(), ds.iter().map(|d| (d.id, *d)).collect())))
