@@ -153,7 +153,7 @@ async fn local_service_route_follows_its_endpoint() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let listed = nodes.list(&Default::default()).await.unwrap().items;
-        let report = ironlb::k8s::report::Report::new(&[], &listed);
+        let report = ironlb::k8s::report::StatusReport::new(&[], &listed);
         let peers: Vec<String> = report
             .bgp_peers
             .iter()

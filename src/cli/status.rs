@@ -1,4 +1,4 @@
-//! `ironlb status`: lists every Service and Node and prints [`crate::k8s::report::Report`], as a table or JSON.
+//! `ironlb status`: lists every Service and Node and prints [`crate::k8s::report::StatusReport`], as a table or JSON.
 //! Reading the annotations the agents write is the report's business; this module only fetches and prints.
 
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, ListParams};
 
-use crate::k8s::report::Report;
+use crate::k8s::report::StatusReport;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct StatusArgs {
@@ -43,7 +43,7 @@ pub async fn run(args: &StatusArgs) -> Result<String, Error> {
         .await
         .map_err(Error::ListNodes)?
         .items;
-    let report = Report::new(&services, &nodes);
+    let report = StatusReport::new(&services, &nodes);
     Ok(if args.output == "json" {
         serde_json::to_string_pretty(&report)? + "\n"
     } else {

@@ -156,14 +156,14 @@ pub fn render_bgp_peers(rows: &[BgpPeerRow]) -> String {
 /// The whole `ironlb status` report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Report {
+pub struct StatusReport {
     pub services: Vec<StatusRow>,
     pub bgp_peers: Vec<BgpPeerRow>,
 }
 
-impl Report {
-    pub fn new(services: &[Service], nodes: &[Node]) -> Report {
-        Report {
+impl StatusReport {
+    pub fn new(services: &[Service], nodes: &[Node]) -> StatusReport {
+        StatusReport {
             services: rows(services),
             bgp_peers: bgp_peer_rows(nodes),
         }
@@ -283,7 +283,7 @@ mod tests {
             node("node-1", Some("tor-a=Established")),
             node("node-3", None),
         ];
-        let report = Report::new(&services, &nodes);
+        let report = StatusReport::new(&services, &nodes);
         assert_eq!(
             report
                 .bgp_peers
@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(parsed["bgpPeers"][2]["state"], "Active");
 
         // Without sessions there is no second table, but JSON still has the (empty) list.
-        let report = Report::new(&services, &[node("node-1", None)]);
+        let report = StatusReport::new(&services, &[node("node-1", None)]);
         assert_eq!(report.render_table(), render_table(&report.services));
         assert_eq!(
             serde_json::to_value(&report).unwrap()["bgpPeers"],
