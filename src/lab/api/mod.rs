@@ -96,7 +96,7 @@ pub async fn serve_logged(
     requests: Arc<server::RequestLog>,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut lab = server::Lab::new(stop_rx.clone());
+    let mut lab = server::ApiState::new(stop_rx.clone());
     lab.requests = requests;
     let lab = Arc::new(lab);
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {

@@ -15,7 +15,7 @@ use super::openapi;
 use super::patch::{self, PatchType};
 use super::resources::{self, ResourceDef};
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{self, Event, EventType, GroupResource, Store, UpdateScope};
+use super::store::{self, StoreEvent, EventType, GroupResource, Store, UpdateScope};
 use super::table::{self, IncludeObject};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -162,7 +162,7 @@ impl RequestLog {
 }
 
 /// Shared state of one lab API server.
-pub struct Lab {
+pub struct ApiState {
     pub store: Store,
     pub requests: Arc<RequestLog>,
     builtin: Vec<ResourceDef>,
@@ -171,11 +171,11 @@ pub struct Lab {
     shutdown: watch::Receiver<bool>,
 }
 
-impl Lab {
+impl ApiState {
     pub fn new(shutdown: watch::Receiver<bool>) -> Self {
         let store = Store::new();
         store.ensure_namespaces(INITIAL_NAMESPACES);
-        Lab {
+        ApiState {
             store,
             requests: Arc::default(),
             builtin: resources::builtin(),
@@ -263,7 +263,7 @@ enum Route {
     Resource(Box<Target>),
 }
 
-fn route(lab: &Lab, path: &str) -> Result<Route> {
+fn route(lab: &ApiState, path: &str) -> Result<Route> {
     let segs: Vec<&str> = path
         .trim_matches('/')
         .split('/')
@@ -396,7 +396,7 @@ impl Filter {
 }
 
 /// Entry point for every request.
-pub async fn handle(lab: Arc<Lab>, req: axum::extract::Request) -> Response {
+pub async fn handle(lab: Arc<ApiState>, req: axum::extract::Request) -> Response {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -447,7 +447,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> &str {
 }
 
 fn dispatch(
-    lab: &Arc<Lab>,
+    lab: &Arc<ApiState>,
     method: &Method,
     path: &str,
     q: &Query,
@@ -694,7 +694,7 @@ fn prepare_create(target: &Target, mut obj: Value) -> Value {
     obj
 }
 
-fn after_write(lab: &Lab, target: &Target, obj: &Value, deleted: bool) {
+fn after_write(lab: &ApiState, target: &Target, obj: &Value, deleted: bool) {
     if target.def.group == "apiextensions.k8s.io"
         && target.def.plural == "customresourcedefinitions"
     {
@@ -711,7 +711,7 @@ fn list_doc(target: &Target, items: Vec<Value>, rv: u64) -> Value {
     })
 }
 
-fn list(lab: &Lab, target: &Target, q: &Query, as_table: bool) -> Result<Response> {
+fn list(lab: &ApiState, target: &Target, q: &Query, as_table: bool) -> Result<Response> {
     let filter = Filter::from_query(q)?;
     let (items, rv) = lab.store.list(&target.gr(), target.ns());
     // One page holds everything: `limit` and `continue` are accepted and `metadata.continue` stays unset.
@@ -732,7 +732,7 @@ fn list(lab: &Lab, target: &Target, q: &Query, as_table: bool) -> Result<Respons
 
 /// How one stored change looks to a filtered watch: a change that leaves the selector is a DELETED, one that
 /// enters it an ADDED.
-fn filtered_event(filter: &Filter, ev: &Event) -> Option<EventType> {
+fn filtered_event(filter: &Filter, ev: &StoreEvent) -> Option<EventType> {
     let now = filter.matches(&ev.object);
     match (ev.kind, &ev.previous) {
         (EventType::Modified, Some(prev)) => match (filter.matches(prev), now) {
@@ -745,7 +745,7 @@ fn filtered_event(filter: &Filter, ev: &Event) -> Option<EventType> {
     }
 }
 
-fn watch(lab: &Arc<Lab>, target: Target, q: &Query, as_table: bool) -> Result<Response> {
+fn watch(lab: &Arc<ApiState>, target: Target, q: &Query, as_table: bool) -> Result<Response> {
     let filter = Filter::from_query(q)?;
     let send_initial = q.flag("sendInitialEvents");
     let since = match q.get("resourceVersion") {
@@ -864,8 +864,8 @@ fn watch(lab: &Arc<Lab>, target: Target, q: &Query, as_table: bool) -> Result<Re
 mod tests {
     use super::*;
 
-    fn event(kind: EventType, labels: Value, previous: Option<Value>) -> Event {
-        Event {
+    fn event(kind: EventType, labels: Value, previous: Option<Value>) -> StoreEvent {
+        StoreEvent {
             rv: 1,
             kind,
             gr: GroupResource::new("", "services"),

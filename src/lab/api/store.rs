@@ -87,7 +87,7 @@ impl EventType {
 
 /// One change, as watches deliver it.
 #[derive(Clone, Debug)]
-pub struct Event {
+pub struct StoreEvent {
     pub rv: u64,
     pub kind: EventType,
     pub gr: GroupResource,
@@ -111,21 +111,21 @@ pub enum UpdateScope {
 
 /// What a watch starts with: the changes it missed, then a live feed.
 pub struct WatchStart {
-    pub backlog: Vec<Arc<Event>>,
-    pub live: broadcast::Receiver<Arc<Event>>,
+    pub backlog: Vec<Arc<StoreEvent>>,
+    pub live: broadcast::Receiver<Arc<StoreEvent>>,
     pub current: Vec<Value>,
     pub rv: u64,
 }
 
 pub struct Store {
     inner: Mutex<Inner>,
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<StoreEvent>>,
 }
 
 struct Inner {
     objects: BTreeMap<ObjectKey, Value>,
     rv: u64,
-    history: VecDeque<Arc<Event>>,
+    history: VecDeque<Arc<StoreEvent>>,
     /// The resourceVersion just before the oldest change in `history`.
     history_floor: u64,
 }
@@ -257,7 +257,7 @@ impl Store {
         object: Value,
         previous: Option<Value>,
     ) {
-        let event = Arc::new(Event {
+        let event = Arc::new(StoreEvent {
             rv: inner.rv,
             kind,
             gr: key.gr.clone(),
@@ -541,7 +541,7 @@ impl Store {
     ) -> Result<WatchStart> {
         let inner = self.lock();
         let live = self.tx.subscribe();
-        let wanted = |e: &&Arc<Event>| e.gr == *gr && namespace.is_none_or(|ns| e.namespace == ns);
+        let wanted = |e: &&Arc<StoreEvent>| e.gr == *gr && namespace.is_none_or(|ns| e.namespace == ns);
         match since {
             Some(rv) => {
                 if rv < inner.history_floor {
