@@ -6,6 +6,11 @@
 //! `super::...` path resolved to the top-level module it names, in `use` statements and inline alike. Test modules
 //! count: `cargo test` compiles them into the same crate. A path that reaches the crate root and then names no
 //! module of `lib.rs` (a glob, a macro) adds no edge.
+//!
+//! The same reading checks that a type name means one thing: no `pub` struct, enum, type alias, trait or union name
+//! is defined in two files of `src/` (`main.rs` included), so a reader who meets `MacAddr` or `Change` never has to
+//! ask which one. The names the project's style has every module or codec define for itself (`Error`, `Result`,
+//! `DecodeError`) are the exception.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -20,6 +25,9 @@ struct Site {
 
 /// From module to module, every place the first refers to the second, in file and line order.
 type Graph = BTreeMap<String, BTreeMap<String, Vec<Site>>>;
+
+/// Where each type name is defined, in the order the files were read.
+type Definitions = BTreeMap<String, Vec<Site>>;
 
 #[test]
 fn the_module_graph_has_no_cycle() {
@@ -87,6 +95,84 @@ mod inner { use super::super::plan::NodePlan; use super::x; }
     let edges = file_edges(Path::new("src/netif.rs"), top, &modules);
     let seen: Vec<&str> = edges.iter().map(|(m, _)| m.as_str()).collect();
     assert_eq!(seen, vec!["agent", "plan"]);
+}
+
+#[test]
+fn no_type_name_is_defined_in_two_files() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut definitions = Definitions::new();
+    for file in rust_files(&src) {
+        let text = std::fs::read_to_string(&file).expect("reading a source file");
+        let shown = Path::new("src").join(file.strip_prefix(&src).expect("under src"));
+        add_definitions(&mut definitions, &shown, &text);
+    }
+    // A reader that saw nothing would find no duplicate either; the plan defines `NodePlan`.
+    assert!(
+        definitions.contains_key("NodePlan"),
+        "no definition of NodePlan was read; the reader is broken: {definitions:?}"
+    );
+    let mut twice = defined_twice(&definitions);
+    twice.retain(|name, _| !RENAME_PENDING.contains(&name.as_str()));
+    assert!(
+        twice.is_empty(),
+        "type names defined in more than one file of src/ (rename one, or have one module use the other's):\n{}",
+        describe_names(&twice)
+    );
+}
+
+#[test]
+fn finds_a_type_name_defined_in_two_files() {
+    let codec = r#"//! pub struct InAComment;
+pub struct MacAddr(pub [u8; 6]);
+pub(crate) enum Family { V4, V6 }
+const S: &str = "pub struct InAString";
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub enum Error {}
+pub fn MacAddr() {}
+struct Private;
+#[cfg(test)]
+mod tests {
+    pub struct Builder<'a> { name: &'a str }
+}
+"#;
+    let links = r#"use super::x;
+
+pub  struct
+  MacAddr { bytes: [u8; 6] }
+pub type Result<T> = std::result::Result<T, Error>;
+pub(in crate::netif) trait Family {}
+pub union Private {}
+pub struct Builder;
+pub struct Builder;
+"#;
+    let read = type_definitions(Path::new("src/arp/codec.rs"), codec);
+    let names: Vec<(&str, usize)> = read.iter().map(|(n, s)| (n.as_str(), s.line)).collect();
+    assert_eq!(
+        names,
+        vec![
+            ("MacAddr", 2),
+            ("Family", 3),
+            ("Result", 5),
+            ("Error", 6),
+            ("Builder", 11)
+        ]
+    );
+
+    let mut definitions = Definitions::new();
+    add_definitions(&mut definitions, Path::new("src/arp/codec.rs"), codec);
+    add_definitions(&mut definitions, Path::new("src/netif/links.rs"), links);
+    let twice = defined_twice(&definitions);
+    assert_eq!(
+        describe_names(&twice),
+        "Builder: src/arp/codec.rs:11, src/netif/links.rs:8, src/netif/links.rs:9\n\
+         Family: src/arp/codec.rs:3, src/netif/links.rs:6\n\
+         MacAddr: src/arp/codec.rs:2, src/netif/links.rs:4\n"
+    );
+
+    // Two definitions in one file (a `cfg` pair, say) are one module's business, not a clash.
+    let mut one_file = Definitions::new();
+    add_definitions(&mut one_file, Path::new("src/netif/links.rs"), links);
+    assert!(defined_twice(&one_file).is_empty());
 }
 
 /// The graph of the crate rooted at `src/lib.rs`.
@@ -582,6 +668,83 @@ fn describe(graph: &Graph, cycles: &[Vec<String>]) -> String {
             }
             out.push('\n');
         }
+    }
+    out
+}
+
+fn add_definitions(definitions: &mut Definitions, shown: &Path, text: &str) {
+    for (name, site) in type_definitions(shown, text) {
+        definitions.entry(name).or_default().push(site);
+    }
+}
+
+/// Every `pub` (or `pub(..)`) struct, enum, type alias, trait and union a file defines, with the line of its name,
+/// in order; inline modules included, comments and strings not.
+fn type_definitions(shown: &Path, text: &str) -> Vec<(String, Site)> {
+    let code: Vec<char> = code_only(text).chars().collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < code.len() {
+        if !is_word_start(&code, i) {
+            i += 1;
+            continue;
+        }
+        let word = word_at(&code, i);
+        if word == "pub" {
+            let mut at = skip_space(&code, i + word.len());
+            if code.get(at) == Some(&'(') {
+                let close = code[at..].iter().position(|&c| c == ')');
+                at = skip_space(&code, at + close.map_or(0, |c| c + 1));
+            }
+            let keyword = word_at(&code, at);
+            if ["struct", "enum", "type", "trait", "union"].contains(&keyword.as_str()) {
+                let at = skip_space(&code, at + keyword.len());
+                let name = word_at(&code, at);
+                if !name.is_empty() {
+                    let line = 1 + code[..at].iter().filter(|&&c| c == '\n').count();
+                    let site = Site {
+                        file: shown.display().to_string(),
+                        line,
+                    };
+                    found.push((name, site));
+                }
+            }
+        }
+        i += word.len().max(1);
+    }
+    found
+}
+
+/// The names, other than [`PER_MODULE_NAMES`], defined in more than one file, with every definition.
+fn defined_twice(definitions: &Definitions) -> Definitions {
+    definitions
+        .iter()
+        .filter(|(name, _)| !PER_MODULE_NAMES.contains(&name.as_str()))
+        .filter(|(_, sites)| {
+            let files: BTreeSet<&str> = sites.iter().map(|s| s.file.as_str()).collect();
+            files.len() > 1
+        })
+        .map(|(name, sites)| (name.clone(), sites.clone()))
+        .collect()
+}
+
+/// Names defined twice whose renaming waits on a file being rewritten: `plan::LocalInterface` becomes
+/// `plan::InterfaceFacts` together with its one user, `agent::announce`. Remove the name with that change.
+const RENAME_PENDING: [&str; 1] = ["LocalInterface"];
+
+/// Names the project's style has every module define for itself: the module's `thiserror` enum `Error` with its
+/// `Result` alias, and a codec's `DecodeError`.
+const PER_MODULE_NAMES: [&str; 3] = ["DecodeError", "Error", "Result"];
+
+/// Each name on a line, with the places it is defined.
+fn describe_names(names: &Definitions) -> String {
+    let mut out = String::new();
+    for (name, sites) in names {
+        let places: Vec<String> = sites
+            .iter()
+            .map(|s| format!("{}:{}", s.file, s.line))
+            .collect();
+        writeln!(out, "{name}: {}", places.join(", ")).unwrap();
     }
     out
 }
