@@ -22,12 +22,12 @@ const OUT_OF_SCOPE: &[(&str, &str)] = &[
     (
         "ServiceL2Status",
         "MetalLB's speaker writes which node announces a Service; IronLB answers that with the \
-         `ironlb.io/announced-by` annotation (DESIGN.md, Visibility)",
+         `ironlb.io/announced-by` annotation (docs/design.md#visibility)",
     ),
     (
         "ServiceBGPStatus",
         "MetalLB's speaker writes which peers a Service is advertised to; IronLB answers that with the \
-         `ironlb.io/announced-by` annotation and metrics (DESIGN.md, Visibility)",
+         `ironlb.io/announced-by` annotation and metrics (docs/design.md#visibility)",
     ),
 ];
 

@@ -1,7 +1,7 @@
 //! What the planner needs to know, read once from the cluster: [`PlanInput`], made of [`VipGroup`]s and
 //! [`NodeInfo`]s.
 //!
-//! This module owns the eligibility rules of DESIGN.md (Announcement): which nodes may announce a VIP in Layer 2
+//! This module owns the eligibility rules (`docs/design.md#eligibility`): which nodes may announce a VIP in Layer 2
 //! mode and which may advertise it over BGP, and, when none may, why not, in words fit for an Event. It reads
 //! Services, EndpointSlices, Nodes and the validated [`Config`]; it never chooses an owner (that is
 //! [`super::owner`]) and never looks at this node's links (that is [`super::node_plan`]). Nothing from the API can

@@ -2,8 +2,8 @@
 //! `ironlb.io/vips`, the Service annotation `ironlb.io/announced-by`, and [`Moved`], the owner changes behind the
 //! `nodeAssigned` Events and the failover measurement.
 //!
-//! Values only: the writers compare them with what the objects carry and write only on change (DESIGN.md,
-//! Visibility). Computed from the owner map, so that every agent agrees on them whichever one writes.
+//! Values only: the writers compare them with what the objects carry and write only on change
+//! (`docs/design.md#visibility`). Computed from the owner map, so that every agent agrees on them whichever one writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
