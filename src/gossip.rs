@@ -58,12 +58,12 @@
 //! membership changes.
 //!
 //! A member that stalls longer than `P + S` (CPU throttling, a long pause) is declared Down falsely; foca then
-//! renews its identity ([`MemberId::renew`]) and it rejoins within a round trip. So the agent should not run under a
+//! renews its identity (foca's `renew`) and it rejoins within a round trip. So the agent should not run under a
 //! tight CPU limit. foca does not implement Lifeguard's local-health multiplier, which would soften this.
 //!
 //! # Fallback
 //!
-//! Gossip is never the only signal (DESIGN.md, Announcement). The agent intersects gossip membership with the Nodes
+//! Gossip is never the only signal (docs/design.md#liveness). The agent intersects gossip membership with the Nodes
 //! whose Ready condition is true, and falls back when gossip itself is unhealthy: the socket cannot be bound ([`run`]
 //! returns an error), there is no key, or peers are expected but none has been reachable for
 //! [`Timing::isolation_grace`] (5 s with the node Leases on, 60 s without: [`isolation_grace`]). The fallback is the

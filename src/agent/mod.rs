@@ -1,20 +1,29 @@
-//! `ironlb agent`: the DaemonSet process. It wires the watches, the allocator's leader election, the allocation
-//! pass and the writers together; each of those lives in its own module and is tested there.
+//! `ironlb agent`: the DaemonSet process. This module wires the agent's tasks to its decision core
+//! ([`core::Core`]) and carries out what the core decides; each part lives in its own module and is tested there.
 //!
 //! ```text
-//!  watcher tasks (one per kind) ──Change──▶ ┌────────────┐
-//!  Elector ──watch<Option<Instant>>──────▶ │ main loop   │──patches──▶ API (status, annotations)
-//!  shutdown signal ──────────────────────▶ │ ClusterState│──Events───▶ API (core/v1, queued until accepted)
-//!                                          └────────────┘──ready────▶ /readyz
+//!  tasks (crate::task::Tasks; one ending stops the agent, non-zero)
+//!  ├─ watch × 12 (Service, EndpointSlice, Node, Namespace, ConfigMap, Secret, 6 metallb.io kinds) ─mpsc<Change>─┐
+//!  ├─ elector (k8s::leader) ──────────── watch<Option<Instant>>: the end of leadership on this clock ──────────┤
+//!  ├─ node lease (k8s::node_lease) ───── watch<Option<live nodes>> ─────────────────────────────────────────────┤
+//!  └─ metrics listener (telemetry) ◀──── watch<bool> ready ─────────────────────────┐                          │
+//!  owned by the announcer: gossip membership ── watch<live>, watch<healthy> ──────┼──────────────────────────┤
+//!                          rtnetlink connection, ARP/NDP responder ◀─ watch<plan> ─┤                          ▼
+//!  owned by the BGP speaker: one session task per peer ◀─ routes ───────────────── │   run_with loop ─Input─▶ Core
+//!  owned by the data plane: the IPVS worker ◀─ work ────────────────────────────── │   (carries out  ◀Output─ (state,
+//!  refresh tick (2 s): Events retried, sessions recorded, links re-read, VIPs re-bound ─▶  passes)          config,
+//!                                                                                   │                      timers)
+//!  Writer ── patches (Service status, annotations), Events (queued until accepted) ─┴─▶ API
 //! ```
 //!
-//! The Elector publishes, while this agent leads, the instant its leadership ends on this agent's own clock; the
+//! The elector publishes, while this agent leads, the instant its leadership ends on this agent's own clock; the
 //! writer checks it before every Service write and abandons one still unanswered then (see [`crate::k8s::leader`]).
 //! Watches use a client without a request timeout (long polls); every other request times out after
 //! [`crate::k8s::client::REQUEST_TIMEOUT`].
 //!
-//! Only the main loop owns `ClusterState`. A pass runs after a short settle delay, so a burst of changes costs one
-//! pass, and never while a previous pass's writes are under way.
+//! The core decides when passes run (see its rules); this loop runs them one at a time, so no pass overlaps a
+//! previous pass's writes. Still inline here, and so still in the way of other inputs while they wait on the API:
+//! the writes of a pass, BGP session stops and the netlink binds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

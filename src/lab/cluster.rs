@@ -855,7 +855,7 @@ pub struct PodReply {
 }
 
 impl PodReply {
-    /// Parses "hello from pod-N on node-N to <peer>"; None for anything else (a node responder's reply).
+    /// Parses `hello from pod-N on node-N to <peer>`; None for anything else (a node responder's reply).
     pub fn parse(text: &str) -> Option<Self> {
         let rest = text.trim().strip_prefix("hello from ")?;
         let (pod, rest) = rest.split_once(" on ")?;
