@@ -55,6 +55,8 @@ enum Command {
     /// Compare this network namespace's IPVS services and VIP bindings with what the cluster wants; exit 1 on drift.
     Verify(ironlb::cli::verify::VerifyArgs),
     /// The embedded lab: a small cluster in network namespaces with real agents (needs root).
+    // Only with the `lab` cargo feature (a default one); the release image is built without it.
+    #[cfg(feature = "lab")]
     Lab {
         #[command(subcommand)]
         command: Option<LabCommand>,
@@ -72,6 +74,7 @@ enum ConfigCommand {
     },
 }
 
+#[cfg(feature = "lab")]
 #[derive(Subcommand)]
 enum LabCommand {
     /// Run only the lab's Kubernetes API server and write a kubeconfig for it.
@@ -153,6 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        #[cfg(feature = "lab")]
         Command::Lab {
             command: Some(LabCommand::Api(args)),
             ..
@@ -161,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(args.run())?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "lab")]
         Command::Lab {
             command: None,
             args,
