@@ -9,6 +9,7 @@ pub mod config;
 pub mod gossip;
 pub mod ipvs;
 pub mod k8s;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod netif;
 pub mod plan;

@@ -75,7 +75,10 @@ pub enum Error {
     #[error("read timeout {0:?} must be between 1 ms and 5 s")]
     ReadTimeout(Duration),
     #[error("interface {interface}: {reason}")]
-    Refused { interface: String, reason: LinkRefusal },
+    Refused {
+        interface: String,
+        reason: LinkRefusal,
+    },
     #[error("interface {interface}: cannot open a packet socket")]
     Channel {
         interface: String,

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::codec::{ArpPacket, Frame, MacAddr, NdpPacket, may_be_arp_or_ndp};
-use super::decide::{self, LinkFacts, LogLimiter, LinkRefusal, Verdict};
+use super::decide::{self, LinkFacts, LinkRefusal, LogLimiter, Verdict};
 use super::metrics::FamilyLabel;
 use super::{Announcements, ArpConfig, ArpMetrics, Error, Result};
 

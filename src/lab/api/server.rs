@@ -15,7 +15,7 @@ use super::openapi;
 use super::patch::{self, PatchType};
 use super::resources::{self, ResourceDef};
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{self, StoreEvent, EventType, GroupResource, Store, UpdateScope};
+use super::store::{self, EventType, GroupResource, Store, StoreEvent, UpdateScope};
 use super::table::{self, IncludeObject};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, header};

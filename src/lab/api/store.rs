@@ -541,7 +541,8 @@ impl Store {
     ) -> Result<WatchStart> {
         let inner = self.lock();
         let live = self.tx.subscribe();
-        let wanted = |e: &&Arc<StoreEvent>| e.gr == *gr && namespace.is_none_or(|ns| e.namespace == ns);
+        let wanted =
+            |e: &&Arc<StoreEvent>| e.gr == *gr && namespace.is_none_or(|ns| e.namespace == ns);
         match since {
             Some(rv) => {
                 if rv < inner.history_floor {
