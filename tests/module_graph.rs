@@ -111,8 +111,7 @@ fn no_type_name_is_defined_in_two_files() {
         definitions.contains_key("NodePlan"),
         "no definition of NodePlan was read; the reader is broken: {definitions:?}"
     );
-    let mut twice = defined_twice(&definitions);
-    twice.retain(|name, _| !RENAME_PENDING.contains(&name.as_str()));
+    let twice = defined_twice(&definitions);
     assert!(
         twice.is_empty(),
         "type names defined in more than one file of src/ (rename one, or have one module use the other's):\n{}",
@@ -727,10 +726,6 @@ fn defined_twice(definitions: &Definitions) -> Definitions {
         .map(|(name, sites)| (name.clone(), sites.clone()))
         .collect()
 }
-
-/// Names defined twice whose renaming waits on a file being rewritten: `plan::LocalInterface` becomes
-/// `plan::InterfaceFacts` together with its one user, `agent::announce`. Remove the name with that change.
-const RENAME_PENDING: [&str; 1] = ["LocalInterface"];
 
 /// Names the project's style has every module define for itself: the module's `thiserror` enum `Error` with its
 /// `Result` alias, and a codec's `DecodeError`.

@@ -379,7 +379,7 @@ impl Announcer {
         });
         let input = PlanInput::from_cluster(state, &validated.config, self.lb_class.as_deref());
         let owners = choose_owners(&input.groups, live);
-        let local: Vec<plan::LocalInterface> =
+        let local: Vec<plan::InterfaceFacts> =
             self.interfaces.iter().map(to_plan_interface).collect();
         let mut node_plan = node_plan(&self.node, &input.groups, &owners, &local);
 
@@ -488,8 +488,8 @@ fn bind_owned(
     move |ip| own_link || pools.iter().any(|p| p.contains(ip))
 }
 
-fn to_plan_interface(i: &crate::netif::LocalInterface) -> plan::LocalInterface {
-    plan::LocalInterface {
+fn to_plan_interface(i: &crate::netif::LocalInterface) -> plan::InterfaceFacts {
+    plan::InterfaceFacts {
         name: i.name.clone(),
         subnets: i.subnets.clone(),
         up: i.up,

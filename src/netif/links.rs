@@ -1,8 +1,8 @@
 //! The node's interfaces as the planner sees them: name, index, MAC, flags, kind and addresses.
 //!
 //! Read-only: one link dump and one address dump over rtnetlink, joined by interface index by a pure function. The
-//! planner consumes `LocalInterface { name, subnets, up, noarp, loopback }`; the other fields are for logs,
-//! `ironlb status` and the ARP responder (which needs the MAC).
+//! planner consumes the name, subnets, `up`, `noarp` and `loopback` of each [`LocalInterface`] (as
+//! `plan::InterfaceFacts`); the other fields are for logs, `ironlb status` and the ARP responder (which needs the MAC).
 
 use std::net::IpAddr;
 

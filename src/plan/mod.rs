@@ -26,6 +26,6 @@ pub mod visibility;
 pub use input::{
     ClusterObjects, GroupKey, Interfaces, NodeInfo, NotAnnounced, PlanInput, VipGroup,
 };
-pub use node_plan::{LocalInterface, NodePlan, node_plan, subnets_annotation};
+pub use node_plan::{InterfaceFacts, NodePlan, node_plan, subnets_annotation};
 pub use owner::choose_owners;
 pub use visibility::{Moved, announced_by, moved, node_vips};

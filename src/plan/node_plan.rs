@@ -17,9 +17,10 @@ use crate::alloc::ServiceKey;
 /// kube-proxy's IPVS dummy device, where it binds every LB IP of the cluster on every node.
 pub const KUBE_IPVS0: &str = "kube-ipvs0";
 
-/// One of this node's links, as the netif layer reports it.
+/// What the plan needs to know about one of this node's links: the part of `netif::LocalInterface` that decides
+/// whether a VIP may be answered on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalInterface {
+pub struct InterfaceFacts {
     pub name: String,
     pub subnets: Vec<IpNet>,
     pub up: bool,
@@ -28,7 +29,7 @@ pub struct LocalInterface {
     pub loopback: bool,
 }
 
-impl LocalInterface {
+impl InterfaceFacts {
     /// Whether ARP/NDP may be answered on this link at all.
     pub fn is_usable(&self) -> bool {
         self.up && !self.noarp && !self.loopback && self.name != KUBE_IPVS0
@@ -55,10 +56,10 @@ pub fn node_plan(
     node: &str,
     groups: &[VipGroup],
     owners: &BTreeMap<GroupKey, String>,
-    local_interfaces: &[LocalInterface],
+    local_interfaces: &[InterfaceFacts],
 ) -> NodePlan {
     let mut plan = NodePlan::default();
-    let usable: Vec<&LocalInterface> = local_interfaces.iter().filter(|i| i.is_usable()).collect();
+    let usable: Vec<&InterfaceFacts> = local_interfaces.iter().filter(|i| i.is_usable()).collect();
     for group in groups {
         plan.bind.extend(group.ips.iter().copied());
         if owners.get(&group.key).map(String::as_str) != Some(node) {
@@ -92,7 +93,7 @@ pub fn node_plan(
 
 /// The value this node publishes in [`super::input::SUBNETS_ANNOTATION`]: the subnets of its usable interfaces,
 /// sorted and comma-separated. IPv6 link-local subnets are left out: every link has one and no VIP is ever in one.
-pub fn subnets_annotation(local: &[LocalInterface]) -> String {
+pub fn subnets_annotation(local: &[InterfaceFacts]) -> String {
     let nets: BTreeSet<IpNet> = local
         .iter()
         .filter(|i| i.is_usable())
@@ -112,8 +113,8 @@ pub fn subnets_annotation(local: &[LocalInterface]) -> String {
 pub(crate) mod testing {
     use super::*;
 
-    pub fn link(name: &str, subnets: &[&str]) -> LocalInterface {
-        LocalInterface {
+    pub fn link(name: &str, subnets: &[&str]) -> InterfaceFacts {
+        InterfaceFacts {
             name: name.into(),
             subnets: subnets
                 .iter()
@@ -126,21 +127,21 @@ pub(crate) mod testing {
     }
 
     pub trait LinkExt {
-        fn down(self) -> LocalInterface;
-        fn noarp(self) -> LocalInterface;
-        fn loopback(self) -> LocalInterface;
+        fn down(self) -> InterfaceFacts;
+        fn noarp(self) -> InterfaceFacts;
+        fn loopback(self) -> InterfaceFacts;
     }
 
-    impl LinkExt for LocalInterface {
-        fn down(mut self) -> LocalInterface {
+    impl LinkExt for InterfaceFacts {
+        fn down(mut self) -> InterfaceFacts {
             self.up = false;
             self
         }
-        fn noarp(mut self) -> LocalInterface {
+        fn noarp(mut self) -> InterfaceFacts {
             self.noarp = true;
             self
         }
-        fn loopback(mut self) -> LocalInterface {
+        fn loopback(mut self) -> InterfaceFacts {
             self.loopback = true;
             self
         }
