@@ -228,10 +228,22 @@ fn route_load(n: u32) -> Option<(Duration, Duration)> {
 
 async fn withdraw(trials: usize) -> Option<Vec<Duration>> {
     let prefix = format!("ilb-bgpw-{}", std::process::id());
+    let lab_dir = std::env::temp_dir().join(&prefix);
+    let samples = withdraw_in(trials, prefix, lab_dir.clone()).await;
+    // The lab is gone by now; its kubeconfigs and agent logs are not wanted after the run.
+    ironlb::lab::cluster::remove_dir(&lab_dir);
+    samples
+}
+
+async fn withdraw_in(
+    trials: usize,
+    prefix: String,
+    lab_dir: std::path::PathBuf,
+) -> Option<Vec<Duration>> {
     let mut lab = Lab::start(LabOptions {
         nodes: 2,
         services: 0,
-        dir: std::env::temp_dir().join(&prefix),
+        dir: lab_dir,
         prefix,
         binary: env!("CARGO_BIN_EXE_ironlb").into(),
         strict_arp: "enforce".into(),
