@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::{JoinError, JoinHandle};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// A spawned task that is aborted when this handle is dropped.
@@ -36,12 +36,6 @@ impl<T> Task<T> {
 
     pub fn is_finished(&self) -> bool {
         self.handle.as_ref().is_none_or(JoinHandle::is_finished)
-    }
-
-    /// Waits for the task to end, and for its output.
-    pub async fn join(mut self) -> Result<T, JoinError> {
-        let handle = self.handle.take().expect("a task is joined once");
-        handle.await
     }
 
     /// Waits at most `limit` for the task to end on its own, then aborts it. Returns whether it ended in time.
@@ -116,10 +110,6 @@ impl Tasks {
         }));
     }
 
-    pub fn names(&self) -> Vec<&'static str> {
-        self.tasks.iter().map(Task::name).collect()
-    }
-
     /// Resolves with the name of the first task that ended (returned, panicked or was aborted); never while all
     /// run. Cancel-safe: meant for a `select!` arm beside the component's other inputs.
     pub async fn died(&mut self) -> &'static str {
@@ -163,18 +153,6 @@ impl Deadline {
 
     pub fn set(&mut self, at: Instant) {
         self.at = Some(at);
-    }
-
-    /// Sets it to `at` unless it is already set to fire sooner.
-    pub fn set_if_earlier(&mut self, at: Instant) {
-        if self.at.is_none_or(|current| at < current) {
-            self.at = Some(at);
-        }
-    }
-
-    /// Sets it to `at` only when it is unset: the first cause of a pending action keeps its time.
-    pub fn set_if_unset(&mut self, at: Instant) {
-        self.at.get_or_insert(at);
     }
 
     pub fn clear(&mut self) {
@@ -271,17 +249,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_deadline_fires_only_when_set_and_keeps_the_earliest() {
+    async fn a_deadline_fires_only_when_set() {
         let mut deadline = Deadline::default();
         let unset = tokio::time::timeout(Duration::from_secs(3600), deadline.elapsed()).await;
         assert!(unset.is_err(), "an unset deadline fired");
         let now = Instant::now();
-        deadline.set_if_earlier(now + Duration::from_secs(5));
-        deadline.set_if_earlier(now + Duration::from_secs(2));
-        deadline.set_if_earlier(now + Duration::from_secs(9));
-        assert_eq!(deadline.at(), Some(now + Duration::from_secs(2)));
-        deadline.set_if_unset(now + Duration::from_secs(1));
-        assert_eq!(deadline.at(), Some(now + Duration::from_secs(2)));
+        deadline.set(now + Duration::from_secs(5));
+        deadline.set(now + Duration::from_secs(2));
+        assert_eq!(
+            deadline.at(),
+            Some(now + Duration::from_secs(2)),
+            "the last set wins"
+        );
         deadline.elapsed().await;
         assert_eq!(Instant::now(), now + Duration::from_secs(2));
         deadline.clear();

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use ironlb::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer};
-use ironlb::lab::bgp::{Daemon, Neighbor, PeerRoute, Router, RouterConfig};
+use ironlb::lab::bgp::{Daemon, PeerRoute, Router, RouterConfig, node_neighbors};
 use ironlb::lab::cluster::Lab;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, PostParams};
@@ -43,17 +43,7 @@ async fn local_service_route_follows_its_endpoint() {
             RouterConfig {
                 asn: 64496,
                 router_id: Ipv4Addr::new(192, 0, 2, 1),
-                neighbors: lab
-                    .topology
-                    .nodes
-                    .iter()
-                    .map(|n| Neighbor {
-                        address: IpAddr::V4(n.ipv4),
-                        asn: 64497,
-                        password: None,
-                        multihop: false,
-                    })
-                    .collect(),
+                neighbors: node_neighbors(&lab, 64497, None),
                 graceful_restart: false,
             },
         )

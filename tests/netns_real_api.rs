@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ironlb::lab::bgp::{Daemon, Neighbor, PeerRoute, Router, RouterConfig};
+use ironlb::lab::bgp::{Daemon, PeerRoute, Router, RouterConfig, node_neighbors};
 use ironlb::lab::cluster::{ApiChoice, Lab, LabOptions};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Secret, Service};
@@ -303,17 +303,7 @@ async fn bgp_sessions_survive_a_minute_of_unreadable_password_secrets() {
             RouterConfig {
                 asn: 64496,
                 router_id: Ipv4Addr::new(192, 0, 2, 1),
-                neighbors: lab
-                    .topology
-                    .nodes
-                    .iter()
-                    .map(|n| Neighbor {
-                        address: IpAddr::V4(n.ipv4),
-                        asn: 64497,
-                        password: Some(PASSWORD.into()),
-                        multihop: false,
-                    })
-                    .collect(),
+                neighbors: node_neighbors(&lab, 64497, Some(PASSWORD)),
                 graceful_restart: false,
             },
         )

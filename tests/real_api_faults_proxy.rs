@@ -8,7 +8,7 @@
 
 mod real_api_support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,19 +107,6 @@ fn run(test: impl std::future::Future<Output = Result<()>>) -> Result<()> {
         })
 }
 
-/// Runs kubectl with `kubeconfig` and returns its stdout, or fails with its stderr.
-fn kubectl_as_ok(plane: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let out = plane.kubectl_as(kubeconfig, args)?;
-    ensure!(
-        out.status.success(),
-        "kubectl {} failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 /// Polls `holds` every 20 ms until it is true, failing after [`STEP_LIMIT`].
 async fn wait_until(what: &str, mut holds: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
@@ -207,8 +194,7 @@ fn requests_pass_through_and_rbac_stays_the_callers() -> Result<()> {
     };
     let ns = f.ns.as_str();
     assert_eq!(
-        kubectl_as_ok(
-            &f.plane,
+        f.plane.kubectl_as_ok(
             &f.proxied,
             &[
                 "get",
@@ -402,8 +388,7 @@ fn latency_delays_the_matching_requests() -> Result<()> {
         tokio::time::timeout(STEP_LIMIT, api.get("seen")).await??;
         assert_eq!(f.proxy.counts().delayed, 1);
         let start = Instant::now();
-        kubectl_as_ok(
-            &f.plane,
+        f.plane.kubectl_as_ok(
             &f.proxied,
             &["get", "configmap", "seen", "-n", &f.ns, "-o", "name"],
         )?;

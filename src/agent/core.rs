@@ -118,10 +118,6 @@ impl Core {
         (&mut self.state, &self.validated)
     }
 
-    pub fn is_leading(&self) -> bool {
-        self.leading
-    }
-
     /// The earliest instant at which [`Input::Timer`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let announce = self.announce.and(self.announce_retry.at());

@@ -760,6 +760,24 @@ impl Drop for NsSpeaker {
     }
 }
 
+/// One single-hop neighbor per lab node, of AS `asn`, with an MD5 `password` if given.
+pub fn node_neighbors(
+    lab: &super::cluster::Lab,
+    asn: u32,
+    password: Option<&str>,
+) -> Vec<Neighbor> {
+    lab.topology
+        .nodes
+        .iter()
+        .map(|n| Neighbor {
+            address: IpAddr::V4(n.ipv4),
+            asn,
+            password: password.map(str::to_string),
+            multihop: false,
+        })
+        .collect()
+}
+
 /// The lab's BGP side for `ironlb lab --bgp`: a router (AS [`LAB_ROUTER_AS`]) in the switch namespace peering with
 /// every node (AS [`LAB_NODE_AS`]), configured in the cluster by one BGPPeer and one BGPAdvertisement for the lab
 /// pool. Returns once the router holds a route for every VIP in `vips`, or after `limit`.
@@ -777,17 +795,7 @@ pub async fn peer_lab(
     let config = RouterConfig {
         asn: LAB_ROUTER_AS,
         router_id: super::topology::SWITCH_V4,
-        neighbors: lab
-            .topology
-            .nodes
-            .iter()
-            .map(|n| Neighbor {
-                address: IpAddr::V4(n.ipv4),
-                asn: LAB_NODE_AS,
-                password: None,
-                multihop: false,
-            })
-            .collect(),
+        neighbors: node_neighbors(lab, LAB_NODE_AS, None),
         graceful_restart: true,
     };
     let netns = lab.topology.switch.clone();

@@ -312,6 +312,11 @@ impl ControlPlane {
         checked(args, self.kubectl(args)?)
     }
 
+    /// As [`ControlPlane::kubectl_ok`], with another kubeconfig.
+    pub fn kubectl_as_ok(&self, kubeconfig: &Path, args: &[&str]) -> Result<String> {
+        checked(args, self.kubectl_as(kubeconfig, args)?)
+    }
+
     /// As [`ControlPlane::kubectl_ok`], with `input` on stdin.
     pub fn kubectl_ok_with_input(&self, args: &[&str], input: &str) -> Result<String> {
         checked(args, self.kubectl_with_input(args, input)?)
