@@ -550,12 +550,12 @@ pub async fn prepare_link(name: &str) -> BTreeSet<IpAddr> {
     found
 }
 
-fn apply_snat(snat: &BTreeSet<ServiceId>) -> Result<(), String> {
+fn apply_snat(snat: &BTreeSet<ServiceId>) -> Result<(), direct::SnatError> {
     use std::io::Write;
     if !snat.is_empty() {
         // netfilter sees IPVS connections (and so can NAT them) only with IPVS connection tracking.
         std::fs::write("/proc/sys/net/ipv4/vs/conntrack", "1")
-            .map_err(|e| format!("setting net.ipv4.vs.conntrack=1: {e}"))?;
+            .map_err(direct::SnatError::Conntrack)?;
     }
     let script = direct::snat_ruleset(snat);
     let mut child = std::process::Command::new("nft")
@@ -564,23 +564,21 @@ fn apply_snat(snat: &BTreeSet<ServiceId>) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running nft: {e}"))?;
+        .map_err(direct::SnatError::Spawn)?;
     child
         .stdin
         .take()
         .map(|mut i| i.write_all(script.as_bytes()))
         .transpose()
-        .map_err(|e| format!("writing to nft: {e}"))?;
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("running nft: {e}"))?;
+        .map_err(direct::SnatError::Write)?;
+    let out = child.wait_with_output().map_err(direct::SnatError::Wait)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(direct::SnatError::Rejected {
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 

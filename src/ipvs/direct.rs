@@ -97,8 +97,19 @@ pub struct DirectPlan {
     pub problems: Vec<Problem>,
 }
 
+/// Why a Service's IPVS annotation cannot be used; the message names the annotation and the fallback.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AnnotationError {
+    /// [`SCHEDULER_ANNOTATION`] holds `value` (trimmed), which is not one of [`SCHEDULERS`].
+    #[error(
+        "{SCHEDULER_ANNOTATION}: {value:?} is not an IPVS scheduler (one of {}); using {DEFAULT_SCHEDULER}",
+        SCHEDULERS.join(", ")
+    )]
+    UnknownScheduler { value: String },
+}
+
 /// The scheduler named by the annotation, or why it cannot be used.
-pub fn scheduler(svc: &Service) -> Result<String, String> {
+pub fn scheduler(svc: &Service) -> Result<String, AnnotationError> {
     let Some(value) = annotation(svc, SCHEDULER_ANNOTATION) else {
         return Ok(DEFAULT_SCHEDULER.into());
     };
@@ -106,10 +117,9 @@ pub fn scheduler(svc: &Service) -> Result<String, String> {
     if SCHEDULERS.contains(&value) {
         Ok(value.to_string())
     } else {
-        Err(format!(
-            "{SCHEDULER_ANNOTATION}: {value:?} is not an IPVS scheduler (one of {}); using {DEFAULT_SCHEDULER}",
-            SCHEDULERS.join(", ")
-        ))
+        Err(AnnotationError::UnknownScheduler {
+            value: value.to_string(),
+        })
     }
 }
 
@@ -210,11 +220,11 @@ impl Share {
         }
         let who = ServiceRef::of(svc);
         let mut head = Vec::new();
-        let scheduler = scheduler(svc).unwrap_or_else(|message| {
+        let scheduler = scheduler(svc).unwrap_or_else(|error| {
             head.push(Problem {
                 service: who.clone(),
                 reason: "InvalidIPVSScheduler",
-                message,
+                message: error.to_string(),
             });
             DEFAULT_SCHEDULER.into()
         });
@@ -842,6 +852,29 @@ fn proto_name(p: Protocol) -> &'static str {
     }
 }
 
+/// Why writing the [`snat_ruleset`] to the kernel failed (the agent runs `nft -f -` with it).
+#[derive(Debug, thiserror::Error)]
+pub enum SnatError {
+    /// Writing `1` to `/proc/sys/net/ipv4/vs/conntrack` failed.
+    #[error("setting net.ipv4.vs.conntrack=1: {0}")]
+    Conntrack(#[source] std::io::Error),
+    /// `nft` could not be started.
+    #[error("running nft: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The script could not be written to `nft`'s standard input.
+    #[error("writing to nft: {0}")]
+    Write(#[source] std::io::Error),
+    /// Waiting for `nft` to finish failed.
+    #[error("running nft: {0}")]
+    Wait(#[source] std::io::Error),
+    /// `nft` rejected the script: its exit status and its standard error (trimmed).
+    #[error("nft failed: {stderr}")]
+    Rejected {
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
 /// The nftables script (for `nft -f -`) that replaces IronLB's table atomically: connections whose original
 /// destination is one of `snat`'s VIP:port/protocol are masqueraded on their way to the real server, after IPVS
 /// rewrote the destination. It needs IPVS connection tracking (`net.ipv4.vs.conntrack=1`) so that netfilter sees
@@ -1160,7 +1193,19 @@ mod tests {
                 ("InvalidIPVSPersistence", "shop/bad".to_string())
             ]
         );
-        assert!(plan.problems[0].message.contains("\"fastest\""));
+        assert_eq!(
+            scheduler(&services[0]),
+            Err(AnnotationError::UnknownScheduler {
+                value: "fastest".into()
+            })
+        );
+        assert_eq!(
+            plan.problems[0].message,
+            format!(
+                "ironlb.io/ipvs-scheduler: \"fastest\" is not an IPVS scheduler (one of {}); using rr",
+                SCHEDULERS.join(", ")
+            )
+        );
         assert!(plan.problems[1].message.contains("using 60 s"));
         for too_long in ["86401", "many", "4294967296"] {
             let s = svc(
@@ -1180,6 +1225,16 @@ mod tests {
             );
             assert_eq!(scheduler(&s).as_deref(), Ok(*name));
         }
+        let padded = svc(
+            "x",
+            &["192.0.2.1"],
+            json!([]),
+            json!({"ann:ironlb.io/ipvs-scheduler": " RR "}),
+        );
+        assert_eq!(
+            scheduler(&padded),
+            Err(AnnotationError::UnknownScheduler { value: "RR".into() })
+        );
     }
 
     #[test]
@@ -1254,6 +1309,34 @@ mod tests {
             "table inet ironlb\ndelete table inet ironlb\n"
         );
     }
+
+    #[test]
+    fn snat_errors_say_which_step_failed() {
+        use std::error::Error as _;
+        use std::os::unix::process::ExitStatusExt;
+        let denied = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let conntrack = SnatError::Conntrack(denied());
+        assert_eq!(
+            conntrack.to_string(),
+            format!("setting net.ipv4.vs.conntrack=1: {}", denied())
+        );
+        assert!(conntrack.source().is_some());
+        assert_eq!(
+            SnatError::Spawn(denied()).to_string(),
+            format!("running nft: {}", denied())
+        );
+        assert_eq!(
+            SnatError::Write(denied()).to_string(),
+            format!("writing to nft: {}", denied())
+        );
+        let rejected = SnatError::Rejected {
+            status: std::process::ExitStatus::from_raw(1 << 8),
+            stderr: "Error: syntax error".into(),
+        };
+        assert_eq!(rejected.to_string(), "nft failed: Error: syntax error");
+        assert!(rejected.source().is_none());
+    }
+
     #[test]
     fn kube_proxy_gaps_name_the_pools_outside_exclude_cidrs() {
         use crate::config::IpRange;

@@ -130,6 +130,46 @@ impl NodeLeaseMetrics {
     }
 }
 
+/// What makes a node Lease unusable for liveness.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("no spec")]
+    NoSpec,
+    #[error("no holderIdentity")]
+    NoHolder,
+    /// The holder's Lease would have another name: the Lease cannot vouch for that node.
+    #[error("holderIdentity {holder:?} does not match the name (expected {expected})")]
+    HolderMismatch { holder: String, expected: String },
+    #[error("no renewTime")]
+    NoRenewTime,
+    /// `leaseDurationSeconds` as the Lease holds it (absent, zero or negative).
+    #[error("leaseDurationSeconds is missing or not positive")]
+    BadDuration { seconds: Option<i32> },
+}
+
+/// Why [`Observations::observe`] dropped a Lease.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("Lease {namespace}/{name}: {reason}")]
+    Unusable {
+        namespace: String,
+        name: String,
+        #[source]
+        reason: Unusable,
+    },
+}
+
+/// Why renewing this node's Lease failed.
+#[derive(Debug, thiserror::Error)]
+enum RenewError {
+    /// A read or write of the Lease failed.
+    #[error(transparent)]
+    Api(kube::Error),
+    /// The renewal did not finish within the Lease's duration.
+    #[error("no answer within {limit:?}")]
+    Timeout { limit: Duration },
+}
+
 /// What this agent last saw of one node's Lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Seen {
@@ -162,17 +202,21 @@ impl Observations {
     /// Records `lease` as seen at `now`. A Lease whose holder, renew time and duration are unchanged keeps the time
     /// it was first seen that way. A Lease this agent cannot use (no holder, a holder that does not match its name,
     /// no renew time, no positive duration) is dropped, so its node does not count as live, and the error names it.
-    pub fn observe(&mut self, lease: &Lease, now: Instant) -> Result<(), String> {
+    pub fn observe(&mut self, lease: &Lease, now: Instant) -> Result<(), Error> {
         let name = lease.metadata.name.clone().unwrap_or_default();
         if let Some(relisted) = &mut self.relisted {
             relisted.insert(name.clone());
         }
         let seen = match parse(&name, lease.spec.as_ref(), now) {
             Ok(seen) => seen,
-            Err(why) => {
+            Err(reason) => {
                 self.by_lease.remove(&name);
-                let namespace = lease.metadata.namespace.as_deref().unwrap_or("");
-                return Err(format!("Lease {namespace}/{name}: {why}"));
+                let namespace = lease.metadata.namespace.clone().unwrap_or_default();
+                return Err(Error::Unusable {
+                    namespace,
+                    name,
+                    reason,
+                });
             }
         };
         match self.by_lease.get_mut(&name) {
@@ -237,24 +281,27 @@ impl Observations {
     }
 }
 
-fn parse(name: &str, spec: Option<&LeaseSpec>, now: Instant) -> Result<Seen, String> {
-    let spec = spec.ok_or("no spec")?;
+fn parse(name: &str, spec: Option<&LeaseSpec>, now: Instant) -> Result<Seen, Unusable> {
+    let spec = spec.ok_or(Unusable::NoSpec)?;
     let holder = spec
         .holder_identity
         .as_deref()
         .filter(|h| !h.is_empty())
-        .ok_or("no holderIdentity")?;
-    if lease_name(holder) != name {
-        return Err(format!(
-            "holderIdentity {holder:?} does not match the name (expected {})",
-            lease_name(holder)
-        ));
+        .ok_or(Unusable::NoHolder)?;
+    let expected = lease_name(holder);
+    if expected != name {
+        return Err(Unusable::HolderMismatch {
+            holder: holder.to_string(),
+            expected,
+        });
     }
-    let renew = spec.renew_time.clone().ok_or("no renewTime")?;
+    let renew = spec.renew_time.clone().ok_or(Unusable::NoRenewTime)?;
     let seconds = spec
         .lease_duration_seconds
         .filter(|s| *s > 0)
-        .ok_or("leaseDurationSeconds is missing or not positive")?;
+        .ok_or(Unusable::BadDuration {
+            seconds: spec.lease_duration_seconds,
+        })?;
     Ok(Seen {
         holder: holder.to_string(),
         renew,
@@ -336,7 +383,9 @@ async fn renew(
             Ok(result) => result,
             Err(_) => {
                 current = None;
-                Err(format!("no answer within {:?}", timing.duration))
+                Err(RenewError::Timeout {
+                    limit: timing.duration,
+                })
             }
         };
         if result.is_err() {
@@ -377,10 +426,10 @@ async fn renew_once(
     name: &str,
     timing: &NodeLeaseTiming,
     current: &mut Option<Lease>,
-) -> Result<(), String> {
+) -> Result<(), RenewError> {
     let existing = match current.take() {
         Some(lease) => Some(lease),
-        None => api.get_opt(name).await.map_err(|e| e.to_string())?,
+        None => api.get_opt(name).await.map_err(RenewError::Api)?,
     };
     let now = Timestamp::now();
     let result = match existing {
@@ -407,7 +456,7 @@ async fn renew_once(
         }
     };
     // On any error (a 409 after someone else wrote it, a 404 after a delete) the next renewal reads it afresh.
-    *current = Some(result.map_err(|e| e.to_string())?);
+    *current = Some(result.map_err(RenewError::Api)?);
     Ok(())
 }
 
@@ -479,7 +528,7 @@ async fn observe(
                     }
                 };
                 if let Err(why) = result
-                    && reported.insert(why.clone())
+                    && reported.insert(why.to_string())
                 {
                     tracing::warn!("ignoring a node lease: {why}");
                 }
@@ -645,43 +694,81 @@ mod tests {
         seen.observe(&lease("a", 0, 3), t0).unwrap();
         seen.observe(&lease("b", 0, 3), t0).unwrap();
 
+        let unusable = |reason| Error::Unusable {
+            namespace: "ironlb-system".into(),
+            name: lease_name("b"),
+            reason,
+        };
+
         let mut wrong_holder = lease("b", 1, 3);
         wrong_holder.spec.as_mut().unwrap().holder_identity = Some("c".into());
         let err = seen.observe(&wrong_holder, t0).unwrap_err();
-        assert!(
-            err.contains("ironlb-system/ironlb-node-b") && err.contains("\"c\""),
-            "{err}"
+        assert_eq!(
+            err,
+            unusable(Unusable::HolderMismatch {
+                holder: "c".into(),
+                expected: lease_name("c"),
+            })
         );
+        assert_eq!(
+            err.to_string(),
+            "Lease ironlb-system/ironlb-node-b: holderIdentity \"c\" does not match the name \
+             (expected ironlb-node-c)"
+        );
+        assert!(std::error::Error::source(&err).is_some());
         assert_eq!(seen.live(t0), Some(names(&["a"])));
 
         let mut no_holder = lease("b", 1, 3);
         no_holder.spec.as_mut().unwrap().holder_identity = None;
-        assert!(
-            seen.observe(&no_holder, t0)
-                .unwrap_err()
-                .contains("holderIdentity")
+        assert_eq!(
+            seen.observe(&no_holder, t0),
+            Err(unusable(Unusable::NoHolder))
+        );
+        no_holder.spec.as_mut().unwrap().holder_identity = Some(String::new());
+        assert_eq!(
+            seen.observe(&no_holder, t0),
+            Err(unusable(Unusable::NoHolder))
         );
         let mut zero = lease("b", 1, 0);
-        assert!(
-            seen.observe(&zero, t0)
-                .unwrap_err()
-                .contains("leaseDurationSeconds")
+        let err = seen.observe(&zero, t0).unwrap_err();
+        assert_eq!(err, unusable(Unusable::BadDuration { seconds: Some(0) }));
+        assert_eq!(
+            err.to_string(),
+            "Lease ironlb-system/ironlb-node-b: leaseDurationSeconds is missing or not positive"
         );
         zero.spec.as_mut().unwrap().lease_duration_seconds = Some(-5);
-        assert!(seen.observe(&zero, t0).is_err());
+        assert_eq!(
+            seen.observe(&zero, t0),
+            Err(unusable(Unusable::BadDuration { seconds: Some(-5) }))
+        );
+        zero.spec.as_mut().unwrap().lease_duration_seconds = None;
+        assert_eq!(
+            seen.observe(&zero, t0),
+            Err(unusable(Unusable::BadDuration { seconds: None }))
+        );
         let mut no_renew = lease("b", 1, 3);
         no_renew.spec.as_mut().unwrap().renew_time = None;
-        assert!(
-            seen.observe(&no_renew, t0)
-                .unwrap_err()
-                .contains("renewTime")
+        assert_eq!(
+            seen.observe(&no_renew, t0),
+            Err(unusable(Unusable::NoRenewTime))
         );
         let no_spec = Lease {
             spec: None,
             ..lease("b", 1, 3)
         };
-        assert!(seen.observe(&no_spec, t0).unwrap_err().contains("no spec"));
+        let err = seen.observe(&no_spec, t0).unwrap_err();
+        assert_eq!(err, unusable(Unusable::NoSpec));
+        assert_eq!(
+            err.to_string(),
+            "Lease ironlb-system/ironlb-node-b: no spec"
+        );
         assert_eq!(seen.live(t0), Some(names(&["a"])));
+    }
+
+    #[test]
+    fn a_renewal_timeout_names_the_limit() {
+        let timeout = RenewError::Timeout { limit: s(3.0) };
+        assert_eq!(timeout.to_string(), "no answer within 3s");
     }
 
     #[test]
