@@ -24,6 +24,7 @@ use kube::api::Api;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use super::node_link::{BindRequest, LocalFacts, NodeLink};
 use crate::arp::{
     Announce, Announcements, ArpConfig, ArpMetrics, ArpResponder, ArpResponderHandle,
 };
@@ -35,8 +36,8 @@ use crate::k8s::client::Clients;
 use crate::k8s::events::Note;
 use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
-use crate::netif::strict_arp::{self, Ipv4Conf, StrictArpMetrics, StrictArpReport};
-use crate::netif::{AddressReconciler, StrictArpMode};
+use crate::netif::StrictArpMode;
+use crate::netif::strict_arp::{self, StrictArpMetrics};
 use crate::plan::{self, PlanInput, choose_owners, node_plan, node_vips, subnets_annotation};
 use crate::task::Task;
 
@@ -97,23 +98,21 @@ pub struct Announcer {
     node: String,
     args: AnnounceArgs,
     lb_class: Option<String>,
-    handle: rtnetlink::Handle,
     announcements: watch::Sender<Announcements>,
     _responder: ArpResponderHandle,
     seeds: watch::Sender<BTreeMap<String, SocketAddr>>,
-    interfaces: Vec<crate::netif::LocalInterface>,
-    strict: Option<StrictArpReport>,
-    strict_metrics: StrictArpMetrics,
+    /// The node's links and strict ARP verdict, as the node link task last read them.
+    facts: watch::Receiver<LocalFacts>,
+    /// What the last pass wants bound on the VIP link, for the node link task.
+    bind: watch::Sender<Option<BindRequest>>,
+    /// The node link task, until the agent takes it to run among its tasks.
+    link_task: Option<NodeLink>,
     strict_reported: Option<bool>,
     notes: AnnouncementNotes,
-    /// What the last pass wants bound on the VIP link, and the pools (whose addresses are ours to remove).
-    wanted_bind: Option<(BTreeSet<IpAddr>, Vec<crate::config::Pool>)>,
     /// VIPs this node advertises over BGP, listed in its `ironlb.io/vips` with the Layer 2 ones.
     bgp_vips: BTreeSet<IpAddr>,
     /// This node's `ironlb.io/bgp-peers` value; empty without sessions.
     bgp_peers: String,
-    /// What was last bound successfully; None forces the next bind to reconcile.
-    bound: Option<BTreeSet<IpAddr>>,
     /// Until membership has found the other Ready nodes, or until this deadline, announce nothing: an agent that
     /// starts alone would otherwise claim every VIP for a moment and send gratuitous ARP for them.
     startup_hold: Option<Instant>,
@@ -155,6 +154,13 @@ impl Announcer {
         let responder = ArpResponder::start(plan_rx, arp_config, ArpMetrics::register(registry))
             .map_err(Error::Responder)?;
         let strict_metrics = StrictArpMetrics::register(registry);
+        let (link_task, facts, bind) = NodeLink::start(
+            handle.clone(),
+            &args.vip_link,
+            args.strict_arp,
+            strict_metrics,
+        )
+        .await;
 
         let (seeds, seeds_rx) = watch::channel(BTreeMap::new());
         let (live_tx, live) = watch::channel(BTreeSet::from([node.to_string()]));
@@ -205,6 +211,7 @@ impl Announcer {
             }
             Err(why) => tracing::error!(
                 secret = %format!("{namespace}/{}", args.gossip_secret),
+                error = ?why,
                 "membership disabled: {why}; falling back to the node Leases and Node Ready for liveness, so \
                  failover takes the node Lease duration (or, with --node-lease-period 0, as long as the Node \
                  controller needs to mark a node NotReady)"
@@ -242,19 +249,16 @@ impl Announcer {
             node: node.to_string(),
             args,
             lb_class,
-            handle,
             announcements,
             _responder: responder,
             seeds,
-            interfaces: Vec::new(),
-            strict: None,
-            strict_metrics,
+            facts,
+            bind,
+            link_task: Some(link_task),
             strict_reported: None,
             notes: AnnouncementNotes::default(),
-            wanted_bind: None,
             bgp_vips: BTreeSet::new(),
             bgp_peers: String::new(),
-            bound: None,
             startup_hold: Some(Instant::now() + STARTUP_HOLD),
         };
         Ok((
@@ -268,88 +272,25 @@ impl Announcer {
         ))
     }
 
-    /// Re-reads the local interfaces and the strict ARP sysctls. Returns whether anything the plan depends on
-    /// changed.
-    pub async fn refresh_local(&mut self) -> bool {
-        let interfaces = match crate::netif::links::list_interfaces(&self.handle).await {
-            Ok(list) => list,
-            Err(error) => {
-                tracing::warn!(%error, "listing interfaces failed; keeping the previous list");
-                self.interfaces.clone()
-            }
-        };
-        let names: Vec<&str> = interfaces
-            .iter()
-            .filter(|i| i.up && !i.loopback && !i.noarp && i.name != self.args.vip_link)
-            .map(|i| i.name.as_str())
-            .collect();
-        let report = match strict_arp::run(self.args.strict_arp, &Ipv4Conf::current_netns(), &names)
-        {
-            Ok(report) => Some(report),
-            Err(error) => {
-                tracing::warn!(%error, "reading the strict ARP sysctls failed; not announcing");
-                None
-            }
-        };
-        if let Some(report) = &report {
-            self.strict_metrics.record(report);
-        }
-        let changed = interfaces != self.interfaces
-            || report.as_ref().map(StrictArpReport::announce_allowed)
-                != self.strict.as_ref().map(StrictArpReport::announce_allowed);
-        self.interfaces = interfaces;
-        self.strict = report;
-        // Re-check the binding too: kube-proxy or an operator may have changed the link meanwhile.
-        self.bound = None;
-        changed
+    /// The node link task, to run among the agent's tasks until `stop` resolves; None after the first call.
+    pub fn take_link_task(
+        &mut self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.link_task.take().map(|link| link.run(stop))
     }
 
-    /// Binds the VIPs the last pass wants on the VIP link, when that link exists (kube-proxy in IPVS mode makes it).
-    pub async fn bind(&mut self) {
-        let Some((wanted, pools)) = self.wanted_bind.clone() else {
-            return;
-        };
-        if self.bound.as_ref() == Some(&wanted) {
-            return;
-        }
-        match crate::netif::bind::link_index(&self.handle, &self.args.vip_link).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(%error, link = %self.args.vip_link, "cannot look up the VIP link");
-                return;
-            }
-        }
-        let owned = bind_owned(&self.args.vip_link, pools);
-        let reconciler =
-            AddressReconciler::new(self.handle.clone(), self.args.vip_link.clone(), owned);
-        match reconciler.reconcile(&wanted).await {
-            Ok(outcome) if outcome.failed.is_empty() => {
-                if !outcome.requests.is_empty() {
-                    tracing::info!(link = %self.args.vip_link, changes = outcome.requests.len(), "VIP binding updated");
-                }
-                self.bound = Some(wanted);
-            }
-            Ok(outcome) => {
-                for error in &outcome.failed {
-                    tracing::warn!(%error, link = %self.args.vip_link, "binding a VIP failed; will retry");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, link = %self.args.vip_link, "VIP binding failed; will retry")
-            }
+    /// Resolves when the node's links or strict ARP verdict changed in a way an announcement pass depends on; never
+    /// once the node link task is gone (the agent stops on that anyway).
+    pub async fn local_changed(&mut self) {
+        if self.facts.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 
     /// Whether announcements are still held back at startup; the main loop runs passes until they are not.
     pub fn holding(&self) -> bool {
         self.startup_hold.is_some()
-    }
-
-    fn strict_allowed(&self) -> bool {
-        self.strict
-            .as_ref()
-            .is_some_and(StrictArpReport::announce_allowed)
     }
 
     /// Plans this node's announcements and returns the writes that make them visible. `trigger` is when the change
@@ -379,16 +320,17 @@ impl Announcer {
         });
         let input = PlanInput::from_cluster(state, &validated.config, self.lb_class.as_deref());
         let owners = choose_owners(&input.groups, live);
+        let facts = self.facts.borrow_and_update().clone();
         let local: Vec<plan::InterfaceFacts> =
-            self.interfaces.iter().map(to_plan_interface).collect();
+            facts.interfaces.iter().map(to_plan_interface).collect();
         let mut node_plan = node_plan(&self.node, &input.groups, &owners, &local);
 
         let mut pass = AnnouncePass::default();
-        let allowed = self.strict_allowed();
+        let allowed = facts.strict_allowed();
         if self.strict_reported != Some(allowed) {
             self.strict_reported = Some(allowed);
             if !allowed {
-                let problems = self
+                let problems = facts
                     .strict
                     .as_ref()
                     .map(|r| r.status.problems.join("; "))
@@ -467,25 +409,18 @@ impl Announcer {
         );
         // Without strict ARP, a VIP bound on kube-ipvs0 would make this node's kernel answer ARP for it, so this
         // node binds nothing either (and removes nothing: what kube-proxy binds is kube-proxy's).
-        self.wanted_bind = allowed.then(|| {
-            (
-                node_plan.bind,
-                validated.config.pools.values().cloned().collect(),
-            )
+        let request = allowed.then(|| BindRequest {
+            wanted: node_plan.bind,
+            pools: validated.config.pools.values().cloned().collect(),
+        });
+        self.bind.send_if_modified(|current| {
+            let changed =
+                current.as_ref().map(|r| &r.wanted) != request.as_ref().map(|r| &r.wanted);
+            *current = request;
+            changed
         });
         pass
     }
-}
-
-/// Which host-prefix addresses on the VIP link the binder may delete when they are not wanted: those inside a pool,
-/// and on IronLB's own direct-mode link every one (only IronLB binds there, so a VIP whose pool was deleted while
-/// the agent was down goes too). On `kube-ipvs0` the rest is kube-proxy's.
-fn bind_owned(
-    vip_link: &str,
-    pools: Vec<crate::config::Pool>,
-) -> impl Fn(&IpAddr) -> bool + Send + Sync + 'static {
-    let own_link = vip_link == crate::ipvs::DIRECT_LINK;
-    move |ip| own_link || pools.iter().any(|p| p.contains(ip))
 }
 
 fn to_plan_interface(i: &crate::netif::LocalInterface) -> plan::InterfaceFacts {
@@ -506,12 +441,27 @@ fn unspecified_like(ip: IpAddr) -> IpAddr {
     }
 }
 
-async fn gossip_key(client: &Client, namespace: &str, name: &str) -> Result<Vec<u8>, String> {
+/// Why the gossip key cannot be had.
+#[derive(Debug, thiserror::Error)]
+enum GossipKeyError {
+    #[error("cannot read the Secret")]
+    Read(#[source] kube::Error),
+    #[error("the Secret does not exist")]
+    Missing,
+    #[error("the Secret has no non-empty `{GOSSIP_SECRET_KEY}`")]
+    NoKey,
+}
+
+async fn gossip_key(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<u8>, GossipKeyError> {
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| format!("cannot read the Secret: {e}"))?
-        .ok_or_else(|| "the Secret does not exist".to_string())?;
+        .map_err(GossipKeyError::Read)?
+        .ok_or(GossipKeyError::Missing)?;
     let key = secret
         .data
         .as_ref()
@@ -525,7 +475,7 @@ async fn gossip_key(client: &Client, namespace: &str, name: &str) -> Result<Vec<
                 .map(|s| s.as_bytes().to_vec())
         })
         .filter(|k| !k.is_empty())
-        .ok_or_else(|| format!("the Secret has no non-empty `{GOSSIP_SECRET_KEY}`"))?;
+        .ok_or(GossipKeyError::NoKey)?;
     Ok(key)
 }
 
@@ -557,38 +507,4 @@ async fn advertise_address(
         .flat_map(|i| i.addresses.iter())
         .map(|a| a.addr())
         .find(|ip| matches!(ip, IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_direct_link_is_ironlbs_alone_kube_ipvs0_only_within_the_pools() {
-        let pools = crate::config::validate(&crate::config::Sources {
-            legacy: Some(crate::config::load::LegacySource {
-                name: "ConfigMap/config".into(),
-                namespace: None,
-                payload:
-                    "address-pools:\n- name: a\n  protocol: layer2\n  addresses: [192.0.2.0/28]\n"
-                        .into(),
-            }),
-            ..Default::default()
-        })
-        .config
-        .pools
-        .into_values()
-        .collect::<Vec<_>>();
-        assert_eq!(pools.len(), 1);
-        let inside: IpAddr = "192.0.2.5".parse().unwrap();
-        let outside: IpAddr = "198.51.100.7".parse().unwrap();
-        let direct = bind_owned("ironlb0", pools.clone());
-        assert!(direct(&inside) && direct(&outside));
-        let shared = bind_owned("kube-ipvs0", pools);
-        assert!(shared(&inside));
-        assert!(
-            !shared(&outside),
-            "an address outside the pools on kube-ipvs0 is kube-proxy's"
-        );
-    }
 }

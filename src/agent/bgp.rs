@@ -366,6 +366,8 @@ impl BgpMetrics {
 struct Running {
     config: SessionConfig,
     session: Session,
+    /// The session's status as it changes, for [`BgpSpeaker::status_changed`].
+    status: tokio::sync::watch::Receiver<SessionStatus>,
     /// Counters already added to the metrics.
     seen_updates: u64,
     seen_flaps: u64,
@@ -427,6 +429,8 @@ pub struct BgpSpeaker {
     warned: BTreeMap<String, Vec<String>>,
     metrics: BgpMetrics,
     advertised: BTreeSet<IpAddr>,
+    /// Sessions being stopped (a Cease sent, the connection closing); awaited at shutdown, aborted when dropped.
+    stopping: Vec<crate::task::Task<()>>,
 }
 
 impl BgpSpeaker {
@@ -438,12 +442,14 @@ impl BgpSpeaker {
             warned: BTreeMap::new(),
             metrics,
             advertised: BTreeSet::new(),
+            stopping: Vec::new(),
         }
     }
 
     /// One pass: recomputes the plan, starts, restarts and stops sessions, hands each its routes. Returns the
-    /// Warning notes not reported before and the `announced-by` writes.
-    pub async fn sync(
+    /// Warning notes not reported before and the `announced-by` writes. Never waits: a stopping session closes in a
+    /// task of its own.
+    pub fn sync(
         &mut self,
         state: &ClusterState,
         validated: &Validated,
@@ -510,9 +516,13 @@ impl BgpSpeaker {
                     .prefixes
                     .get_or_create(&PeerLabels { peer: name.clone() })
                     .set(0);
-                r.session.stop(false).await;
+                self.stopping.push(crate::task::Task::spawn(
+                    "BGP session stop",
+                    r.session.stop(false),
+                ));
             }
         }
+        self.stopping.retain(|t| !t.is_finished());
         let actions = service_actions(&self.node, state, &input, &plan);
         let prefixes: BTreeSet<IpNet> = plan
             .peers
@@ -529,6 +539,7 @@ impl BgpSpeaker {
                         name,
                         Running {
                             config: p.config,
+                            status: session.watch_status(),
                             session,
                             seen_updates: 0,
                             seen_flaps: 0,
@@ -550,10 +561,31 @@ impl BgpSpeaker {
         (notes, actions)
     }
 
+    /// Resolves when a session's status changed since [`BgpSpeaker::record`] last read it; never without sessions.
+    /// Cancel-safe, for a `select!` arm.
+    pub async fn status_changed(&mut self) {
+        let changes: Vec<_> = self
+            .sessions
+            .values_mut()
+            .map(|r| {
+                Box::pin(async {
+                    // A session whose task ended publishes nothing more; it is replaced or stopped by a pass.
+                    if r.status.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                })
+            })
+            .collect();
+        if changes.is_empty() {
+            std::future::pending::<()>().await;
+        }
+        futures::future::select_all(changes).await;
+    }
+
     /// Updates the per-peer metrics from the sessions' status.
     pub fn record(&mut self) {
         for (name, r) in self.sessions.iter_mut() {
-            let s: SessionStatus = r.session.status();
+            let s: SessionStatus = r.status.borrow_and_update().clone();
             let labels = PeerLabels { peer: name.clone() };
             self.metrics
                 .established
@@ -603,6 +635,11 @@ impl BgpSpeaker {
     pub async fn shutdown(self, graceful: bool) {
         for (_, r) in self.sessions {
             r.session.stop(graceful).await;
+        }
+        for stopping in self.stopping {
+            stopping
+                .join_within(std::time::Duration::from_secs(5))
+                .await;
         }
     }
 }

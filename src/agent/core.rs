@@ -15,10 +15,12 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::{Node, Service};
 use tokio::time::Instant;
 
 use super::{AllocationMetrics, ConfigReport};
 use crate::config::Validated;
+use crate::k8s::index::ObjectKey;
 use crate::k8s::state::{Change, ClusterState, Touched};
 use crate::task::Deadline;
 
@@ -43,15 +45,24 @@ pub enum Input {
     /// The periodic look at the node: whether something there (interfaces, a held announcement, BGP sessions whose
     /// state the Node does not show yet) needs an announcement pass.
     Refresh { node_changed: bool },
-    /// An allocation pass ran: whether it had writes, and how long to wait before retrying when a write failed.
+    /// An allocation pass's writes are done: whether it had writes, how long to wait before retrying when a write
+    /// failed, and the Services as the API returned them.
     Allocated {
         wrote: bool,
         retry: Option<Duration>,
+        written: Written,
     },
-    /// An announcement pass ran; `ok` is false when its writes failed.
-    Announced { ok: bool },
+    /// An announcement pass's writes are done; `ok` is false when one failed.
+    Announced { ok: bool, written: Written },
     /// [`Core::next_deadline`] has passed.
     Timer,
+}
+
+/// Objects as the API returned them after a write, newer than (or as new as) what the watches delivered so far.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub services: Vec<Service>,
+    pub nodes: Vec<Node>,
 }
 
 /// What the shell must do.
@@ -80,6 +91,8 @@ pub struct Core {
     leading: bool,
     /// Changes the allocator has not passed over yet.
     dirty: bool,
+    /// An allocation pass is out and its writes have not reported yet: the next one waits for them.
+    allocating: bool,
     /// When the allocation pass runs, once `dirty` and leading and synced.
     allocate: Deadline,
     /// The first unhandled change that needs an announcement pass, if any.
@@ -101,6 +114,7 @@ impl Core {
             ready: false,
             leading: false,
             dirty: false,
+            allocating: false,
             allocate: Deadline::default(),
             announce: None,
             announce_retry: Deadline::default(),
@@ -128,7 +142,7 @@ impl Core {
     }
 
     fn allocation_due(&self) -> Option<Instant> {
-        (self.dirty && self.leading && self.state.is_synced())
+        (self.dirty && self.leading && !self.allocating && self.state.is_synced())
             .then_some(self.allocate.at())
             .flatten()
     }
@@ -181,7 +195,13 @@ impl Core {
                     self.want_announcement(now);
                 }
             }
-            Input::Allocated { wrote, retry } => {
+            Input::Allocated {
+                wrote,
+                retry,
+                written,
+            } => {
+                self.allocating = false;
+                self.fold(written);
                 // The allocator puts its own writes into the state, so their watch events change nothing later:
                 // announce from the new state now, or a VIP this node owns would wait for the next look.
                 if wrote {
@@ -193,7 +213,8 @@ impl Core {
                 }
                 self.trim.set(now + TRIM_AFTER);
             }
-            Input::Announced { ok } => {
+            Input::Announced { ok, written } => {
+                self.fold(written);
                 if !ok {
                     self.want_announcement(now);
                     self.announce_retry.set(now + ANNOUNCE_RETRY);
@@ -202,6 +223,7 @@ impl Core {
             Input::Timer => {
                 if self.allocation_due().is_some_and(|at| at <= now) {
                     self.dirty = false;
+                    self.allocating = true;
                     self.allocate.clear();
                     self.refresh_config();
                     out.push(Output::Allocate);
@@ -226,6 +248,21 @@ impl Core {
         let trigger = self.announce?;
         let waiting = self.announce_retry.at().is_some_and(|at| at > now);
         (self.state.is_synced() && !waiting).then_some(trigger)
+    }
+
+    /// Takes in what a write returned. An object deleted meanwhile stays deleted, and an older version than the
+    /// state holds is ignored (see [`crate::k8s::index::ObjectIndex::apply`]).
+    fn fold(&mut self, written: Written) {
+        for svc in written.services {
+            if self.state.services.get(&ObjectKey::of(&svc)).is_some() {
+                self.state.services.apply(svc);
+            }
+        }
+        for node in written.nodes {
+            if self.state.nodes.get(&ObjectKey::of(&node)).is_some() {
+                self.state.nodes.apply(node);
+            }
+        }
     }
 
     fn want_announcement(&mut self, seen: Instant) {
@@ -336,7 +373,13 @@ mod tests {
         let t0 = Instant::now();
         let mut core = core();
         core.handle(changes(synced(), t0), t0);
-        core.handle(Input::Announced { ok: true }, t0);
+        core.handle(
+            Input::Announced {
+                ok: true,
+                written: Written::default(),
+            },
+            t0,
+        );
         for i in 0..5u64 {
             let t = t0 + ms(i * 2);
             core.handle(changes(vec![service(&format!("s{i}"), "1")], t), t);
@@ -383,7 +426,8 @@ mod tests {
             core.handle(
                 Input::Allocated {
                     wrote: true,
-                    retry: Some(Duration::from_secs(1))
+                    retry: Some(Duration::from_secs(1)),
+                    written: Written::default(),
                 },
                 t1
             ),
@@ -407,7 +451,8 @@ mod tests {
             core.handle(
                 Input::Allocated {
                     wrote: false,
-                    retry: None
+                    retry: None,
+                    written: Written::default(),
                 },
                 t3
             ),
@@ -426,7 +471,16 @@ mod tests {
         let t0 = Instant::now();
         let mut core = core();
         core.handle(changes(synced(), t0), t0);
-        assert_eq!(core.handle(Input::Announced { ok: false }, t0 + ms(1)), []);
+        assert_eq!(
+            core.handle(
+                Input::Announced {
+                    ok: false,
+                    written: Written::default()
+                },
+                t0 + ms(1)
+            ),
+            []
+        );
         assert_eq!(core.next_deadline(), Some(t0 + ms(1) + ANNOUNCE_RETRY));
         // A membership change meanwhile waits for the retry too, and keeps the older trigger.
         assert_eq!(core.handle(Input::Membership, t0 + ms(50)), []);
@@ -436,7 +490,16 @@ mod tests {
                 trigger: t0 + ms(1)
             }]
         );
-        assert_eq!(core.handle(Input::Announced { ok: true }, t0 + ms(300)), []);
+        assert_eq!(
+            core.handle(
+                Input::Announced {
+                    ok: true,
+                    written: Written::default()
+                },
+                t0 + ms(300)
+            ),
+            []
+        );
         assert_eq!(core.next_deadline(), None);
     }
 
@@ -447,7 +510,13 @@ mod tests {
         core.handle(Input::Leadership(true), t0);
         core.handle(changes(synced(), t0), t0);
         core.handle(Input::Timer, t0 + SETTLE);
-        core.handle(Input::Announced { ok: true }, t0 + SETTLE);
+        core.handle(
+            Input::Announced {
+                ok: true,
+                written: Written::default(),
+            },
+            t0 + SETTLE,
+        );
         let t2 = t0 + ms(200);
         assert_eq!(
             core.handle(changes(vec![secret("md5", "1")], t2), t2),
@@ -467,7 +536,13 @@ mod tests {
         let t0 = Instant::now();
         let mut core = core();
         core.handle(changes(synced(), t0), t0);
-        core.handle(Input::Announced { ok: true }, t0);
+        core.handle(
+            Input::Announced {
+                ok: true,
+                written: Written::default(),
+            },
+            t0,
+        );
         assert_eq!(
             core.handle(
                 Input::NodeLeases {
@@ -510,7 +585,13 @@ mod tests {
         let t0 = Instant::now();
         let mut core = core();
         core.handle(changes(synced(), t0), t0);
-        core.handle(Input::Announced { ok: true }, t0);
+        core.handle(
+            Input::Announced {
+                ok: true,
+                written: Written::default(),
+            },
+            t0,
+        );
         assert_eq!(core.next_deadline(), None);
         assert_eq!(
             core.handle(Input::Leadership(true), t0),
@@ -522,5 +603,110 @@ mod tests {
             "a renewal is no change"
         );
         assert_eq!(core.handle(Input::Timer, t0 + SETTLE), [Output::Allocate]);
+    }
+
+    fn service_object(name: &str, rv: &str) -> Service {
+        match service(name, rv) {
+            Change::Service(Event::Apply(svc)) => svc,
+            _ => unreachable!("service() builds an Apply"),
+        }
+    }
+
+    fn rv_of(core: &Core, name: &str) -> Option<String> {
+        core.state
+            .services
+            .get(&ObjectKey::new("default", name))
+            .and_then(|s| s.metadata.resource_version.clone())
+    }
+
+    #[test]
+    fn slow_allocation_writes_hold_back_only_the_next_allocation_pass() {
+        let t0 = Instant::now();
+        let mut core = core();
+        core.handle(changes(synced(), t0), t0);
+        core.handle(
+            changes(vec![service("web", "1"), service("gone", "1")], t0),
+            t0,
+        );
+        core.handle(
+            Input::Announced {
+                ok: true,
+                written: Written::default(),
+            },
+            t0,
+        );
+        core.handle(Input::Leadership(true), t0);
+        assert_eq!(core.handle(Input::Timer, t0 + SETTLE), [Output::Allocate]);
+
+        // The pass's writes hang. Changes meanwhile are announced at once; no second allocation pass starts.
+        let t1 = t0 + ms(100);
+        let gone = Change::Service(Event::Delete(service_object("gone", "2")));
+        assert_eq!(
+            core.handle(changes(vec![service("db", "1"), gone], t1), t1),
+            [Output::Announce { trigger: t1 }]
+        );
+        core.handle(
+            Input::Announced {
+                ok: true,
+                written: Written::default(),
+            },
+            t1,
+        );
+        assert_eq!(
+            core.next_deadline(),
+            None,
+            "nothing is due while the writes are out"
+        );
+        assert_eq!(core.handle(Input::Timer, t1 + SETTLE), []);
+
+        // The writes report: what the API returned is folded in, a Service deleted meanwhile stays deleted, and the
+        // changes that waited get their pass at once.
+        let t2 = t0 + Duration::from_secs(10);
+        let written = Written {
+            services: vec![service_object("web", "5"), service_object("gone", "3")],
+            nodes: vec![],
+        };
+        assert_eq!(
+            core.handle(
+                Input::Allocated {
+                    wrote: true,
+                    retry: None,
+                    written,
+                },
+                t2
+            ),
+            [Output::Announce { trigger: t2 }]
+        );
+        assert_eq!(rv_of(&core, "web").as_deref(), Some("5"));
+        assert_eq!(
+            rv_of(&core, "gone"),
+            None,
+            "a write's answer does not bring back a deleted Service"
+        );
+        assert_eq!(
+            core.next_deadline(),
+            Some(t1 + SETTLE),
+            "the waiting pass is overdue"
+        );
+        assert_eq!(core.handle(Input::Timer, t2), [Output::Allocate]);
+    }
+
+    #[test]
+    fn an_older_answer_does_not_undo_a_newer_watch_event() {
+        let t0 = Instant::now();
+        let mut core = core();
+        core.handle(changes(synced(), t0), t0);
+        core.handle(changes(vec![service("web", "7")], t0), t0);
+        core.handle(
+            Input::Announced {
+                ok: true,
+                written: Written {
+                    services: vec![service_object("web", "6")],
+                    nodes: vec![],
+                },
+            },
+            t0,
+        );
+        assert_eq!(rv_of(&core, "web").as_deref(), Some("7"));
     }
 }

@@ -3,27 +3,31 @@
 //!
 //! ```text
 //!  tasks (crate::task::Tasks; one ending stops the agent, non-zero)
-//!  ├─ watch × 12 (Service, EndpointSlice, Node, Namespace, ConfigMap, Secret, 6 metallb.io kinds) ─mpsc<Change>─┐
-//!  ├─ elector (k8s::leader) ──────────── watch<Option<Instant>>: the end of leadership on this clock ──────────┤
-//!  ├─ node lease (k8s::node_lease) ───── watch<Option<live nodes>> ─────────────────────────────────────────────┤
-//!  └─ metrics listener (telemetry) ◀──── watch<bool> ready ─────────────────────────┐                          │
-//!  owned by the announcer: gossip membership ── watch<live>, watch<healthy> ──────┼──────────────────────────┤
-//!                          rtnetlink connection, ARP/NDP responder ◀─ watch<plan> ─┤                          ▼
-//!  owned by the BGP speaker: one session task per peer ◀─ routes ───────────────── │   run_with loop ─Input─▶ Core
-//!  owned by the data plane: the IPVS worker ◀─ work ────────────────────────────── │   (carries out  ◀Output─ (state,
-//!  refresh tick (2 s): Events retried, sessions recorded, links re-read, VIPs re-bound ─▶  passes)          config,
-//!                                                                                   │                      timers)
-//!  Writer ── patches (Service status, annotations), Events (queued until accepted) ─┴─▶ API
+//!  ├─ watch × 12 (Service, EndpointSlice, Node, Namespace, ConfigMap, Secret, 6 metallb.io kinds) ─mpsc<Change>──┐
+//!  ├─ elector (k8s::leader) ────── watch<Option<Instant>>: the end of leadership on this clock ─────┬─────────────┤
+//!  ├─ node lease (k8s::node_lease) ─ watch<Option<live nodes>> ─────────────────────────────────────┼─────────────┤
+//!  ├─ node link (node_link) ──────── watch<LocalFacts>: links, strict ARP ──────────────────────────┼─────────────┤
+//!  │        ▲ watch<BindRequest> (binds on the VIP link)                                          │             │
+//!  ├─ allocation writer (writer) ◀── Pass ── leadership-gated Service writes, Events ──┐ (gate) ◀─┘             │
+//!  ├─ announcement writer (writer) ◀─ OwnWrites ── Node and owned Service writes ──────┤─ mpsc<Input> results ─┤
+//!  └─ metrics listener (telemetry) ◀── watch<bool> ready                                │                       │
+//!  owned by the announcer: gossip membership ── watch<live>, watch<healthy> ───────────┼───────────────────────┤
+//!                          ARP/NDP responder ◀── watch<Announcements> ◀─┐              │                       ▼
+//!  owned by the BGP speaker: one session task per peer ◀─ routes ───────┤     run_with loop ─── Input ───▶ Core
+//!                           ── watch<SessionStatus> (pushed) ──────────┼───────────▶ (computes passes,  ◀Output─ (state,
+//!  owned by the data plane: the IPVS worker ◀─ work ────────────────────┘   hands their I/O to tasks)       config,
+//!  refresh tick (2 s): startup hold, BGP metrics ─────────────────────────────────▶                         timers)
 //! ```
 //!
 //! The elector publishes, while this agent leads, the instant its leadership ends on this agent's own clock; the
-//! writer checks it before every Service write and abandons one still unanswered then (see [`crate::k8s::leader`]).
-//! Watches use a client without a request timeout (long polls); every other request times out after
-//! [`crate::k8s::client::REQUEST_TIMEOUT`].
+//! allocation writer checks it before every Service write and abandons one still unanswered then (see
+//! [`crate::k8s::leader`]). Watches use a client without a request timeout (long polls); every other request times
+//! out after [`crate::k8s::client::REQUEST_TIMEOUT`].
 //!
-//! The core decides when passes run (see its rules); this loop runs them one at a time, so no pass overlaps a
-//! previous pass's writes. Still inline here, and so still in the way of other inputs while they wait on the API:
-//! the writes of a pass, BGP session stops and the netlink binds.
+//! The core decides when passes run (see its rules); this loop computes them (CPU only) and hands their writes to the
+//! writers, their bindings to the node link, their routes to the BGP sessions and their plan to the responder. No
+//! arm awaits the API or netlink, so a slow API never delays a failover. An allocation pass waits for the previous
+//! one's writes to report; an announcement pass never waits (its writer runs the newest).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -37,7 +41,7 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,12 +56,14 @@ pub mod announce;
 pub mod bgp;
 pub mod core;
 pub mod dataplane;
+pub mod node_link;
+pub mod writer;
 
 use self::core::{Core, Input, Output};
+use self::writer::{OwnWrites, Writer};
 use crate::ipvs::Mode;
-use crate::k8s::allocation::{AllocationController, Pass, ServiceAction, Settings};
+use crate::k8s::allocation::{AllocationController, Settings};
 use crate::k8s::client::Clients;
-use crate::k8s::events::Note;
 use crate::k8s::leader::{Elector, LeaseTiming};
 use crate::k8s::state::{Change, ClusterState, ConfigKind};
 use crate::k8s::status::IngressMode;
@@ -326,7 +332,6 @@ pub async fn run_with(
         &mut registry,
     )
     .await;
-    announcer.refresh_local().await;
     let bgp_metrics = bgp::BgpMetrics::register(&mut registry);
     let mut bgp = bgp::BgpSpeaker::new(&args.node_name, &args.namespace, bgp_metrics);
     let mut refresh = crate::task::interval(Duration::from_secs(2));
@@ -366,13 +371,34 @@ pub async fn run_with(
     );
     tasks.spawn("elector", elector.run(leader_tx, stopped(stop_rx.clone())));
 
-    let mut writer = Writer {
-        client: client.clone(),
-        node: args.node_name.clone(),
-        metrics: metrics.clone(),
-        leader: leader.clone(),
-        outbox: crate::k8s::events::Outbox::default(),
-    };
+    // The writers: their results come back as inputs, beside the watches'.
+    let (results_tx, mut results) = mpsc::unbounded_channel::<Input>();
+    let (passes_tx, passes_rx) = mpsc::unbounded_channel();
+    let allocation_writer = Writer::new(
+        client.clone(),
+        &args.node_name,
+        metrics.clone(),
+        leader.clone(),
+    );
+    tasks.spawn(
+        "allocation writer",
+        allocation_writer.run_allocation(passes_rx, results_tx.clone(), stopped(stop_rx.clone())),
+    );
+    let (own_tx, own_rx) = mpsc::unbounded_channel();
+    let own_writer = Writer::new(
+        client.clone(),
+        &args.node_name,
+        metrics.clone(),
+        leader.clone(),
+    );
+    tasks.spawn(
+        "announcement writer",
+        own_writer.run_announcement(own_rx, results_tx, stopped(stop_rx.clone())),
+    );
+    if let Some(link) = announcer.take_link_task(stopped(stop_rx.clone())) {
+        tasks.spawn("node link", link);
+    }
+
     let mut controller = AllocationController::new(Settings {
         lb_class: args.lb_class.clone(),
         ingress_mode: if direct {
@@ -381,21 +407,22 @@ pub async fn run_with(
             IngressMode::Vip
         },
     });
-    // The decisions live in the core; this loop only turns what happens into its inputs and carries out its
-    // outputs, one at a time, in order.
+    // The decisions live in the core; this loop turns what happens into its inputs and carries out its outputs, in
+    // order. Carrying out is computing a pass and handing its I/O to a task: nothing here waits on the API or netlink.
     let mut core = Core::new(metrics.clone(), &args.config_namespace);
     let mut todo: VecDeque<Output> = VecDeque::new();
     let (mut live_open, mut healthy_open, mut leases_open) = (true, true, true);
+    // The reasons Services got no IP in the pass whose writes are out, for the metrics once they report.
+    let mut failures = BTreeMap::new();
     // The task whose end stopped the agent, if one did.
     let mut died: Option<&'static str> = None;
     tokio::pin!(shutdown);
     loop {
         while let Some(output) = todo.pop_front() {
-            let input = match output {
+            match output {
                 Output::Ready => {
                     tracing::info!(node = %args.node_name, "all watches synced");
                     ready_tx.send_replace(true);
-                    None
                 }
                 Output::Leading(leading) => {
                     metrics.leader.set(i64::from(leading));
@@ -403,38 +430,26 @@ pub async fn run_with(
                         // A new leader reports current problems itself.
                         controller.reset_notes();
                     }
-                    None
                 }
                 Output::Allocate => {
-                    let (state, validated) = core.state_and_config();
-                    let pass = controller.pass(state, validated);
-                    let failures = pass.failures.clone();
-                    let wrote = !pass.services.is_empty();
-                    let retry = writer.apply(state, pass).await.err();
-                    record_usage(&metrics, state, validated, &failures);
-                    Some(Input::Allocated { wrote, retry })
+                    let pass = controller.pass(&core.state, core.validated());
+                    failures = pass.failures.clone();
+                    // The writer only ends when the agent stops; then the pass is moot.
+                    let _ = passes_tx.send(pass);
                 }
                 Output::Announce { trigger } => {
-                    let ok = announce(
+                    let writes = announce(
                         &mut core,
                         &args,
                         &mut announcer,
                         &liveness,
                         &mut dataplane,
                         &mut bgp,
-                        &mut writer,
                         trigger.into_std(),
-                    )
-                    .await;
-                    Some(Input::Announced { ok })
+                    );
+                    let _ = own_tx.send(writes);
                 }
-                Output::TrimMemory => {
-                    return_freed_memory();
-                    None
-                }
-            };
-            if let Some(input) = input {
-                todo.extend(core.handle(input, Instant::now()));
+                Output::TrimMemory => return_freed_memory(),
             }
         }
         let input = tokio::select! {
@@ -473,18 +488,24 @@ pub async fn run_with(
                     .collect();
                 Input::Changes { changes, seen }
             }
-            _ = refresh.tick() => {
-                // Events the API refused go out again here, not by re-running passes: a pass costs far more than a
-                // post, and an Event must never hold up allocation or announcement.
-                writer.flush_events().await;
+            Some(result) = results.recv() => {
+                if matches!(result, Input::Allocated { .. }) {
+                    todo.extend(core.handle(result, Instant::now()));
+                    record_usage(&metrics, &core.state, core.validated(), &failures);
+                    continue;
+                }
+                result
+            }
+            _ = announcer.local_changed() => Input::Refresh { node_changed: true },
+            _ = bgp.status_changed() => {
                 bgp.record();
-                // Sessions change state on their own: a new value for the Node needs a pass to write it.
+                // A session changed state: a new value for the Node needs a pass to write it.
                 let shown = node_bgp_peers(&core.state, &args.node_name);
-                let sessions_changed = bgp.peers_annotation(&shown) != shown;
-                let local_changed = announcer.refresh_local().await;
-                // Re-bind even when nothing else changed: something else may have removed an address.
-                announcer.bind().await;
-                Input::Refresh { node_changed: sessions_changed || local_changed || announcer.holding() }
+                Input::Refresh { node_changed: bgp.peers_annotation(&shown) != shown }
+            }
+            _ = refresh.tick() => {
+                bgp.record();
+                Input::Refresh { node_changed: announcer.holding() }
             }
             changed = leader.changed() => {
                 if changed.is_err() { break }
@@ -514,19 +535,17 @@ pub async fn run_with(
 /// How long the agent's tasks have, together, to finish after it is told to stop.
 const STOP_LIMIT: Duration = Duration::from_secs(15);
 
-/// One announcement pass, for a change first seen at `trigger`: liveness, the data plane, BGP, the Layer 2 plan and
-/// its bindings, then this node's own writes. Returns whether the writes went through.
-#[allow(clippy::too_many_arguments)]
-async fn announce(
+/// One announcement pass, for a change first seen at `trigger`: liveness, the data plane, BGP, the Layer 2 plan (the
+/// responder and the bind request take it at once), then this node's own writes, for the announcement writer.
+fn announce(
     core: &mut Core,
     args: &AgentArgs,
     announcer: &mut announce::Announcer,
     liveness: &announce::Liveness,
     dataplane: &mut dataplane::DataPlane,
     bgp: &mut bgp::BgpSpeaker,
-    writer: &mut Writer,
     trigger: std::time::Instant,
-) -> bool {
+) -> OwnWrites {
     let live = crate::gossip::live_nodes(
         &liveness.live.borrow(),
         &crate::k8s::announcement::ready_nodes(&core.state),
@@ -535,17 +554,16 @@ async fn announce(
     );
     let (state, validated) = core.state_and_config();
     dataplane.update(state, validated);
-    let (bgp_notes, bgp_actions) = bgp.sync(state, validated, args.lb_class.as_deref()).await;
+    let (bgp_notes, bgp_actions) = bgp.sync(state, validated, args.lb_class.as_deref());
     announcer.set_bgp_vips(bgp.advertised().clone());
     announcer.set_bgp_peers(bgp.peers_annotation(&node_bgp_peers(state, &args.node_name)));
     let mut pass = announcer.pass(state, validated, &live, trigger);
     pass.node_notes.extend(bgp_notes);
     pass.services.extend(bgp_actions);
-    announcer.bind().await;
-    writer
-        .apply_own(&mut core.state, &args.node_name, pass)
-        .await
-        .is_ok()
+    OwnWrites {
+        pass,
+        node_reference: crate::k8s::announcement::node_reference(&args.node_name, state),
+    }
 }
 
 /// The `ironlb.io/bgp-peers` value this node's Node carries now; empty when absent.
@@ -739,176 +757,4 @@ fn spawn_watch<K>(
             }
         }
     });
-}
-
-/// Sends a pass's writes and Events, as long as this agent is the allocator.
-struct Writer {
-    client: Client,
-    node: String,
-    metrics: AllocationMetrics,
-    /// Until when this agent may write as the allocator; see [`crate::k8s::leader`].
-    leader: watch::Receiver<Option<tokio::time::Instant>>,
-    /// Events not yet accepted by the API, oldest first.
-    outbox: crate::k8s::events::Outbox,
-}
-
-impl Writer {
-    /// Applies every action. On an API error it returns how long to wait before the next pass; the actions that
-    /// succeeded are already reflected in `state`.
-    async fn apply(
-        &mut self,
-        state: &mut ClusterState,
-        pass: Pass,
-    ) -> std::result::Result<(), Duration> {
-        let mut retry = None;
-        self.flush_events().await;
-        for note in pass.config {
-            if self.gate().is_some() {
-                self.publish(&note.note, &note.reference).await;
-            }
-        }
-        for action in pass.services {
-            let Some(until) = self.gate() else {
-                continue;
-            };
-            // A write still unanswered when leadership ends is abandoned: the next allocator may be writing by then.
-            let written = tokio::time::timeout_at(until, self.write_service(state, &action))
-                .await
-                .unwrap_or_else(|_| {
-                    self.metrics.dropped_writes.inc();
-                    Err(kube::Error::Service(
-                        "no answer before this agent's leadership deadline".into(),
-                    ))
-                });
-            match written {
-                Ok(()) => {
-                    for note in &action.notes {
-                        if note.reason == "IPAllocated" {
-                            self.metrics.allocations.inc();
-                        }
-                        self.publish(note, &action.reference).await;
-                    }
-                }
-                Err(error) => {
-                    let conflict = matches!(&error, kube::Error::Api(s) if s.code == 409);
-                    tracing::warn!(service = %action.service, %error, "writing Service failed; will retry");
-                    let wait = if conflict {
-                        Duration::from_millis(50)
-                    } else {
-                        Duration::from_secs(1)
-                    };
-                    retry = Some(retry.map_or(wait, |r: Duration| r.min(wait)));
-                }
-            }
-        }
-        retry.map_or(Ok(()), Err)
-    }
-
-    /// Applies this node's own announcement writes, which need no leadership: every node writes only its own Node
-    /// and the Services it owns.
-    async fn apply_own(
-        &mut self,
-        state: &mut ClusterState,
-        node: &str,
-        pass: announce::AnnouncePass,
-    ) -> std::result::Result<(), ()> {
-        let mut failed = false;
-        if let Some(patch) = &pass.node_patch {
-            let nodes: Api<Node> = Api::all(self.client.clone());
-            match nodes
-                .patch(node, &PatchParams::default(), &Patch::Merge(patch))
-                .await
-            {
-                Ok(updated) => {
-                    self.metrics.api_writes.inc();
-                    state.nodes.apply(updated);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, node, "writing the Node annotations failed; will retry");
-                    failed = true;
-                }
-            }
-        }
-        if !pass.node_notes.is_empty() {
-            let reference = crate::k8s::announcement::node_reference(node, state);
-            for note in &pass.node_notes {
-                self.publish(note, &reference).await;
-            }
-        }
-        for action in pass.services {
-            match self.write_service(state, &action).await {
-                Ok(()) => {
-                    for note in &action.notes {
-                        self.publish(note, &action.reference).await;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(service = %action.service, %error, "writing Service annotations failed; will retry");
-                    failed = true;
-                }
-            }
-        }
-        if failed { Err(()) } else { Ok(()) }
-    }
-
-    /// While leading, the instant this agent's leadership ends; otherwise None, and a dropped write is counted. The
-    /// deadline is checked here on this agent's own clock, not only when the elector last published: an elector
-    /// stuck in a call has already published the deadline it will step down at.
-    fn gate(&mut self) -> Option<tokio::time::Instant> {
-        let until = (*self.leader.borrow()).filter(|u| tokio::time::Instant::now() < *u);
-        if until.is_none() {
-            self.metrics.dropped_writes.inc();
-        }
-        until
-    }
-
-    async fn write_service(
-        &self,
-        state: &mut ClusterState,
-        action: &ServiceAction,
-    ) -> Result<(), kube::Error> {
-        let api: Api<Service> = Api::namespaced(self.client.clone(), &action.service.namespace);
-        let params = PatchParams::default();
-        if let Some(patch) = &action.metadata {
-            let svc = api
-                .patch(&action.service.name, &params, &Patch::Merge(patch))
-                .await?;
-            self.metrics.api_writes.inc();
-            state.services.apply(svc);
-        }
-        if let Some(patch) = &action.status {
-            let svc = api
-                .patch_status(&action.service.name, &params, &Patch::Merge(patch))
-                .await?;
-            self.metrics.api_writes.inc();
-            tracing::info!(service = %action.service, status = %patch, "wrote Service status");
-            state.services.apply(svc);
-        }
-        Ok(())
-    }
-
-    /// Queues the Event and, unless others already wait, sends it. A refused Event stays queued with its name and
-    /// goes out at the refresh tick; once the API recovers it arrives once (AlreadyExists means an earlier try
-    /// landed).
-    async fn publish(
-        &mut self,
-        note: &Note,
-        reference: &k8s_openapi::api::core::v1::ObjectReference,
-    ) {
-        // While earlier Events wait, the API is refusing or slow: queue behind them and leave the retry to the
-        // refresh tick, so that a pass never waits on one failing post per note.
-        let waiting = !self.outbox.is_empty();
-        self.outbox.push(note, reference, &self.node);
-        if !waiting {
-            self.flush_events().await;
-        }
-    }
-
-    /// Sends queued Events, oldest first, until one fails.
-    async fn flush_events(&mut self) {
-        let sent = self.outbox.flush(&self.client).await;
-        for _ in 0..sent {
-            self.metrics.api_writes.inc();
-        }
-    }
 }
