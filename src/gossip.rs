@@ -516,6 +516,28 @@ pub fn live_nodes(
     }
 }
 
+/// Whether `node` is cut off from its peers with no evidence that they are gone: it sees no other live node while
+/// other nodes are Ready, and their node Leases are fresh (or this agent cannot see the Leases). Such a node keeps
+/// the VIP groups it owns and claims no other (see [`crate::plan::owner`]): every node of a cluster whose gossip is
+/// blocked everywhere would otherwise claim every VIP. A node that sees at least one peer acts on the membership's
+/// verdict, which more than one node then shares; a node whose peers' Leases have expired acts on that second
+/// signal, so a two-node cluster still fails over, after the Lease duration.
+pub fn isolated(
+    node: &str,
+    live: &BTreeSet<String>,
+    ready: &BTreeSet<String>,
+    leases: Option<&BTreeSet<String>>,
+) -> bool {
+    let mut others_ready = ready.iter().filter(|n| *n != node).peekable();
+    if others_ready.peek().is_none() || live.iter().any(|n| n != node) {
+        return false;
+    }
+    match leases {
+        Some(fresh) => others_ready.any(|n| fresh.contains(n)),
+        None => true,
+    }
+}
+
 /// Self plus every member foca considers active (Alive or Suspect: a suspect still owns its VIPs until it is Down).
 fn live_set<'a>(node: &'a str, active: impl IntoIterator<Item = &'a str>) -> BTreeSet<String> {
     active
@@ -844,6 +866,28 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_node_alone_is_isolated_until_its_peers_are_shown_gone() {
+        let set = |names: &[&str]| -> std::collections::BTreeSet<String> {
+            names.iter().map(|n| n.to_string()).collect()
+        };
+        let ready = set(&["a", "b", "c"]);
+        // Gossip blocked: a sees only itself, the others' Leases are fresh or unknown.
+        assert!(super::isolated("a", &set(&["a"]), &ready, Some(&ready)));
+        assert!(super::isolated("a", &set(&["a"]), &ready, None));
+        // One peer in sight: the membership's verdict is shared.
+        assert!(!super::isolated("a", &set(&["a", "b"]), &ready, None));
+        // Every other Ready node's Lease has expired: they are gone, not unreachable.
+        assert!(!super::isolated(
+            "a",
+            &set(&["a"]),
+            &ready,
+            Some(&set(&["a"]))
+        ));
+        // A single-node cluster is not isolated.
+        assert!(!super::isolated("a", &set(&["a"]), &set(&["a"]), None));
+    }
+
     use super::*;
     use tokio::sync::oneshot;
     use tokio::task::JoinHandle;

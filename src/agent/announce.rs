@@ -38,7 +38,8 @@ use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
 use crate::netif::StrictArpMode;
 use crate::netif::strict_arp::{self, StrictArpMetrics};
-use crate::plan::{self, PlanInput, choose_owners, node_plan, node_vips, subnets_annotation};
+use crate::plan::owner::{Assignment, Cause};
+use crate::plan::{self, PlanInput, node_plan, node_vips, subnets_annotation};
 use crate::task::Task;
 
 /// The key in the membership Secret, as in MetalLB's `memberlist` Secret.
@@ -108,7 +109,11 @@ pub struct Announcer {
     /// The node link task, until the agent takes it to run among its tasks.
     link_task: Option<NodeLink>,
     strict_reported: Option<bool>,
+    /// Whether the last pass found this node cut off (see [`gossip::isolated`]).
+    isolated_reported: bool,
     notes: AnnouncementNotes,
+    /// The groups this node took over from another node, counted and explained once each.
+    moves: Moves,
     /// VIPs this node advertises over BGP, listed in its `ironlb.io/vips` with the Layer 2 ones.
     bgp_vips: BTreeSet<IpAddr>,
     /// This node's `ironlb.io/bgp-peers` value; empty without sessions.
@@ -256,10 +261,12 @@ impl Announcer {
             bind,
             link_task: Some(link_task),
             strict_reported: None,
+            isolated_reported: false,
             notes: AnnouncementNotes::default(),
             bgp_vips: BTreeSet::new(),
             bgp_peers: String::new(),
             startup_hold: Some(Instant::now() + STARTUP_HOLD),
+            moves: Moves::register(registry),
         };
         Ok((
             announcer,
@@ -310,6 +317,7 @@ impl Announcer {
         state: &ClusterState,
         validated: &Validated,
         live: &BTreeSet<String>,
+        isolated: bool,
         trigger: Instant,
     ) -> AnnouncePass {
         self.seeds.send_if_modified(|seeds| {
@@ -319,7 +327,24 @@ impl Announcer {
             changed
         });
         let input = PlanInput::from_cluster(state, &validated.config, self.lb_class.as_deref());
-        let owners = choose_owners(&input.groups, live);
+        let mut assignments = plan::owner::assign(&input.groups, live);
+        if isolated {
+            // Cut off with no evidence the others are gone: keep what this node owns, claim nothing.
+            assignments.retain(|_, a| a.owner != self.node || a.cause == Cause::Kept);
+        }
+        if self.isolated_reported != isolated {
+            self.isolated_reported = isolated;
+            if isolated {
+                tracing::warn!(node = %self.node, "no peer in sight, but other nodes are Ready and hold fresh Leases: \
+                    keeping the VIPs this node owns, taking over none");
+            } else {
+                tracing::info!(node = %self.node, "peers in sight again");
+            }
+        }
+        let owners = assignments
+            .iter()
+            .map(|(k, a)| (*k, a.owner.clone()))
+            .collect();
         let facts = self.facts.borrow_and_update().clone();
         let local: Vec<plan::InterfaceFacts> =
             facts.interfaces.iter().map(to_plan_interface).collect();
@@ -327,20 +352,16 @@ impl Announcer {
 
         let mut pass = AnnouncePass::default();
         let allowed = facts.strict_allowed();
+        let cannot_answer = facts.cannot_answer();
         if self.strict_reported != Some(allowed) {
             self.strict_reported = Some(allowed);
-            if !allowed {
-                let problems = facts
-                    .strict
-                    .as_ref()
-                    .map(|r| r.status.problems.join("; "))
-                    .unwrap_or_else(|| "the strict ARP sysctls could not be read".into());
-                tracing::warn!(node = %self.node, %problems, "strict ARP is not effective: announcing nothing");
+            if let Some(why) = &cannot_answer {
+                tracing::warn!(node = %self.node, %why, "announcing nothing; other nodes take this node's VIPs");
                 pass.node_notes.push(Note::warning(
                     "StrictARPNotEffective",
                     format!(
-                        "not announcing any VIP: {problems}. Fix: {} (or kube-proxy `strictARP: true`), or run \
-                         the agent with --strict-arp=enforce",
+                        "not announcing any VIP, and other nodes take this node's: {why}. Fix: {} (or kube-proxy \
+                         `strictARP: true`), or run the agent with --strict-arp=enforce",
                         strict_arp::FIX_COMMAND
                     ),
                 ));
@@ -399,6 +420,7 @@ impl Announcer {
             &vips,
             &subnets_annotation(&local),
             &self.bgp_peers,
+            cannot_answer.as_deref().unwrap_or_default(),
         );
         pass.services = announcement::service_actions(
             state,
@@ -407,6 +429,8 @@ impl Announcer {
             &mut self.notes,
             k8s_openapi::jiff::Timestamp::now(),
         );
+        self.moves
+            .explain(&self.node, &input.groups, &assignments, &mut pass.services);
         // Without strict ARP, a VIP bound on kube-ipvs0 would make this node's kernel answer ARP for it, so this
         // node binds nothing either (and removes nothing: what kube-proxy binds is kube-proxy's).
         let request = allowed.then(|| BindRequest {
@@ -507,4 +531,87 @@ async fn advertise_address(
         .flat_map(|i| i.addresses.iter())
         .map(|a| a.addr())
         .find(|ip| matches!(ip, IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local()))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
+}
+
+/// The VIP groups this node took over from another node: `ironlb_vip_moves_total{cause}`, and the cause added to
+/// the takeover's `nodeAssigned` Event on each of the group's Services.
+#[derive(Default)]
+struct Moves {
+    total: prometheus_client::metrics::family::Family<
+        CauseLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    /// The moves counted already, by group, with the node they came from: a pass repeats a takeover until its
+    /// write lands.
+    counted: BTreeMap<plan::GroupKey, String>,
+}
+
+impl Moves {
+    fn register(registry: &mut Registry) -> Moves {
+        let moves = Moves::default();
+        registry.register(
+            "ironlb_vip_moves",
+            "VIP groups this node took over from another node, by cause (owner-gone, not-candidate, level)",
+            moves.total.clone(),
+        );
+        moves
+    }
+
+    fn explain(
+        &mut self,
+        node: &str,
+        groups: &[plan::VipGroup],
+        assignments: &BTreeMap<plan::GroupKey, Assignment>,
+        actions: &mut [ServiceAction],
+    ) {
+        let mut now = BTreeMap::new();
+        for group in groups {
+            let Some(a) = assignments.get(&group.key) else {
+                continue;
+            };
+            let Some(from) = group.published_owner.as_deref() else {
+                continue;
+            };
+            if a.owner != node || from == node || a.cause == Cause::Kept {
+                continue;
+            }
+            let why = match a.cause {
+                Cause::OwnerGone => format!("took over from node {from}, which is gone"),
+                Cause::NotCandidate => {
+                    format!("took over from node {from}, which may no longer announce it")
+                }
+                Cause::Level => format!("moved from node {from} to level the load"),
+                Cause::Kept | Cause::New => continue,
+            };
+            if self.counted.get(&group.key).map(String::as_str) != Some(from) {
+                self.total
+                    .get_or_create(&CauseLabels {
+                        cause: a.cause.as_str().to_string(),
+                    })
+                    .inc();
+                tracing::info!(group = %group.key, from, cause = a.cause.as_str(), "taking over a VIP group");
+            }
+            now.insert(group.key, from.to_string());
+            for action in actions.iter_mut().filter(|act| {
+                group
+                    .services
+                    .keys()
+                    .any(|k| k.namespace == act.service.namespace && k.name == act.service.name)
+            }) {
+                for note in action
+                    .notes
+                    .iter_mut()
+                    .filter(|n| n.reason == "nodeAssigned")
+                {
+                    note.message = format!("{}: {why}", note.message);
+                }
+            }
+        }
+        self.counted = now;
+    }
 }

@@ -546,18 +546,21 @@ fn announce(
     bgp: &mut bgp::BgpSpeaker,
     trigger: std::time::Instant,
 ) -> OwnWrites {
+    let ready = crate::k8s::announcement::ready_nodes(&core.state);
+    let leases = liveness.leases.borrow().clone();
     let live = crate::gossip::live_nodes(
         &liveness.live.borrow(),
-        &crate::k8s::announcement::ready_nodes(&core.state),
+        &ready,
         *liveness.healthy.borrow(),
-        liveness.leases.borrow().as_ref(),
+        leases.as_ref(),
     );
+    let isolated = crate::gossip::isolated(&args.node_name, &live, &ready, leases.as_ref());
     let (state, validated) = core.state_and_config();
     dataplane.update(state, validated);
     let (bgp_notes, bgp_actions) = bgp.sync(state, validated, args.lb_class.as_deref());
     announcer.set_bgp_vips(bgp.advertised().clone());
     announcer.set_bgp_peers(bgp.peers_annotation(&node_bgp_peers(state, &args.node_name)));
-    let mut pass = announcer.pass(state, validated, &live, trigger);
+    let mut pass = announcer.pass(state, validated, &live, isolated, trigger);
     pass.node_notes.extend(bgp_notes);
     pass.services.extend(bgp_actions);
     OwnWrites {

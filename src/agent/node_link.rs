@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -26,16 +27,28 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, Default)]
 pub struct LocalFacts {
     pub interfaces: Vec<LocalInterface>,
-    /// None when the sysctls could not be read: then nothing is announced.
-    pub strict: Option<StrictArpReport>,
+    /// The verdict, or why there is none (a sysctl could not be read, or `enforce` could not write one): then
+    /// nothing is announced. None only before the first look.
+    pub strict: Option<Result<StrictArpReport, Arc<strict_arp::Error>>>,
 }
 
 impl LocalFacts {
     /// Whether strict ARP lets this node announce.
     pub fn strict_allowed(&self) -> bool {
-        self.strict
-            .as_ref()
-            .is_some_and(StrictArpReport::announce_allowed)
+        matches!(&self.strict, Some(Ok(report)) if report.announce_allowed())
+    }
+
+    /// Why this node may not announce, in words for its `ironlb.io/cannot-answer` and its Event; None when it may.
+    pub fn cannot_answer(&self) -> Option<String> {
+        match &self.strict {
+            _ if self.strict_allowed() => None,
+            Some(Ok(report)) => Some(format!(
+                "strict ARP is not effective: {}",
+                report.status.problems.join("; ")
+            )),
+            Some(Err(error)) => Some(format!("strict ARP cannot be made effective: {error}")),
+            None => Some("strict ARP has not been checked yet".into()),
+        }
     }
 
     /// Whether `next` differs from these facts in anything an announcement pass depends on.
@@ -131,17 +144,18 @@ impl NodeLink {
             .filter(|i| i.up && !i.loopback && !i.noarp && i.name != self.vip_link)
             .map(|i| i.name.as_str())
             .collect();
-        let strict = match strict_arp::run(self.strict_mode, &Ipv4Conf::current_netns(), &names) {
-            Ok(report) => Some(report),
+        let strict =
+            strict_arp::run(self.strict_mode, &Ipv4Conf::current_netns(), &names).map_err(Arc::new);
+        match &strict {
+            Ok(report) => self.strict_metrics.record(report),
             Err(error) => {
-                tracing::warn!(%error, "reading the strict ARP sysctls failed; not announcing");
-                None
+                tracing::warn!(%error, "strict ARP cannot be checked or made effective; not announcing")
             }
-        };
-        if let Some(report) = &strict {
-            self.strict_metrics.record(report);
         }
-        let next = LocalFacts { interfaces, strict };
+        let next = LocalFacts {
+            interfaces,
+            strict: Some(strict),
+        };
         self.facts.send_if_modified(|facts| {
             let moved = facts.moves_plan(&next);
             *facts = next;
@@ -246,18 +260,39 @@ mod tests {
         };
         let a = LocalFacts {
             interfaces: vec![],
-            strict: Some(report(true)),
+            strict: Some(Ok(report(true))),
         };
+        assert_eq!(a.cannot_answer(), None);
         let mut same_verdict = a.clone();
-        same_verdict.strict.as_mut().unwrap().applied.clear();
+        if let Some(Ok(r)) = same_verdict.strict.as_mut() {
+            r.applied.clear();
+        }
         assert!(!a.moves_plan(&same_verdict));
-        assert!(a.moves_plan(&LocalFacts {
+        let refused = LocalFacts {
             interfaces: vec![],
-            strict: Some(report(false)),
-        }));
+            strict: Some(Ok(report(false))),
+        };
+        assert!(a.moves_plan(&refused));
+        assert_eq!(
+            refused.cannot_answer().as_deref(),
+            Some("strict ARP is not effective: arp_ignore")
+        );
+        let unwritable = LocalFacts {
+            interfaces: vec![],
+            strict: Some(Err(Arc::new(strict_arp::Error::Parse {
+                path: "/proc/sys/net/ipv4/conf/all/arp_ignore".into(),
+                value: "x".into(),
+            }))),
+        };
         assert!(
-            a.moves_plan(&LocalFacts::default()),
-            "unreadable sysctls stop announcements"
+            a.moves_plan(&unwritable),
+            "an unusable check stops announcements"
+        );
+        assert!(
+            unwritable
+                .cannot_answer()
+                .is_some_and(|why| why.starts_with("strict ARP cannot be made effective: ")),
+            "the reason names the failure, not only a read"
         );
     }
 }

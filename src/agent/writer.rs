@@ -41,10 +41,9 @@ impl OwnWrites {
     /// The writes of `next`, a later pass, with the Events of these that would otherwise be lost: this pass's Node
     /// Events, and the Events of each Service action `next` replaces. An action `next` no longer has is dropped with
     /// its Events: the later pass, planned from the same state, found nothing to do for that Service.
+    /// A note the later pass repeats (the same takeover, seen again before it was written) is kept once.
     fn superseded_by(self, mut next: OwnWrites) -> OwnWrites {
-        let mut notes = self.pass.node_notes;
-        notes.append(&mut next.pass.node_notes);
-        next.pass.node_notes = notes;
+        next.pass.node_notes = earlier_first(self.pass.node_notes, next.pass.node_notes);
         for old in self.pass.services {
             if let Some(new) = next
                 .pass
@@ -52,13 +51,18 @@ impl OwnWrites {
                 .iter_mut()
                 .find(|a| a.service == old.service)
             {
-                let mut notes = old.notes;
-                notes.append(&mut new.notes);
-                new.notes = notes;
+                new.notes = earlier_first(old.notes, std::mem::take(&mut new.notes));
             }
         }
         next
     }
+}
+
+/// `earlier` then `later`, leaving out each note of `earlier` that `later` repeats.
+fn earlier_first(earlier: Vec<Note>, later: Vec<Note>) -> Vec<Note> {
+    let mut notes: Vec<Note> = earlier.into_iter().filter(|n| !later.contains(n)).collect();
+    notes.extend(later);
+    notes
 }
 
 /// Sends writes and Events for one of the writer tasks.
@@ -320,7 +324,11 @@ mod tests {
     #[test]
     fn a_queued_pass_gives_way_to_the_next_and_keeps_its_events() {
         let older = writes("first", vec![action("a", "old-a"), action("b", "old-b")]);
-        let newer = writes("second", vec![action("a", "new-a")]);
+        let mut newer = writes("second", vec![action("a", "new-a")]);
+        // The same takeover seen again before it was written: one Event, not two.
+        newer.pass.services[0]
+            .notes
+            .push(action("a", "old-a").notes.remove(0));
         let merged = older.superseded_by(newer);
         assert_eq!(
             merged.pass.node_patch,
@@ -343,6 +351,6 @@ mod tests {
             .iter()
             .map(|n| n.reason)
             .collect();
-        assert_eq!(a_reasons, ["old-a", "new-a"]);
+        assert_eq!(a_reasons, ["new-a", "old-a"]);
     }
 }

@@ -18,7 +18,7 @@ use super::events::Note;
 use super::index::ObjectKey;
 use super::state::ClusterState;
 use crate::plan::NodePlan;
-use crate::plan::input::SUBNETS_ANNOTATION;
+use crate::plan::input::{CANNOT_ANSWER_ANNOTATION, SUBNETS_ANNOTATION};
 use crate::plan::visibility::{
     ANNOUNCED_BY_ANNOTATION, ANNOUNCED_ON_ANNOTATION, ANNOUNCED_SINCE_ANNOTATION,
     BGP_PEERS_ANNOTATION, VIPS_ANNOTATION,
@@ -32,6 +32,7 @@ pub fn node_patch(
     vips: &str,
     subnets: &str,
     bgp_peers: &str,
+    cannot_answer: &str,
 ) -> Option<Value> {
     let annotations = node?.metadata.annotations.as_ref();
     let current = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
@@ -41,19 +42,22 @@ pub fn node_patch(
             patch.insert(key.to_string(), Value::String(value.to_string()));
         }
     }
-    match current(BGP_PEERS_ANNOTATION) {
-        Some(_) if bgp_peers.is_empty() => {
+    // These are absent rather than empty.
+    for (key, value) in [
+        (BGP_PEERS_ANNOTATION, bgp_peers),
+        (CANNOT_ANSWER_ANNOTATION, cannot_answer),
+    ] {
+        match current(key) {
             // A merge patch removes a key set to null.
-            patch.insert(BGP_PEERS_ANNOTATION.to_string(), Value::Null);
+            Some(_) if value.is_empty() => {
+                patch.insert(key.to_string(), Value::Null);
+            }
+            None if value.is_empty() => {}
+            now if now != Some(value) => {
+                patch.insert(key.to_string(), Value::String(value.to_string()));
+            }
+            _ => {}
         }
-        None if bgp_peers.is_empty() => {}
-        now if now != Some(bgp_peers) => {
-            patch.insert(
-                BGP_PEERS_ANNOTATION.to_string(),
-                Value::String(bgp_peers.to_string()),
-            );
-        }
-        _ => {}
     }
     (!patch.is_empty()).then(|| json!({ "metadata": { "annotations": patch } }))
 }
@@ -287,15 +291,15 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            node_patch(Some(&node), "192.0.2.10", "192.0.2.0/24", ""),
+            node_patch(Some(&node), "192.0.2.10", "192.0.2.0/24", "", ""),
             None
         );
         assert_eq!(
-            node_patch(Some(&node), "", "192.0.2.0/24", ""),
+            node_patch(Some(&node), "", "192.0.2.0/24", "", ""),
             Some(json!({"metadata": {"annotations": {VIPS_ANNOTATION: ""}}}))
         );
         assert_eq!(
-            node_patch(None, "", "", ""),
+            node_patch(None, "", "", "", ""),
             None,
             "a Node not seen yet is not patched"
         );
@@ -315,23 +319,45 @@ mod tests {
         };
         let up = "tor=Established";
         assert_eq!(
-            node_patch(Some(&node(None)), "", "", up),
+            node_patch(Some(&node(None)), "", "", up, ""),
             Some(json!({"metadata": {"annotations": {BGP_PEERS_ANNOTATION: up}}}))
         );
         assert_eq!(
-            node_patch(Some(&node(Some(up))), "", "", up),
+            node_patch(Some(&node(Some(up))), "", "", up, ""),
             None,
             "no write while the value stands"
         );
         assert_eq!(
-            node_patch(Some(&node(Some(up))), "", "", "tor=Idle"),
+            node_patch(Some(&node(Some(up))), "", "", "tor=Idle", ""),
             Some(json!({"metadata": {"annotations": {BGP_PEERS_ANNOTATION: "tor=Idle"}}}))
         );
         assert_eq!(
-            node_patch(Some(&node(Some(up))), "", "", ""),
+            node_patch(Some(&node(Some(up))), "", "", "", ""),
             Some(json!({"metadata": {"annotations": {BGP_PEERS_ANNOTATION: null}}})),
             "the last session gone, the annotation goes"
         );
-        assert_eq!(node_patch(Some(&node(None)), "", "", ""), None);
+        assert_eq!(node_patch(Some(&node(None)), "", "", "", ""), None);
+    }
+
+    #[test]
+    fn a_node_that_cannot_answer_says_why_until_it_can() {
+        let why = "strict ARP is not effective: arp_ignore";
+        let mut node: Node =
+            serde_json::from_value(json!({"metadata": {"name": "node-1", "annotations": {
+            VIPS_ANNOTATION: "", SUBNETS_ANNOTATION: ""}}}))
+            .unwrap();
+        assert_eq!(
+            node_patch(Some(&node), "", "", "", why),
+            Some(json!({"metadata": {"annotations": {CANNOT_ANSWER_ANNOTATION: why}}}))
+        );
+        node.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CANNOT_ANSWER_ANNOTATION.into(), why.into());
+        assert_eq!(node_patch(Some(&node), "", "", "", why), None);
+        assert_eq!(
+            node_patch(Some(&node), "", "", "", ""),
+            Some(json!({"metadata": {"annotations": {CANNOT_ANSWER_ANNOTATION: null}}}))
+        );
     }
 }

@@ -25,6 +25,9 @@ use crate::config::{Config, Labels, Selector};
 /// Node annotation in which every agent publishes the CIDRs of its usable interfaces, comma-separated, e.g.
 /// `192.0.2.11/24,2001:db8::11/64`. The other agents read it to know which nodes can reach a VIP's subnet.
 pub const SUBNETS_ANNOTATION: &str = "ironlb.io/subnets";
+/// Set by a node's agent while it cannot answer ARP/NDP at all (strict ARP not effective), to the reason: no group
+/// is given to it in Layer 2 mode meanwhile.
+pub const CANNOT_ANSWER_ANNOTATION: &str = "ironlb.io/cannot-answer";
 /// The well-known label that takes a node out of every external load balancer (KEP-1143).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 /// The label that ties an EndpointSlice to its Service.
@@ -75,6 +78,10 @@ pub struct VipGroup {
     /// Nodes that may advertise it over BGP: the same rules, with BGPAdvertisements, and no subnet condition.
     pub bgp_nodes: BTreeSet<String>,
     pub bgp_not_announced: Option<NotAnnounced>,
+    /// The Layer 2 owner the group's Services name as published by it (`ironlb.io/announced-by`); the first in
+    /// Service order when they disagree. Owner choice keeps it while it may still own the group
+    /// (see [`super::owner`]).
+    pub published_owner: Option<String>,
 }
 
 /// A node as the planner sees it.
@@ -88,6 +95,8 @@ pub struct NodeInfo {
     pub excluded: bool,
     /// Its `NetworkUnavailable` condition is True.
     pub network_unavailable: bool,
+    /// From [`CANNOT_ANSWER_ANNOTATION`]: why its agent cannot answer ARP/NDP now.
+    pub cannot_answer: Option<String>,
 }
 
 impl NodeInfo {
@@ -157,6 +166,8 @@ struct Holder {
     labels: Labels,
     traffic_local: bool,
     endpoints: Endpoints,
+    /// The node its `ironlb.io/announced-by` names: the Layer 2 owner that last published itself.
+    announced_by: Option<String>,
 }
 
 /// Where a Service's endpoints serve. `nodes` are those whose endpoints count for `externalTrafficPolicy: Local`.
@@ -209,6 +220,13 @@ impl PlanInput {
                 ips,
                 labels: request.labels,
                 traffic_local: request.traffic_local,
+                announced_by: svc
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(super::visibility::ANNOUNCED_BY_ANNOTATION))
+                    .filter(|n| !n.is_empty() && !n.contains(','))
+                    .cloned(),
             });
         }
 
@@ -266,12 +284,20 @@ fn node_info(node: &Node, warnings: &mut Vec<String>) -> Option<NodeInfo> {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True");
+    let cannot_answer = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CANNOT_ANSWER_ANNOTATION))
+        .filter(|why| !why.is_empty())
+        .cloned();
     Some(NodeInfo {
         name,
         excluded: labels.contains_key(EXCLUDE_LABEL),
         labels,
         subnets,
         network_unavailable,
+        cannot_answer,
     })
 }
 
@@ -450,6 +476,8 @@ fn group(
                 rejected.excluded += 1;
             } else if node.network_unavailable {
                 rejected.network_unavailable += 1;
+            } else if need_subnet && node.cannot_answer.is_some() {
+                rejected.cannot_answer += 1;
             } else if need_subnet && !ips.iter().all(|ip| node.has_subnet_for(ip)) {
                 rejected.no_subnet += 1;
             } else if traffic_local && !serving_nodes.contains(&node.name) {
@@ -497,6 +525,7 @@ fn group(
         l2_not_announced: l2.not_announced,
         bgp_nodes: bgp.nodes,
         bgp_not_announced: bgp.not_announced,
+        published_owner: members.iter().find_map(|m| m.announced_by.clone()),
     }
 }
 
@@ -522,6 +551,7 @@ struct Rejections {
     node_selectors: usize,
     excluded: usize,
     network_unavailable: usize,
+    cannot_answer: usize,
     no_subnet: usize,
     no_local_endpoint: usize,
 }
@@ -532,6 +562,10 @@ impl fmt::Display for Rejections {
             (self.node_selectors, "not matched by nodeSelectors"),
             (self.excluded, "excluded by label"),
             (self.network_unavailable, "NetworkUnavailable"),
+            (
+                self.cannot_answer,
+                "unable to answer ARP/NDP (see ironlb.io/cannot-answer)",
+            ),
             (self.no_subnet, "without a subnet containing the VIP"),
             (self.no_local_endpoint, "without a serving local endpoint"),
         ];
