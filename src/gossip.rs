@@ -297,6 +297,15 @@ impl Timing {
         Ok(())
     }
 
+    /// How long this member may hear from no peer before it counts itself cut off: then it drops no member from the
+    /// live set it publishes (see [`published_live`]). Below the shortest time to declare a member Down after its
+    /// last ack (`probe_period + suspect_to_down_after`), so that a member cut off from everyone knows it before its
+    /// failure detector declares the first peer Down; above the usual gap between datagrams from live peers (a probe
+    /// or an ack every period or two).
+    pub fn heard_within(&self) -> Duration {
+        self.probe_period * 2
+    }
+
     /// Typical time from a crash to every survivor seeing it: wait for a probe, the probe itself, suspicion, one
     /// gossip round.
     pub fn expected_detection(&self) -> Duration {
@@ -516,25 +525,43 @@ pub fn live_nodes(
     }
 }
 
-/// Whether `node` is cut off from its peers with no evidence that they are gone: it sees no other live node while
-/// other nodes are Ready, and their node Leases are fresh (or this agent cannot see the Leases). Such a node keeps
-/// the VIP groups it owns and claims no other (see [`crate::plan::owner`]): every node of a cluster whose gossip is
-/// blocked everywhere would otherwise claim every VIP. A node that sees at least one peer acts on the membership's
-/// verdict, which more than one node then shares; a node whose peers' Leases have expired acts on that second
-/// signal, so a two-node cluster still fails over, after the Lease duration.
+/// Whether `node` is cut off from its peers with no evidence that they are gone: it sees no other live node, or
+/// hears from none (`cut_off`, see [`published_live`]), while other nodes are Ready and their node Leases are fresh
+/// (or this agent cannot see the Leases). Such a node keeps the VIP groups it owns and claims no other (see
+/// [`crate::plan::owner`]): every node of a cluster whose gossip is blocked everywhere would otherwise claim every
+/// VIP. A node that hears a peer acts on the membership's verdict, which that peer shares; a node whose peers'
+/// Leases have expired acts on that second signal, so a two-node cluster still fails over, after the Lease duration.
 pub fn isolated(
     node: &str,
     live: &BTreeSet<String>,
     ready: &BTreeSet<String>,
     leases: Option<&BTreeSet<String>>,
+    cut_off: bool,
 ) -> bool {
     let mut others_ready = ready.iter().filter(|n| *n != node).peekable();
-    if others_ready.peek().is_none() || live.iter().any(|n| n != node) {
+    if others_ready.peek().is_none() || (!cut_off && live.iter().any(|n| n != node)) {
         return false;
     }
     match leases {
         Some(fresh) => others_ready.any(|n| fresh.contains(n)),
         None => true,
+    }
+}
+
+/// The live set to publish, given the failure detector's (`detected`) and the one published before: the detector's,
+/// except that while this node is cut off (it has heard from no peer lately) no member leaves it. A member that stops
+/// hearing everyone would otherwise see every peer declared Down one after another, and while it still saw some
+/// peer it would take over the groups of the others; cut off, it keeps its view, so its peers keep their groups in
+/// its eyes and it claims nothing, until gossip turns unhealthy and the node Leases decide.
+pub fn published_live(
+    detected: &BTreeSet<String>,
+    previous: &BTreeSet<String>,
+    cut_off: bool,
+) -> BTreeSet<String> {
+    if cut_off {
+        detected.union(previous).cloned().collect()
+    } else {
+        detected.clone()
     }
 }
 
@@ -643,10 +670,17 @@ struct Shell {
     outbox: Outbox,
     timers: BinaryHeap<Reverse<(Instant, Timer<MemberId>)>>,
     seeds: BTreeMap<String, SocketAddr>,
+    /// The members the failure detector holds alive, this node included.
     members: BTreeSet<String>,
+    /// When an authenticated datagram from a peer last arrived.
+    last_heard: Option<Instant>,
+    /// Whether the last publish found this node cut off (nothing heard within [`Timing::heard_within`]).
+    cut_off: bool,
     isolation: Isolation,
     live: watch::Sender<BTreeSet<String>>,
     healthy: watch::Sender<bool>,
+    /// True while this node has heard from no peer within [`Timing::heard_within`] (see [`published_live`]).
+    cut_off_tx: watch::Sender<bool>,
     metrics: MembershipMetrics,
 }
 
@@ -662,6 +696,8 @@ impl Shell {
                 if let Err(error) = self.foca.handle_data(payload, &mut self.outbox) {
                     self.metrics.reject("invalid");
                     tracing::debug!(node = %self.node, peer = %from, %error, "refused gossip datagram");
+                } else {
+                    self.last_heard = Some(Instant::now());
                 }
             }
         }
@@ -715,21 +751,40 @@ impl Shell {
     }
 
     fn publish(&mut self, now: Instant) {
-        if std::mem::take(&mut self.outbox.changed) {
+        let cut_off = self
+            .last_heard
+            .is_none_or(|at| now.saturating_duration_since(at) > self.timing.heard_within());
+        let changed = std::mem::take(&mut self.outbox.changed);
+        if changed {
             self.members = live_set(
                 &self.node,
                 self.foca.iter_members().map(|m| m.id().node.as_str()),
             );
             self.metrics.members.set(self.members.len() as i64);
+        }
+        if changed || cut_off != self.cut_off {
+            self.cut_off = cut_off;
             let members = &self.members;
             self.live.send_if_modified(|current| {
-                if current != members {
-                    current.clone_from(members);
+                let next = published_live(members, current, cut_off);
+                if *current != next {
+                    *current = next;
                     true
                 } else {
                     false
                 }
             });
+            // Cut off means something only with peers to hear from.
+            let cut_off = cut_off && self.live.borrow().len() > 1;
+            if cut_off != *self.cut_off_tx.borrow() {
+                if cut_off {
+                    tracing::warn!(node = %self.node, "no gossip from any peer within {:?}: dropping no member and \
+                        claiming no VIP until one is heard again", self.timing.heard_within());
+                } else {
+                    tracing::info!(node = %self.node, "gossip heard again");
+                }
+                self.cut_off_tx.send_replace(cut_off);
+            }
         }
         let peers_expected = self.seeds.keys().any(|name| *name != self.node);
         let healthy = self.isolation.observe(
@@ -757,6 +812,7 @@ pub async fn run(
     seeds: watch::Receiver<BTreeMap<String, SocketAddr>>,
     live: watch::Sender<BTreeSet<String>>,
     healthy: watch::Sender<bool>,
+    cut_off: watch::Sender<bool>,
     metrics: MembershipMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -771,7 +827,10 @@ pub async fn run(
             });
         }
     };
-    serve(socket, config, seeds, live, healthy, metrics, shutdown).await
+    serve(
+        socket, config, seeds, live, healthy, cut_off, metrics, shutdown,
+    )
+    .await
 }
 
 /// [`run`] on a socket the caller bound (`config.bind` is not used): for tests, or a socket handed over at start.
@@ -781,6 +840,7 @@ pub async fn serve(
     mut seeds: watch::Receiver<BTreeMap<String, SocketAddr>>,
     live: watch::Sender<BTreeSet<String>>,
     healthy: watch::Sender<bool>,
+    cut_off: watch::Sender<bool>,
     metrics: MembershipMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -815,9 +875,12 @@ pub async fn serve(
         timers: BinaryHeap::new(),
         seeds: seeds.borrow_and_update().clone(),
         members,
+        last_heard: None,
+        cut_off: false,
         isolation: Isolation::default(),
         live,
         healthy,
+        cut_off_tx: cut_off,
         metrics,
     };
     shell.set_healthy(true);
@@ -867,25 +930,73 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_member_cut_off_from_everyone_drops_no_one_but_still_adds() {
+        let set = |names: &[&str]| -> std::collections::BTreeSet<String> {
+            names.iter().map(|n| n.to_string()).collect()
+        };
+        let before = set(&["a", "b", "c"]);
+        // Hearing from peers: the detector's verdict stands.
+        assert_eq!(
+            super::published_live(&set(&["a", "b"]), &before, false),
+            set(&["a", "b"])
+        );
+        // Cut off: c's Down is this node's own silence, not evidence; a joiner is still added.
+        assert_eq!(
+            super::published_live(&set(&["a", "b"]), &before, true),
+            before
+        );
+        assert_eq!(
+            super::published_live(&set(&["a", "b", "c", "d"]), &before, true),
+            set(&["a", "b", "c", "d"])
+        );
+        assert!(
+            super::Timing::lan().heard_within()
+                < super::Timing::lan().probe_period + super::Timing::lan().suspect_to_down_after,
+            "a cut-off member must know it before the first peer is declared Down"
+        );
+    }
+
+    #[test]
     fn a_node_alone_is_isolated_until_its_peers_are_shown_gone() {
         let set = |names: &[&str]| -> std::collections::BTreeSet<String> {
             names.iter().map(|n| n.to_string()).collect()
         };
         let ready = set(&["a", "b", "c"]);
         // Gossip blocked: a sees only itself, the others' Leases are fresh or unknown.
-        assert!(super::isolated("a", &set(&["a"]), &ready, Some(&ready)));
-        assert!(super::isolated("a", &set(&["a"]), &ready, None));
+        assert!(super::isolated(
+            "a",
+            &set(&["a"]),
+            &ready,
+            Some(&ready),
+            false
+        ));
+        assert!(super::isolated("a", &set(&["a"]), &ready, None, false));
         // One peer in sight: the membership's verdict is shared.
-        assert!(!super::isolated("a", &set(&["a", "b"]), &ready, None));
+        assert!(!super::isolated(
+            "a",
+            &set(&["a", "b"]),
+            &ready,
+            None,
+            false
+        ));
+        // Peers still listed, but nothing heard from them: the list is this node's memory, not evidence.
+        assert!(super::isolated("a", &ready, &ready, Some(&ready), true));
         // Every other Ready node's Lease has expired: they are gone, not unreachable.
         assert!(!super::isolated(
             "a",
             &set(&["a"]),
             &ready,
-            Some(&set(&["a"]))
+            Some(&set(&["a"])),
+            true
         ));
         // A single-node cluster is not isolated.
-        assert!(!super::isolated("a", &set(&["a"]), &set(&["a"]), None));
+        assert!(!super::isolated(
+            "a",
+            &set(&["a"]),
+            &set(&["a"]),
+            None,
+            true
+        ));
     }
 
     use super::*;
@@ -1208,6 +1319,7 @@ mod tests {
             seeds.subscribe(),
             live_tx,
             healthy_tx,
+            watch::channel(false).0,
             metrics.clone(),
             async move {
                 let _ = stopped.await;
@@ -1448,6 +1560,7 @@ mod tests {
             seeds,
             live_tx,
             healthy_tx,
+            watch::channel(false).0,
             MembershipMetrics::default(),
             std::future::pending(),
         )

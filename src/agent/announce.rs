@@ -130,6 +130,8 @@ pub const STARTUP_HOLD: Duration = Duration::from_secs(3);
 pub struct Liveness {
     pub live: watch::Receiver<BTreeSet<String>>,
     pub healthy: watch::Receiver<bool>,
+    /// True while gossip hears from no peer: this node claims nothing then (see [`gossip::published_live`]).
+    pub cut_off: watch::Receiver<bool>,
     /// Nodes with a fresh node Lease; None while that signal is off or unavailable (see [`node_lease`]).
     pub leases: watch::Receiver<Option<BTreeSet<String>>>,
     /// The node Lease task, not yet started: it renews this node's Lease and deletes it once `stop` turns true. The
@@ -170,6 +172,7 @@ impl Announcer {
         let (seeds, seeds_rx) = watch::channel(BTreeMap::new());
         let (live_tx, live) = watch::channel(BTreeSet::from([node.to_string()]));
         let (healthy_tx, healthy) = watch::channel(false);
+        let (cut_off_tx, cut_off) = watch::channel(false);
         let membership_metrics = MembershipMetrics::register(registry);
         let lease_timing =
             NodeLeaseTiming::from_flags(args.node_lease_period, args.node_lease_duration);
@@ -198,6 +201,7 @@ impl Announcer {
                                 seeds_rx,
                                 live_tx,
                                 healthy_tx,
+                                cut_off_tx,
                                 membership_metrics,
                                 stopped,
                             )
@@ -273,6 +277,7 @@ impl Announcer {
             Liveness {
                 live,
                 healthy,
+                cut_off,
                 leases,
                 lease_task,
             },

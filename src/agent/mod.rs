@@ -411,7 +411,8 @@ pub async fn run_with(
     // order. Carrying out is computing a pass and handing its I/O to a task: nothing here waits on the API or netlink.
     let mut core = Core::new(metrics.clone(), &args.config_namespace);
     let mut todo: VecDeque<Output> = VecDeque::new();
-    let (mut live_open, mut healthy_open, mut leases_open) = (true, true, true);
+    let (mut live_open, mut healthy_open, mut cut_off_open, mut leases_open) =
+        (true, true, true, true);
     // The reasons Services got no IP in the pass whose writes are out, for the metrics once they report.
     let mut failures = BTreeMap::new();
     // The task whose end stopped the agent, if one did.
@@ -473,6 +474,10 @@ pub async fn run_with(
             }
             changed = liveness.healthy.changed(), if healthy_open => {
                 healthy_open = changed.is_ok();
+                Input::Membership
+            }
+            changed = liveness.cut_off.changed(), if cut_off_open => {
+                cut_off_open = changed.is_ok();
                 Input::Membership
             }
             changed = liveness.leases.changed(), if leases_open => {
@@ -554,7 +559,14 @@ fn announce(
         *liveness.healthy.borrow(),
         leases.as_ref(),
     );
-    let isolated = crate::gossip::isolated(&args.node_name, &live, &ready, leases.as_ref());
+    // Cut off from every peer with no evidence they are gone, or hearing from none: claim nothing.
+    let isolated = crate::gossip::isolated(
+        &args.node_name,
+        &live,
+        &ready,
+        leases.as_ref(),
+        *liveness.cut_off.borrow(),
+    );
     let (state, validated) = core.state_and_config();
     dataplane.update(state, validated);
     let (bgp_notes, bgp_actions) = bgp.sync(state, validated, args.lb_class.as_deref());
