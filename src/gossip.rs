@@ -803,6 +803,16 @@ impl Shell {
     }
 }
 
+/// What the membership publishes.
+pub struct Published {
+    /// This node plus every member held alive (see [`published_live`]).
+    pub live: watch::Sender<BTreeSet<String>>,
+    /// False once peers are expected but none has been reachable for [`Timing::isolation_grace`], and on return.
+    pub healthy: watch::Sender<bool>,
+    /// True while this node hears from no peer (see [`published_live`]).
+    pub cut_off: watch::Sender<bool>,
+}
+
 /// Binds the gossip socket and runs the failure detector until `shutdown` resolves, then leaves gracefully.
 ///
 /// `live` always holds this node plus every member gossip considers alive; `healthy` turns false when peers are
@@ -810,9 +820,7 @@ impl Shell {
 pub async fn run(
     config: MembershipConfig,
     seeds: watch::Receiver<BTreeMap<String, SocketAddr>>,
-    live: watch::Sender<BTreeSet<String>>,
-    healthy: watch::Sender<bool>,
-    cut_off: watch::Sender<bool>,
+    out: Published,
     metrics: MembershipMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -820,17 +828,14 @@ pub async fn run(
         Ok(socket) => socket,
         Err(source) => {
             metrics.healthy.set(0);
-            healthy.send_replace(false);
+            out.healthy.send_replace(false);
             return Err(Error::Bind {
                 addr: config.bind,
                 source,
             });
         }
     };
-    serve(
-        socket, config, seeds, live, healthy, cut_off, metrics, shutdown,
-    )
-    .await
+    serve(socket, config, seeds, out, metrics, shutdown).await
 }
 
 /// [`run`] on a socket the caller bound (`config.bind` is not used): for tests, or a socket handed over at start.
@@ -838,9 +843,7 @@ pub async fn serve(
     socket: UdpSocket,
     config: MembershipConfig,
     mut seeds: watch::Receiver<BTreeMap<String, SocketAddr>>,
-    live: watch::Sender<BTreeSet<String>>,
-    healthy: watch::Sender<bool>,
-    cut_off: watch::Sender<bool>,
+    out: Published,
     metrics: MembershipMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -859,7 +862,7 @@ pub async fn serve(
 
     let members = live_set(&config.node, []);
     metrics.members.set(members.len() as i64);
-    live.send_replace(members.clone());
+    out.live.send_replace(members.clone());
     let mut shell = Shell {
         node: config.node.clone(),
         advertise: config.advertise,
@@ -878,9 +881,9 @@ pub async fn serve(
         last_heard: None,
         cut_off: false,
         isolation: Isolation::default(),
-        live,
-        healthy,
-        cut_off_tx: cut_off,
+        live: out.live,
+        healthy: out.healthy,
+        cut_off_tx: out.cut_off,
         metrics,
     };
     shell.set_healthy(true);
@@ -1317,9 +1320,11 @@ mod tests {
             socket,
             config,
             seeds.subscribe(),
-            live_tx,
-            healthy_tx,
-            watch::channel(false).0,
+            Published {
+                live: live_tx,
+                healthy: healthy_tx,
+                cut_off: watch::channel(false).0,
+            },
             metrics.clone(),
             async move {
                 let _ = stopped.await;
@@ -1558,9 +1563,11 @@ mod tests {
         let result = run(
             config,
             seeds,
-            live_tx,
-            healthy_tx,
-            watch::channel(false).0,
+            Published {
+                live: live_tx,
+                healthy: healthy_tx,
+                cut_off: watch::channel(false).0,
+            },
             MembershipMetrics::default(),
             std::future::pending(),
         )

@@ -496,7 +496,7 @@ async fn gossip_blocked_on_every_node_makes_no_node_claim_another_nodes_vip() {
         let sole: Vec<String> = s.owners.iter().map(|m| node_of(&lab, m)).collect();
         assert_eq!(
             sole,
-            [owner.clone()],
+            std::slice::from_ref(owner),
             "{vip} moved or was answered by another node"
         );
         assert!(

@@ -199,9 +199,11 @@ impl Announcer {
                             if let Err(error) = gossip::run(
                                 config,
                                 seeds_rx,
-                                live_tx,
-                                healthy_tx,
-                                cut_off_tx,
+                                gossip::Published {
+                                    live: live_tx,
+                                    healthy: healthy_tx,
+                                    cut_off: cut_off_tx,
+                                },
                                 membership_metrics,
                                 stopped,
                             )
