@@ -502,49 +502,66 @@ pub fn isolation_grace(lease_duration: Option<Duration>) -> Duration {
 
 /// The nodes owner choice may use.
 ///
-/// - With working gossip, a node must be both gossip-live and Ready: gossip catches a dead agent in under a second,
-///   Ready catches a node whose kubelet the API has given up on. The node Leases are not consulted, so an API outage
-///   cannot move VIPs while gossip works.
-/// - When gossip is unhealthy or absent, its view says nothing about the others. Then, if the per-node Lease signal
-///   is available (`leases` is Some: this agent sees its own Lease renewed through the API), a node must be Ready and
-///   hold a fresh Lease (see [`crate::k8s::node_lease`]): a dead agent drops out within the Lease duration instead of
-///   the kubelet's grace.
-/// - Otherwise (no Lease signal: turned off, not yet seen, or this agent cannot reach the API) Ready alone decides.
+/// - Connected: nodes live in gossip **and** Ready. Gossip catches a dead agent in under a second, Ready catches a
+///   node whose kubelet the API has given up on. The node Leases are not consulted, so an API outage cannot move VIPs
+///   while gossip works.
+/// - Otherwise gossip says nothing reliable about the others. Then, if the per-node Lease signal is available
+///   (`leases` is Some: this agent sees its own Lease renewed through the API), a node must be Ready and hold a fresh
+///   Lease (see [`crate::k8s::node_lease`]): a dead agent drops out within the Lease duration instead of the kubelet's
+///   grace.
+/// - Without the Lease signal: cut off, the gossip view this node kept (it drops no one); unhealthy or off, Ready
+///   alone.
 pub fn live_nodes(
     gossip: &BTreeSet<String>,
     ready: &BTreeSet<String>,
-    gossip_healthy: bool,
+    standing: Standing,
     leases: Option<&BTreeSet<String>>,
 ) -> BTreeSet<String> {
-    if gossip_healthy {
-        gossip.intersection(ready).cloned().collect()
-    } else if let Some(fresh) = leases {
-        fresh.intersection(ready).cloned().collect()
-    } else {
-        ready.clone()
+    match (standing, leases) {
+        (Standing::Connected, _) => gossip.intersection(ready).cloned().collect(),
+        (_, Some(fresh)) => fresh.intersection(ready).cloned().collect(),
+        (Standing::CutOff, None) => gossip.intersection(ready).cloned().collect(),
+        (Standing::Unhealthy | Standing::Off, None) => ready.clone(),
     }
 }
 
-/// Whether `node` is cut off from its peers with no evidence that they are gone: it sees no other live node, or
-/// hears from none (`cut_off`, see [`published_live`]), while other nodes are Ready and their node Leases are fresh
-/// (or this agent cannot see the Leases). Such a node keeps the VIP groups it owns and claims no other (see
-/// [`crate::plan::owner`]): every node of a cluster whose gossip is blocked everywhere would otherwise claim every
-/// VIP. A node that hears a peer acts on the membership's verdict, which that peer shares; a node whose peers'
-/// Leases have expired acts on that second signal, so a two-node cluster still fails over, after the Lease duration.
-pub fn isolated(
-    node: &str,
-    live: &BTreeSet<String>,
-    ready: &BTreeSet<String>,
-    leases: Option<&BTreeSet<String>>,
-    cut_off: bool,
-) -> bool {
-    let mut others_ready = ready.iter().filter(|n| *n != node).peekable();
-    if others_ready.peek().is_none() || (!cut_off && live.iter().any(|n| n != node)) {
-        return false;
+/// Where this agent's gossip stands, which decides whose view of liveness it uses ([`live_nodes`]) and what it may
+/// claim ([`may_claim`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Gossip is healthy and this node hears its peers.
+    Connected,
+    /// Gossip is healthy, but this node has heard from no peer lately (see [`published_live`]): its peers' Downs
+    /// are its own silence, not evidence.
+    CutOff,
+    /// Gossip runs but has reached no peer for its isolation grace: the node Leases decide.
+    Unhealthy,
+    /// No gossip at all (no key, no address): every agent uses the node Leases, or Node Ready.
+    Off,
+}
+
+impl Standing {
+    pub fn of(enabled: bool, healthy: bool, cut_off: bool) -> Standing {
+        match (enabled, healthy, cut_off) {
+            (false, _, _) => Standing::Off,
+            (true, false, _) => Standing::Unhealthy,
+            (true, true, true) => Standing::CutOff,
+            (true, true, false) => Standing::Connected,
+        }
     }
-    match leases {
-        Some(fresh) => others_ready.any(|n| fresh.contains(n)),
-        None => true,
+}
+
+/// Whether this node may take a VIP group for `cause`, standing as it does. Connected, or without gossip at all,
+/// every agent sees the same liveness, so every rule applies. Cut off, only its own groups and those whose owner's
+/// node Lease shows it gone: a second vantage point (the API), so that a node cut off from gossip claims no VIP
+/// another node still serves. With gossip unhealthy, no levelling: the agents still connected see this node Down
+/// and would move the group straight back.
+pub fn may_claim(standing: Standing, cause: crate::plan::owner::Cause) -> bool {
+    use crate::plan::owner::Cause;
+    match standing {
+        Standing::Connected | Standing::Off => true,
+        Standing::CutOff => matches!(cause, Cause::Kept | Cause::OwnerGone),
+        Standing::Unhealthy => cause != Cause::Level,
     }
 }
 
@@ -960,46 +977,25 @@ mod tests {
     }
 
     #[test]
-    fn a_node_alone_is_isolated_until_its_peers_are_shown_gone() {
-        let set = |names: &[&str]| -> std::collections::BTreeSet<String> {
-            names.iter().map(|n| n.to_string()).collect()
+    fn a_cut_off_node_claims_only_its_own_and_what_the_leases_show_orphaned() {
+        use super::Standing;
+        use crate::plan::owner::Cause::*;
+        let all = [Kept, New, OwnerGone, NotCandidate, Level];
+        let allowed = |s: Standing| -> Vec<_> {
+            all.into_iter()
+                .filter(|c| super::may_claim(s, *c))
+                .collect()
         };
-        let ready = set(&["a", "b", "c"]);
-        // Gossip blocked: a sees only itself, the others' Leases are fresh or unknown.
-        assert!(super::isolated(
-            "a",
-            &set(&["a"]),
-            &ready,
-            Some(&ready),
-            false
-        ));
-        assert!(super::isolated("a", &set(&["a"]), &ready, None, false));
-        // One peer in sight: the membership's verdict is shared.
-        assert!(!super::isolated(
-            "a",
-            &set(&["a", "b"]),
-            &ready,
-            None,
-            false
-        ));
-        // Peers still listed, but nothing heard from them: the list is this node's memory, not evidence.
-        assert!(super::isolated("a", &ready, &ready, Some(&ready), true));
-        // Every other Ready node's Lease has expired: they are gone, not unreachable.
-        assert!(!super::isolated(
-            "a",
-            &set(&["a"]),
-            &ready,
-            Some(&set(&["a"])),
-            true
-        ));
-        // A single-node cluster is not isolated.
-        assert!(!super::isolated(
-            "a",
-            &set(&["a"]),
-            &set(&["a"]),
-            None,
-            true
-        ));
+        assert_eq!(allowed(Standing::Connected), all);
+        assert_eq!(allowed(Standing::Off), all);
+        assert_eq!(allowed(Standing::CutOff), [Kept, OwnerGone]);
+        assert_eq!(
+            allowed(Standing::Unhealthy),
+            [Kept, New, OwnerGone, NotCandidate]
+        );
+        assert_eq!(Standing::of(true, true, true), Standing::CutOff);
+        assert_eq!(Standing::of(true, false, true), Standing::Unhealthy);
+        assert_eq!(Standing::of(false, true, false), Standing::Off);
     }
 
     use super::*;
@@ -1112,9 +1108,18 @@ mod tests {
     fn live_nodes_intersects_with_ready_unless_gossip_is_unhealthy() {
         let gossip = names(&["a", "b", "c"]);
         let ready = names(&["b", "c", "d"]);
-        assert_eq!(live_nodes(&gossip, &ready, true, None), names(&["b", "c"]));
-        assert_eq!(live_nodes(&gossip, &ready, false, None), ready);
-        assert_eq!(live_nodes(&names(&["a"]), &ready, true, None), names(&[]));
+        assert_eq!(
+            live_nodes(&gossip, &ready, Standing::Connected, None),
+            names(&["b", "c"])
+        );
+        assert_eq!(
+            live_nodes(&gossip, &ready, Standing::Unhealthy, None),
+            ready
+        );
+        assert_eq!(
+            live_nodes(&names(&["a"]), &ready, Standing::Connected, None),
+            names(&[])
+        );
     }
 
     #[test]
@@ -1137,23 +1142,33 @@ mod tests {
         // b's agent died: its Lease went stale, though the Node is still Ready.
         let leases = names(&["a", "c", "d", "e"]);
         assert_eq!(
-            live_nodes(&gossip, &ready, false, Some(&leases)),
+            live_nodes(&gossip, &ready, Standing::Unhealthy, Some(&leases)),
             names(&["a", "c", "d"]),
             "fresh Lease and Ready (e has a Lease but is not Ready)"
         );
         assert_eq!(
-            live_nodes(&gossip, &ready, true, Some(&leases)),
+            live_nodes(&gossip, &ready, Standing::Connected, Some(&leases)),
             names(&["a", "b", "c"]),
             "healthy gossip ignores the Leases"
         );
         assert_eq!(
-            live_nodes(&gossip, &ready, false, None),
+            live_nodes(&gossip, &ready, Standing::Unhealthy, None),
             ready,
             "no Lease signal: Ready alone"
         );
         assert_eq!(
-            live_nodes(&gossip, &ready, false, Some(&names(&[]))),
+            live_nodes(&gossip, &ready, Standing::Unhealthy, Some(&names(&[]))),
             names(&[])
+        );
+        assert_eq!(
+            live_nodes(&gossip, &ready, Standing::CutOff, Some(&leases)),
+            names(&["a", "c", "d"]),
+            "cut off: the Leases, at once"
+        );
+        assert_eq!(
+            live_nodes(&gossip, &ready, Standing::CutOff, None),
+            names(&["a", "b", "c"]),
+            "cut off without Leases: the kept gossip view"
         );
     }
 

@@ -109,8 +109,8 @@ pub struct Announcer {
     /// The node link task, until the agent takes it to run among its tasks.
     link_task: Option<NodeLink>,
     strict_reported: Option<bool>,
-    /// Whether the last pass found this node cut off (see [`gossip::isolated`]).
-    isolated_reported: bool,
+    /// The gossip standing the last pass saw, to log its changes.
+    standing_reported: Option<gossip::Standing>,
     notes: AnnouncementNotes,
     /// The groups this node took over from another node, counted and explained once each.
     moves: Moves,
@@ -130,13 +130,22 @@ pub const STARTUP_HOLD: Duration = Duration::from_secs(3);
 pub struct Liveness {
     pub live: watch::Receiver<BTreeSet<String>>,
     pub healthy: watch::Receiver<bool>,
-    /// True while gossip hears from no peer: this node claims nothing then (see [`gossip::published_live`]).
+    /// True while gossip hears from no peer (see [`gossip::published_live`]).
     pub cut_off: watch::Receiver<bool>,
+    /// Whether gossip runs at all (it needs the key and an address).
+    pub gossip: bool,
     /// Nodes with a fresh node Lease; None while that signal is off or unavailable (see [`node_lease`]).
     pub leases: watch::Receiver<Option<BTreeSet<String>>>,
     /// The node Lease task, not yet started: it renews this node's Lease and deletes it once `stop` turns true. The
     /// agent runs it among the tasks it awaits before exiting.
     pub lease_task: Option<futures::future::BoxFuture<'static, ()>>,
+}
+
+impl Liveness {
+    /// Where gossip stands now.
+    pub fn standing(&self) -> gossip::Standing {
+        gossip::Standing::of(self.gossip, *self.healthy.borrow(), *self.cut_off.borrow())
+    }
 }
 
 impl Announcer {
@@ -254,6 +263,7 @@ impl Announcer {
                 None
             }
         };
+        let gossip_on = membership_task.is_some();
         let announcer = Announcer {
             _netlink: netlink,
             _membership: membership_task,
@@ -267,7 +277,7 @@ impl Announcer {
             bind,
             link_task: Some(link_task),
             strict_reported: None,
-            isolated_reported: false,
+            standing_reported: None,
             notes: AnnouncementNotes::default(),
             bgp_vips: BTreeSet::new(),
             bgp_peers: String::new(),
@@ -280,6 +290,7 @@ impl Announcer {
                 live,
                 healthy,
                 cut_off,
+                gossip: gossip_on,
                 leases,
                 lease_task,
             },
@@ -324,7 +335,7 @@ impl Announcer {
         state: &ClusterState,
         validated: &Validated,
         live: &BTreeSet<String>,
-        isolated: bool,
+        standing: gossip::Standing,
         trigger: Instant,
     ) -> AnnouncePass {
         self.seeds.send_if_modified(|seeds| {
@@ -335,17 +346,19 @@ impl Announcer {
         });
         let input = PlanInput::from_cluster(state, &validated.config, self.lb_class.as_deref());
         let mut assignments = plan::owner::assign(&input.groups, live);
-        if isolated {
-            // Cut off with no evidence the others are gone: keep what this node owns, claim nothing.
-            assignments.retain(|_, a| a.owner != self.node || a.cause == Cause::Kept);
-        }
-        if self.isolated_reported != isolated {
-            self.isolated_reported = isolated;
-            if isolated {
-                tracing::warn!(node = %self.node, "no peer in sight, but other nodes are Ready and hold fresh Leases: \
-                    keeping the VIPs this node owns, taking over none");
-            } else {
-                tracing::info!(node = %self.node, "peers in sight again");
+        assignments.retain(|_, a| a.owner != self.node || gossip::may_claim(standing, a.cause));
+        if self.standing_reported != Some(standing) {
+            self.standing_reported = Some(standing);
+            match standing {
+                gossip::Standing::CutOff => {
+                    tracing::warn!(node = %self.node, "gossip hears no peer: keeping the \
+                    VIPs this node owns, taking over only those whose owner's node Lease has expired")
+                }
+                gossip::Standing::Unhealthy => {
+                    tracing::warn!(node = %self.node, "gossip unhealthy: liveness from \
+                    the node Leases; no VIP moves to level the load")
+                }
+                gossip::Standing::Connected | gossip::Standing::Off => {}
             }
         }
         let owners = assignments

@@ -40,8 +40,8 @@ pub enum Input {
     Leadership(bool),
     /// The gossip membership, or its health, changed.
     Membership,
-    /// The set of fresh node Leases changed; they count only while gossip is unhealthy.
-    NodeLeases { gossip_healthy: bool },
+    /// The set of fresh node Leases changed; `in_use` when liveness is read from them now (gossip is not connected).
+    NodeLeases { in_use: bool },
     /// The periodic look at the node: whether something there (interfaces, a held announcement, BGP sessions whose
     /// state the Node does not show yet) needs an announcement pass.
     Refresh { node_changed: bool },
@@ -184,9 +184,9 @@ impl Core {
                 }
             }
             Input::Membership => self.want_announcement(now),
-            Input::NodeLeases { gossip_healthy } => {
+            Input::NodeLeases { in_use } => {
                 // With healthy gossip the Leases move nothing.
-                if !gossip_healthy {
+                if in_use {
                     self.want_announcement(now);
                 }
             }
@@ -543,15 +543,7 @@ mod tests {
             },
             t0,
         );
-        assert_eq!(
-            core.handle(
-                Input::NodeLeases {
-                    gossip_healthy: true
-                },
-                t0
-            ),
-            []
-        );
+        assert_eq!(core.handle(Input::NodeLeases { in_use: false }, t0), []);
         assert_eq!(
             core.handle(
                 Input::Refresh {
@@ -562,12 +554,7 @@ mod tests {
             []
         );
         assert_eq!(
-            core.handle(
-                Input::NodeLeases {
-                    gossip_healthy: false
-                },
-                t0 + ms(1)
-            ),
+            core.handle(Input::NodeLeases { in_use: true }, t0 + ms(1)),
             [Output::Announce {
                 trigger: t0 + ms(1)
             }]

@@ -482,7 +482,7 @@ pub async fn run_with(
             }
             changed = liveness.leases.changed(), if leases_open => {
                 leases_open = changed.is_ok();
-                Input::NodeLeases { gossip_healthy: *liveness.healthy.borrow() }
+                Input::NodeLeases { in_use: liveness.standing() != crate::gossip::Standing::Connected }
             }
             change = changes.recv() => {
                 let Some(change) = change else { break };
@@ -553,26 +553,15 @@ fn announce(
 ) -> OwnWrites {
     let ready = crate::k8s::announcement::ready_nodes(&core.state);
     let leases = liveness.leases.borrow().clone();
-    let live = crate::gossip::live_nodes(
-        &liveness.live.borrow(),
-        &ready,
-        *liveness.healthy.borrow(),
-        leases.as_ref(),
-    );
-    // Cut off from every peer with no evidence they are gone, or hearing from none: claim nothing.
-    let isolated = crate::gossip::isolated(
-        &args.node_name,
-        &live,
-        &ready,
-        leases.as_ref(),
-        *liveness.cut_off.borrow(),
-    );
+    let standing = liveness.standing();
+    let live =
+        crate::gossip::live_nodes(&liveness.live.borrow(), &ready, standing, leases.as_ref());
     let (state, validated) = core.state_and_config();
     dataplane.update(state, validated);
     let (bgp_notes, bgp_actions) = bgp.sync(state, validated, args.lb_class.as_deref());
     announcer.set_bgp_vips(bgp.advertised().clone());
     announcer.set_bgp_peers(bgp.peers_annotation(&node_bgp_peers(state, &args.node_name)));
-    let mut pass = announcer.pass(state, validated, &live, isolated, trigger);
+    let mut pass = announcer.pass(state, validated, &live, standing, trigger);
     pass.node_notes.extend(bgp_notes);
     pass.services.extend(bgp_actions);
     OwnWrites {

@@ -35,7 +35,7 @@
 //! This module must not read the cluster: eligibility and the published owners are [`super::input`]'s job.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::input::{GroupKey, VipGroup};
@@ -44,13 +44,23 @@ use super::input::{GroupKey, VipGroup};
 /// last byte poorly; the finaliser spreads every input bit over the whole word. Fixed forever: changing it moves VIPs
 /// between nodes during an upgrade.
 pub fn stable_hash(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    finalize(fnv(FNV_OFFSET, bytes))
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a 64 of `bytes`, continued from the state `h`.
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(PRIME);
     }
+    h
+}
+
+/// MurmurHash3's `fmix64`.
+fn finalize(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
@@ -65,13 +75,15 @@ fn key_bytes(key: &GroupKey) -> Vec<u8> {
     }
 }
 
-/// The rendezvous weight of `node` for the group `key`.
+/// The rendezvous weight of `node` for the group `key`: [`stable_hash`] of the key's bytes, a separator no IP
+/// encoding ends with (so that (key, node) pairs cannot collide by shifting bytes), and the node's name. Computed
+/// without building those bytes: this runs for every candidate of every group placed.
 pub fn score(key: &GroupKey, node: &str) -> u64 {
-    let mut bytes = key_bytes(key);
-    // A separator no IP encoding ends with, so that (key, node) pairs cannot collide by shifting bytes.
-    bytes.push(0xff);
-    bytes.extend_from_slice(node.as_bytes());
-    stable_hash(&bytes)
+    let h = match key.0 {
+        IpAddr::V4(v4) => fnv(fnv(FNV_OFFSET, &[4]), &v4.octets()),
+        IpAddr::V6(v6) => fnv(fnv(FNV_OFFSET, &[6]), &v6.octets()),
+    };
+    finalize(fnv(fnv(h, &[0xff]), node.as_bytes()))
 }
 
 /// Why a group has the owner it has.
@@ -121,9 +133,13 @@ pub fn choose_owners(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<G
 /// without one are absent. Keys are assumed unique, as [`super::input::PlanInput`] makes them; the answer does not
 /// depend on the order of `groups`.
 pub fn assign(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<GroupKey, Assignment> {
+    // Nodes by index (live is sorted, so indexes follow names): candidate lists and loads are then plain vectors.
+    let names: Vec<&str> = live.iter().map(String::as_str).collect();
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
     struct Entry<'a> {
         group: &'a VipGroup,
-        candidates: BTreeSet<&'a str>,
+        /// Indexes into `names`, ascending.
+        candidates: Vec<usize>,
         unrestricted: bool,
     }
     let mut entries: Vec<Entry> = groups
@@ -133,56 +149,43 @@ pub fn assign(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<GroupKey
             candidates: g
                 .l2_nodes
                 .iter()
-                .filter(|n| live.contains(*n))
-                .map(String::as_str)
+                .filter_map(|n| index.get(n.as_str()).copied())
                 .collect(),
             unrestricted: false,
         })
         .filter(|e| !e.candidates.is_empty())
         .collect();
-    let universe: BTreeSet<&str> = entries
-        .iter()
-        .flat_map(|e| e.candidates.iter().copied())
-        .collect();
+    let mut in_universe = vec![false; names.len()];
+    for e in &entries {
+        for c in &e.candidates {
+            in_universe[*c] = true;
+        }
+    }
+    let universe = in_universe.iter().filter(|u| **u).count();
     for e in &mut entries {
-        e.unrestricted = e.candidates == universe;
+        // Candidates are a subset of the universe: equal sizes mean equal sets.
+        e.unrestricted = e.candidates.len() == universe;
     }
     entries.sort_by_key(|e| (stable_hash(&key_bytes(&e.group.key)), e.group.key));
 
-    // Load of every candidate node: all groups, and unrestricted groups alone.
-    let mut total: BTreeMap<&str, usize> = universe.iter().map(|n| (*n, 0)).collect();
-    let mut free: BTreeMap<&str, usize> = total.clone();
-    let mut owners: BTreeMap<GroupKey, Assignment> = BTreeMap::new();
-    let take = |owners: &mut BTreeMap<GroupKey, Assignment>,
-                total: &mut BTreeMap<&str, usize>,
-                free: &mut BTreeMap<&str, usize>,
-                e: &Entry,
-                node: &str,
-                cause: Cause| {
-        *total.get_mut(node).expect("a candidate is in the universe") += 1;
-        if e.unrestricted {
-            *free.get_mut(node).expect("a candidate is in the universe") += 1;
-        }
-        owners.insert(
-            e.group.key,
-            Assignment {
-                owner: node.to_string(),
-                cause,
-            },
-        );
-    };
-
+    // Load of every node: all groups, and unrestricted groups alone.
+    let mut total = vec![0usize; names.len()];
+    let mut free = vec![0usize; names.len()];
+    let mut owner_of: Vec<Option<(usize, Cause)>> = vec![None; entries.len()];
     // 1. Sticky.
-    for e in &entries {
+    for (i, e) in entries.iter().enumerate() {
         if let Some(owner) = e.group.published_owner.as_deref()
-            && e.candidates.contains(owner)
+            && let Some(&node) = index.get(owner)
+            && e.candidates.binary_search(&node).is_ok()
         {
-            take(&mut owners, &mut total, &mut free, e, owner, Cause::Kept);
+            total[node] += 1;
+            free[node] += usize::from(e.unrestricted);
+            owner_of[i] = Some((node, Cause::Kept));
         }
     }
     // 2. Least loaded.
-    for e in &entries {
-        if owners.contains_key(&e.group.key) {
+    for (i, e) in entries.iter().enumerate() {
+        if owner_of[i].is_some() {
             continue;
         }
         let cause = match e.group.published_owner.as_deref() {
@@ -191,32 +194,55 @@ pub fn assign(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<GroupKey
             Some(_) => Cause::OwnerGone,
         };
         let load = if e.unrestricted { &free } else { &total };
-        let node = *e
+        // The least load first, then weights among the nodes that have it only.
+        let least = e
             .candidates
             .iter()
-            .min_by_key(|n| (load[**n], Reverse(score(&e.group.key, n)), **n))
+            .map(|n| load[*n])
+            .min()
             .expect("an entry has a candidate");
-        take(&mut owners, &mut total, &mut free, e, node, cause);
+        let node = e
+            .candidates
+            .iter()
+            .copied()
+            .filter(|n| load[*n] == least)
+            .min_by_key(|n| (Reverse(score(&e.group.key, names[*n])), *n))
+            .expect("a candidate has the least load");
+        total[node] += 1;
+        free[node] += usize::from(e.unrestricted);
+        owner_of[i] = Some((node, cause));
     }
     // 3. Level: one unrestricted group from the most to the least loaded node, when they differ by two or more.
-    let most = free.iter().max_by_key(|(n, l)| (**l, Reverse(**n)));
-    let least = free.iter().min_by_key(|(n, l)| (**l, **n));
-    if let (Some((&from, &high)), Some((&to, &low))) = (most, least)
-        && high >= low + 2
-        && let Some(e) = entries
-            .iter()
-            .filter(|e| e.unrestricted && owners[&e.group.key].owner == from)
-            .max_by_key(|e| (score(&e.group.key, to), Reverse(e.group.key)))
+    let in_play = || (0..names.len()).filter(|n| in_universe[*n]);
+    let most = in_play().max_by_key(|n| (free[*n], Reverse(*n)));
+    let least = in_play().min_by_key(|n| (free[*n], *n));
+    if let (Some(from), Some(to)) = (most, least)
+        && free[from] >= free[to] + 2
+        && let Some(i) = (0..entries.len())
+            .filter(|i| entries[*i].unrestricted && owner_of[*i].is_some_and(|(o, _)| o == from))
+            .max_by_key(|i| {
+                (
+                    score(&entries[*i].group.key, names[to]),
+                    Reverse(entries[*i].group.key),
+                )
+            })
     {
-        owners.insert(
-            e.group.key,
-            Assignment {
-                owner: to.to_string(),
-                cause: Cause::Level,
-            },
-        );
+        owner_of[i] = Some((to, Cause::Level));
     }
-    owners
+    entries
+        .iter()
+        .zip(owner_of)
+        .filter_map(|(e, owner)| {
+            let (node, cause) = owner?;
+            Some((
+                e.group.key,
+                Assignment {
+                    owner: names[node].to_string(),
+                    cause,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// The groups each node owns in `owners`.
@@ -369,6 +395,19 @@ mod tests {
         // Values computed independently (Python) from the definition in the module docs.
         assert_eq!(stable_hash(b""), 0xefd0_1f60_ba99_2926);
         assert_eq!(stable_hash(b"node-1"), 0x91dd_3f4c_04e1_eb05);
+    }
+
+    #[test]
+    fn the_weight_is_the_hash_of_key_separator_and_name() {
+        for (key, node) in [
+            (group(7, &[]).key, "node-1"),
+            (group_at("2001:db8::5".parse().unwrap(), &[]).key, "n"),
+        ] {
+            let mut bytes = key_bytes(&key);
+            bytes.push(0xff);
+            bytes.extend_from_slice(node.as_bytes());
+            assert_eq!(score(&key, node), stable_hash(&bytes));
+        }
     }
 
     #[test]
