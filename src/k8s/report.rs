@@ -153,25 +153,80 @@ pub fn render_bgp_peers(rows: &[BgpPeerRow]) -> String {
     aligned(&lines)
 }
 
+/// How many Layer 2 VIP groups one node answers for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeLoad {
+    pub node: String,
+    pub vips: usize,
+}
+
+/// The Layer 2 load of every node: the distinct VIP sets whose Services name it in `announced-by` (Services sharing
+/// a VIP count once), every one of `nodes` listed even at zero, in node order.
+pub fn node_loads(rows: &[StatusRow], nodes: &[String]) -> Vec<NodeLoad> {
+    let mut groups: std::collections::BTreeMap<&str, std::collections::BTreeSet<&[String]>> = nodes
+        .iter()
+        .map(|n| (n.as_str(), Default::default()))
+        .collect();
+    for row in rows {
+        if let [owner] = row.owners.as_slice() {
+            groups
+                .entry(owner.as_str())
+                .or_default()
+                .insert(row.vips.as_slice());
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(node, vips)| NodeLoad {
+            node: node.to_string(),
+            vips: vips.len(),
+        })
+        .collect()
+}
+
+/// The loads as one line: `node-1 2, node-2 2, node-3 2 (spread 0)`.
+pub fn render_loads(loads: &[NodeLoad]) -> String {
+    let counts: Vec<usize> = loads.iter().map(|l| l.vips).collect();
+    let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+    let each: Vec<String> = loads
+        .iter()
+        .map(|l| format!("{} {}", l.node, l.vips))
+        .collect();
+    format!(
+        "Layer 2 VIPs per node: {} (spread {spread})\n",
+        each.join(", ")
+    )
+}
+
 /// The whole `ironlb status` report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusReport {
     pub services: Vec<StatusRow>,
+    pub node_loads: Vec<NodeLoad>,
     pub bgp_peers: Vec<BgpPeerRow>,
 }
 
 impl StatusReport {
     pub fn new(services: &[Service], nodes: &[Node]) -> StatusReport {
+        let services = rows(services);
+        let names: Vec<String> = nodes
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
         StatusReport {
-            services: rows(services),
+            node_loads: node_loads(&services, &names),
+            services,
             bgp_peers: bgp_peer_rows(nodes),
         }
     }
 
-    /// The VIP table, then the BGP session table after a blank line when any node has a session.
+    /// The VIP table, the load per node, then the BGP session table after a blank line when any node has a session.
     pub fn render_table(&self) -> String {
         let mut out = render_table(&self.services);
+        if !self.node_loads.is_empty() {
+            out.push_str(&render_loads(&self.node_loads));
+        }
         let peers = render_bgp_peers(&self.bgp_peers);
         if !peers.is_empty() {
             out.push('\n');
@@ -266,6 +321,48 @@ mod tests {
         assert_eq!(json[0]["bgp_advertisers"][1], "node-3");
     }
 
+    #[test]
+    fn the_load_per_node_counts_shared_vips_once_and_idle_nodes_at_zero() {
+        let services = vec![
+            svc("a", &["192.0.2.10"], json!({ANNOUNCED_BY: "node-1"})),
+            svc("a-shared", &["192.0.2.10"], json!({ANNOUNCED_BY: "node-1"})),
+            svc("b", &["192.0.2.11"], json!({ANNOUNCED_BY: "node-2"})),
+            svc(
+                "bgp",
+                &["192.0.2.12"],
+                json!({ANNOUNCED_BY: "node-1,node-2"}),
+            ),
+        ];
+        let report = StatusReport::new(
+            &services,
+            &[
+                node("node-1", None),
+                node("node-2", None),
+                node("node-3", None),
+            ],
+        );
+        let loads: Vec<(String, usize)> = report
+            .node_loads
+            .iter()
+            .map(|l| (l.node.clone(), l.vips))
+            .collect();
+        assert_eq!(
+            loads,
+            [
+                ("node-1".into(), 1),
+                ("node-2".into(), 1),
+                ("node-3".into(), 0)
+            ]
+        );
+        assert!(
+            report
+                .render_table()
+                .contains("Layer 2 VIPs per node: node-1 1, node-2 1, node-3 0 (spread 1)"),
+            "{}",
+            report.render_table()
+        );
+    }
+
     fn node(name: &str, peers: Option<&str>) -> Node {
         let annotations = match peers {
             Some(p) => json!({BGP_PEERS_ANNOTATION: p}),
@@ -310,7 +407,10 @@ mod tests {
 
         // Without sessions there is no second table, but JSON still has the (empty) list.
         let report = StatusReport::new(&services, &[node("node-1", None)]);
-        assert_eq!(report.render_table(), render_table(&report.services));
+        assert_eq!(
+            report.render_table(),
+            render_table(&report.services) + &render_loads(&report.node_loads)
+        );
         assert_eq!(
             serde_json::to_value(&report).unwrap()["bgpPeers"],
             json!([])

@@ -210,6 +210,8 @@ async fn demo(
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let rows = lab.status().await?;
     out.write_all(crate::k8s::report::render_table(&rows).as_bytes())?;
+    let loads = crate::k8s::report::node_loads(&rows, &lab.node_names());
+    out.write_all(crate::k8s::report::render_loads(&loads).as_bytes())?;
 
     writeln!(out, "\nfrom the client namespace:")?;
     for row in &rows {
