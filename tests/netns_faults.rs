@@ -278,8 +278,9 @@ fn ms100() -> Duration {
 
 /// Scenario: the owner's agent is SIGKILLed and restarted, once at once and once after 2 s. The agents' grace for a
 /// silent peer is membership's detection time (about half a second): an agent back within it keeps its VIPs; one back
-/// later finds them moved, and takes them back when it rejoins (owner choice is deterministic). Asserted either way:
-/// at most two flaps (away once, back once), VIPs of other nodes never move, and afterwards exactly one MAC answers.
+/// later finds them moved to the others for good (owners are sticky) and receives VIPs again only as levelling moves
+/// them to it. Asserted: at most two flaps for its VIP, at most one (a levelling move) for every other VIP, the load
+/// level again, and afterwards exactly one MAC answering each VIP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_agent_sigkill_and_restart() {
     if skip() {
@@ -316,13 +317,26 @@ async fn owner_agent_sigkill_and_restart() {
         )
         .await;
         let up = down_for + up;
-        let owned_again = wait_until(
-            "the restarted agent to be named owner of its VIP",
+        // Owners are sticky: back within detection, the agent still owns its VIP; back later, it gets VIPs only
+        // as levelling moves them to it, one per round, until no node holds two more than another.
+        wait_until(
+            "every VIP owned and the load level again",
             Duration::from_secs(20),
-            || async { owned_v4(&lab).await.get(&vip) == Some(&owner) },
+            || async {
+                let now = owned_v4(&lab).await;
+                let mut load: BTreeMap<String, usize> =
+                    lab.node_names().into_iter().map(|n| (n, 0)).collect();
+                for o in now.values() {
+                    *load.entry(o.clone()).or_default() += 1;
+                }
+                let spread = load.values().max().unwrap() - load.values().min().unwrap();
+                now.len() == owners.len()
+                    && now.values().all(|o| !o.is_empty())
+                    && spread <= 1
+                    && (!down_for.is_zero() || now.get(&vip) == Some(&owner))
+            },
         )
         .await;
-        let _ = owned_again;
         let settled = killed.elapsed();
         tokio::time::sleep(Duration::from_secs(3)).await;
         let arp = arp.finish();
@@ -350,13 +364,23 @@ async fn owner_agent_sigkill_and_restart() {
             after.flaps <= 2,
             "moved once and back at most once: {after:?}"
         );
-        assert_eq!(after.owners.last(), Some(&owner_mac), "{after:?}");
+        if down_for.is_zero() {
+            assert_eq!(
+                after.owners,
+                [owner_mac.clone()],
+                "back within detection: {after:?}"
+            );
+        }
         for (other, other_owner) in owners.iter().filter(|(_, o)| **o != owner) {
             let s = arp.summary(*other, Duration::ZERO, Duration::MAX);
             assert_eq!(
-                s.owners,
-                vec![mac_of(&lab, other_owner)],
-                "{other}, owned by {other_owner}, did not move"
+                s.owners.first(),
+                Some(&mac_of(&lab, other_owner)),
+                "{other}, owned by {other_owner}"
+            );
+            assert!(
+                s.flaps <= 1,
+                "{other}, owned by {other_owner}, moved more than once (levelling moves a group once): {s:?}"
             );
         }
         for v in owners.keys() {
@@ -684,7 +708,9 @@ async fn deleting_a_pool_clears_only_its_services() {
             names(&lab, &s.owners),
             ms(s.longest_unanswered)
         );
-        assert_eq!(s.owners, vec![mac_of(&lab, owner)], "{vip} did not move");
+        // Two fewer groups may unbalance the nodes: levelling may move a kept VIP once, never more.
+        assert_eq!(s.owners.first(), Some(&mac_of(&lab, owner)), "{vip}");
+        assert!(s.flaps <= 1, "{vip} moved more than once: {s:?}");
         assert!(s.longest_unanswered < Duration::from_secs(1), "{s:?}");
     }
     for vip in &kept {
@@ -697,7 +723,8 @@ async fn deleting_a_pool_clears_only_its_services() {
         .filter(|r| !doomed.iter().any(|d| r.service == format!("default/{d}")))
     {
         let now = after.iter().find(|r| r.service == row.service).unwrap();
-        assert_eq!((&now.vips, &now.owners), (&row.vips, &row.owners));
+        assert_eq!(&now.vips, &row.vips);
+        assert_eq!(now.owners.len(), 1, "{now:?}");
     }
 }
 
