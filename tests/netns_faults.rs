@@ -367,7 +367,7 @@ async fn owner_agent_sigkill_and_restart() {
         if down_for.is_zero() {
             assert_eq!(
                 after.owners,
-                [owner_mac.clone()],
+                std::slice::from_ref(&owner_mac),
                 "back within detection: {after:?}"
             );
         }
