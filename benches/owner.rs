@@ -5,7 +5,10 @@
 //! - the load spread (most minus fewest groups on a node) for 3 nodes × 6 groups, 5 × 40 and 20 × 1,000, settled
 //!   from nothing published (each round's owners published before the next, as the agents' writes do);
 //! - groups moved by 1,000 groups created one at a time on a settled 20-node cluster holding 1,000;
-//! - groups moved when a 21st node joins that cluster, and the rounds it takes;
+//! - groups moved when a 21st node joins that cluster, and the rounds it takes.
+//!
+//! The invariants (level, no move on creation, the join bound) are asserted in every run; `cargo test --benches`
+//! runs a smaller version (6 nodes, 60 groups, timing over 1,000).
 //! - the time of one owner choice over 10,000 groups and 100 nodes (median of 21 runs, measured with
 //!   `Instant`, whose resolution on Linux is nanoseconds, far below the figures).
 
@@ -107,15 +110,19 @@ fn median(mut runs: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    // `cargo test --benches` runs this with `--bench` absent: do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
-        return;
-    }
+    // `cargo test --benches` runs this without `--bench`: a smaller run then, its invariants still checked.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let (big_nodes, big_groups, timing_groups) = if quick {
+        (6, 60, 1_000)
+    } else {
+        (20, 1_000, 10_000)
+    };
     println!("| owner choice | IronLB | rendezvous reference |");
     println!("|---|---|---|");
-    for (n, g) in [(3, 6), (5, 40), (20, 1_000)] {
+    for (n, g) in [(3, 6), (5, 40), (big_nodes, big_groups)] {
         let live = nodes(n);
         let (_, owners, _, rounds) = settle(groups(0..g, &live), &live);
+        assert!(spread(&owners, &live) <= 1, "not level");
         let reference = rendezvous(&groups(0..g, &live), &live);
         println!(
             "| load spread, {n} nodes × {g} groups (max − min) | {} (settled in {rounds} rounds) | {} |",
@@ -124,10 +131,10 @@ fn main() {
         );
     }
 
-    let live = nodes(20);
-    let (mut settled, before, _, _) = settle(groups(0..1_000, &live), &live);
+    let live = nodes(big_nodes);
+    let (mut settled, before, _, _) = settle(groups(0..big_groups, &live), &live);
     let reference_before = rendezvous(&settled, &live);
-    for id in 1_000u64..2_000 {
+    for id in big_groups..2 * big_groups {
         settled.push(group(id.wrapping_mul(0x9e37_79b9_7f4a_7c15), &live));
         let owners = choose_owners(&settled, &live);
         for g in &mut settled {
@@ -136,8 +143,10 @@ fn main() {
     }
     let after = choose_owners(&settled, &live);
     let reference_after = rendezvous(&settled, &live);
+    assert_eq!(moved(&before, &after), 0, "a creation moved a group");
     println!(
-        "| groups moved by 1,000 creations on 20 nodes × 1,000 groups | {} (spread after: {}) | {} (spread after: {}) |",
+        "| groups moved by {big_groups} creations on {big_nodes} nodes × {big_groups} groups | {} (spread after: {}) \
+         | {} (spread after: {}) |",
         moved(&before, &after),
         spread(&after, &live),
         moved(&reference_before, &reference_after),
@@ -145,7 +154,7 @@ fn main() {
     );
 
     let mut joined = live.clone();
-    joined.insert("node-20".into());
+    joined.insert(format!("node-{big_nodes}"));
     let with_joiner: Vec<VipGroup> = settled
         .iter()
         .cloned()
@@ -156,17 +165,23 @@ fn main() {
         .collect();
     let (_, joined_owners, join_moved, rounds) = settle(with_joiner.clone(), &joined);
     let reference_join = rendezvous(&with_joiner, &joined);
+    let total = settled.len();
+    let bound = total.div_ceil(joined.len());
+    assert!(
+        join_moved <= bound,
+        "{join_moved} moved on a join, bound {bound}"
+    );
     println!(
-        "| groups moved when a 21st node joins 20 nodes × 2,000 groups (bound ceil(G/N) = {}) | {join_moved} in {rounds} \
-         rounds (spread after: {}) | {} (spread after: {}) |",
-        2_000usize.div_ceil(21),
+        "| groups moved when node {} joins {big_nodes} nodes × {total} groups (bound ceil(G/N) = {bound}) | {join_moved} \
+         in {rounds} rounds (spread after: {}) | {} (spread after: {}) |",
+        joined.len(),
         spread(&joined_owners, &joined),
         moved(&reference_after, &reference_join),
         spread(&reference_join, &joined)
     );
 
     let live = nodes(100);
-    let (settled, _, _, _) = settle(groups(0..10_000, &live), &live);
+    let (settled, _, _, _) = settle(groups(0..timing_groups, &live), &live);
     let mut ours = Vec::new();
     let mut reference = Vec::new();
     for _ in 0..21 {
@@ -178,7 +193,7 @@ fn main() {
         reference.push(t.elapsed());
     }
     println!(
-        "| one owner choice, 10,000 groups × 100 nodes (median of 21) | {:.2} ms | {:.2} ms |",
+        "| one owner choice, {timing_groups} groups × 100 nodes (median of 21) | {:.2} ms | {:.2} ms |",
         median(ours).as_secs_f64() * 1e3,
         median(reference).as_secs_f64() * 1e3
     );
