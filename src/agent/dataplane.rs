@@ -40,6 +40,7 @@ use crate::ipvs::direct::{self, Delta, DirectIndex, DirectPlan, ServiceRef};
 use crate::ipvs::verify::{self, DataPlaneState, Drift};
 use crate::ipvs::{IpvsSocket, KUBE_PROXY_LINK, Programmer, ServiceId, ServiceSpec, WantedTable};
 use crate::k8s::events::Note;
+use crate::k8s::index::Cursor;
 use crate::k8s::state::ClusterState;
 
 // The lab (and tests/vm_direct.rs) still import the data-plane mode and IronLB's link from here.
@@ -272,6 +273,8 @@ pub struct DataPlane {
     last: Option<Arc<Target>>,
     /// The wanted state, maintained incrementally (direct mode).
     index: DirectIndex,
+    /// Where this consumer stands in the Service and EndpointSlice journals.
+    seen: (Cursor, Cursor),
     /// Whether a delta went to the worker yet (direct mode).
     sent: bool,
     notes: mpsc::UnboundedSender<(Note, ObjectReference)>,
@@ -344,6 +347,7 @@ impl DataPlane {
             tx,
             last: None,
             index: DirectIndex::new(),
+            seen: (Cursor::default(), Cursor::default()),
             sent: false,
             notes,
             reported: BTreeSet::new(),
@@ -363,8 +367,8 @@ impl DataPlane {
     /// change, not the size of the cluster.
     pub fn update(&mut self, state: &mut ClusterState, validated: &Validated) {
         // What the watches changed since the last update; integrated mode recomputes its target whole.
-        let changed_services = state.services.take_changes();
-        let changed_slices = state.endpoint_slices.take_changes();
+        let changed_services = state.services.changes_since(&mut self.seen.0);
+        let changed_slices = state.endpoint_slices.changes_since(&mut self.seen.1);
         let (work, problems) = match self.args.dataplane {
             Mode::Direct => {
                 let ranges = pool_ranges(validated);
@@ -898,7 +902,7 @@ mod tests {
     use super::*;
     use crate::config::IpRange;
     use crate::ipvs::verify::SERVICE_NAME_LABEL;
-    use crate::k8s::index::{ObjectIndex, ObjectKey};
+    use crate::k8s::index::{Cursor, ObjectIndex, ObjectKey};
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     use proptest::prelude::*;
@@ -1049,12 +1053,13 @@ mod tests {
                                                 keyed in any::<bool>()) {
             let mut services: ObjectIndex<Service> = ObjectIndex::default();
             let mut slices: ObjectIndex<EndpointSlice> = ObjectIndex::default();
-            let update = |index: &mut DirectIndex,
+            let mut cursors = (Cursor::default(), Cursor::default());
+            let mut update = |index: &mut DirectIndex,
                           services: &mut ObjectIndex<Service>,
                           slices: &mut ObjectIndex<EndpointSlice>,
                           ranges: &[IpRange]| {
                 if keyed {
-                    let (a, b) = (services.take_changes(), slices.take_changes());
+                    let (a, b) = (services.changes_since(&mut cursors.0), slices.changes_since(&mut cursors.1));
                     index.update_changed(services, slices, &a, &b, "n1", ranges)
                 } else {
                     index.update(services.values(), slices.values(), "n1", ranges)

@@ -42,8 +42,8 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
-/// What changed in an index since the last [`ObjectIndex::take_changes`]: the keys of the objects added, replaced
-/// or deleted, or everything (a relist replaced the whole contents).
+/// What changed in an index since a consumer last looked ([`ObjectIndex::changes_since`]): the keys of the objects
+/// added, replaced or deleted, or everything (the consumer's first look, or it fell behind the journal).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub all: bool,
@@ -54,24 +54,77 @@ impl Changes {
     pub fn is_empty(&self) -> bool {
         !self.all && self.keys.is_empty()
     }
+}
 
-    fn note(&mut self, key: &ObjectKey) {
-        if !self.all {
-            self.keys.insert(key.clone());
+/// Where one consumer of an index stands in its journal. Every consumer keeps its own, so each sees every change,
+/// whoever else reads the index. A new cursor has seen nothing: its first look returns everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cursor {
+    looked: bool,
+    /// The sequence number of the last change seen.
+    seen: u64,
+}
+
+/// The keys changed, in order, each with its sequence number (from 1). Bounded: past [`Journal::limit`] the oldest
+/// entries go, and a consumer whose cursor is older than what remains gets everything, which is always correct.
+#[derive(Debug, Default)]
+struct Journal {
+    entries: std::collections::VecDeque<(u64, ObjectKey)>,
+    /// The sequence number of the last change noted.
+    last: u64,
+    /// Entries up to this sequence number have been dropped.
+    dropped: u64,
+}
+
+impl Journal {
+    /// At least this many entries are kept; more while the index holds more objects (twice their number).
+    const MIN_LIMIT: usize = 4096;
+
+    fn note(&mut self, key: &ObjectKey, objects: usize) {
+        self.last += 1;
+        self.entries.push_back((self.last, key.clone()));
+        let limit = Self::MIN_LIMIT.max(objects.saturating_mul(2));
+        while self.entries.len() > limit {
+            if let Some((seq, _)) = self.entries.pop_front() {
+                self.dropped = seq;
+            }
         }
+    }
+
+    fn since(&self, cursor: &mut Cursor) -> Changes {
+        let changes = if !cursor.looked || cursor.seen < self.dropped {
+            Changes {
+                all: true,
+                keys: BTreeSet::new(),
+            }
+        } else {
+            let start = self.entries.partition_point(|(seq, _)| *seq <= cursor.seen);
+            Changes {
+                all: false,
+                keys: self
+                    .entries
+                    .range(start..)
+                    .map(|(_, k)| k.clone())
+                    .collect(),
+            }
+        };
+        *cursor = Cursor {
+            looked: true,
+            seen: self.last,
+        };
+        changes
     }
 }
 
 /// The objects of one kind, by key. While a relist is under way the old contents stay visible, and the relisted
-/// set replaces them atomically when the watcher says it is complete. It also keeps the keys changed since the
-/// last [`take_changes`](Self::take_changes), so a consumer can recompute only what changed (the set is bounded by
-/// the number of objects).
+/// set replaces them atomically when the watcher says it is complete. It also keeps a journal of the keys changed,
+/// so that each consumer, with its own [`Cursor`], can recompute only what changed since it last looked.
 #[derive(Debug)]
 pub struct ObjectIndex<K> {
     objects: BTreeMap<ObjectKey, K>,
     relisting: Option<BTreeMap<ObjectKey, K>>,
     synced: bool,
-    changes: Changes,
+    journal: Journal,
 }
 
 impl<K> Default for ObjectIndex<K> {
@@ -80,11 +133,7 @@ impl<K> Default for ObjectIndex<K> {
             objects: BTreeMap::new(),
             relisting: None,
             synced: false,
-            // Nothing has been taken yet: everything is new to a consumer.
-            changes: Changes {
-                all: true,
-                keys: BTreeSet::new(),
-            },
+            journal: Journal::default(),
         }
     }
 }
@@ -108,8 +157,8 @@ impl<K: Resource + Clone> ObjectIndex<K> {
                 return false;
             }
         }
-        self.changes.note(&key);
-        self.objects.insert(key, obj);
+        self.objects.insert(key.clone(), obj);
+        self.journal.note(&key, self.objects.len());
         true
     }
 
@@ -117,7 +166,7 @@ impl<K: Resource + Clone> ObjectIndex<K> {
         let key = ObjectKey::of(obj);
         let gone = self.objects.remove(&key).is_some();
         if gone {
-            self.changes.note(&key);
+            self.journal.note(&key, self.objects.len());
         }
         gone
     }
@@ -127,6 +176,7 @@ impl<K: Resource + Clone> ObjectIndex<K> {
         let fresh: BTreeMap<ObjectKey, K> =
             objs.into_iter().map(|o| (ObjectKey::of(&o), o)).collect();
         let mut changed = false;
+        let objects = fresh.len().max(self.objects.len());
         for (key, obj) in &fresh {
             let rv = &obj.meta().resource_version;
             let same = rv.is_some()
@@ -135,13 +185,13 @@ impl<K: Resource + Clone> ObjectIndex<K> {
                     .get(key)
                     .is_some_and(|old| &old.meta().resource_version == rv);
             if !same {
-                self.changes.note(key);
+                self.journal.note(key, objects);
                 changed = true;
             }
         }
         for key in self.objects.keys() {
             if !fresh.contains_key(key) {
-                self.changes.note(key);
+                self.journal.note(key, objects);
                 changed = true;
             }
         }
@@ -150,9 +200,10 @@ impl<K: Resource + Clone> ObjectIndex<K> {
         changed
     }
 
-    /// The keys changed since the last call (or everything, after a relist or at first), and starts afresh.
-    pub fn take_changes(&mut self) -> Changes {
-        std::mem::take(&mut self.changes)
+    /// The keys changed since `cursor` last looked (everything at its first look, or when it fell behind the
+    /// journal), and moves it to now.
+    pub fn changes_since(&self, cursor: &mut Cursor) -> Changes {
+        self.journal.since(cursor)
     }
 
     /// Applies one watcher event. Returns whether the visible contents changed.
@@ -266,22 +317,53 @@ mod tests {
     }
 
     #[test]
+    fn every_consumer_sees_every_change_and_one_left_behind_gets_everything() {
+        let mut index = ObjectIndex::default();
+        let (mut allocation, mut dataplane) = (Cursor::default(), Cursor::default());
+        assert!(
+            index.changes_since(&mut allocation).all,
+            "a first look on an empty index"
+        );
+        index.apply(svc("a", "web", "1"));
+        assert_eq!(
+            index.changes_since(&mut allocation).keys,
+            BTreeSet::from([ObjectKey::new("a", "web")])
+        );
+        assert!(index.changes_since(&mut dataplane).all);
+        index.apply(svc("a", "db", "1"));
+        for cursor in [&mut allocation, &mut dataplane] {
+            assert_eq!(
+                index.changes_since(cursor).keys,
+                BTreeSet::from([ObjectKey::new("a", "db")]),
+                "one consumer's look takes nothing from another"
+            );
+        }
+        // Past the journal's bound, the consumer that did not look gets everything.
+        for v in 2..(Journal::MIN_LIMIT as u64 + 10) {
+            index.apply(svc("a", "web", &v.to_string()));
+        }
+        assert!(index.changes_since(&mut dataplane).all);
+        assert!(index.changes_since(&mut dataplane).is_empty());
+    }
+
+    #[test]
     fn changes_name_the_keys_touched_since_they_were_last_taken() {
         let mut index = ObjectIndex::default();
+        let mut cursor = Cursor::default();
         index.apply(svc("a", "web", "1"));
         index.apply(svc("a", "db", "1"));
-        // Nothing was taken before: a consumer starts from everything.
-        assert!(index.take_changes().all);
-        assert!(index.take_changes().is_empty());
+        // Nothing was seen before: a consumer starts from everything.
+        assert!(index.changes_since(&mut cursor).all);
+        assert!(index.changes_since(&mut cursor).is_empty());
         index.apply(svc("a", "web", "1"));
         assert!(
-            index.take_changes().is_empty(),
+            index.changes_since(&mut cursor).is_empty(),
             "the same version is no change"
         );
         index.apply(svc("a", "web", "2"));
         index.delete(&svc("a", "db", "1"));
         index.delete(&svc("a", "gone", "1"));
-        let changes = index.take_changes();
+        let changes = index.changes_since(&mut cursor);
         assert!(!changes.all);
         assert_eq!(
             changes.keys,
@@ -289,13 +371,13 @@ mod tests {
         );
         // A relist notes exactly what differs from the contents it replaces.
         index.apply(svc("a", "keep", "3"));
-        index.take_changes();
+        index.changes_since(&mut cursor);
         index.handle(watcher::Event::Init);
         index.handle(watcher::Event::InitApply(svc("a", "keep", "3")));
         index.handle(watcher::Event::InitApply(svc("a", "new", "4")));
         assert!(index.handle(watcher::Event::InitDone));
         assert_eq!(
-            index.take_changes().keys,
+            index.changes_since(&mut cursor).keys,
             BTreeSet::from([ObjectKey::new("a", "new"), ObjectKey::new("a", "web")])
         );
     }
