@@ -38,7 +38,7 @@ use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
 use crate::netif::StrictArpMode;
 use crate::netif::strict_arp::{self, StrictArpMetrics};
-use crate::plan::owner::{Assignment, Cause};
+use crate::plan::owner::{Cause, OwnerChoice};
 use crate::plan::{self, PlanInput, node_plan, node_vips, subnets_annotation};
 use crate::task::Task;
 
@@ -586,7 +586,7 @@ impl Moves {
         &mut self,
         node: &str,
         groups: &[plan::VipGroup],
-        assignments: &BTreeMap<plan::GroupKey, Assignment>,
+        assignments: &BTreeMap<plan::GroupKey, OwnerChoice>,
         actions: &mut [ServiceAction],
     ) {
         let mut now = BTreeMap::new();

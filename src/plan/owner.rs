@@ -116,7 +116,7 @@ impl Cause {
 
 /// The owner of one group, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Assignment {
+pub struct OwnerChoice {
     pub owner: String,
     pub cause: Cause,
 }
@@ -132,7 +132,7 @@ pub fn choose_owners(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<G
 /// The owner of every group that has at least one live eligible node (`l2_nodes ∩ live`), with the cause; groups
 /// without one are absent. Keys are assumed unique, as [`super::input::PlanInput`] makes them; the answer does not
 /// depend on the order of `groups`.
-pub fn assign(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<GroupKey, Assignment> {
+pub fn assign(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<GroupKey, OwnerChoice> {
     // Nodes by index (live is sorted, so indexes follow names): candidate lists and loads are then plain vectors.
     let names: Vec<&str> = live.iter().map(String::as_str).collect();
     let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
@@ -236,7 +236,7 @@ pub fn assign(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<GroupKey
             let (node, cause) = owner?;
             Some((
                 e.group.key,
-                Assignment {
+                OwnerChoice {
                     owner: names[node].to_string(),
                     cause,
                 },
@@ -472,7 +472,7 @@ mod tests {
         assert_eq!(spread(&before, &three), 0);
         // The first round after the join moves exactly one group, to the new node, and says why.
         let first = assign(&groups, &four);
-        let levelled: Vec<&Assignment> =
+        let levelled: Vec<&OwnerChoice> =
             first.values().filter(|a| a.cause == Cause::Level).collect();
         assert_eq!(levelled.len(), 1);
         assert_eq!(levelled[0].owner, "node-3");
