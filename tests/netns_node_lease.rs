@@ -559,3 +559,62 @@ async fn gossip_blocked_on_one_owner_hands_its_vips_over_with_little_overlap() {
         );
     }
 }
+
+/// Scenario: the owner's agent is paused (SIGSTOP) for 1 s, then, once things settled, for 5 s, and resumed
+/// (SIGCONT). The others declare it Down and take its VIPs over; the resumed agent finds them published by their new
+/// owners in its backlog of watch events and yields. Printed: the rounds with two answerers per VIP; asserted: no
+/// more than [`OVERLAP_LIMIT_ROUNDS`], and one answerer per VIP at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_for_one_then_five_seconds_yields_its_vips_on_resuming() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::start(partition_options("paused")).await.unwrap();
+    let _logs = Logs::of(&lab);
+    gossip_settled(&lab).await;
+    for pause in [Duration::from_secs(1), Duration::from_secs(5)] {
+        let before = v4_owners(&lab).await;
+        let paused = before.values().next().unwrap().clone();
+        let pid = lab.agent_pid(&paused).unwrap().to_string();
+        let arp = ArpWatch::start(
+            &lab,
+            before.keys().copied().collect(),
+            Duration::from_millis(20),
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        tokio::time::sleep(pause).await;
+        let resumed = std::process::Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap();
+        assert!(resumed.success());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let log = arp.finish();
+        println!(
+            "{paused}'s agent paused for {} ms, 20 ms ARP probes from the client:",
+            ms(pause)
+        );
+        let worst = overlap(&lab, &log, &before);
+        println!("  longest overlap: {worst} round(s) of 20 ms");
+        assert!(
+            worst <= OVERLAP_LIMIT_ROUNDS,
+            "a VIP was answered by two nodes for {worst} rounds"
+        );
+        for vip in before.keys() {
+            let last: BTreeSet<String> = log
+                .last_answerers(*vip, 10)
+                .iter()
+                .map(|m| node_of(&lab, m))
+                .collect();
+            assert_eq!(last.len(), 1, "{vip}: one answerer at the end: {last:?}");
+        }
+        gossip_settled(&lab).await;
+    }
+}
