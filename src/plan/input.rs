@@ -28,6 +28,8 @@ pub const SUBNETS_ANNOTATION: &str = "ironlb.io/subnets";
 /// Set by a node's agent while it cannot answer ARP/NDP at all (strict ARP not effective), to the reason: no group
 /// is given to it in Layer 2 mode meanwhile.
 pub const CANNOT_ANSWER_ANNOTATION: &str = "ironlb.io/cannot-answer";
+/// The taint an operator sets on a node that is shut down or out of service.
+pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 /// The well-known label that takes a node out of every external load balancer (KEP-1143).
 pub const EXCLUDE_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 /// The label that ties an EndpointSlice to its Service.
@@ -97,6 +99,9 @@ pub struct NodeInfo {
     pub network_unavailable: bool,
     /// From [`CANNOT_ANSWER_ANNOTATION`]: why its agent cannot answer ARP/NDP now.
     pub cannot_answer: Option<String>,
+    /// Cordoned (`spec.unschedulable`) or tainted [`OUT_OF_SERVICE_TAINT`]: its Layer 2 VIPs move to other nodes
+    /// before it is drained or shut down.
+    pub handing_off: bool,
 }
 
 impl NodeInfo {
@@ -291,6 +296,11 @@ fn node_info(node: &Node, warnings: &mut Vec<String>) -> Option<NodeInfo> {
         .and_then(|a| a.get(CANNOT_ANSWER_ANNOTATION))
         .filter(|why| !why.is_empty())
         .cloned();
+    let spec = node.spec.as_ref();
+    let handing_off = spec.and_then(|s| s.unschedulable).unwrap_or(false)
+        || spec
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE_TAINT));
     Some(NodeInfo {
         name,
         excluded: labels.contains_key(EXCLUDE_LABEL),
@@ -298,6 +308,7 @@ fn node_info(node: &Node, warnings: &mut Vec<String>) -> Option<NodeInfo> {
         subnets,
         network_unavailable,
         cannot_answer,
+        handing_off,
     })
 }
 
@@ -478,6 +489,8 @@ fn group(
                 rejected.network_unavailable += 1;
             } else if need_subnet && node.cannot_answer.is_some() {
                 rejected.cannot_answer += 1;
+            } else if need_subnet && node.handing_off {
+                rejected.handing_off += 1;
             } else if need_subnet && !ips.iter().all(|ip| node.has_subnet_for(ip)) {
                 rejected.no_subnet += 1;
             } else if traffic_local && !serving_nodes.contains(&node.name) {
@@ -552,6 +565,7 @@ struct Rejections {
     excluded: usize,
     network_unavailable: usize,
     cannot_answer: usize,
+    handing_off: usize,
     no_subnet: usize,
     no_local_endpoint: usize,
 }
@@ -566,6 +580,7 @@ impl fmt::Display for Rejections {
                 self.cannot_answer,
                 "unable to answer ARP/NDP (see ironlb.io/cannot-answer)",
             ),
+            (self.handing_off, "cordoned or out of service"),
             (self.no_subnet, "without a subnet containing the VIP"),
             (self.no_local_endpoint, "without a serving local endpoint"),
         ];
@@ -602,6 +617,8 @@ pub(crate) mod testing {
         fn label(self, key: &str, value: &str) -> Node;
         fn subnets(self, value: &str) -> Node;
         fn network_unavailable(self) -> Node;
+        fn cordoned(self) -> Node;
+        fn out_of_service(self) -> Node;
     }
 
     impl NodeExt for Node {
@@ -617,6 +634,19 @@ pub(crate) mod testing {
                 .annotations
                 .get_or_insert_with(Default::default)
                 .insert(SUBNETS_ANNOTATION.into(), value.into());
+            self
+        }
+        fn cordoned(mut self) -> Node {
+            self.spec.get_or_insert_default().unschedulable = Some(true);
+            self
+        }
+        fn out_of_service(mut self) -> Node {
+            self.spec.get_or_insert_default().taints =
+                Some(vec![k8s_openapi::api::core::v1::Taint {
+                    key: OUT_OF_SERVICE_TAINT.into(),
+                    effect: "NoExecute".into(),
+                    ..Default::default()
+                }]);
             self
         }
         fn network_unavailable(mut self) -> Node {
@@ -963,6 +993,8 @@ mod tests {
             node("elsewhere").subnets("198.51.100.13/24"),
             node("unpublished"),
             node("ok").subnets("192.0.2.14/24"),
+            node("cordoned").cordoned().subnets("192.0.2.15/24"),
+            node("tainted").out_of_service().subnets("192.0.2.16/24"),
         ];
         let input = plan(
             vec![svc("a").status(&["192.0.2.1"])],
