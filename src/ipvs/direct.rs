@@ -914,15 +914,24 @@ pub fn snat_ruleset(snat: &BTreeSet<ServiceId>) -> String {
     out
 }
 
+/// Why kube-proxy's `config.conf` cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeProxyConfigError {
+    #[error("config.conf is not YAML: {0}")]
+    Yaml(#[source] serde_yaml::Error),
+    #[error("ipvs.excludeCIDRs: {value:?} is not a CIDR")]
+    ExcludeCidr { value: String },
+}
+
 /// What kube-proxy's configuration (`config.conf` of the `kube-system/kube-proxy` ConfigMap) means for direct mode:
 /// `Ok(None)` when kube-proxy does not run in IPVS mode (its cleanup leaves foreign IPVS services alone), else the
 /// pool ranges not inside any of its `ipvs.excludeCIDRs`, whose virtual services its cleanup would delete.
 pub fn kube_proxy_gaps(
     config_conf: &str,
     ranges: &[crate::config::IpRange],
-) -> Result<Option<Vec<crate::config::IpRange>>, String> {
+) -> Result<Option<Vec<crate::config::IpRange>>, KubeProxyConfigError> {
     let conf: serde_yaml::Value =
-        serde_yaml::from_str(config_conf).map_err(|e| format!("config.conf is not YAML: {e}"))?;
+        serde_yaml::from_str(config_conf).map_err(KubeProxyConfigError::Yaml)?;
     let mode = conf.get("mode").and_then(|m| m.as_str()).unwrap_or("");
     if !mode.eq_ignore_ascii_case("ipvs") {
         return Ok(None);
@@ -936,10 +945,12 @@ pub fn kube_proxy_gaps(
         .flatten()
     {
         let text = cidr.as_str().unwrap_or_default();
-        let net: ipnet::IpNet = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("ipvs.excludeCIDRs: {text:?} is not a CIDR"))?;
+        let net: ipnet::IpNet =
+            text.trim()
+                .parse()
+                .map_err(|_| KubeProxyConfigError::ExcludeCidr {
+                    value: text.to_string(),
+                })?;
         excluded.push(net);
     }
     Ok(Some(
@@ -1354,13 +1365,24 @@ mod tests {
         );
         let none = kube_proxy_gaps("mode: ipvs\n", &ranges).unwrap().unwrap();
         assert_eq!(none.len(), 3);
-        assert_eq!(kube_proxy_gaps("mode: iptables\n", &ranges), Ok(None));
-        assert_eq!(kube_proxy_gaps("mode: \"\"\n", &ranges), Ok(None));
+        assert!(matches!(
+            kube_proxy_gaps("mode: iptables\n", &ranges),
+            Ok(None)
+        ));
+        assert!(matches!(kube_proxy_gaps("mode: \"\"\n", &ranges), Ok(None)));
+        let bad = kube_proxy_gaps("mode: ipvs\nipvs:\n  excludeCIDRs: [nonsense]\n", &ranges)
+            .unwrap_err();
         assert!(
-            kube_proxy_gaps("mode: ipvs\nipvs:\n  excludeCIDRs: [nonsense]\n", &ranges)
-                .unwrap_err()
-                .contains("nonsense")
+            matches!(&bad, KubeProxyConfigError::ExcludeCidr { value } if value == "nonsense"),
+            "{bad:?}"
         );
-        assert!(kube_proxy_gaps("mode: [", &ranges).is_err());
+        assert_eq!(
+            bad.to_string(),
+            "ipvs.excludeCIDRs: \"nonsense\" is not a CIDR"
+        );
+        assert!(matches!(
+            kube_proxy_gaps("mode: [", &ranges),
+            Err(KubeProxyConfigError::Yaml(_))
+        ));
     }
 }
