@@ -8,8 +8,11 @@
 //! - nothing is allocated or announced before every watch has listed once (an IP not yet seen could be handed out);
 //! - only the allocator allocates, and a burst of changes costs one allocation pass (a short settle delay);
 //! - an allocation pass that failed to write is retried after the delay it asked for, without blocking anything;
-//! - every change that can move an announcement asks for an announcement pass at once, stamped with the time the
-//!   change was seen; one that failed to write is retried after [`ANNOUNCE_RETRY`];
+//! - every change that can move an announcement asks for an announcement pass, stamped with the time the change was
+//!   seen. It runs at once unless the previous pass's writes are still out; then the changes gathered meanwhile cost
+//!   one pass when they report (a pass is a full recompute: one per watch event would be quadratic in a burst).
+//!   A change of liveness (membership, node Leases in use) never waits: that is the failover path. A pass whose
+//!   writes failed is retried after [`ANNOUNCE_RETRY`];
 //! - a change of BGP passwords asks for an announcement pass only: allocation does not depend on them;
 //! - the memory an allocation pass freed goes back to the system once passes have been quiet for [`TRIM_AFTER`].
 
@@ -99,6 +102,10 @@ pub struct Core {
     announce: Option<Instant>,
     /// While set, an announcement pass waits for it (a failed write's retry).
     announce_retry: Deadline,
+    /// An announcement pass is out and its writes have not reported yet.
+    announcing: bool,
+    /// The pending announcement follows a change of liveness: it runs even while writes are out.
+    urgent: bool,
     trim: Deadline,
 }
 
@@ -118,6 +125,8 @@ impl Core {
             allocate: Deadline::default(),
             announce: None,
             announce_retry: Deadline::default(),
+            announcing: false,
+            urgent: false,
             trim: Deadline::default(),
         }
     }
@@ -183,10 +192,14 @@ impl Core {
                     }
                 }
             }
-            Input::Membership => self.want_announcement(now),
+            Input::Membership => {
+                self.urgent = true;
+                self.want_announcement(now);
+            }
             Input::NodeLeases { in_use } => {
                 // With healthy gossip the Leases move nothing.
                 if in_use {
+                    self.urgent = true;
                     self.want_announcement(now);
                 }
             }
@@ -214,6 +227,7 @@ impl Core {
                 self.trim.set(now + TRIM_AFTER);
             }
             Input::Announced { ok, written } => {
+                self.announcing = false;
                 self.fold(written);
                 if !ok {
                     self.want_announcement(now);
@@ -236,6 +250,8 @@ impl Core {
         }
         if let Some(trigger) = self.announcement_due(now) {
             self.announce = None;
+            self.announcing = true;
+            self.urgent = false;
             self.announce_retry.clear();
             self.refresh_config();
             out.push(Output::Announce { trigger });
@@ -246,8 +262,8 @@ impl Core {
     /// The trigger of an announcement pass that may run now.
     fn announcement_due(&self, now: Instant) -> Option<Instant> {
         let trigger = self.announce?;
-        let waiting = self.announce_retry.at().is_some_and(|at| at > now);
-        (self.state.is_synced() && !waiting).then_some(trigger)
+        let waiting = self.announcing || self.announce_retry.at().is_some_and(|at| at > now);
+        (self.state.is_synced() && (self.urgent || !waiting)).then_some(trigger)
     }
 
     /// Takes in what a write returned. An object deleted meanwhile stays deleted, and an older version than the
@@ -433,6 +449,13 @@ mod tests {
             ),
             [Output::Announce { trigger: t1 }]
         );
+        core.handle(
+            Input::Announced {
+                ok: true,
+                written: Written::default(),
+            },
+            t1 + ms(10),
+        );
         // A change during the wait neither hastens the retry nor holds up announcing it.
         let t2 = t1 + ms(100);
         assert_eq!(
@@ -482,14 +505,30 @@ mod tests {
             []
         );
         assert_eq!(core.next_deadline(), Some(t0 + ms(1) + ANNOUNCE_RETRY));
-        // A membership change meanwhile waits for the retry too, and keeps the older trigger.
-        assert_eq!(core.handle(Input::Membership, t0 + ms(50)), []);
         assert_eq!(
             core.handle(Input::Timer, t0 + ms(1) + ANNOUNCE_RETRY),
             [Output::Announce {
                 trigger: t0 + ms(1)
             }]
         );
+        assert_eq!(
+            core.handle(
+                Input::Announced {
+                    ok: false,
+                    written: Written::default()
+                },
+                t0 + ms(250)
+            ),
+            []
+        );
+        // A membership change does not wait for the retry (it is the failover path), and keeps the older trigger.
+        assert_eq!(
+            core.handle(Input::Membership, t0 + ms(260)),
+            [Output::Announce {
+                trigger: t0 + ms(250)
+            }]
+        );
+        assert_eq!(core.handle(Input::Timer, t0 + ms(250) + ANNOUNCE_RETRY), []);
         assert_eq!(
             core.handle(
                 Input::Announced {
@@ -559,8 +598,19 @@ mod tests {
                 trigger: t0 + ms(1)
             }]
         );
+        // A look at the node is no failover: it waits for the pass's writes.
         assert_eq!(
             core.handle(Input::Refresh { node_changed: true }, t0 + ms(2)),
+            []
+        );
+        assert_eq!(
+            core.handle(
+                Input::Announced {
+                    ok: true,
+                    written: Written::default()
+                },
+                t0 + ms(3)
+            ),
             [Output::Announce {
                 trigger: t0 + ms(2)
             }]
@@ -695,5 +745,50 @@ mod tests {
             t0,
         );
         assert_eq!(rv_of(&core, "web").as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn changes_while_announcement_writes_are_out_cost_one_pass_but_liveness_never_waits() {
+        let t0 = Instant::now();
+        let mut core = core();
+        let mut first = synced();
+        first.push(service("web", "1"));
+        assert_eq!(
+            core.handle(changes(first, t0), t0),
+            [Output::Ready, Output::Announce { trigger: t0 }]
+        );
+        // The writes are out: a burst of Service changes asks for nothing yet.
+        for i in 1..=50u64 {
+            let at = t0 + ms(i);
+            assert_eq!(
+                core.handle(changes(vec![service(&format!("s{i}"), "1")], at), at),
+                []
+            );
+        }
+        assert_eq!(
+            core.next_deadline(),
+            None,
+            "the burst waits for the writes, not a timer"
+        );
+        // They report: one pass for the whole burst, stamped with its first change.
+        assert_eq!(
+            core.handle(
+                Input::Announced {
+                    ok: true,
+                    written: Written::default()
+                },
+                t0 + ms(60)
+            ),
+            [Output::Announce {
+                trigger: t0 + ms(1)
+            }]
+        );
+        // A membership change runs at once, writes out or not.
+        assert_eq!(
+            core.handle(Input::Membership, t0 + ms(61)),
+            [Output::Announce {
+                trigger: t0 + ms(61)
+            }]
+        );
     }
 }
