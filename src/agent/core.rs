@@ -6,7 +6,8 @@
 //!
 //! The rules it keeps:
 //! - nothing is allocated or announced before every watch has listed once (an IP not yet seen could be handed out);
-//! - only the allocator allocates, and a burst of changes costs one allocation pass (a short settle delay);
+//! - only the allocator allocates, and a burst of changes costs one allocation pass (a short settle delay, never more
+//!   than [`SETTLE_AT_MOST`] after the first change of the burst);
 //! - an allocation pass that failed to write is retried after the delay it asked for, without blocking anything;
 //! - every change that can move an announcement asks for an announcement pass, stamped with the time the change was
 //!   seen. It runs at once unless the previous pass's writes are still out; then the changes gathered meanwhile cost
@@ -29,6 +30,9 @@ use crate::task::Deadline;
 
 /// How long a burst of changes may go on before the allocation pass runs.
 pub const SETTLE: Duration = Duration::from_millis(10);
+/// The longest a stream of changes can hold the allocation pass back: it runs at most this long after the first
+/// change it has not passed over, however often changes keep coming.
+pub const SETTLE_AT_MOST: Duration = Duration::from_millis(100);
 /// How long after a failed announcement write the pass runs again.
 pub const ANNOUNCE_RETRY: Duration = Duration::from_millis(200);
 /// How long allocation passes must have been quiet before freed memory is returned.
@@ -96,6 +100,8 @@ pub struct Core {
     dirty: bool,
     /// An allocation pass is out and its writes have not reported yet: the next one waits for them.
     allocating: bool,
+    /// The first change not yet passed over, while `dirty`.
+    dirty_since: Instant,
     /// When the allocation pass runs, once `dirty` and leading and synced.
     allocate: Deadline,
     /// The first unhandled change that needs an announcement pass, if any.
@@ -122,6 +128,7 @@ impl Core {
             leading: false,
             dirty: false,
             allocating: false,
+            dirty_since: Instant::now(),
             allocate: Deadline::default(),
             announce: None,
             announce_retry: Deadline::default(),
@@ -187,7 +194,9 @@ impl Core {
                     self.leading = leading;
                     out.push(Output::Leading(leading));
                     if leading {
-                        // A new allocator recomputes everything from the Services' status.
+                        // A new allocator recomputes everything from the Services' status; what a follower noted
+                        // dirty before counts from now.
+                        self.dirty = false;
                         self.mark_dirty(now);
                     }
                 }
@@ -288,9 +297,13 @@ impl Core {
     /// A change for the allocator: the pass runs [`SETTLE`] after the last one, unless a retry is already set.
     fn mark_dirty(&mut self, now: Instant) {
         let retrying = self.dirty && self.allocate.at().is_some_and(|at| at > now + SETTLE);
+        if !self.dirty {
+            self.dirty_since = now;
+        }
         self.dirty = true;
         if !retrying {
-            self.allocate.set(now + SETTLE);
+            self.allocate
+                .set((now + SETTLE).min(self.dirty_since + SETTLE_AT_MOST));
         }
     }
 
@@ -790,5 +803,29 @@ mod tests {
                 trigger: t0 + ms(61)
             }]
         );
+    }
+
+    #[test]
+    fn a_stream_of_changes_holds_allocation_back_at_most_settle_at_most() {
+        let t0 = Instant::now();
+        let mut core = core();
+        core.handle(changes(synced(), t0), t0);
+        core.handle(Input::Leadership(true), t0);
+        assert_eq!(core.handle(Input::Timer, t0 + SETTLE), [Output::Allocate]);
+        core.handle(
+            Input::Allocated {
+                wrote: false,
+                retry: None,
+                written: Written::default(),
+            },
+            t0 + SETTLE,
+        );
+        // A change every 5 ms, each inside the settle delay of the one before.
+        let start = t0 + ms(20);
+        for i in 0..40u64 {
+            let at = start + ms(5 * i);
+            core.handle(changes(vec![service(&format!("s{i}"), "1")], at), at);
+        }
+        assert_eq!(core.next_deadline(), Some(start + SETTLE_AT_MOST));
     }
 }

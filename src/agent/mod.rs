@@ -484,6 +484,15 @@ pub async fn run_with(
                 leases_open = changed.is_ok();
                 Input::NodeLeases { in_use: liveness.standing() != crate::gossip::Standing::Connected }
             }
+            // Before the watches: a flood of changes must not starve the results that let passes run again.
+            Some(result) = results.recv() => {
+                if matches!(result, Input::Allocated { .. }) {
+                    todo.extend(core.handle(result, Instant::now()));
+                    record_usage(&metrics, &core.state, core.validated(), &failures);
+                    continue;
+                }
+                result
+            }
             change = changes.recv() => {
                 let Some(change) = change else { break };
                 let seen = Instant::now();
@@ -492,14 +501,6 @@ pub async fn run_with(
                     .chain(std::iter::from_fn(|| changes.try_recv().ok()))
                     .collect();
                 Input::Changes { changes, seen }
-            }
-            Some(result) = results.recv() => {
-                if matches!(result, Input::Allocated { .. }) {
-                    todo.extend(core.handle(result, Instant::now()));
-                    record_usage(&metrics, &core.state, core.validated(), &failures);
-                    continue;
-                }
-                result
             }
             _ = announcer.local_changed() => Input::Refresh { node_changed: true },
             _ = bgp.status_changed() => {
