@@ -12,8 +12,9 @@
 //! - every change that can move an announcement asks for an announcement pass, stamped with the time the change was
 //!   seen. It runs at once unless the previous pass's writes are still out; then the changes gathered meanwhile cost
 //!   one pass when they report (a pass is a full recompute: one per watch event would be quadratic in a burst).
-//!   A change of liveness (membership, node Leases in use) never waits: that is the failover path. A pass whose
-//!   writes failed is retried after [`ANNOUNCE_RETRY`];
+//!   A change of liveness (membership, node Leases in use) never waits: that is the failover path. Others also wait
+//!   as long as the last pass took ([`Core::announcement_took`]), so that a stream of changes cannot keep the loop
+//!   (and the node's CPU) busy with passes. A pass whose writes failed is retried after [`ANNOUNCE_RETRY`];
 //! - a change of BGP passwords asks for an announcement pass only: allocation does not depend on them;
 //! - the memory an allocation pass freed goes back to the system once passes have been quiet for [`TRIM_AFTER`].
 
@@ -112,6 +113,9 @@ pub struct Core {
     announcing: bool,
     /// The pending announcement follows a change of liveness: it runs even while writes are out.
     urgent: bool,
+    /// Until then the next announcement pass waits, unless urgent: as long as the last one took, so that passes
+    /// use at most half of the loop's time during a stream of changes.
+    announce_hold: Deadline,
     trim: Deadline,
 }
 
@@ -134,6 +138,7 @@ impl Core {
             announce_retry: Deadline::default(),
             announcing: false,
             urgent: false,
+            announce_hold: Deadline::default(),
             trim: Deadline::default(),
         }
     }
@@ -150,7 +155,13 @@ impl Core {
 
     /// The earliest instant at which [`Input::Timer`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let announce = self.announce.and(self.announce_retry.at());
+        // A pending announcement waits for the later of its retry delay and its CPU share, once its writes are in.
+        let announce = self.announce.filter(|_| !self.announcing).and(
+            [self.announce_retry.at(), self.announce_hold.at()]
+                .into_iter()
+                .flatten()
+                .max(),
+        );
         [self.allocation_due(), announce, self.trim.at()]
             .into_iter()
             .flatten()
@@ -268,10 +279,18 @@ impl Core {
         out
     }
 
+    /// The last announcement pass took `took` of the loop's time, ending at `now`: the next one that is not urgent
+    /// waits as long.
+    pub fn announcement_took(&mut self, took: Duration, now: Instant) {
+        self.announce_hold.set(now + took);
+    }
+
     /// The trigger of an announcement pass that may run now.
     fn announcement_due(&self, now: Instant) -> Option<Instant> {
         let trigger = self.announce?;
-        let waiting = self.announcing || self.announce_retry.at().is_some_and(|at| at > now);
+        let waiting = self.announcing
+            || self.announce_retry.at().is_some_and(|at| at > now)
+            || self.announce_hold.at().is_some_and(|at| at > now);
         (self.state.is_synced() && (self.urgent || !waiting)).then_some(trigger)
     }
 
@@ -827,5 +846,51 @@ mod tests {
             core.handle(changes(vec![service(&format!("s{i}"), "1")], at), at);
         }
         assert_eq!(core.next_deadline(), Some(start + SETTLE_AT_MOST));
+    }
+
+    #[test]
+    fn announcement_passes_take_at_most_half_the_loop_unless_liveness_changed() {
+        let t0 = Instant::now();
+        let mut core = core();
+        let mut first = synced();
+        first.push(service("web", "1"));
+        assert_eq!(
+            core.handle(changes(first, t0), t0),
+            [Output::Ready, Output::Announce { trigger: t0 }]
+        );
+        // That pass took 40 ms of CPU; its writes report at once.
+        core.announcement_took(ms(40), t0 + ms(40));
+        let t1 = t0 + ms(41);
+        core.handle(changes(vec![service("db", "1")], t1), t1);
+        assert_eq!(
+            core.handle(
+                Input::Announced {
+                    ok: true,
+                    written: Written::default()
+                },
+                t1
+            ),
+            []
+        );
+        assert_eq!(core.next_deadline(), Some(t0 + ms(80)));
+        assert_eq!(
+            core.handle(Input::Timer, t0 + ms(80)),
+            [Output::Announce { trigger: t1 }]
+        );
+        core.announcement_took(ms(40), t0 + ms(120));
+        core.handle(
+            Input::Announced {
+                ok: true,
+                written: Written::default(),
+            },
+            t0 + ms(121),
+        );
+        assert_eq!(
+            core.handle(Input::Membership, t0 + ms(122)),
+            [Output::Announce {
+                trigger: t0 + ms(122)
+            }],
+            "a change of liveness does not wait"
+        );
     }
 }

@@ -439,6 +439,7 @@ pub async fn run_with(
                     let _ = passes_tx.send(pass);
                 }
                 Output::Announce { trigger } => {
+                    let started = Instant::now();
                     let writes = announce(
                         &mut core,
                         &args,
@@ -449,6 +450,8 @@ pub async fn run_with(
                         trigger.into_std(),
                     );
                     let _ = own_tx.send(writes);
+                    let now = Instant::now();
+                    core.announcement_took(now - started, now);
                 }
                 Output::TrimMemory => return_freed_memory(),
             }
@@ -493,6 +496,8 @@ pub async fn run_with(
                 }
                 result
             }
+            // A due pass must not wait for a quiet moment either.
+            _ = sleep_until(core.next_deadline()) => Input::Timer,
             change = changes.recv() => {
                 let Some(change) = change else { break };
                 let seen = Instant::now();
@@ -518,7 +523,6 @@ pub async fn run_with(
                 // Every renewal moves the deadline; the core acts on a change of role only.
                 Input::Leadership(leader.borrow_and_update().is_some())
             }
-            _ = sleep_until(core.next_deadline()) => Input::Timer,
         };
         todo.extend(core.handle(input, Instant::now()));
     }
