@@ -205,10 +205,14 @@ fn has_ip(svc: &Service) -> bool {
 fn track_allocations(api: Api<Service>) -> tokio::sync::watch::Receiver<BTreeMap<String, Instant>> {
     let (tx, rx) = tokio::sync::watch::channel(BTreeMap::new());
     tokio::spawn(async move {
+        // A watch error (the server closing a long watch, a relist) must not end the tracking: with it ended,
+        // every later wait reads as "not allocated".
         let mut stream = watcher(api, watcher::Config::default())
+            .default_backoff()
             .applied_objects()
             .boxed();
-        while let Some(Ok(svc)) = stream.next().await {
+        while let Some(item) = stream.next().await {
+            let Ok(svc) = item else { continue };
             if has_ip(&svc) {
                 let name = svc.metadata.name.clone().unwrap_or_default();
                 tx.send_if_modified(|m| match m.entry(name) {
