@@ -357,17 +357,7 @@ async fn owner_killed_while_gossip_is_blocked_fails_over_through_node_leases() {
     let _logs = Logs::of(&lab);
     first_v4(&lab).await;
     let nodes = lab.node_names();
-    wait_until(
-        "gossip to be healthy on every agent",
-        Duration::from_secs(20),
-        || async {
-            nodes.iter().all(|n| {
-                lab.metrics(n)
-                    .is_ok_and(|t| metric(&t, "ironlb_membership_healthy") == Some(1.0))
-            })
-        },
-    )
-    .await;
+    gossip_settled(&lab).await;
     for node in &lab.topology.nodes {
         block_gossip(&node.netns);
     }
@@ -416,16 +406,18 @@ fn partition_options(tag: &str) -> LabOptions {
     netns_support::options(&format!("ilb-nl-{tag}"), 3, 6, "enforce", &[])
 }
 
-/// Waits until gossip is healthy on every agent and every agent sees all three members.
+/// Waits until gossip is healthy on every agent and every agent counts every node a member.
 async fn gossip_settled(lab: &Lab) {
     let nodes = lab.node_names();
     wait_until(
-        "gossip to be healthy on every agent",
+        "gossip to be healthy on every agent, with every node a member",
         Duration::from_secs(20),
         || async {
             nodes.iter().all(|n| {
-                lab.metrics(n)
-                    .is_ok_and(|t| metric(&t, "ironlb_membership_healthy") == Some(1.0))
+                lab.metrics(n).is_ok_and(|t| {
+                    metric(&t, "ironlb_membership_healthy") == Some(1.0)
+                        && metric(&t, "ironlb_membership_members") == Some(nodes.len() as f64)
+                })
             })
         },
     )

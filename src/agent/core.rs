@@ -387,6 +387,23 @@ mod tests {
         Input::Changes { changes, seen }
     }
 
+    /// The announcement writer's report, with nothing written back.
+    fn reported(ok: bool) -> Input {
+        Input::Announced {
+            ok,
+            written: Written::default(),
+        }
+    }
+
+    /// The allocation writer's report, with nothing written back.
+    fn allocated(wrote: bool, retry: Option<Duration>) -> Input {
+        Input::Allocated {
+            wrote,
+            retry,
+            written: Written::default(),
+        }
+    }
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
@@ -421,13 +438,7 @@ mod tests {
         let t0 = Instant::now();
         let mut core = core();
         core.handle(changes(synced(), t0), t0);
-        core.handle(
-            Input::Announced {
-                ok: true,
-                written: Written::default(),
-            },
-            t0,
-        );
+        core.handle(reported(true), t0);
         for i in 0..5u64 {
             let t = t0 + ms(i * 2);
             core.handle(changes(vec![service(&format!("s{i}"), "1")], t), t);
@@ -471,23 +482,10 @@ mod tests {
         assert_eq!(core.handle(Input::Timer, t0 + SETTLE), [Output::Allocate]);
         let t1 = t0 + ms(50);
         assert_eq!(
-            core.handle(
-                Input::Allocated {
-                    wrote: true,
-                    retry: Some(Duration::from_secs(1)),
-                    written: Written::default(),
-                },
-                t1
-            ),
+            core.handle(allocated(true, Some(Duration::from_secs(1))), t1),
             [Output::Announce { trigger: t1 }]
         );
-        core.handle(
-            Input::Announced {
-                ok: true,
-                written: Written::default(),
-            },
-            t1 + ms(10),
-        );
+        core.handle(reported(true), t1 + ms(10));
         // A change during the wait neither hastens the retry nor holds up announcing it.
         let t2 = t1 + ms(100);
         assert_eq!(
@@ -502,17 +500,7 @@ mod tests {
         );
         // Then the freed memory is returned once passes are quiet.
         let t3 = t1 + Duration::from_secs(1);
-        assert_eq!(
-            core.handle(
-                Input::Allocated {
-                    wrote: false,
-                    retry: None,
-                    written: Written::default(),
-                },
-                t3
-            ),
-            []
-        );
+        assert_eq!(core.handle(allocated(false, None), t3), []);
         assert_eq!(core.next_deadline(), Some(t3 + TRIM_AFTER));
         assert_eq!(
             core.handle(Input::Timer, t3 + TRIM_AFTER),
@@ -526,16 +514,7 @@ mod tests {
         let t0 = Instant::now();
         let mut core = core();
         core.handle(changes(synced(), t0), t0);
-        assert_eq!(
-            core.handle(
-                Input::Announced {
-                    ok: false,
-                    written: Written::default()
-                },
-                t0 + ms(1)
-            ),
-            []
-        );
+        assert_eq!(core.handle(reported(false), t0 + ms(1)), []);
         assert_eq!(core.next_deadline(), Some(t0 + ms(1) + ANNOUNCE_RETRY));
         assert_eq!(
             core.handle(Input::Timer, t0 + ms(1) + ANNOUNCE_RETRY),
@@ -543,16 +522,7 @@ mod tests {
                 trigger: t0 + ms(1)
             }]
         );
-        assert_eq!(
-            core.handle(
-                Input::Announced {
-                    ok: false,
-                    written: Written::default()
-                },
-                t0 + ms(250)
-            ),
-            []
-        );
+        assert_eq!(core.handle(reported(false), t0 + ms(250)), []);
         // A membership change does not wait for the retry (it is the failover path), and keeps the older trigger.
         assert_eq!(
             core.handle(Input::Membership, t0 + ms(260)),
@@ -561,16 +531,7 @@ mod tests {
             }]
         );
         assert_eq!(core.handle(Input::Timer, t0 + ms(250) + ANNOUNCE_RETRY), []);
-        assert_eq!(
-            core.handle(
-                Input::Announced {
-                    ok: true,
-                    written: Written::default()
-                },
-                t0 + ms(300)
-            ),
-            []
-        );
+        assert_eq!(core.handle(reported(true), t0 + ms(300)), []);
         assert_eq!(core.next_deadline(), None);
     }
 
@@ -581,13 +542,7 @@ mod tests {
         core.handle(Input::Leadership(true), t0);
         core.handle(changes(synced(), t0), t0);
         core.handle(Input::Timer, t0 + SETTLE);
-        core.handle(
-            Input::Announced {
-                ok: true,
-                written: Written::default(),
-            },
-            t0 + SETTLE,
-        );
+        core.handle(reported(true), t0 + SETTLE);
         let t2 = t0 + ms(200);
         assert_eq!(
             core.handle(changes(vec![secret("md5", "1")], t2), t2),
@@ -607,13 +562,7 @@ mod tests {
         let t0 = Instant::now();
         let mut core = core();
         core.handle(changes(synced(), t0), t0);
-        core.handle(
-            Input::Announced {
-                ok: true,
-                written: Written::default(),
-            },
-            t0,
-        );
+        core.handle(reported(true), t0);
         assert_eq!(core.handle(Input::NodeLeases { in_use: false }, t0), []);
         assert_eq!(
             core.handle(
@@ -636,13 +585,7 @@ mod tests {
             []
         );
         assert_eq!(
-            core.handle(
-                Input::Announced {
-                    ok: true,
-                    written: Written::default()
-                },
-                t0 + ms(3)
-            ),
+            core.handle(reported(true), t0 + ms(3)),
             [Output::Announce {
                 trigger: t0 + ms(2)
             }]
@@ -654,13 +597,7 @@ mod tests {
         let t0 = Instant::now();
         let mut core = core();
         core.handle(changes(synced(), t0), t0);
-        core.handle(
-            Input::Announced {
-                ok: true,
-                written: Written::default(),
-            },
-            t0,
-        );
+        core.handle(reported(true), t0);
         assert_eq!(core.next_deadline(), None);
         assert_eq!(
             core.handle(Input::Leadership(true), t0),
@@ -697,13 +634,7 @@ mod tests {
             changes(vec![service("web", "1"), service("gone", "1")], t0),
             t0,
         );
-        core.handle(
-            Input::Announced {
-                ok: true,
-                written: Written::default(),
-            },
-            t0,
-        );
+        core.handle(reported(true), t0);
         core.handle(Input::Leadership(true), t0);
         assert_eq!(core.handle(Input::Timer, t0 + SETTLE), [Output::Allocate]);
 
@@ -714,13 +645,7 @@ mod tests {
             core.handle(changes(vec![service("db", "1"), gone], t1), t1),
             [Output::Announce { trigger: t1 }]
         );
-        core.handle(
-            Input::Announced {
-                ok: true,
-                written: Written::default(),
-            },
-            t1,
-        );
+        core.handle(reported(true), t1);
         assert_eq!(
             core.next_deadline(),
             None,
@@ -804,13 +729,7 @@ mod tests {
         );
         // They report: one pass for the whole burst, stamped with its first change.
         assert_eq!(
-            core.handle(
-                Input::Announced {
-                    ok: true,
-                    written: Written::default()
-                },
-                t0 + ms(60)
-            ),
+            core.handle(reported(true), t0 + ms(60)),
             [Output::Announce {
                 trigger: t0 + ms(1)
             }]
@@ -831,14 +750,7 @@ mod tests {
         core.handle(changes(synced(), t0), t0);
         core.handle(Input::Leadership(true), t0);
         assert_eq!(core.handle(Input::Timer, t0 + SETTLE), [Output::Allocate]);
-        core.handle(
-            Input::Allocated {
-                wrote: false,
-                retry: None,
-                written: Written::default(),
-            },
-            t0 + SETTLE,
-        );
+        core.handle(allocated(false, None), t0 + SETTLE);
         // A change every 5 ms, each inside the settle delay of the one before.
         let start = t0 + ms(20);
         for i in 0..40u64 {
@@ -862,29 +774,14 @@ mod tests {
         core.announcement_took(ms(40), t0 + ms(40));
         let t1 = t0 + ms(41);
         core.handle(changes(vec![service("db", "1")], t1), t1);
-        assert_eq!(
-            core.handle(
-                Input::Announced {
-                    ok: true,
-                    written: Written::default()
-                },
-                t1
-            ),
-            []
-        );
+        assert_eq!(core.handle(reported(true), t1), []);
         assert_eq!(core.next_deadline(), Some(t0 + ms(80)));
         assert_eq!(
             core.handle(Input::Timer, t0 + ms(80)),
             [Output::Announce { trigger: t1 }]
         );
         core.announcement_took(ms(40), t0 + ms(120));
-        core.handle(
-            Input::Announced {
-                ok: true,
-                written: Written::default(),
-            },
-            t0 + ms(121),
-        );
+        core.handle(reported(true), t0 + ms(121));
         assert_eq!(
             core.handle(Input::Membership, t0 + ms(122)),
             [Output::Announce {
