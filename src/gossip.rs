@@ -489,10 +489,11 @@ impl MembershipMetrics {
 /// How long gossip may be cut off from every expected peer before it reports itself unhealthy, given the node Lease
 /// fallback's duration (None: the fallback is off).
 ///
-/// Until then an isolated agent sees itself alone and claims every VIP, so shorter is better, as long as the fallback
-/// knows about dead nodes by the time it takes over. Node Ready needs the kubelet's 40 s grace, hence 60 s without
-/// Leases. With them, a dead node's Lease is stale a duration after it died, so the grace only has to outlast a
-/// gossip hiccup and a rejoin (detection takes under a second): 5 s, or the Lease duration if longer.
+/// Until then a cut-off agent keeps its last view and claims only what the node Leases show orphaned
+/// ([`Standing::CutOff`]); after it, the Leases decide alone and nothing moves to level ([`Standing::Unhealthy`]).
+/// The fallback must know about dead nodes by the time it decides: Node Ready needs the kubelet's 40 s grace, hence
+/// 60 s without Leases. With them, a dead node's Lease is stale a duration after it died, so the grace only has to
+/// outlast a gossip hiccup and a rejoin (detection takes under a second): 5 s, or the Lease duration if longer.
 pub fn isolation_grace(lease_duration: Option<Duration>) -> Duration {
     match lease_duration {
         Some(duration) => duration.max(Duration::from_secs(5)),
