@@ -1,7 +1,7 @@
 //! The `ironlb check` and `ironlb migrate` commands, as functions `main` calls with its arguments and stdout.
 //!
 //! They load, validate or convert, and print; the exit status is the caller's, from the returned bool. Nothing
-//! here decides anything that [`super::validate`] or [`super::legacy`] do not already decide.
+//! here decides anything that [`super::validate()`] or [`super::legacy`] do not already decide.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //!
 //! IronLB reads MetalLB's objects unchanged, so these types mirror MetalLB's schemas field for field, with the same
 //! camelCase names. They hold what the user wrote and nothing more: every field is optional where MetalLB's is, and
-//! no value is checked here. Meaning and checks belong to [`super::validate`]; a field we do not act on yet still
+//! no value is checked here. Meaning and checks belong to [`super::validate()`]; a field we do not act on yet still
 //! has to round-trip, so it is modelled here and warned about there.
 
 // Several `printcolumn(...)` groups in one `#[kube]` attribute repeat `type_ = "string"`; clippy reads those as

@@ -236,7 +236,7 @@ pub fn classify(mut value: Value, origin: &str, out: &mut Vec<Document>) {
     out.push(doc.unwrap_or_else(Document::Malformed));
 }
 
-/// Every configuration object, by kind: what [`super::validate`] takes. The agent fills it from API watches; the
+/// Every configuration object, by kind: what [`super::validate()`] takes. The agent fills it from API watches; the
 /// CLI from files with [`Sources::from_documents`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Sources {

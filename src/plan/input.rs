@@ -4,7 +4,7 @@
 //! This module owns the eligibility rules (`docs/design.md#eligibility`): which nodes may announce a VIP in Layer 2
 //! mode and which may advertise it over BGP, and, when none may, why not, in words fit for an Event. It reads
 //! Services, EndpointSlices, Nodes and the validated [`Config`]; it never chooses an owner (that is
-//! [`super::owner`]) and never looks at this node's links (that is [`super::node_plan`]). Nothing from the API can
+//! [`super::owner`]) and never looks at this node's links (that is [`super::node_plan()`]). Nothing from the API can
 //! make it panic: a malformed annotation entry is skipped and reported in [`PlanInput::warnings`].
 //!
 //! A VIP group is the unit of ownership. The IPs of a dual-stack Service form one group, so that the node answering
@@ -73,7 +73,7 @@ pub struct VipGroup {
     /// Nodes that may own the group in Layer 2 mode.
     pub l2_nodes: BTreeSet<String>,
     /// For each node of `l2_nodes`, where it may answer: the union of the `interfaces` of the L2Advertisements that
-    /// select it, enforced by [`super::node_plan`] on the node itself.
+    /// select it, enforced by [`super::node_plan()`] on the node itself.
     pub l2_interfaces: BTreeMap<String, Interfaces>,
     /// Why no node may announce it in Layer 2 mode; `None` when `l2_nodes` is not empty.
     pub l2_not_announced: Option<NotAnnounced>,
