@@ -11,7 +11,7 @@
 //!  ├─ allocation writer (writer) ◀── Pass ── leadership-gated Service writes, Events ──┐ (gate) ◀─┘             │
 //!  ├─ announcement writer (writer) ◀─ OwnWrites ── Node and owned Service writes ──────┤─ mpsc<Input> results ─┤
 //!  └─ metrics listener (telemetry) ◀── watch<bool> ready                                │                       │
-//!  owned by the announcer: gossip membership ── watch<live>, watch<healthy> ───────────┼───────────────────────┤
+//!  owned by the announcer: gossip membership ── watch<live>, <healthy>, <cut_off> ─────┼───────────────────────┤
 //!                          ARP/NDP responder ◀── watch<Announcements> ◀─┐              │                       ▼
 //!  owned by the BGP speaker: one session task per peer ◀─ routes ───────┤     run_with loop ─── Input ───▶ Core
 //!                           ── watch<SessionStatus> (pushed) ──────────┼───────────▶ (computes passes,  ◀Output─ (state,
@@ -26,8 +26,9 @@
 //!
 //! The core decides when passes run (see its rules); this loop computes them (CPU only) and hands their writes to the
 //! writers, their bindings to the node link, their routes to the BGP sessions and their plan to the responder. No
-//! arm awaits the API or netlink, so a slow API never delays a failover. An allocation pass waits for the previous
-//! one's writes to report; an announcement pass never waits (its writer runs the newest).
+//! arm awaits the API or netlink, so a slow API never delays a failover. A pass waits for the previous one's writes
+//! to report (an announcement pass also for as long as the last one took), except an announcement pass after a
+//! change of liveness, which runs at once; the announcement writer then runs the newest writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
