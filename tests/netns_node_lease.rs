@@ -401,6 +401,36 @@ async fn v4_owners(lab: &Lab) -> std::collections::BTreeMap<Ipv4Addr, String> {
         .collect()
 }
 
+/// Every IPv4 VIP with its owner once ownership has settled: two readings a second apart agree and the load is
+/// level (the six Services get their IPs at once, and levelling may still move one while the agents' views of them
+/// converge).
+async fn settled_v4_owners(lab: &Lab) -> std::collections::BTreeMap<Ipv4Addr, String> {
+    let mut last = v4_owners(lab).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = v4_owners(lab).await;
+        let mut load: std::collections::BTreeMap<&str, usize> = lab
+            .topology
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), 0))
+            .collect();
+        for owner in now.values() {
+            *load.entry(owner.as_str()).or_default() += 1;
+        }
+        let spread = load.values().max().unwrap_or(&0) - load.values().min().unwrap_or(&0);
+        if now == last && spread <= 1 {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ownership did not settle within 30 s: {now:?}"
+        );
+        last = now;
+    }
+}
+
 /// Lab options for the partition scenarios: three nodes, six Services, gossip on.
 fn partition_options(tag: &str) -> LabOptions {
     netns_support::options(&format!("ilb-nl-{tag}"), 3, 6, "enforce", &[])
@@ -462,7 +492,7 @@ async fn gossip_blocked_on_every_node_makes_no_node_claim_another_nodes_vip() {
     let lab = Lab::start(partition_options("allblocked")).await.unwrap();
     let _logs = Logs::of(&lab);
     gossip_settled(&lab).await;
-    let before = v4_owners(&lab).await;
+    let before = settled_v4_owners(&lab).await;
     assert_eq!(before.len(), 6, "{before:?}");
     let arp = ArpWatch::start(
         &lab,
@@ -511,7 +541,7 @@ async fn gossip_blocked_on_one_owner_hands_its_vips_over_with_little_overlap() {
     let lab = Lab::start(partition_options("oneblocked")).await.unwrap();
     let _logs = Logs::of(&lab);
     gossip_settled(&lab).await;
-    let before = v4_owners(&lab).await;
+    let before = settled_v4_owners(&lab).await;
     let (_, cut) = before.iter().next().map(|(v, o)| (*v, o.clone())).unwrap();
     let arp = ArpWatch::start(
         &lab,
@@ -566,7 +596,7 @@ async fn an_owner_paused_for_one_then_five_seconds_yields_its_vips_on_resuming()
     let _logs = Logs::of(&lab);
     gossip_settled(&lab).await;
     for pause in [Duration::from_secs(1), Duration::from_secs(5)] {
-        let before = v4_owners(&lab).await;
+        let before = settled_v4_owners(&lab).await;
         let paused = before.values().next().unwrap().clone();
         let pid = lab.agent_pid(&paused).unwrap().to_string();
         let arp = ArpWatch::start(
