@@ -374,7 +374,7 @@ async fn owner_killed_while_gossip_is_blocked_fails_over_through_node_leases() {
         },
     )
     .await;
-    // Let the owners settle on the Lease view (during the grace each isolated agent believed itself alone).
+    // Let the owners settle on the Lease view (cut off during the grace, each agent kept what it owned).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (vip, owner) = first_v4(&lab).await;
     let (took, by) = fail_over(&mut lab, vip, &owner, Stop::Kill).await;

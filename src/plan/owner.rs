@@ -245,15 +245,6 @@ pub fn assign(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<GroupKey
         .collect()
 }
 
-/// The groups each node owns in `owners`.
-pub fn loads<'a>(owners: impl IntoIterator<Item = &'a String>) -> BTreeMap<&'a str, usize> {
-    let mut load = BTreeMap::new();
-    for owner in owners {
-        *load.entry(owner.as_str()).or_default() += 1;
-    }
-    load
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
@@ -371,6 +362,15 @@ mod tests {
             }
         }
         panic!("owner choice did not settle within {limit} rounds");
+    }
+
+    /// The groups each node owns in `owners`.
+    pub fn loads<'a>(owners: impl IntoIterator<Item = &'a String>) -> BTreeMap<&'a str, usize> {
+        let mut load = BTreeMap::new();
+        for owner in owners {
+            *load.entry(owner.as_str()).or_default() += 1;
+        }
+        load
     }
 
     fn spread(owners: &BTreeMap<GroupKey, String>, nodes: &BTreeSet<String>) -> usize {
