@@ -61,6 +61,12 @@
 //! renews its identity (foca's `renew`) and it rejoins within a round trip. So the agent should not run under a
 //! tight CPU limit. foca does not implement Lifeguard's local-health multiplier, which would soften this.
 //!
+//! A member that hears no peer at all (a firewall dropping its inbound gossip, a one-way fault) would otherwise
+//! declare every peer Down and, since it can still send, tell the others, who cannot refute a Down: a healthy node
+//! would drop out on the word of the one node that cannot hear. So a member that hears no one convicts no one: its
+//! suspicions expire into Down verdicts only once it hears a peer again, a suspicion period later
+//! (`Shell::due_timers`). `ironlb_membership_member_downs_total` counts the Downs each agent sees.
+//!
 //! # Fallback
 //!
 //! Gossip is never the only signal (docs/design.md#liveness). The agent intersects gossip membership with the Nodes
@@ -415,6 +421,7 @@ pub struct MembershipMetrics {
     sent: Counter,
     sent_bytes: Counter,
     rejected: Family<ReasonLabels, Counter>,
+    member_downs: Counter,
 }
 
 impl MembershipMetrics {
@@ -446,6 +453,11 @@ impl MembershipMetrics {
             m.sent_bytes.clone(),
         );
         registry.register(
+            "ironlb_membership_member_downs",
+            "Times this agent's failure detector declared a member Down, or accepted a peer's word that one is",
+            m.member_downs.clone(),
+        );
+        registry.register(
             "ironlb_membership_datagrams_rejected",
             "Gossip datagrams dropped, by reason: bad_mac, oversized, version, invalid (authentic but refused by SWIM)",
             m.rejected.clone(),
@@ -467,6 +479,10 @@ impl MembershipMetrics {
 
     pub fn sent_bytes(&self) -> u64 {
         self.sent_bytes.get()
+    }
+
+    pub fn member_downs(&self) -> u64 {
+        self.member_downs.get()
     }
 
     pub fn rejected(&self, reason: &str) -> u64 {
@@ -639,6 +655,7 @@ struct Outbox {
     sends: Vec<(SocketAddr, Vec<u8>)>,
     timers: Vec<(Duration, Timer<MemberId>)>,
     changed: bool,
+    member_downs: Counter,
 }
 
 impl foca::Runtime<MemberId> for Outbox {
@@ -649,6 +666,7 @@ impl foca::Runtime<MemberId> for Outbox {
                 tracing::info!(node, peer = %id.node, addr = %id.addr, generation = id.generation, "member up");
             }
             Notification::MemberDown(id) => {
+                self.member_downs.inc();
                 tracing::info!(node, peer = %id.node, generation = id.generation, "member down");
             }
             Notification::Rename(old, new) => {
@@ -694,6 +712,9 @@ struct Shell {
     last_heard: Option<Instant>,
     /// Whether the last publish found this node cut off (nothing heard within [`Timing::heard_within`]).
     cut_off: bool,
+    /// Suspicions that expired while this node heard no one, held back instead of declaring the member Down (see
+    /// [`Shell::due_timers`]); rescheduled once a peer is heard again.
+    deferred_downs: Vec<Timer<MemberId>>,
     isolation: Isolation,
     live: watch::Sender<BTreeSet<String>>,
     healthy: watch::Sender<bool>,
@@ -721,13 +742,35 @@ impl Shell {
         }
     }
 
+    /// Whether this node has heard from no peer within [`Timing::heard_within`] at `now`.
+    fn hears_no_one(&self, now: Instant) -> bool {
+        self.last_heard
+            .is_none_or(|at| now.saturating_duration_since(at) > self.timing.heard_within())
+    }
+
+    /// Runs foca's due timers, except one: a suspicion that expires while this node hears no one is held back.
+    ///
+    /// A member that cannot receive (a firewall dropping its inbound gossip, a one-way link fault) sees every peer's
+    /// probe fail. Left to itself, foca declares each peer Down and, since the member can still send, tells the
+    /// others, who believe it: Down is final in SWIM, so they drop a healthy node on the word of the one node that
+    /// cannot hear, and its VIPs move. So a member that hears no one convicts no one. Its suspicions still go out
+    /// (a suspicion is refutable: the suspect answers with a higher incarnation), but the Down waits until a peer
+    /// is heard again, and then a full suspicion period more, so that the refutations it missed can arrive first.
     fn due_timers(&mut self, now: Instant) {
+        let deaf = self.hears_no_one(now);
         while let Some(Reverse((at, _))) = self.timers.peek()
             && *at <= now
         {
             let Some(Reverse((_, timer))) = self.timers.pop() else {
                 break;
             };
+            if deaf && matches!(timer, Timer::ChangeSuspectToDown { .. }) {
+                if self.deferred_downs.is_empty() {
+                    tracing::info!(node = %self.node, "hearing no peer: holding back Down verdicts until one is heard");
+                }
+                self.deferred_downs.push(timer);
+                continue;
+            }
             if let Err(error) = self.foca.handle_timer(timer, &mut self.outbox) {
                 tracing::warn!(node = %self.node, %error, "gossip timer");
             }
@@ -769,9 +812,13 @@ impl Shell {
     }
 
     fn publish(&mut self, now: Instant) {
-        let cut_off = self
-            .last_heard
-            .is_none_or(|at| now.saturating_duration_since(at) > self.timing.heard_within());
+        let cut_off = self.hears_no_one(now);
+        if !cut_off && !self.deferred_downs.is_empty() {
+            let at = now + self.timing.suspect_to_down_after;
+            for timer in self.deferred_downs.drain(..) {
+                self.timers.push(Reverse((at, timer)));
+            }
+        }
         let changed = std::mem::take(&mut self.outbox.changed);
         if changed {
             self.members = live_set(
@@ -892,12 +939,14 @@ pub async fn serve(
             sends: Vec::new(),
             timers: Vec::new(),
             changed: false,
+            member_downs: metrics.member_downs.clone(),
         },
         timers: BinaryHeap::new(),
         seeds: seeds.borrow_and_update().clone(),
         members,
         last_heard: None,
         cut_off: false,
+        deferred_downs: Vec::new(),
         isolation: Isolation::default(),
         live: out.live,
         healthy: out.healthy,
@@ -1317,6 +1366,19 @@ mod tests {
         let bind = at.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
         let socket = UdpSocket::bind(bind).await.unwrap();
         let addr = socket.local_addr().unwrap();
+        spawn_member(seeds, name, key, socket, addr, generation, Timing::lan())
+    }
+
+    /// Runs a member on `socket` that tells its peers to reach it at `addr`.
+    fn spawn_member(
+        seeds: &Seeds,
+        name: &str,
+        key: &[u8],
+        socket: UdpSocket,
+        addr: SocketAddr,
+        generation: u64,
+        timing: Timing,
+    ) -> Agent {
         seeds.send_modify(|s| {
             s.insert(name.to_string(), addr);
         });
@@ -1326,7 +1388,11 @@ mod tests {
             advertise: addr,
             key: key.to_vec(),
             generation,
-            timing: Timing::lan(),
+            timing,
+        };
+        let config = MembershipConfig {
+            bind: socket.local_addr().unwrap(),
+            ..config
         };
         let (live_tx, live) = watch::channel(BTreeSet::new());
         let (healthy_tx, healthy) = watch::channel(false);
@@ -1383,6 +1449,96 @@ mod tests {
         let mut c = start(seeds, "c", KEY, None, 1).await;
         converge(&mut [&mut a, &mut b, &mut c], &["a", "b", "c"], BOUND).await;
         (a, b, c)
+    }
+
+    /// A member whose peers reach it through a relay that drops everything while `deaf` is set: it can still send,
+    /// but hears nothing, as behind a firewall that drops its inbound gossip.
+    async fn start_deafenable(
+        seeds: &Seeds,
+        name: &str,
+    ) -> (
+        Agent,
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        JoinHandle<()>,
+    ) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let inner = socket.local_addr().unwrap();
+        let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let front = relay.local_addr().unwrap();
+        let deaf = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let relay_deaf = deaf.clone();
+        let relay_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+            while let Ok((len, _)) = relay.recv_from(&mut buf).await {
+                if !relay_deaf.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = relay.send_to(&buf[..len], inner).await;
+                }
+            }
+        });
+        (
+            spawn_member(seeds, name, KEY, socket, front, 1, Timing::lan()),
+            deaf,
+            relay_task,
+        )
+    }
+
+    async fn spawn_patient(seeds: &Seeds, name: &str, timing: &Timing) -> Agent {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        spawn_member(seeds, name, KEY, socket, addr, 1, timing.clone())
+    }
+
+    /// c can send but not hear, for well over the time its detector needs to suspect and convict a and b. a and b
+    /// drop c (it acks nothing), but never each other: c holds its Down verdicts back while it hears no one. Before,
+    /// c declared both Down and told them so, and each dropped the other until it rejoined.
+    #[tokio::test]
+    async fn a_member_that_cannot_hear_convicts_no_one() {
+        let (seeds, _) = watch::channel(BTreeMap::new());
+        // a and b take longer to convict than c, so that c's verdicts reach them while they still count c alive:
+        // the order a real run can have (the member that cannot hear convicted first by 5 ms in one).
+        let patient = Timing {
+            suspect_to_down_after: Duration::from_millis(1200),
+            ..Timing::lan()
+        };
+        let mut a = spawn_patient(&seeds, "a", &patient).await;
+        let mut b = spawn_patient(&seeds, "b", &patient).await;
+        let (mut c, deaf, relay) = start_deafenable(&seeds, "c").await;
+        converge(&mut [&mut a, &mut b, &mut c], &["a", "b", "c"], BOUND).await;
+        // Every Down a and b see is counted; each round, the one right one is c's.
+        let downs = |agent: &Agent| agent.metrics.member_downs();
+        let (a0, b0) = (downs(&a), downs(&b));
+        // Several rounds, each deaf at another phase of the probe period.
+        for round in 1..=4u64 {
+            deaf.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Well past c's probe period plus suspicion (300 ms): its detector has long suspected a and b.
+            tokio::time::sleep(Duration::from_millis(700 + round * 37)).await;
+            converge(&mut [&mut a, &mut b], &["a", "b"], BOUND).await;
+            assert_eq!(
+                (downs(&a) - a0, downs(&b) - b0),
+                (round, round),
+                "round {round}: Downs seen by a and b; more than one each means a peer was dropped on the word of a \
+                 member that hears no one"
+            );
+            // c hears again: it rejoins, and the verdicts it held back find a and b alive.
+            deaf.store(false, std::sync::atomic::Ordering::SeqCst);
+            converge(&mut [&mut a, &mut b, &mut c], &["a", "b", "c"], BOUND).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            converge(
+                &mut [&mut a, &mut b, &mut c],
+                &["a", "b", "c"],
+                Duration::ZERO,
+            )
+            .await;
+            assert_eq!(
+                (downs(&a) - a0, downs(&b) - b0),
+                (round, round),
+                "round {round}: a or b saw a Down after c came back"
+            );
+        }
+        relay.abort();
+        for agent in [a, b, c] {
+            agent.crash().await;
+        }
     }
 
     fn percentile(sorted: &[Duration], p: f64) -> Duration {
