@@ -852,10 +852,12 @@ impl Shell {
             }
         }
         let peers_expected = self.seeds.keys().any(|name| *name != self.node);
+        // Peers count as reachable only while they are heard: a member that hears no one convicts no one, so its
+        // detector may keep counting them alive.
         let healthy = self.isolation.observe(
             now,
             peers_expected,
-            self.members.len() > 1,
+            self.members.len() > 1 && !cut_off,
             self.timing.isolation_grace,
         );
         self.set_healthy(healthy);
@@ -1476,11 +1478,25 @@ mod tests {
             }
         });
         (
-            spawn_member(seeds, name, KEY, socket, front, 1, Timing::lan()),
+            // A short isolation grace, to see it turn unhealthy while deaf.
+            spawn_member(
+                seeds,
+                name,
+                KEY,
+                socket,
+                front,
+                1,
+                Timing {
+                    isolation_grace: DEAF_GRACE,
+                    ..Timing::lan()
+                },
+            ),
             deaf,
             relay_task,
         )
     }
+
+    const DEAF_GRACE: Duration = Duration::from_millis(500);
 
     async fn spawn_patient(seeds: &Seeds, name: &str, timing: &Timing) -> Agent {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -1513,6 +1529,11 @@ mod tests {
             // Well past c's probe period plus suspicion (300 ms): its detector has long suspected a and b.
             tokio::time::sleep(Duration::from_millis(700 + round * 37)).await;
             converge(&mut [&mut a, &mut b], &["a", "b"], BOUND).await;
+            // c counts its peers alive (it convicted no one) yet knows it is isolated: past its grace, unhealthy.
+            assert!(
+                !*c.healthy.borrow(),
+                "round {round}: c hears no one for over {DEAF_GRACE:?} and still reports gossip healthy"
+            );
             assert_eq!(
                 (downs(&a) - a0, downs(&b) - b0),
                 (round, round),
@@ -1533,6 +1554,10 @@ mod tests {
                 (downs(&a) - a0, downs(&b) - b0),
                 (round, round),
                 "round {round}: a or b saw a Down after c came back"
+            );
+            assert!(
+                *c.healthy.borrow(),
+                "round {round}: c hears its peers again but reports gossip unhealthy"
             );
         }
         relay.abort();

@@ -640,3 +640,111 @@ async fn an_owner_paused_for_one_then_five_seconds_yields_its_vips_on_resuming()
         gossip_settled(&lab).await;
     }
 }
+
+/// The `hand-off` moves counted by the agents of `nodes`.
+fn hand_offs(lab: &Lab, nodes: &[String]) -> f64 {
+    nodes
+        .iter()
+        .map(|n| {
+            lab.metrics(n)
+                .ok()
+                .and_then(|t| metric(&t, "ironlb_vip_moves_total{cause=\"hand-off\"}"))
+                .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+/// Scenario: a rolling restart of every agent, as a DaemonSet update does it: SIGTERM, exit, a new agent, the next
+/// node once things settled; ARP probes from the client every 20 ms throughout. A stopping agent marks its Node
+/// handing off and keeps answering for each of its VIPs until the new owner announces it, then exits. Asserted: every
+/// agent exits on its own after handing everything over (its log says so; it did not run into the time limit), the
+/// others count each of its VIPs as a hand-off, no VIP goes unanswered for more than one probe round, no Service's
+/// VIP changes, and each VIP has one answerer at the end. Printed: per VIP, rounds with no answer and with two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_hands_every_vip_over_before_each_agent_stops() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::start(partition_options("rolling")).await.unwrap();
+    let _logs = Logs::of(&lab);
+    gossip_settled(&lab).await;
+    let before = settled_v4_owners(&lab).await;
+    let arp = ArpWatch::start(
+        &lab,
+        before.keys().copied().collect(),
+        Duration::from_millis(20),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let handed = "every VIP of this node is announced by another; stopping";
+    let nodes = lab.node_names();
+    for node in &nodes {
+        let owned = v4_owners(&lab)
+            .await
+            .values()
+            .filter(|o| *o == node)
+            .count();
+        let others: Vec<String> = nodes.iter().filter(|n| *n != node).cloned().collect();
+        let counted = hand_offs(&lab, &others);
+        let log_before = std::fs::read_to_string(lab.agent_log(node)).unwrap_or_default();
+        let started = Instant::now();
+        let clean = lab.stop_agent(node, Duration::from_secs(10)).unwrap();
+        let took = started.elapsed();
+        assert!(clean, "{node}'s agent did not exit within 10 s of SIGTERM");
+        let log = std::fs::read_to_string(lab.agent_log(node)).unwrap_or_default();
+        assert_eq!(
+            log.matches(handed).count(),
+            log_before.matches(handed).count() + 1,
+            "{node}'s agent did not finish its hand-off before it stopped"
+        );
+        let now_counted = hand_offs(&lab, &others) - counted;
+        println!(
+            "{node}: owned {owned} VIP(s), exited {} ms after SIGTERM, {now_counted} hand-off move(s) counted by the others",
+            ms(took)
+        );
+        assert!(
+            now_counted >= owned as f64,
+            "{node} owned {owned} VIPs, but only {now_counted} hand-off moves were counted"
+        );
+        lab.start_agent(node).unwrap();
+        gossip_settled(&lab).await;
+        // The new agent clears the mark, and level moves give it its share back.
+        let _ = settled_v4_owners(&lab).await;
+    }
+    let log = arp.finish();
+    println!(
+        "rolling restart of {} agents, 20 ms ARP probes from the client:",
+        nodes.len()
+    );
+    let mut dark = Duration::ZERO;
+    for vip in before.keys() {
+        let s = log.summary(*vip, Duration::ZERO, Duration::MAX);
+        let answerers: Vec<String> = s.owners.iter().map(|m| node_of(&lab, m)).collect();
+        println!(
+            "  {vip}: {} rounds, {} unanswered (longest {} ms), {} with two answerers, answerers {answerers:?}",
+            s.rounds,
+            s.unanswered,
+            ms(s.longest_unanswered),
+            s.split_rounds
+        );
+        dark = dark.max(s.longest_unanswered);
+        let last: BTreeSet<String> = log
+            .last_answerers(*vip, 10)
+            .iter()
+            .map(|m| node_of(&lab, m))
+            .collect();
+        assert_eq!(last.len(), 1, "{vip}: one answerer at the end: {last:?}");
+    }
+    assert!(
+        dark <= Duration::from_millis(20),
+        "a VIP went unanswered for {} ms during the rolling restart",
+        ms(dark)
+    );
+    let after = settled_v4_owners(&lab).await;
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "the VIPs changed"
+    );
+}

@@ -121,6 +121,11 @@ pub struct Announcer {
     /// Until membership has found the other Ready nodes, or until this deadline, announce nothing: an agent that
     /// starts alone would otherwise claim every VIP for a moment and send gratuitous ARP for them.
     startup_hold: Option<Instant>,
+    /// Set once the agent is told to stop: the reason its Node shows in [`crate::plan::input::HANDING_OFF_ANNOTATION`] while this node's
+    /// groups move to others.
+    stopping: Option<&'static str>,
+    /// How many groups the last pass saw published as announced by this node.
+    published_here: usize,
 }
 
 /// The longest a starting agent waits for membership to find its peers before announcing anyway.
@@ -282,6 +287,8 @@ impl Announcer {
             bgp_vips: BTreeSet::new(),
             bgp_peers: String::new(),
             startup_hold: Some(Instant::now() + STARTUP_HOLD),
+            stopping: None,
+            published_here: 0,
             moves: Moves::register(registry),
         };
         Ok((
@@ -318,6 +325,18 @@ impl Announcer {
         self.startup_hold.is_some()
     }
 
+    /// Starts the hand-off of a stopping agent: from the next pass on, its Node carries [`crate::plan::input::HANDING_OFF_ANNOTATION`],
+    /// so every agent moves this node's groups to others, and this node claims nothing new. It keeps answering for
+    /// each group until the new owner publishes it (see [`make_before_break`]).
+    pub fn begin_hand_off(&mut self) {
+        self.stopping = Some("agent stopping");
+    }
+
+    /// Whether a stopping agent has handed everything over: no group is published as announced by this node.
+    pub fn handed_off(&self) -> bool {
+        self.stopping.is_some() && self.published_here == 0
+    }
+
     /// Plans this node's announcements and returns the writes that make them visible. `trigger` is when the change
     /// behind this pass was observed: a VIP this pass takes over is measured for failover from then.
     /// The VIPs this node advertises over BGP, for its `ironlb.io/vips` annotation.
@@ -346,7 +365,16 @@ impl Announcer {
         });
         let input = PlanInput::from_cluster(state, &validated.config, self.lb_class.as_deref());
         let mut assignments = plan::owner::assign(&input.groups, live);
-        assignments.retain(|_, a| a.owner != self.node || gossip::may_claim(standing, a.cause));
+        let stopping = self.stopping.is_some();
+        assignments.retain(|_, a| {
+            a.owner != self.node
+                || (gossip::may_claim(standing, a.cause) && (!stopping || a.cause == Cause::Kept))
+        });
+        self.published_here = input
+            .groups
+            .iter()
+            .filter(|g| g.published_owner.as_deref() == Some(self.node.as_str()))
+            .count();
         if self.standing_reported != Some(standing) {
             self.standing_reported = Some(standing);
             match standing {
@@ -368,7 +396,12 @@ impl Announcer {
         let facts = self.facts.borrow_and_update().clone();
         let local: Vec<plan::InterfaceFacts> =
             facts.interfaces.iter().map(to_plan_interface).collect();
+        let held = make_before_break(&self.node, &input.groups, &assignments)
+            .map(|kept| node_plan(&self.node, &input.groups, &kept, &local).announce);
         let mut node_plan = node_plan(&self.node, &input.groups, &owners, &local);
+        if let Some(announce) = held {
+            node_plan.announce = announce;
+        }
 
         let mut pass = AnnouncePass::default();
         let allowed = facts.strict_allowed();
@@ -441,6 +474,7 @@ impl Announcer {
             &subnets_annotation(&local),
             &self.bgp_peers,
             cannot_answer.as_deref().unwrap_or_default(),
+            self.stopping.unwrap_or_default(),
         );
         pass.services = announcement::service_actions(
             state,
@@ -449,8 +483,19 @@ impl Announcer {
             &mut self.notes,
             k8s_openapi::jiff::Timestamp::now(),
         );
-        self.moves
-            .explain(&self.node, &input.groups, &assignments, &mut pass.services);
+        let handing_off: BTreeSet<&str> = input
+            .nodes
+            .iter()
+            .filter(|n| n.handing_off || n.excluded)
+            .map(|n| n.name.as_str())
+            .collect();
+        self.moves.explain(
+            &self.node,
+            &input.groups,
+            &assignments,
+            &handing_off,
+            &mut pass.services,
+        );
         // Without strict ARP, a VIP bound on kube-ipvs0 would make this node's kernel answer ARP for it, so this
         // node binds nothing either (and removes nothing: what kube-proxy binds is kube-proxy's).
         let request = allowed.then(|| BindRequest {
@@ -465,6 +510,37 @@ impl Announcer {
         });
         pass
     }
+}
+
+/// Make before break. The groups this node is published as announcing whose owner the plan now moves to another
+/// node while this node is alive (a hand-off, a lost candidacy, a level move): this node keeps answering for them
+/// until the new owner's `announced-by` reaches it, so the VIP is never dark in between. Clients follow the new
+/// owner's gratuitous ARP; what still reaches this node meanwhile is served here (every node binds every VIP).
+/// Returns the owners to announce by (`assignments` with those groups kept here), or None when there are none.
+fn make_before_break(
+    node: &str,
+    groups: &[plan::VipGroup],
+    assignments: &BTreeMap<plan::GroupKey, OwnerChoice>,
+) -> Option<BTreeMap<plan::GroupKey, String>> {
+    let mut kept = 0;
+    let owners: BTreeMap<plan::GroupKey, String> = assignments
+        .iter()
+        .map(|(key, a)| {
+            let published_here = groups
+                .binary_search_by_key(key, |g| g.key)
+                .ok()
+                .is_some_and(|i| groups[i].published_owner.as_deref() == Some(node));
+            let moving_away =
+                a.owner != node && matches!(a.cause, Cause::NotCandidate | Cause::Level);
+            if published_here && moving_away {
+                kept += 1;
+                (*key, node.to_string())
+            } else {
+                (*key, a.owner.clone())
+            }
+        })
+        .collect();
+    (kept > 0).then_some(owners)
 }
 
 fn to_plan_interface(i: &crate::netif::LocalInterface) -> plan::InterfaceFacts {
@@ -576,7 +652,7 @@ impl Moves {
         let moves = Moves::default();
         registry.register(
             "ironlb_vip_moves",
-            "VIP groups this node took over from another node, by cause (owner-gone, not-candidate, level)",
+            "VIP groups this node took over from another node, by cause (owner-gone, hand-off, not-candidate, level)",
             moves.total.clone(),
         );
         moves
@@ -587,6 +663,7 @@ impl Moves {
         node: &str,
         groups: &[plan::VipGroup],
         assignments: &BTreeMap<plan::GroupKey, OwnerChoice>,
+        handing_off: &BTreeSet<&str>,
         actions: &mut [ServiceAction],
     ) {
         let mut now = BTreeMap::new();
@@ -600,8 +677,18 @@ impl Moves {
             if a.owner != node || from == node || a.cause == Cause::Kept {
                 continue;
             }
+            let hand_off = a.cause == Cause::NotCandidate && handing_off.contains(from);
+            let label = if hand_off {
+                "hand-off"
+            } else {
+                a.cause.as_str()
+            };
             let why = match a.cause {
                 Cause::OwnerGone => format!("took over from node {from}, which is gone"),
+                Cause::NotCandidate if hand_off => format!(
+                    "took over from node {from}, which hands its VIPs off (cordoned, out of service, excluded \
+                     from load balancers, or its agent stopping)"
+                ),
                 Cause::NotCandidate => {
                     format!("took over from node {from}, which may no longer announce it")
                 }
@@ -611,10 +698,10 @@ impl Moves {
             if self.counted.get(&group.key).map(String::as_str) != Some(from) {
                 self.total
                     .get_or_create(&CauseLabels {
-                        cause: a.cause.as_str().to_string(),
+                        cause: label.to_string(),
                     })
                     .inc();
-                tracing::info!(group = %group.key, from, cause = a.cause.as_str(), "taking over a VIP group");
+                tracing::info!(group = %group.key, from, cause = label, "taking over a VIP group");
             }
             now.insert(group.key, from.to_string());
             for action in actions.iter_mut().filter(|act| {
@@ -633,5 +720,66 @@ impl Moves {
             }
         }
         self.counted = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::owner::testing::group;
+
+    fn choice(owner: &str, cause: Cause) -> OwnerChoice {
+        OwnerChoice {
+            owner: owner.into(),
+            cause,
+        }
+    }
+
+    #[test]
+    fn a_live_owner_keeps_answering_until_the_new_owner_publishes() {
+        let nodes = ["a", "b"];
+        let published = |n: u32, by: Option<&str>| plan::VipGroup {
+            published_owner: by.map(str::to_string),
+            ..group(n, &nodes)
+        };
+        let groups = vec![
+            // Handed off, or levelled, away from a: a keeps it until b's announced-by arrives.
+            published(1, Some("a")),
+            published(2, Some("a")),
+            // Already published by its new owner: a lets go.
+            published(3, Some("b")),
+            // a is gone in b's view of this one: nothing to keep (a's own view would not say so).
+            published(4, Some("a")),
+            // Kept by a.
+            published(5, Some("a")),
+        ];
+        let key = |i: usize| groups[i].key;
+        let assignments: BTreeMap<_, _> = [
+            (key(0), choice("b", Cause::NotCandidate)),
+            (key(1), choice("b", Cause::Level)),
+            (key(2), choice("b", Cause::Kept)),
+            (key(3), choice("b", Cause::OwnerGone)),
+            (key(4), choice("a", Cause::Kept)),
+        ]
+        .into();
+        let owners = make_before_break("a", &groups, &assignments).expect("groups to keep");
+        let on_a: Vec<_> = owners
+            .iter()
+            .filter(|(_, o)| *o == "a")
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(on_a, [key(0), key(1), key(4)]);
+        assert_eq!(owners[&key(2)], "b");
+        assert_eq!(owners[&key(3)], "b");
+        // From b's side nothing is held, and once b has published them, a holds nothing either.
+        assert_eq!(make_before_break("b", &groups, &assignments), None);
+        let published_by_b: Vec<_> = groups
+            .iter()
+            .map(|g| plan::VipGroup {
+                published_owner: Some("b".into()),
+                ..g.clone()
+            })
+            .collect();
+        assert_eq!(make_before_break("a", &published_by_b, &assignments), None);
     }
 }

@@ -418,8 +418,14 @@ pub async fn run_with(
     let mut failures = BTreeMap::new();
     // The task whose end stopped the agent, if one did.
     let mut died: Option<&'static str> = None;
+    // Once told to stop: until when this node hands its VIPs over before it goes.
+    let mut hand_off: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        if hand_off.is_some() && announcer.handed_off() {
+            tracing::info!(node = %args.node_name, "every VIP of this node is announced by another; stopping");
+            break;
+        }
         while let Some(output) = todo.pop_front() {
             match output {
                 Output::Ready => {
@@ -459,7 +465,18 @@ pub async fn run_with(
         }
         let input = tokio::select! {
             biased;
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if hand_off.is_none() => {
+                // Make before break: the Node says this agent is going, every agent moves its groups, and it keeps
+                // answering for each until the new owner announces it (or the time is up).
+                tracing::info!(node = %args.node_name, "stopping: handing this node's VIPs over first, for at most {HAND_OFF_LIMIT:?}");
+                announcer.begin_hand_off();
+                hand_off = Some(Instant::now() + HAND_OFF_LIMIT);
+                Input::Refresh { node_changed: true }
+            }
+            _ = sleep_until(hand_off), if hand_off.is_some() => {
+                tracing::warn!(node = %args.node_name, "VIPs not all handed over within {HAND_OFF_LIMIT:?}; stopping anyway (the others take them when this agent leaves gossip)");
+                break;
+            }
             task = tasks.died() => {
                 tracing::error!(task, "a task the agent depends on ended; stopping");
                 died = Some(task);
@@ -542,6 +559,11 @@ pub async fn run_with(
         None => Ok(()),
     }
 }
+
+/// How long a stopping agent waits for its VIPs to be announced by other nodes before it stops anyway. A hand-off
+/// takes one write and one watch event on each side, milliseconds; the bound covers an API that does not answer.
+/// With [`STOP_LIMIT`] it stays inside the DaemonSet's termination grace in practice: the tasks stop in milliseconds.
+const HAND_OFF_LIMIT: Duration = Duration::from_secs(3);
 
 /// How long the agent's tasks have, together, to finish after it is told to stop.
 const STOP_LIMIT: Duration = Duration::from_secs(15);

@@ -18,7 +18,7 @@ use super::events::Note;
 use super::index::ObjectKey;
 use super::state::ClusterState;
 use crate::plan::NodePlan;
-use crate::plan::input::{CANNOT_ANSWER_ANNOTATION, SUBNETS_ANNOTATION};
+use crate::plan::input::{CANNOT_ANSWER_ANNOTATION, HANDING_OFF_ANNOTATION, SUBNETS_ANNOTATION};
 use crate::plan::visibility::{
     ANNOUNCED_BY_ANNOTATION, ANNOUNCED_ON_ANNOTATION, ANNOUNCED_SINCE_ANNOTATION,
     BGP_PEERS_ANNOTATION, VIPS_ANNOTATION,
@@ -33,6 +33,7 @@ pub fn node_patch(
     subnets: &str,
     bgp_peers: &str,
     cannot_answer: &str,
+    handing_off: &str,
 ) -> Option<Value> {
     let annotations = node?.metadata.annotations.as_ref();
     let current = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
@@ -46,6 +47,7 @@ pub fn node_patch(
     for (key, value) in [
         (BGP_PEERS_ANNOTATION, bgp_peers),
         (CANNOT_ANSWER_ANNOTATION, cannot_answer),
+        (HANDING_OFF_ANNOTATION, handing_off),
     ] {
         match current(key) {
             // A merge patch removes a key set to null.
@@ -291,15 +293,15 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            node_patch(Some(&node), "192.0.2.10", "192.0.2.0/24", "", ""),
+            node_patch(Some(&node), "192.0.2.10", "192.0.2.0/24", "", "", ""),
             None
         );
         assert_eq!(
-            node_patch(Some(&node), "", "192.0.2.0/24", "", ""),
+            node_patch(Some(&node), "", "192.0.2.0/24", "", "", ""),
             Some(json!({"metadata": {"annotations": {VIPS_ANNOTATION: ""}}}))
         );
         assert_eq!(
-            node_patch(None, "", "", "", ""),
+            node_patch(None, "", "", "", "", ""),
             None,
             "a Node not seen yet is not patched"
         );
@@ -319,24 +321,24 @@ mod tests {
         };
         let up = "tor=Established";
         assert_eq!(
-            node_patch(Some(&node(None)), "", "", up, ""),
+            node_patch(Some(&node(None)), "", "", up, "", ""),
             Some(json!({"metadata": {"annotations": {BGP_PEERS_ANNOTATION: up}}}))
         );
         assert_eq!(
-            node_patch(Some(&node(Some(up))), "", "", up, ""),
+            node_patch(Some(&node(Some(up))), "", "", up, "", ""),
             None,
             "no write while the value stands"
         );
         assert_eq!(
-            node_patch(Some(&node(Some(up))), "", "", "tor=Idle", ""),
+            node_patch(Some(&node(Some(up))), "", "", "tor=Idle", "", ""),
             Some(json!({"metadata": {"annotations": {BGP_PEERS_ANNOTATION: "tor=Idle"}}}))
         );
         assert_eq!(
-            node_patch(Some(&node(Some(up))), "", "", "", ""),
+            node_patch(Some(&node(Some(up))), "", "", "", "", ""),
             Some(json!({"metadata": {"annotations": {BGP_PEERS_ANNOTATION: null}}})),
             "the last session gone, the annotation goes"
         );
-        assert_eq!(node_patch(Some(&node(None)), "", "", "", ""), None);
+        assert_eq!(node_patch(Some(&node(None)), "", "", "", "", ""), None);
     }
 
     #[test]
@@ -347,17 +349,40 @@ mod tests {
             VIPS_ANNOTATION: "", SUBNETS_ANNOTATION: ""}}}))
             .unwrap();
         assert_eq!(
-            node_patch(Some(&node), "", "", "", why),
+            node_patch(Some(&node), "", "", "", why, ""),
             Some(json!({"metadata": {"annotations": {CANNOT_ANSWER_ANNOTATION: why}}}))
         );
         node.metadata
             .annotations
             .get_or_insert_default()
             .insert(CANNOT_ANSWER_ANNOTATION.into(), why.into());
-        assert_eq!(node_patch(Some(&node), "", "", "", why), None);
+        assert_eq!(node_patch(Some(&node), "", "", "", why, ""), None);
         assert_eq!(
-            node_patch(Some(&node), "", "", "", ""),
+            node_patch(Some(&node), "", "", "", "", ""),
             Some(json!({"metadata": {"annotations": {CANNOT_ANSWER_ANNOTATION: null}}}))
+        );
+    }
+
+    #[test]
+    fn a_stopping_agent_marks_its_node_handing_off_and_a_new_one_clears_it() {
+        let mut node: Node =
+            serde_json::from_value(json!({"metadata": {"name": "node-1", "annotations": {
+            VIPS_ANNOTATION: "", SUBNETS_ANNOTATION: ""}}}))
+            .unwrap();
+        let why = "agent stopping";
+        assert_eq!(
+            node_patch(Some(&node), "", "", "", "", why),
+            Some(json!({"metadata": {"annotations": {HANDING_OFF_ANNOTATION: why}}}))
+        );
+        node.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(HANDING_OFF_ANNOTATION.into(), why.into());
+        assert_eq!(node_patch(Some(&node), "", "", "", "", why), None);
+        assert_eq!(
+            node_patch(Some(&node), "", "", "", "", ""),
+            Some(json!({"metadata": {"annotations": {HANDING_OFF_ANNOTATION: null}}})),
+            "the restarted agent takes the node back"
         );
     }
 }

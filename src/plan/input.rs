@@ -28,6 +28,9 @@ pub const SUBNETS_ANNOTATION: &str = "ironlb.io/subnets";
 /// Set by a node's agent while it cannot answer ARP/NDP at all (strict ARP not effective), to the reason: no group
 /// is given to it in Layer 2 mode meanwhile.
 pub const CANNOT_ANSWER_ANNOTATION: &str = "ironlb.io/cannot-answer";
+/// Set by a node's agent from the moment it is told to stop (SIGTERM) until it exits, to the reason; cleared by the
+/// next agent on the node. Like a cordon, it makes the node hand its Layer 2 groups over before it goes.
+pub const HANDING_OFF_ANNOTATION: &str = "ironlb.io/handing-off";
 /// The taint an operator sets on a node that is shut down or out of service.
 pub const OUT_OF_SERVICE_TAINT: &str = "node.kubernetes.io/out-of-service";
 /// The well-known label that takes a node out of every external load balancer (KEP-1143).
@@ -99,8 +102,8 @@ pub struct NodeInfo {
     pub network_unavailable: bool,
     /// From [`CANNOT_ANSWER_ANNOTATION`]: why its agent cannot answer ARP/NDP now.
     pub cannot_answer: Option<String>,
-    /// Cordoned (`spec.unschedulable`) or tainted [`OUT_OF_SERVICE_TAINT`]: its Layer 2 VIPs move to other nodes
-    /// before it is drained or shut down.
+    /// Cordoned (`spec.unschedulable`), tainted [`OUT_OF_SERVICE_TAINT`], or its agent stopping
+    /// ([`HANDING_OFF_ANNOTATION`]): its Layer 2 VIPs move to other nodes before it is drained or shut down.
     pub handing_off: bool,
 }
 
@@ -297,7 +300,14 @@ fn node_info(node: &Node, warnings: &mut Vec<String>) -> Option<NodeInfo> {
         .filter(|why| !why.is_empty())
         .cloned();
     let spec = node.spec.as_ref();
-    let handing_off = spec.and_then(|s| s.unschedulable).unwrap_or(false)
+    let stopping = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(HANDING_OFF_ANNOTATION))
+        .is_some_and(|why| !why.is_empty());
+    let handing_off = stopping
+        || spec.and_then(|s| s.unschedulable).unwrap_or(false)
         || spec
             .and_then(|s| s.taints.as_ref())
             .is_some_and(|t| t.iter().any(|t| t.key == OUT_OF_SERVICE_TAINT));
@@ -580,7 +590,10 @@ impl fmt::Display for Rejections {
                 self.cannot_answer,
                 "unable to answer ARP/NDP (see ironlb.io/cannot-answer)",
             ),
-            (self.handing_off, "cordoned or out of service"),
+            (
+                self.handing_off,
+                "cordoned, out of service or its agent stopping",
+            ),
             (self.no_subnet, "without a subnet containing the VIP"),
             (self.no_local_endpoint, "without a serving local endpoint"),
         ];
