@@ -656,6 +656,8 @@ struct Outbox {
     timers: Vec<(Duration, Timer<MemberId>)>,
     changed: bool,
     member_downs: Counter,
+    /// Set when foca rejoined after the cluster declared this node Down.
+    rejoined: bool,
 }
 
 impl foca::Runtime<MemberId> for Outbox {
@@ -676,6 +678,7 @@ impl foca::Runtime<MemberId> for Outbox {
             Notification::Idle => tracing::warn!(node, "no live gossip peers"),
             Notification::Defunct => tracing::warn!(node, "declared down by the gossip cluster"),
             Notification::Rejoin(id) => {
+                self.rejoined = true;
                 tracing::warn!(
                     node,
                     generation = id.generation,
@@ -720,6 +723,7 @@ struct Shell {
     healthy: watch::Sender<bool>,
     /// True while this node has heard from no peer within [`Timing::heard_within`] (see [`published_live`]).
     cut_off_tx: watch::Sender<bool>,
+    rejoined_tx: watch::Sender<u64>,
     metrics: MembershipMetrics,
 }
 
@@ -812,6 +816,9 @@ impl Shell {
     }
 
     fn publish(&mut self, now: Instant) {
+        if std::mem::take(&mut self.outbox.rejoined) {
+            self.rejoined_tx.send_modify(|n| *n += 1);
+        }
         let cut_off = self.hears_no_one(now);
         if !cut_off && !self.deferred_downs.is_empty() {
             let at = now + self.timing.suspect_to_down_after;
@@ -878,6 +885,9 @@ pub struct Published {
     pub healthy: watch::Sender<bool>,
     /// True while this node hears from no peer (see [`published_live`]).
     pub cut_off: watch::Sender<bool>,
+    /// How many times the cluster declared this node Down and it rejoined: each time, the others have taken over
+    /// what it owned, whatever its own view of the API still says.
+    pub rejoined: watch::Sender<u64>,
 }
 
 /// Binds the gossip socket and runs the failure detector until `shutdown` resolves, then leaves gracefully.
@@ -942,6 +952,7 @@ pub async fn serve(
             timers: Vec::new(),
             changed: false,
             member_downs: metrics.member_downs.clone(),
+            rejoined: false,
         },
         timers: BinaryHeap::new(),
         seeds: seeds.borrow_and_update().clone(),
@@ -953,6 +964,7 @@ pub async fn serve(
         live: out.live,
         healthy: out.healthy,
         cut_off_tx: out.cut_off,
+        rejoined_tx: out.rejoined,
         metrics,
     };
     shell.set_healthy(true);
@@ -1336,6 +1348,7 @@ mod tests {
         generation: u64,
         live: watch::Receiver<BTreeSet<String>>,
         healthy: watch::Receiver<bool>,
+        rejoined: watch::Receiver<u64>,
         metrics: MembershipMetrics,
         stop: Option<oneshot::Sender<()>>,
         task: JoinHandle<Result<()>>,
@@ -1396,6 +1409,7 @@ mod tests {
             bind: socket.local_addr().unwrap(),
             ..config
         };
+        let (rejoined_tx, rejoined) = watch::channel(0);
         let (live_tx, live) = watch::channel(BTreeSet::new());
         let (healthy_tx, healthy) = watch::channel(false);
         let metrics = MembershipMetrics::default();
@@ -1408,6 +1422,7 @@ mod tests {
                 live: live_tx,
                 healthy: healthy_tx,
                 cut_off: watch::channel(false).0,
+                rejoined: rejoined_tx,
             },
             metrics.clone(),
             async move {
@@ -1420,6 +1435,7 @@ mod tests {
             generation,
             live,
             healthy,
+            rejoined,
             metrics,
             stop: Some(stop),
             task,
@@ -1554,6 +1570,11 @@ mod tests {
                 (downs(&a) - a0, downs(&b) - b0),
                 (round, round),
                 "round {round}: a or b saw a Down after c came back"
+            );
+            assert_eq!(
+                *c.rejoined.borrow(),
+                round,
+                "round {round}: c was declared Down and rejoined; the agent must be told, to yield what it owned"
             );
             assert!(
                 *c.healthy.borrow(),
@@ -1764,6 +1785,7 @@ mod tests {
                 live: live_tx,
                 healthy: healthy_tx,
                 cut_off: watch::channel(false).0,
+                rejoined: watch::channel(0).0,
             },
             MembershipMetrics::default(),
             std::future::pending(),

@@ -126,7 +126,14 @@ pub struct Announcer {
     stopping: Option<&'static str>,
     /// How many groups the last pass saw published as announced by this node.
     published_here: usize,
+    /// After the cluster declared this node Down, until when it yields what the others took (see
+    /// [`Announcer::rejoined`]).
+    rejoin_hold: Option<Instant>,
 }
+
+/// The longest a node the cluster declared Down yields the groups the others took, waiting for its API watches to
+/// show their new owners (they deliver in milliseconds once the connection is back; the bound covers a slow API).
+pub const REJOIN_HOLD: Duration = Duration::from_secs(3);
 
 /// The longest a starting agent waits for membership to find its peers before announcing anyway.
 pub const STARTUP_HOLD: Duration = Duration::from_secs(3);
@@ -137,6 +144,8 @@ pub struct Liveness {
     pub healthy: watch::Receiver<bool>,
     /// True while gossip hears from no peer (see [`gossip::published_live`]).
     pub cut_off: watch::Receiver<bool>,
+    /// Counts the times the cluster declared this node Down and it rejoined (see [`Announcer::rejoined`]).
+    pub rejoined: watch::Receiver<u64>,
     /// Whether gossip runs at all (it needs the key and an address).
     pub gossip: bool,
     /// Nodes with a fresh node Lease; None while that signal is off or unavailable (see [`node_lease`]).
@@ -187,6 +196,7 @@ impl Announcer {
         let (live_tx, live) = watch::channel(BTreeSet::from([node.to_string()]));
         let (healthy_tx, healthy) = watch::channel(false);
         let (cut_off_tx, cut_off) = watch::channel(false);
+        let (rejoined_tx, rejoined) = watch::channel(0);
         let membership_metrics = MembershipMetrics::register(registry);
         let lease_timing =
             NodeLeaseTiming::from_flags(args.node_lease_period, args.node_lease_duration);
@@ -217,6 +227,7 @@ impl Announcer {
                                     live: live_tx,
                                     healthy: healthy_tx,
                                     cut_off: cut_off_tx,
+                                    rejoined: rejoined_tx,
                                 },
                                 membership_metrics,
                                 stopped,
@@ -289,6 +300,7 @@ impl Announcer {
             startup_hold: Some(Instant::now() + STARTUP_HOLD),
             stopping: None,
             published_here: 0,
+            rejoin_hold: None,
             moves: Moves::register(registry),
         };
         Ok((
@@ -297,6 +309,7 @@ impl Announcer {
                 live,
                 healthy,
                 cut_off,
+                rejoined,
                 gossip: gossip_on,
                 leases,
                 lease_task,
@@ -330,6 +343,15 @@ impl Announcer {
     /// each group until the new owner publishes it (see [`make_before_break`]).
     pub fn begin_hand_off(&mut self) {
         self.stopping = Some("agent stopping");
+    }
+
+    /// The cluster declared this node Down (a cut link, a long pause) and it rejoined. The others took its groups
+    /// over meanwhile and published them, but this node's API watches may not have caught up yet: gossip comes back
+    /// first. Until they have (every group it owns in its own view shows another owner), at most [`REJOIN_HOLD`], it
+    /// acts as the others decided while it was Down: it answers only for groups nobody else could take.
+    pub fn rejoined(&mut self, now: Instant) {
+        tracing::info!(node = %self.node, "declared Down by the others: yielding the VIPs they took until this node's view catches up, at most {REJOIN_HOLD:?}");
+        self.rejoin_hold = Some(now + REJOIN_HOLD);
     }
 
     /// Whether a stopping agent has handed everything over: no group is published as announced by this node.
@@ -370,6 +392,13 @@ impl Announcer {
             a.owner != self.node
                 || (gossip::may_claim(standing, a.cause) && (!stopping || a.cause == Cause::Kept))
         });
+        if let Some(until) = self.rejoin_hold {
+            let yielded = yield_after_rejoin(&self.node, &input.groups, live, &mut assignments);
+            if yielded == 0 || Instant::now() >= until {
+                tracing::info!(node = %self.node, still_stale = yielded, "rejoin hold over");
+                self.rejoin_hold = None;
+            }
+        }
         self.published_here = input
             .groups
             .iter()
@@ -541,6 +570,31 @@ fn make_before_break(
         })
         .collect();
     (kept > 0).then_some(owners)
+}
+
+/// After a rejoin: drops from `assignments` this node's claim to every group it is still published as announcing
+/// that the plan without this node gives to another node (what the others did while it was Down). Returns how many
+/// it dropped: zero once this node's view shows the new owners' `announced-by`.
+fn yield_after_rejoin(
+    node: &str,
+    groups: &[plan::VipGroup],
+    live: &BTreeSet<String>,
+    assignments: &mut BTreeMap<plan::GroupKey, OwnerChoice>,
+) -> usize {
+    let others: BTreeSet<String> = live.iter().filter(|n| *n != node).cloned().collect();
+    let without_me = plan::owner::assign(groups, &others);
+    let mut yielded = 0;
+    assignments.retain(|key, a| {
+        let stale = a.owner == node
+            && without_me.contains_key(key)
+            && groups
+                .binary_search_by_key(key, |g| g.key)
+                .ok()
+                .is_some_and(|i| groups[i].published_owner.as_deref() == Some(node));
+        yielded += usize::from(stale);
+        !stale
+    });
+    yielded
 }
 
 fn to_plan_interface(i: &crate::netif::LocalInterface) -> plan::InterfaceFacts {
@@ -781,5 +835,32 @@ mod tests {
             })
             .collect();
         assert_eq!(make_before_break("a", &published_by_b, &assignments), None);
+    }
+
+    #[test]
+    fn after_a_rejoin_a_node_yields_what_the_others_took_until_it_sees_them() {
+        let live: BTreeSet<String> = ["a", "b"].map(String::from).into();
+        let published = |n: u32, nodes: &[&str], by: &str| plan::VipGroup {
+            published_owner: Some(by.to_string()),
+            ..group(n, nodes)
+        };
+        // a's stale view: it still sees itself published for 1 and 2; 2 has no other candidate.
+        let stale = vec![published(1, &["a", "b"], "a"), published(2, &["a"], "a")];
+        let mut assignments = plan::owner::assign(&stale, &live);
+        assert_eq!(assignments[&stale[0].key].owner, "a");
+        assert_eq!(yield_after_rejoin("a", &stale, &live, &mut assignments), 1);
+        assert!(
+            !assignments.contains_key(&stale[0].key),
+            "b took group 1 while a was Down"
+        );
+        assert_eq!(
+            assignments[&stale[1].key].owner, "a",
+            "nobody else can take group 2"
+        );
+        // Caught up: b's announced-by for group 1 has arrived.
+        let fresh = vec![published(1, &["a", "b"], "b"), published(2, &["a"], "a")];
+        let mut assignments = plan::owner::assign(&fresh, &live);
+        assert_eq!(yield_after_rejoin("a", &fresh, &live, &mut assignments), 0);
+        assert_eq!(assignments[&fresh[0].key].owner, "b");
     }
 }

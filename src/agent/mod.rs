@@ -11,7 +11,7 @@
 //!  ├─ allocation writer (writer) ◀── Pass ── leadership-gated Service writes, Events ──┐ (gate) ◀─┘             │
 //!  ├─ announcement writer (writer) ◀─ OwnWrites ── Node and owned Service writes ──────┤─ mpsc<Input> results ─┤
 //!  └─ metrics listener (telemetry) ◀── watch<bool> ready                                │                       │
-//!  owned by the announcer: gossip membership ── watch<live>, <healthy>, <cut_off> ─────┼───────────────────────┤
+//!  owned by the announcer: gossip membership ── watch<live, healthy, cut_off, rejoined>┼───────────────────────┤
 //!                          ARP/NDP responder ◀── watch<Announcements> ◀─┐              │                       ▼
 //!  owned by the BGP speaker: one session task per peer ◀─ routes ───────┤     run_with loop ─── Input ───▶ Core
 //!                           ── watch<SessionStatus> (pushed) ──────────┼───────────▶ (computes passes,  ◀Output─ (state,
@@ -412,8 +412,8 @@ pub async fn run_with(
     // order. Carrying out is computing a pass and handing its I/O to a task: nothing here waits on the API or netlink.
     let mut core = Core::new(metrics.clone(), &args.config_namespace);
     let mut todo: VecDeque<Output> = VecDeque::new();
-    let (mut live_open, mut healthy_open, mut cut_off_open, mut leases_open) =
-        (true, true, true, true);
+    let (mut live_open, mut healthy_open, mut cut_off_open, mut leases_open, mut rejoined_open) =
+        (true, true, true, true, true);
     // The reasons Services got no IP in the pass whose writes are out, for the metrics once they report.
     let mut failures = BTreeMap::new();
     // The task whose end stopped the agent, if one did.
@@ -499,6 +499,13 @@ pub async fn run_with(
             }
             changed = liveness.cut_off.changed(), if cut_off_open => {
                 cut_off_open = changed.is_ok();
+                Input::Membership
+            }
+            changed = liveness.rejoined.changed(), if rejoined_open => {
+                rejoined_open = changed.is_ok();
+                if rejoined_open {
+                    announcer.rejoined(Instant::now().into_std());
+                }
                 Input::Membership
             }
             changed = liveness.leases.changed(), if leases_open => {
