@@ -340,7 +340,7 @@ impl Announcer {
 
     /// Starts the hand-off of a stopping agent: from the next pass on, its Node carries [`crate::plan::input::HANDING_OFF_ANNOTATION`],
     /// so every agent moves this node's groups to others, and this node claims nothing new. It keeps answering for
-    /// each group until the new owner publishes it (see [`make_before_break`]).
+    /// each group until the new owner publishes it (see `make_before_break`).
     pub fn begin_hand_off(&mut self) {
         self.stopping = Some("agent stopping");
     }
