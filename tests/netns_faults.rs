@@ -400,8 +400,9 @@ fn ms50() -> Duration {
 }
 
 /// Scenario: the owner's link is cut for a few seconds while its agent keeps running, then healed. The isolated
-/// agent loses every peer and claims every VIP on its dead link; the others take its VIPs over. After healing,
-/// measured: how long two MACs answer for one VIP, when a single owner is back, and the flaps.
+/// agent hears no peer, so it convicts none (its failure detector still counts all three) and claims nothing new;
+/// the others take its VIPs over. After healing, measured: how long two MACs answer for one VIP, when a single owner
+/// is back, and the flaps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_owner_converges_to_one_owner_after_healing() {
     if skip() {
@@ -422,7 +423,7 @@ async fn partitioned_owner_converges_to_one_owner_after_healing() {
     let cut_at = arp.elapsed();
     lab.topology.cut(&node).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // What the isolated agent believes: its members (itself only, once the others are declared down).
+    // What the isolated agent believes: its members (all three: hearing no one, it declares no one down).
     let isolated = lab.metrics(&owner).unwrap();
     let members = ironlb::lab::faults::metric(&isolated, "ironlb_membership_members");
     let healed_at = arp.elapsed();
@@ -464,8 +465,8 @@ async fn partitioned_owner_converges_to_one_owner_after_healing() {
     );
     assert_eq!(
         members,
-        Some(1.0),
-        "the isolated agent saw only itself:\n{isolated}"
+        Some(3.0),
+        "the isolated agent declared peers down on its own silence:\n{isolated}"
     );
     assert!(
         during.owners.last().is_some_and(|m| *m != node.mac),

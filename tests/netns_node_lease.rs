@@ -14,11 +14,11 @@
 mod netns_support;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use ironlb::lab::cluster::{Lab, LabOptions};
-use ironlb::lab::faults::{ArpLog, ArpWatch, metric};
+use ironlb::lab::faults::{ArpLog, ArpWatch, TcpLog, TcpWatch, metric};
 use ironlb::lab::topology::run_in;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
@@ -641,6 +641,48 @@ async fn an_owner_paused_for_one_then_five_seconds_yields_its_vips_on_resuming()
     }
 }
 
+/// How often the client opens a connection to each VIP in the hand-off scenarios: with their six VIPs, 200 new
+/// connections per second.
+const CONNECT_PERIOD: Duration = Duration::from_millis(30);
+
+/// Checks the client's connections over a scenario where VIPs move between live nodes, and prints them per VIP.
+///
+/// Every node serves every VIP (each binds all of them, as kube-proxy does), so a connection fails only if the client
+/// cannot reach anyone, or if it straddles the one instant the client switches to the new owner's MAC (its handshake
+/// went to the old owner, its next segment to the new one, which resets it). Make before break leaves no other
+/// failure: asserted that every failure is such a reset, and that there are no more of them than switches of
+/// answering node the client saw. Returns the failures.
+fn check_connections(log: &TcpLog, vips: &std::collections::BTreeMap<Ipv4Addr, String>) -> usize {
+    let (mut failed, mut switches) = (0, 0);
+    println!(
+        "new connections, one per VIP every {} ms:",
+        ms(CONNECT_PERIOD)
+    );
+    for vip in vips.keys() {
+        let ip = IpAddr::V4(*vip);
+        let s = log.summary(ip, Duration::ZERO, Duration::MAX);
+        println!(
+            "  {vip}: {} opened, {} failed, answered by {:?}",
+            s.attempts, s.failures, s.answered_by
+        );
+        for failure in log.failures(ip, usize::MAX) {
+            let error = failure.outcome.as_ref().err().cloned().unwrap_or_default();
+            println!("    failed at {} ms: {error}", ms(failure.at));
+            assert!(
+                error.contains("reset by peer"),
+                "{vip}: a connection failed other than by straddling a switch of owner: {error}"
+            );
+        }
+        failed += s.failures;
+        switches += s.answered_by.len().saturating_sub(1);
+    }
+    assert!(
+        failed <= switches,
+        "{failed} connections reset, more than the {switches} switches of answering node"
+    );
+    failed
+}
+
 /// The `hand-off` moves counted by the agents of `nodes`.
 fn hand_offs(lab: &Lab, nodes: &[String]) -> f64 {
     nodes
@@ -658,8 +700,10 @@ fn hand_offs(lab: &Lab, nodes: &[String]) -> f64 {
 /// node once things settled; ARP probes from the client every 20 ms throughout. A stopping agent marks its Node
 /// handing off and keeps answering for each of its VIPs until the new owner announces it, then exits. Asserted: every
 /// agent exits on its own after handing everything over (its log says so; it did not run into the time limit), the
-/// others count each of its VIPs as a hand-off, no VIP goes unanswered for more than one probe round, no Service's
-/// VIP changes, and each VIP has one answerer at the end. Printed: per VIP, rounds with no answer and with two.
+/// others count each of its VIPs as a hand-off, no VIP goes unanswered for more than one probe round, no connection
+/// of the client's 200 per second fails but one straddling a switch of owner (see [`check_connections`]), no
+/// Service's VIP changes, and each VIP has one answerer at the end. Printed: per VIP, rounds with no answer and with
+/// two, and the connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_hands_every_vip_over_before_each_agent_stops() {
     if skip() {
@@ -674,6 +718,13 @@ async fn a_rolling_restart_hands_every_vip_over_before_each_agent_stops() {
         &lab,
         before.keys().copied().collect(),
         Duration::from_millis(20),
+    )
+    .unwrap();
+    let tcp = TcpWatch::start(
+        &lab,
+        before.keys().map(|v| IpAddr::V4(*v)).collect(),
+        CONNECT_PERIOD,
+        Duration::from_millis(500),
     )
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -712,7 +763,9 @@ async fn a_rolling_restart_hands_every_vip_over_before_each_agent_stops() {
         // The new agent clears the mark, and level moves give it its share back.
         let _ = settled_v4_owners(&lab).await;
     }
+    let connects = tcp.finish();
     let log = arp.finish();
+    let failed = check_connections(&connects, &before);
     println!(
         "rolling restart of {} agents, 20 ms ARP probes from the client:",
         nodes.len()
@@ -740,6 +793,10 @@ async fn a_rolling_restart_hands_every_vip_over_before_each_agent_stops() {
         dark <= Duration::from_millis(20),
         "a VIP went unanswered for {} ms during the rolling restart",
         ms(dark)
+    );
+    assert_eq!(
+        failed, 0,
+        "new connections failed during the rolling restart"
     );
     let after = settled_v4_owners(&lab).await;
     assert_eq!(
@@ -811,4 +868,109 @@ async fn an_owner_cut_off_and_healed_leaves_little_overlap() {
             .collect();
         assert_eq!(last.len(), 1, "{vip}: one answerer at the end: {last:?}");
     }
+}
+
+/// Scenario: the owner of VIPs is cordoned (`spec.unschedulable`, as `kubectl cordon` or a drain does), then
+/// uncordoned, with ARP probes every 20 ms and 200 new connections per second from the client. Asserted: its VIPs
+/// move to the other nodes, each counted as a hand-off, with no ARP round unanswered and no connection failed but
+/// one straddling a switch of owner (see [`check_connections`]); once uncordoned, the node takes a share back
+/// (levelling, make before break).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordoned_owner_hands_its_vips_over_without_a_failed_connection() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = Lab::start(partition_options("cordon")).await.unwrap();
+    let _logs = Logs::of(&lab);
+    gossip_settled(&lab).await;
+    let before = settled_v4_owners(&lab).await;
+    let owner = before.values().next().unwrap().clone();
+    let owned: Vec<Ipv4Addr> = before
+        .iter()
+        .filter(|(_, o)| **o == owner)
+        .map(|(v, _)| *v)
+        .collect();
+    let others: Vec<String> = lab
+        .node_names()
+        .into_iter()
+        .filter(|n| *n != owner)
+        .collect();
+    let counted = hand_offs(&lab, &others);
+    let arp = ArpWatch::start(
+        &lab,
+        before.keys().copied().collect(),
+        Duration::from_millis(20),
+    )
+    .unwrap();
+    let tcp = TcpWatch::start(
+        &lab,
+        before.keys().map(|v| IpAddr::V4(*v)).collect(),
+        CONNECT_PERIOD,
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(lab.client.clone());
+    let cordon = |on: bool| {
+        let nodes = nodes.clone();
+        let owner = owner.clone();
+        async move {
+            nodes
+                .patch(
+                    &owner,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(serde_json::json!({"spec": {"unschedulable": on}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    cordon(true).await;
+    wait_until(
+        &format!("{owner}'s VIPs to move away"),
+        Duration::from_secs(20),
+        || async {
+            let now = v4_owners(&lab).await;
+            owned.iter().all(|v| now[v] != owner)
+        },
+    )
+    .await;
+    let moved = hand_offs(&lab, &others) - counted;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cordon(false).await;
+    let after = settled_v4_owners(&lab).await;
+    let connects = tcp.finish();
+    let log = arp.finish();
+    println!("{owner} cordoned, then uncordoned; 20 ms ARP probes from the client:");
+    let failed = check_connections(&connects, &before);
+    let mut dark = Duration::ZERO;
+    for vip in before.keys() {
+        let s = log.summary(*vip, Duration::ZERO, Duration::MAX);
+        let answerers: Vec<String> = s.owners.iter().map(|m| node_of(&lab, m)).collect();
+        println!(
+            "  {vip}: {} unanswered ARP rounds, {} with two answerers, answerers {answerers:?}",
+            s.unanswered, s.split_rounds
+        );
+        dark = dark.max(s.longest_unanswered);
+    }
+    println!(
+        "  {moved} hand-off move(s) counted for {} VIP(s)",
+        owned.len()
+    );
+    assert!(
+        moved >= owned.len() as f64,
+        "{owner} owned {} VIPs, but only {moved} hand-off moves were counted",
+        owned.len()
+    );
+    assert!(
+        dark <= Duration::from_millis(20),
+        "a VIP went unanswered for {} ms",
+        ms(dark)
+    );
+    println!("  {failed} connection(s) reset straddling a switch of owner");
+    assert!(
+        after.values().any(|o| *o == owner),
+        "uncordoned, {owner} got no VIP back: {after:?}"
+    );
 }

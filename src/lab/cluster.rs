@@ -832,8 +832,11 @@ fn serve(
                     let _ = stream.set_nonblocking(false);
                     let _ = stream.write_all(reply(peer).as_bytes());
                 }
+                // A short nap: a connection waits at most this long to be served, and one that straddles a move
+                // of its VIP (its handshake to the old owner, its next packet to the new one) is reset, so a long
+                // nap would count the lab server's latency as failovers.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(5));
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
