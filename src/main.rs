@@ -96,8 +96,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => {
             ironlb::telemetry::init_json_logs();
-            // One thread: the agent's work is a single loop plus I/O, and fewer threads keep fewer malloc arenas,
-            // which is most of its memory at 10^4 Services.
+            // One thread for the agent's loop and its I/O: fewer threads keep fewer malloc arenas, which is most of
+            // its memory at 10^4 Services. The timing-critical parts have threads of their own: the gossip failure
+            // detector (its own single-threaded runtime) and the ARP/NDP responder.
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

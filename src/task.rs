@@ -29,6 +29,39 @@ impl<T: Send + 'static> Task<T> {
     }
 }
 
+impl Task<()> {
+    /// Runs `future` on a thread of its own, with a single-threaded runtime, so that nothing on the caller's runtime
+    /// (a long synchronous pass of the agent's loop) can delay it: for timing-critical work such as the failure
+    /// detector. The task ends when the future does, or when the thread dies (a panic); dropping it stops the future
+    /// at its next await point, as an abort would, and the thread exits.
+    pub fn spawn_on_thread(
+        name: &'static str,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<Task<()>> {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = future => {}
+                        _ = stop_rx => {}
+                    }
+                });
+                let _ = done_tx.send(());
+            })?;
+        Ok(Task::spawn(name, async move {
+            // Dropped with this task, which stops the thread's future.
+            let _stop = stop_tx;
+            let _ = done_rx.await;
+        }))
+    }
+}
+
 impl<T> Task<T> {
     pub fn name(&self) -> &'static str {
         self.name
@@ -265,5 +298,52 @@ mod tests {
         assert_eq!(Instant::now(), now + Duration::from_secs(2));
         deadline.clear();
         assert!(!deadline.is_set());
+    }
+
+    /// A future on its own thread keeps its timers while the caller's single-threaded runtime is blocked by a long
+    /// synchronous step; a task on that runtime stands still meanwhile. Dropping the task stops the thread's future.
+    #[tokio::test]
+    async fn a_task_on_its_own_thread_runs_while_the_runtime_is_blocked() {
+        use std::sync::atomic::AtomicU64;
+        let ticker = |ticks: Arc<AtomicU64>| async move {
+            let mut every = tokio::time::interval(Duration::from_millis(5));
+            loop {
+                every.tick().await;
+                ticks.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let (own, shared) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let on_thread = Task::spawn_on_thread("ticker", ticker(own.clone())).unwrap();
+        let on_runtime = Task::spawn("ticker", ticker(shared.clone()));
+        // Let both start, then block this runtime's only thread for 300 ms, as a long pass would.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (own0, shared0) = (own.load(Ordering::SeqCst), shared.load(Ordering::SeqCst));
+        std::thread::sleep(Duration::from_millis(300));
+        let (own1, shared1) = (own.load(Ordering::SeqCst), shared.load(Ordering::SeqCst));
+        assert!(
+            own1 - own0 >= 20,
+            "the thread's task ticked {} times in 300 ms",
+            own1 - own0
+        );
+        assert_eq!(shared1, shared0, "a task on the blocked runtime ran");
+        drop(on_thread);
+        drop(on_runtime);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stopped = own.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            own.load(Ordering::SeqCst),
+            stopped,
+            "the dropped task still runs"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_thread_task_that_panics_ends() {
+        let task = Task::spawn_on_thread("panics", async { panic!("on purpose") }).unwrap();
+        assert!(
+            task.join_within(Duration::from_secs(5)).await,
+            "the task did not end"
+        );
     }
 }

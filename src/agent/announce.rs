@@ -216,7 +216,9 @@ impl Announcer {
                         config.timing.isolation_grace =
                             gossip::isolation_grace(lease_timing.as_ref().map(|t| t.duration));
                         let mut stop = stop.clone();
-                        membership_task = Some(Task::spawn("gossip membership", async move {
+                        // The failure detector runs on a thread of its own: a long pass of the agent's loop must
+                        // not delay a probe or an ack (SWIM declares a member that stalls for 300 ms Down).
+                        let membership = Task::spawn_on_thread("gossip membership", async move {
                             let stopped = async move {
                                 let _ = stop.wait_for(|s| *s).await;
                             };
@@ -236,7 +238,14 @@ impl Announcer {
                             {
                                 tracing::error!(%error, "membership stopped; falling back to Node Ready");
                             }
-                        }));
+                        });
+                        match membership {
+                            Ok(task) => membership_task = Some(task),
+                            Err(error) => tracing::error!(
+                                %error,
+                                "cannot start the gossip thread; falling back to the node Leases and Node Ready"
+                            ),
+                        }
                     }
                     None => tracing::error!(
                         node,

@@ -26,7 +26,9 @@
 //!
 //! The core decides when passes run (see its rules); this loop computes them (CPU only) and hands their writes to the
 //! writers, their bindings to the node link, their routes to the BGP sessions and their plan to the responder. No
-//! arm awaits the API or netlink, so a slow API never delays a failover. A pass waits for the previous one's writes
+//! arm awaits the API or netlink, so a slow API never delays a failover. The loop and these tasks share one thread;
+//! gossip membership and the ARP/NDP responder have threads of their own, so a long pass delays neither a probe nor
+//! an answer. A pass waits for the previous one's writes
 //! to report (an announcement pass also for as long as the last one took), except an announcement pass after a
 //! change of liveness, which runs at once; the announcement writer then runs the newest writes.
 
