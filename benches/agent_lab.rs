@@ -450,6 +450,9 @@ async fn main() {
     let mut log_at_allocated = 0;
     for &target in targets {
         let batch_start = Instant::now();
+        // The allocator Lease's holder, read every 100 creates and at the end of the fill: how often it changed hands.
+        let mut last_holder = holder(&leases).await;
+        let mut handovers = 0usize;
         while created < target {
             let name = format!("load-{created}");
             services
@@ -457,6 +460,13 @@ async fn main() {
                 .await
                 .expect("create");
             created += 1;
+            if created.is_multiple_of(100) {
+                let now = holder(&leases).await;
+                if now.is_some() && now != last_holder {
+                    handovers += 1;
+                    last_holder = now;
+                }
+            }
         }
         // Creation timestamps have one-second resolution, so the last-created is not always the last allocated.
         let loaded = |m: &BTreeMap<String, Instant>| {
@@ -466,6 +476,15 @@ async fn main() {
             .await
             .is_ok_and(|r| r.is_ok());
         let fill = batch_start.elapsed();
+        let now = holder(&leases).await;
+        if now.is_some() && now != last_holder {
+            handovers += 1;
+        }
+        rows.push((
+            format!("Allocator Lease changes of hand while filling to {target} Services"),
+            handovers.to_string(),
+            "target 0 (holder read every 100 creates and at the end)".to_string(),
+        ));
         log_at_allocated = server.requests().len();
         // Steady state: the leader hands the memory its last passes freed back to the system once they have been
         // quiet for half a second. The peak stays visible as VmHWM.
