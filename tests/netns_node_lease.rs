@@ -151,11 +151,7 @@ async fn fail_over(lab: &mut Lab, vip: Ipv4Addr, owner: &str, how: Stop) -> (Dur
         took <= TAKEOVER_LIMIT,
         "{vip}: takeover took {took:?}, over the functional limit {TAKEOVER_LIMIT:?}"
     );
-    let last: BTreeSet<String> = log
-        .last_answerers(vip, 10)
-        .iter()
-        .map(|m| node_of(lab, m))
-        .collect();
+    let last = last_answerers(lab, &log, vip);
     assert_eq!(
         last,
         BTreeSet::from([by.clone()]),
@@ -476,6 +472,47 @@ fn overlap(
     worst
 }
 
+/// The nodes that answered ARP for `vip` in the log's last 10 rounds.
+fn last_answerers(lab: &Lab, log: &ArpLog, vip: Ipv4Addr) -> BTreeSet<String> {
+    log.last_answerers(vip, 10)
+        .iter()
+        .map(|m| node_of(lab, m))
+        .collect()
+}
+
+/// Asserts that every VIP of `vips` had exactly one answerer over the log's last 10 rounds.
+fn assert_one_answerer_each(
+    lab: &Lab,
+    log: &ArpLog,
+    vips: &std::collections::BTreeMap<Ipv4Addr, String>,
+) {
+    for vip in vips.keys() {
+        let last = last_answerers(lab, log, *vip);
+        assert_eq!(last.len(), 1, "{vip}: one answerer at the end: {last:?}");
+    }
+}
+
+/// ARP probes from the client every 20 ms for every VIP of `vips`.
+fn watch_arp(lab: &Lab, vips: &std::collections::BTreeMap<Ipv4Addr, String>) -> ArpWatch {
+    ArpWatch::start(
+        lab,
+        vips.keys().copied().collect(),
+        Duration::from_millis(20),
+    )
+    .unwrap()
+}
+
+/// New connections from the client to every VIP of `vips`, one each per [`CONNECT_PERIOD`].
+fn watch_connections(lab: &Lab, vips: &std::collections::BTreeMap<Ipv4Addr, String>) -> TcpWatch {
+    TcpWatch::start(
+        lab,
+        vips.keys().map(|v| IpAddr::V4(*v)).collect(),
+        CONNECT_PERIOD,
+        Duration::from_millis(500),
+    )
+    .unwrap()
+}
+
 /// The longest any VIP may be answered by two nodes in the partition scenarios, in 20 ms probe rounds: a functional
 /// bound that fails on a split brain (before, every node claimed every VIP for about 5.8 s), not a timing target.
 const OVERLAP_LIMIT_ROUNDS: usize = 10;
@@ -494,12 +531,7 @@ async fn gossip_blocked_on_every_node_makes_no_node_claim_another_nodes_vip() {
     gossip_settled(&lab).await;
     let before = settled_v4_owners(&lab).await;
     assert_eq!(before.len(), 6, "{before:?}");
-    let arp = ArpWatch::start(
-        &lab,
-        before.keys().copied().collect(),
-        Duration::from_millis(20),
-    )
-    .unwrap();
+    let arp = watch_arp(&lab, &before);
     tokio::time::sleep(Duration::from_millis(500)).await;
     for node in &lab.topology.nodes {
         block_gossip(&node.netns);
@@ -543,12 +575,7 @@ async fn gossip_blocked_on_one_owner_hands_its_vips_over_with_little_overlap() {
     gossip_settled(&lab).await;
     let before = settled_v4_owners(&lab).await;
     let (_, cut) = before.iter().next().map(|(v, o)| (*v, o.clone())).unwrap();
-    let arp = ArpWatch::start(
-        &lab,
-        before.keys().copied().collect(),
-        Duration::from_millis(20),
-    )
-    .unwrap();
+    let arp = watch_arp(&lab, &before);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let netns = lab.node(&cut).unwrap().netns.clone();
     block_gossip(&netns);
@@ -569,11 +596,7 @@ async fn gossip_blocked_on_one_owner_hands_its_vips_over_with_little_overlap() {
         } else {
             assert_eq!(now, owner, "{vip} moved although its owner was healthy");
         }
-        let last: BTreeSet<String> = log
-            .last_answerers(*vip, 10)
-            .iter()
-            .map(|m| node_of(&lab, m))
-            .collect();
+        let last = last_answerers(&lab, &log, *vip);
         assert_eq!(
             last,
             BTreeSet::from([now.clone()]),
@@ -599,12 +622,7 @@ async fn an_owner_paused_for_one_then_five_seconds_yields_its_vips_on_resuming()
         let before = settled_v4_owners(&lab).await;
         let paused = before.values().next().unwrap().clone();
         let pid = lab.agent_pid(&paused).unwrap().to_string();
-        let arp = ArpWatch::start(
-            &lab,
-            before.keys().copied().collect(),
-            Duration::from_millis(20),
-        )
-        .unwrap();
+        let arp = watch_arp(&lab, &before);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let stopped = std::process::Command::new("kill")
             .args(["-STOP", &pid])
@@ -629,14 +647,7 @@ async fn an_owner_paused_for_one_then_five_seconds_yields_its_vips_on_resuming()
             worst <= OVERLAP_LIMIT_ROUNDS,
             "a VIP was answered by two nodes for {worst} rounds"
         );
-        for vip in before.keys() {
-            let last: BTreeSet<String> = log
-                .last_answerers(*vip, 10)
-                .iter()
-                .map(|m| node_of(&lab, m))
-                .collect();
-            assert_eq!(last.len(), 1, "{vip}: one answerer at the end: {last:?}");
-        }
+        assert_one_answerer_each(&lab, &log, &before);
         gossip_settled(&lab).await;
     }
 }
@@ -714,19 +725,8 @@ async fn a_rolling_restart_hands_every_vip_over_before_each_agent_stops() {
     let _logs = Logs::of(&lab);
     gossip_settled(&lab).await;
     let before = settled_v4_owners(&lab).await;
-    let arp = ArpWatch::start(
-        &lab,
-        before.keys().copied().collect(),
-        Duration::from_millis(20),
-    )
-    .unwrap();
-    let tcp = TcpWatch::start(
-        &lab,
-        before.keys().map(|v| IpAddr::V4(*v)).collect(),
-        CONNECT_PERIOD,
-        Duration::from_millis(500),
-    )
-    .unwrap();
+    let arp = watch_arp(&lab, &before);
+    let tcp = watch_connections(&lab, &before);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let handed = "every VIP of this node is announced by another; stopping";
     let nodes = lab.node_names();
@@ -782,11 +782,7 @@ async fn a_rolling_restart_hands_every_vip_over_before_each_agent_stops() {
             s.split_rounds
         );
         dark = dark.max(s.longest_unanswered);
-        let last: BTreeSet<String> = log
-            .last_answerers(*vip, 10)
-            .iter()
-            .map(|m| node_of(&lab, m))
-            .collect();
+        let last = last_answerers(&lab, &log, *vip);
         assert_eq!(last.len(), 1, "{vip}: one answerer at the end: {last:?}");
     }
     assert!(
@@ -819,12 +815,7 @@ async fn an_owner_cut_off_and_healed_leaves_little_overlap() {
     gossip_settled(&lab).await;
     let before = settled_v4_owners(&lab).await;
     let cut = before.values().next().unwrap().clone();
-    let arp = ArpWatch::start(
-        &lab,
-        before.keys().copied().collect(),
-        Duration::from_millis(20),
-    )
-    .unwrap();
+    let arp = watch_arp(&lab, &before);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let node = lab.node(&cut).unwrap().clone();
     lab.topology.cut(&node).unwrap();
@@ -857,14 +848,7 @@ async fn an_owner_cut_off_and_healed_leaves_little_overlap() {
         worst <= OVERLAP_LIMIT_ROUNDS,
         "a VIP was answered by two nodes for {worst} rounds"
     );
-    for vip in before.keys() {
-        let last: BTreeSet<String> = log
-            .last_answerers(*vip, 10)
-            .iter()
-            .map(|m| node_of(&lab, m))
-            .collect();
-        assert_eq!(last.len(), 1, "{vip}: one answerer at the end: {last:?}");
-    }
+    assert_one_answerer_each(&lab, &log, &before);
 }
 
 /// Scenario: the owner of VIPs is cordoned (`spec.unschedulable`, as `kubectl cordon` or a drain does), then
@@ -894,19 +878,8 @@ async fn a_cordoned_owner_hands_its_vips_over_without_a_failed_connection() {
         .filter(|n| *n != owner)
         .collect();
     let counted = hand_offs(&lab, &others);
-    let arp = ArpWatch::start(
-        &lab,
-        before.keys().copied().collect(),
-        Duration::from_millis(20),
-    )
-    .unwrap();
-    let tcp = TcpWatch::start(
-        &lab,
-        before.keys().map(|v| IpAddr::V4(*v)).collect(),
-        CONNECT_PERIOD,
-        Duration::from_millis(500),
-    )
-    .unwrap();
+    let arp = watch_arp(&lab, &before);
+    let tcp = watch_connections(&lab, &before);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(lab.client.clone());
     let cordon = |on: bool| {
