@@ -57,9 +57,11 @@
 //! `N` × 2.4 kB/s in total; `sent_bytes` in [`MembershipMetrics`] measures it. Gossip adds traffic only while
 //! membership changes.
 //!
-//! A member that stalls longer than `P + S` (CPU throttling, a long pause) is declared Down falsely; foca then
-//! renews its identity (foca's `renew`) and it rejoins within a round trip. So the agent should not run under a
-//! tight CPU limit. foca does not implement Lifeguard's local-health multiplier, which would soften this.
+//! A member that stalls longer than `P + S` (a long pause, a process frozen) is declared Down falsely; foca then
+//! renews its identity (foca's `renew`) and it rejoins within a round trip. The agent runs this module on a thread of
+//! its own, so its own passes never stall it, and CPU throttling alone did not: with one agent limited to 5 % of a
+//! CPU and 1,000 Services churning for 60 s, the others saw no Down (`benches/starvation.rs`, BENCHMARKS.md). foca
+//! does not implement Lifeguard's local-health multiplier, which would soften longer stalls.
 //!
 //! A member that hears no peer at all (a firewall dropping its inbound gossip, a one-way fault) would otherwise
 //! declare every peer Down and, since it can still send, tell the others, who cannot refute a Down: a healthy node
