@@ -251,7 +251,8 @@ async fn main() {
     let starved_counts = (after.0 - before.0, after.1 - before.1);
 
     println!(
-        "\n| measurement ({services_n} Services, {} patches/s, {} s each) | {starved}'s agent at {percent} % of a CPU | no limit (same run) |",
+        "\n| measurement ({services_n} Services, {} patches/s, {} s each) | {starved}'s agent at {percent} % of a \
+         CPU | no limit (same run) |",
         per_tick * 10,
         window.as_secs()
     );

@@ -751,7 +751,8 @@ async fn a_rolling_restart_hands_every_vip_over_before_each_agent_stops() {
         );
         let now_counted = hand_offs(&lab, &others) - counted;
         println!(
-            "{node}: owned {owned} VIP(s), exited {} ms after SIGTERM, {now_counted} hand-off move(s) counted by the others",
+            "{node}: owned {owned} VIP(s), exited {} ms after SIGTERM, {now_counted} hand-off move(s) counted by \
+             the others",
             ms(took)
         );
         assert!(

@@ -121,8 +121,8 @@ pub struct Announcer {
     /// Until membership has found the other Ready nodes, or until this deadline, announce nothing: an agent that
     /// starts alone would otherwise claim every VIP for a moment and send gratuitous ARP for them.
     startup_hold: Option<Instant>,
-    /// Set once the agent is told to stop: the reason its Node shows in [`crate::plan::input::HANDING_OFF_ANNOTATION`] while this node's
-    /// groups move to others.
+    /// Set once the agent is told to stop: the reason its Node shows in
+    /// [`crate::plan::input::HANDING_OFF_ANNOTATION`] while this node's groups move to others.
     stopping: Option<&'static str>,
     /// How many groups the last pass saw published as announced by this node.
     published_here: usize,
@@ -347,9 +347,10 @@ impl Announcer {
         self.startup_hold.is_some()
     }
 
-    /// Starts the hand-off of a stopping agent: from the next pass on, its Node carries [`crate::plan::input::HANDING_OFF_ANNOTATION`],
-    /// so every agent moves this node's groups to others, and this node claims nothing new. It keeps answering for
-    /// each group until the new owner publishes it (see `make_before_break`).
+    /// Starts the hand-off of a stopping agent: from the next pass on, its Node carries
+    /// [`crate::plan::input::HANDING_OFF_ANNOTATION`], so every agent moves this node's groups to others, and this
+    /// node claims nothing new. It keeps answering for each group until the new owner publishes it (see
+    /// `make_before_break`).
     pub fn begin_hand_off(&mut self) {
         self.stopping = Some("agent stopping");
     }
@@ -359,7 +360,11 @@ impl Announcer {
     /// first. Until they have (every group it owns in its own view shows another owner), at most [`REJOIN_HOLD`], it
     /// acts as the others decided while it was Down: it answers only for groups nobody else could take.
     pub fn rejoined(&mut self, now: Instant) {
-        tracing::info!(node = %self.node, "declared Down by the others: yielding the VIPs they took until this node's view catches up, at most {REJOIN_HOLD:?}");
+        tracing::info!(
+            node = %self.node,
+            "declared Down by the others: yielding the VIPs they took until this node's view catches up, at most \
+             {REJOIN_HOLD:?}"
+        );
         self.rejoin_hold = Some(now + REJOIN_HOLD);
     }
 
@@ -408,10 +413,15 @@ impl Announcer {
                 self.rejoin_hold = None;
             }
         }
+        // Only groups some node may own in Layer 2 mode: a BGP-only group's `announced-by` lists its advertisers,
+        // and a group nobody else can take has nobody to wait for.
         self.published_here = input
             .groups
             .iter()
-            .filter(|g| g.published_owner.as_deref() == Some(self.node.as_str()))
+            .filter(|g| {
+                g.published_owner.as_deref() == Some(self.node.as_str())
+                    && assignments.contains_key(&g.key)
+            })
             .count();
         if self.standing_reported != Some(standing) {
             self.standing_reported = Some(standing);

@@ -470,13 +470,20 @@ pub async fn run_with(
             _ = &mut shutdown, if hand_off.is_none() => {
                 // Make before break: the Node says this agent is going, every agent moves its groups, and it keeps
                 // answering for each until the new owner announces it (or the time is up).
-                tracing::info!(node = %args.node_name, "stopping: handing this node's VIPs over first, for at most {HAND_OFF_LIMIT:?}");
+                tracing::info!(
+                    node = %args.node_name,
+                    "stopping: handing this node's VIPs over first, for at most {HAND_OFF_LIMIT:?}"
+                );
                 announcer.begin_hand_off();
                 hand_off = Some(Instant::now() + HAND_OFF_LIMIT);
                 Input::Refresh { node_changed: true }
             }
             _ = sleep_until(hand_off), if hand_off.is_some() => {
-                tracing::warn!(node = %args.node_name, "VIPs not all handed over within {HAND_OFF_LIMIT:?}; stopping anyway (the others take them when this agent leaves gossip)");
+                tracing::warn!(
+                    node = %args.node_name,
+                    "VIPs not all handed over within {HAND_OFF_LIMIT:?}; stopping anyway (the others take them when \
+                     this agent leaves gossip)"
+                );
                 break;
             }
             task = tasks.died() => {
