@@ -407,7 +407,7 @@ impl Announcer {
                 || (gossip::may_claim(standing, a.cause) && (!stopping || a.cause == Cause::Kept))
         });
         if let Some(until) = self.rejoin_hold {
-            let yielded = yield_after_rejoin(&self.node, &input.groups, live, &mut assignments);
+            let yielded = yield_after_rejoin(&self.node, &input.groups, &mut assignments);
             if yielded == 0 || Instant::now() >= until {
                 tracing::info!(node = %self.node, still_stale = yielded, "rejoin hold over");
                 self.rejoin_hold = None;
@@ -594,13 +594,20 @@ fn make_before_break(
 /// After a rejoin: drops from `assignments` this node's claim to every group it is still published as announcing
 /// that the plan without this node gives to another node (what the others did while it was Down). Returns how many
 /// it dropped: zero once this node's view shows the new owners' `announced-by`.
+///
+/// The others are every other candidate, not this node's live set: right after a rejoin that set may still be
+/// whatever its own silence left (its node Lease view stale), and the others are not gone for having been unheard.
 fn yield_after_rejoin(
     node: &str,
     groups: &[plan::VipGroup],
-    live: &BTreeSet<String>,
     assignments: &mut BTreeMap<plan::GroupKey, OwnerChoice>,
 ) -> usize {
-    let others: BTreeSet<String> = live.iter().filter(|n| *n != node).cloned().collect();
+    let others: BTreeSet<String> = groups
+        .iter()
+        .flat_map(|g| g.l2_nodes.iter())
+        .filter(|n| n.as_str() != node)
+        .cloned()
+        .collect();
     let without_me = plan::owner::assign(groups, &others);
     let mut yielded = 0;
     assignments.retain(|key, a| {
@@ -867,7 +874,7 @@ mod tests {
         let stale = vec![published(1, &["a", "b"], "a"), published(2, &["a"], "a")];
         let mut assignments = plan::owner::assign(&stale, &live);
         assert_eq!(assignments[&stale[0].key].owner, "a");
-        assert_eq!(yield_after_rejoin("a", &stale, &live, &mut assignments), 1);
+        assert_eq!(yield_after_rejoin("a", &stale, &mut assignments), 1);
         assert!(
             !assignments.contains_key(&stale[0].key),
             "b took group 1 while a was Down"
@@ -876,10 +883,15 @@ mod tests {
             assignments[&stale[1].key].owner, "a",
             "nobody else can take group 2"
         );
+        // Right after the rejoin a's live set may hold only itself (its Lease view stale): b took group 1 all the
+        // same.
+        let alone: BTreeSet<String> = ["a"].map(String::from).into();
+        let mut assignments = plan::owner::assign(&stale, &alone);
+        assert_eq!(yield_after_rejoin("a", &stale, &mut assignments), 1);
         // Caught up: b's announced-by for group 1 has arrived.
         let fresh = vec![published(1, &["a", "b"], "b"), published(2, &["a"], "a")];
         let mut assignments = plan::owner::assign(&fresh, &live);
-        assert_eq!(yield_after_rejoin("a", &fresh, &live, &mut assignments), 0);
+        assert_eq!(yield_after_rejoin("a", &fresh, &mut assignments), 0);
         assert_eq!(assignments[&fresh[0].key].owner, "b");
     }
 }
