@@ -570,25 +570,32 @@ fn make_before_break(
     groups: &[plan::VipGroup],
     assignments: &BTreeMap<plan::GroupKey, OwnerChoice>,
 ) -> Option<BTreeMap<plan::GroupKey, String>> {
-    let mut kept = 0;
-    let owners: BTreeMap<plan::GroupKey, String> = assignments
+    // Most passes keep nothing: find the groups first, and copy the owners only when there are some.
+    let kept: BTreeSet<plan::GroupKey> = assignments
         .iter()
-        .map(|(key, a)| {
-            let published_here = groups
-                .binary_search_by_key(key, |g| g.key)
-                .ok()
-                .is_some_and(|i| groups[i].published_owner.as_deref() == Some(node));
-            let moving_away =
-                a.owner != node && matches!(a.cause, Cause::NotCandidate | Cause::Level);
-            if published_here && moving_away {
-                kept += 1;
-                (*key, node.to_string())
-            } else {
-                (*key, a.owner.clone())
-            }
+        .filter(|(key, a)| {
+            a.owner != node
+                && matches!(a.cause, Cause::NotCandidate | Cause::Level)
+                && groups
+                    .binary_search_by_key(*key, |g| g.key)
+                    .ok()
+                    .is_some_and(|i| groups[i].published_owner.as_deref() == Some(node))
         })
+        .map(|(key, _)| *key)
         .collect();
-    (kept > 0).then_some(owners)
+    (!kept.is_empty()).then(|| {
+        assignments
+            .iter()
+            .map(|(key, a)| {
+                let owner = if kept.contains(key) {
+                    node
+                } else {
+                    a.owner.as_str()
+                };
+                (*key, owner.to_string())
+            })
+            .collect()
+    })
 }
 
 /// After a rejoin: drops from `assignments` this node's claim to every group it is still published as announcing
