@@ -342,17 +342,13 @@ async fn main() {
     let began = Instant::now();
     let prefix = format!("ilb-bl2-{}", std::process::id());
     let dir = std::env::temp_dir().join(&prefix);
-    let mut lab = Lab::start(LabOptions {
-        nodes: 3,
-        services: 3,
-        prefix,
-        dir: dir.clone(),
-        binary: env!("CARGO_BIN_EXE_ironlb").into(),
-        strict_arp: "enforce".into(),
-        agent_args: Vec::new(),
-        pods: false,
-        api: Default::default(),
-    })
+    let mut lab = Lab::start(LabOptions::new(
+        &prefix,
+        dir.clone(),
+        env!("CARGO_BIN_EXE_ironlb").into(),
+        3,
+        3,
+    ))
     .await
     .expect("start the lab");
     lab.wait_announced(Duration::from_secs(60))

@@ -155,17 +155,13 @@ async fn main() {
     let percent = env("STARVE_PERCENT", 5);
     let prefix = format!("ilb-bst-{}", std::process::id());
     let dir = std::env::temp_dir().join(&prefix);
-    let lab = Lab::start(LabOptions {
-        nodes: 3,
-        services: 2,
-        prefix: prefix.clone(),
-        dir: dir.clone(),
-        binary: env!("CARGO_BIN_EXE_ironlb").into(),
-        strict_arp: "enforce".into(),
-        agent_args: Vec::new(),
-        pods: false,
-        api: Default::default(),
-    })
+    let lab = Lab::start(LabOptions::new(
+        &prefix,
+        dir.clone(),
+        env!("CARGO_BIN_EXE_ironlb").into(),
+        3,
+        2,
+    ))
     .await
     .expect("start the lab");
     lab.wait_announced(Duration::from_secs(60))

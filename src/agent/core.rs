@@ -704,9 +704,8 @@ mod tests {
         assert_eq!(rv_of(&core, "web").as_deref(), Some("7"));
     }
 
-    #[test]
-    fn changes_while_announcement_writes_are_out_cost_one_pass_but_liveness_never_waits() {
-        let t0 = Instant::now();
+    /// A core that synced with one Service at `t0` and ran its first announcement pass, whose writes are out.
+    fn announcing(t0: Instant) -> Core {
         let mut core = core();
         let mut first = synced();
         first.push(service("web", "1"));
@@ -714,6 +713,13 @@ mod tests {
             core.handle(changes(first, t0), t0),
             [Output::Ready, Output::Announce { trigger: t0 }]
         );
+        core
+    }
+
+    #[test]
+    fn changes_while_announcement_writes_are_out_cost_one_pass_but_liveness_never_waits() {
+        let t0 = Instant::now();
+        let mut core = announcing(t0);
         // The writes are out: a burst of Service changes asks for nothing yet.
         for i in 1..=50u64 {
             let at = t0 + ms(i);
@@ -763,13 +769,7 @@ mod tests {
     #[test]
     fn announcement_passes_take_at_most_half_the_loop_unless_liveness_changed() {
         let t0 = Instant::now();
-        let mut core = core();
-        let mut first = synced();
-        first.push(service("web", "1"));
-        assert_eq!(
-            core.handle(changes(first, t0), t0),
-            [Output::Ready, Output::Announce { trigger: t0 }]
-        );
+        let mut core = announcing(t0);
         // That pass took 40 ms of CPU; its writes report at once.
         core.announcement_took(ms(40), t0 + ms(40));
         let t1 = t0 + ms(41);

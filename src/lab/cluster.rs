@@ -215,6 +215,30 @@ pub struct LabOptions {
     pub api: ApiChoice,
 }
 
+impl LabOptions {
+    /// `nodes` nodes and `services` demo Services on the embedded API server, agents run from `binary` with strict ARP
+    /// enforced and no extra flags, no pods; kubeconfigs and logs under `dir`.
+    pub fn new(
+        prefix: &str,
+        dir: PathBuf,
+        binary: PathBuf,
+        nodes: usize,
+        services: usize,
+    ) -> LabOptions {
+        LabOptions {
+            nodes,
+            services,
+            prefix: prefix.to_string(),
+            dir,
+            binary,
+            strict_arp: "enforce".into(),
+            agent_args: Vec::new(),
+            pods: false,
+            api: Default::default(),
+        }
+    }
+}
+
 struct AgentProcess {
     child: Child,
 }
