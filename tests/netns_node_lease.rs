@@ -945,3 +945,56 @@ async fn a_cordoned_owner_hands_its_vips_over_without_a_failed_connection() {
         "uncordoned, {owner} got no VIP back: {after:?}"
     );
 }
+
+/// Scenario: the owner's agent is SIGTERMed while it cannot reach the API. It cannot mark its Node handing off, so
+/// nobody takes its VIPs while it waits; after its hand-off limit (3 s) it stops anyway, leaving gossip, and the
+/// others take them at once. Asserted: it exits on its own, says it stopped with VIPs not handed over, and another
+/// node answers each of its VIPs at the end with at most a few unanswered 20 ms rounds; printed: how long it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_stopped_without_the_api_stops_after_its_hand_off_limit() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::start(partition_options("stopnoapi")).await.unwrap();
+    let _logs = Logs::of(&lab);
+    gossip_settled(&lab).await;
+    let before = settled_v4_owners(&lab).await;
+    let owner = before.values().next().unwrap().clone();
+    let arp = watch_arp(&lab, &before);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lab.block_api(&owner, true).unwrap();
+    let started = Instant::now();
+    let clean = lab.stop_agent(&owner, Duration::from_secs(20)).unwrap();
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let log = arp.finish();
+    lab.block_api(&owner, false).unwrap();
+    let text = std::fs::read_to_string(lab.agent_log(&owner)).unwrap_or_default();
+    println!(
+        "{owner} SIGTERMed without the API: exited after {} ms",
+        ms(took)
+    );
+    assert!(clean, "{owner}'s agent did not exit within 20 s of SIGTERM");
+    assert!(
+        text.contains("VIPs not all handed over within"),
+        "{owner}'s agent did not say it stopped before handing over"
+    );
+    for (vip, was) in before.iter().filter(|(_, o)| **o == owner) {
+        let s = log.summary(*vip, Duration::ZERO, Duration::MAX);
+        let last = last_answerers(&lab, &log, *vip);
+        println!(
+            "  {vip} (owner {was}): longest unanswered {} ms, answerers at the end {last:?}",
+            ms(s.longest_unanswered)
+        );
+        assert!(
+            last.len() == 1 && !last.contains(&owner),
+            "{vip}: not taken over by one other node: {last:?}"
+        );
+        assert!(
+            s.longest_unanswered <= Duration::from_millis(200),
+            "{vip} went dark for {} ms",
+            ms(s.longest_unanswered)
+        );
+    }
+}
