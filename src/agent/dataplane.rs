@@ -19,7 +19,7 @@
 //!
 //! The netlink calls are blocking, so they run on their own thread; the main loop never waits for the kernel.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
@@ -241,23 +241,32 @@ pub fn target(
 }
 
 /// The Service of each virtual service kube-proxy would create: the one whose ingress holds the VIP and which has
-/// the port.
+/// the port. The Services are indexed by ingress IP first, so each one's status is read once.
 fn owners_of(
     plane: &DataPlaneState,
     services: &[k8s_openapi::api::core::v1::Service],
 ) -> BTreeMap<ServiceId, ServiceRef> {
+    let mut by_ip: HashMap<IpAddr, Vec<&k8s_openapi::api::core::v1::Service>> = HashMap::new();
+    for svc in services {
+        for ip in crate::k8s::status::ingress_ips(svc) {
+            by_ip.entry(ip).or_default().push(svc);
+        }
+    }
     let mut out = BTreeMap::new();
     for id in plane.ipvs.keys() {
         let ServiceId::Addr { addr, port, .. } = id else {
             continue;
         };
-        if let Some(svc) = services.iter().find(|s| {
-            crate::k8s::status::ingress_ips(s).contains(addr)
-                && s.spec
-                    .as_ref()
-                    .and_then(|sp| sp.ports.as_ref())
-                    .is_some_and(|ps| ps.iter().any(|p| p.port == i32::from(*port)))
-        }) {
+        let has_port = |s: &&k8s_openapi::api::core::v1::Service| {
+            s.spec
+                .as_ref()
+                .and_then(|sp| sp.ports.as_ref())
+                .is_some_and(|ps| ps.iter().any(|p| p.port == i32::from(*port)))
+        };
+        if let Some(svc) = by_ip
+            .get(addr)
+            .and_then(|svcs| svcs.iter().copied().find(has_port))
+        {
             out.insert(*id, ServiceRef::of(svc));
         }
     }

@@ -11,7 +11,7 @@
 //! ARP for its IPv4 address also answers NDP for its IPv6 one. Services sharing a VIP (`allow-shared-ip`) are merged
 //! into one group too: two owners for one IP would mean two nodes answering ARP for it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 
@@ -141,7 +141,7 @@ pub enum NotAnnounced {
 /// planning takes this rather than the agent's state, so that it depends on nothing that talks to the API.
 pub trait ClusterObjects {
     fn services(&self) -> impl Iterator<Item = &Service>;
-    /// Walked once per Service.
+    /// Walked once per planning pass.
     fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice>;
     fn nodes(&self) -> impl Iterator<Item = &Node>;
     /// The labels of every Namespace, by name: advertisements select Services by them too.
@@ -201,6 +201,7 @@ impl PlanInput {
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
         let namespace_labels = cluster.namespace_labels();
         let no_labels = Labels::new();
+        let slices = slices_by_service(cluster.endpoint_slices());
 
         let mut holders = Vec::new();
         for svc in cluster.services() {
@@ -223,7 +224,15 @@ impl PlanInput {
             ips.sort();
             ips.dedup();
             holders.push(Holder {
-                endpoints: endpoints(cluster.endpoint_slices(), &request.service),
+                endpoints: endpoints(
+                    slices
+                        .get(&(
+                            request.service.namespace.as_str(),
+                            request.service.name.as_str(),
+                        ))
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                ),
                 key: request.service,
                 ips,
                 labels: request.labels,
@@ -336,26 +345,36 @@ pub fn parse_subnets(value: &str) -> (Vec<IpNet>, Vec<String>) {
     (nets, bad)
 }
 
-/// Where the endpoints of `service` serve, per the EndpointSlice conditions: an endpoint serves when it is ready
-/// (a missing `ready` means ready, as Kubernetes reads it), or, when no endpoint of the Service is ready, when it is
-/// serving and terminating, so that connections keep flowing during a rolling update that has nothing ready yet.
-fn endpoints<'a>(
+/// The EndpointSlices of each Service, by namespace and the Service name their `kubernetes.io/service-name` label
+/// gives: one walk over the slices per pass, not one per Service.
+fn slices_by_service<'a>(
     slices: impl Iterator<Item = &'a EndpointSlice>,
-    service: &ServiceKey,
-) -> Endpoints {
+) -> BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> {
+    let mut out: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in slices {
+        let namespace = slice.metadata.namespace.as_deref();
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if let (Some(namespace), Some(service)) = (namespace, service) {
+            out.entry((namespace, service.as_str()))
+                .or_default()
+                .push(slice);
+        }
+    }
+    out
+}
+
+/// Where the endpoints in a Service's `slices` serve, per the EndpointSlice conditions: an endpoint serves when it
+/// is ready (a missing `ready` means ready, as Kubernetes reads it), or, when no endpoint of the Service is ready,
+/// when it is serving and terminating, so that connections keep flowing during a rolling update that has nothing
+/// ready yet.
+fn endpoints(slices: &[&EndpointSlice]) -> Endpoints {
     let mut ready = Endpoints::default();
     let mut terminating = Endpoints::default();
     for slice in slices {
-        let ours = slice.metadata.namespace.as_deref() == Some(service.namespace.as_str())
-            && slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                == Some(&service.name);
-        if !ours {
-            continue;
-        }
         for ep in &slice.endpoints {
             let cond = ep.conditions.clone().unwrap_or_default();
             let is_ready = cond.ready.unwrap_or(true);
@@ -380,28 +399,40 @@ fn endpoints<'a>(
 }
 
 /// Groups the holders so that Services sharing any IP end up together. Output sorted by lowest IP.
+///
+/// A union-find over the holders, joined through the first holder seen for each IP: linear in the IPs (up to the
+/// inverse Ackermann factor), where comparing every holder with every group was quadratic in the Services.
 fn merge_shared(holders: Vec<Holder>) -> Vec<Vec<Holder>> {
-    let mut groups: Vec<(BTreeSet<IpAddr>, Vec<Holder>)> = Vec::new();
-    for holder in holders {
-        let ips: BTreeSet<IpAddr> = holder.ips.iter().copied().collect();
-        let (touching, mut rest): (Vec<_>, Vec<_>) =
-            groups.into_iter().partition(|(g, _)| !g.is_disjoint(&ips));
-        let mut merged = (ips, vec![holder]);
-        for (g, members) in touching {
-            merged.0.extend(g);
-            merged.1.extend(members);
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
         }
-        rest.push(merged);
-        groups = rest;
+        i
     }
-    groups.sort_by(|a, b| a.0.first().cmp(&b.0.first()));
+    let mut parent: Vec<usize> = (0..holders.len()).collect();
+    let mut first_holder: HashMap<IpAddr, usize> = HashMap::new();
+    for (i, holder) in holders.iter().enumerate() {
+        for ip in &holder.ips {
+            let first = *first_holder.entry(*ip).or_insert(i);
+            let (a, b) = (root(&mut parent, first), root(&mut parent, i));
+            if a != b {
+                parent[b.max(a)] = a.min(b);
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<Holder>> = BTreeMap::new();
+    for (i, holder) in holders.into_iter().enumerate() {
+        let r = root(&mut parent, i);
+        groups.entry(r).or_default().push(holder);
+    }
+    let lowest = |members: &[Holder]| members.iter().filter_map(|m| m.ips.first()).min().copied();
+    let mut groups: Vec<Vec<Holder>> = groups.into_values().collect();
+    groups.sort_by_cached_key(|members| lowest(members));
+    for members in &mut groups {
+        members.sort_by(|a, b| a.key.cmp(&b.key));
+    }
     groups
-        .into_iter()
-        .map(|(_, mut members)| {
-            members.sort_by(|a, b| a.key.cmp(&b.key));
-            members
-        })
-        .collect()
 }
 
 fn group(
@@ -1158,5 +1189,72 @@ mod tests {
         assert_eq!(input.nodes[0].subnets.len(), 1);
         assert_eq!(input.warnings.len(), 1);
         assert!(input.warnings[0].contains("n1"));
+    }
+
+    mod merging {
+        use super::super::{Endpoints, Holder, merge_shared};
+        use crate::alloc::ServiceKey;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+        use std::net::{IpAddr, Ipv4Addr};
+
+        fn holder(i: usize, ips: &BTreeSet<u8>) -> Holder {
+            Holder {
+                key: ServiceKey {
+                    namespace: "ns".into(),
+                    name: format!("s{i:03}"),
+                },
+                ips: ips
+                    .iter()
+                    .map(|o| IpAddr::V4(Ipv4Addr::new(192, 0, 2, *o)))
+                    .collect(),
+                labels: Default::default(),
+                traffic_local: false,
+                endpoints: Endpoints::default(),
+                announced_by: None,
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// Two Services are in one group exactly when a chain of shared IPs links them; groups come sorted by
+            /// their lowest IP and members by name.
+            #[test]
+            fn groups_are_the_components_of_shared_ips(
+                sets in prop::collection::vec(prop::collection::btree_set(0u8..24, 1..3), 0..40),
+            ) {
+                let groups = merge_shared(sets.iter().enumerate().map(|(i, s)| holder(i, s)).collect());
+                // The reference: grow each component to its closure, comparing every pair.
+                let n = sets.len();
+                let mut component: Vec<usize> = (0..n).collect();
+                let mut changed = true;
+                while changed {
+                    changed = false;
+                    for a in 0..n {
+                        for b in 0..n {
+                            if !sets[a].is_disjoint(&sets[b]) && component[b] > component[a] {
+                                component[b] = component[a];
+                                changed = true;
+                            }
+                        }
+                    }
+                }
+                let name = |i: usize| format!("s{i:03}");
+                let mut expected: Vec<Vec<String>> = Vec::new();
+                for c in component.iter().copied().collect::<BTreeSet<_>>() {
+                    expected.push((0..n).filter(|i| component[*i] == c).map(name).collect());
+                }
+                let lowest = |names: &Vec<String>| {
+                    names.iter().map(|m| *sets[m[1..].parse::<usize>().unwrap()].first().unwrap()).min()
+                };
+                expected.sort_by_key(lowest);
+                let got: Vec<Vec<String>> = groups
+                    .iter()
+                    .map(|g| g.iter().map(|h| h.key.name.clone()).collect())
+                    .collect();
+                prop_assert_eq!(got, expected);
+            }
+        }
     }
 }
