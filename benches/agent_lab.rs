@@ -369,23 +369,32 @@ async fn main() {
         }
     }
     floor.sort();
-    rows.push((
-        format!(
-            "Service create → ingress IP, {} Services (allocated {})",
-            count,
-            latencies.len()
-        ),
-        format!(
-            "p50 {} / p99 {}",
-            ms(percentile(&latencies, 0.5)),
-            ms(percentile(&latencies, 0.99))
-        ),
-        format!(
-            "API floor p50 {} / p99 {}",
-            ms(percentile(&floor, 0.5)),
-            ms(percentile(&floor, 0.99))
-        ),
-    ));
+    // A section that ran and measured nothing is a failed run, not a 0.0 ms figure; one that did not run prints no row.
+    assert!(
+        count == 0 || (!latencies.is_empty() && !floor.is_empty()),
+        "create → IP measured nothing: {} of {count} Services allocated, {} of {count} floor writes seen",
+        latencies.len(),
+        floor.len()
+    );
+    if count > 0 {
+        rows.push((
+            format!(
+                "Service create → ingress IP, {} Services (allocated {})",
+                count,
+                latencies.len()
+            ),
+            format!(
+                "p50 {} / p99 {}",
+                ms(percentile(&latencies, 0.5)),
+                ms(percentile(&latencies, 0.99))
+            ),
+            format!(
+                "API floor p50 {} / p99 {}",
+                ms(percentile(&floor, 0.5)),
+                ms(percentile(&floor, 0.99))
+            ),
+        ));
+    }
 
     // 2. Takeover after SIGKILL and after SIGTERM.
     let trials = if quick {
@@ -427,6 +436,15 @@ async fn main() {
         }
         to_holder.sort();
         to_ip.sort();
+        if trials == 0 {
+            continue;
+        }
+        assert!(
+            !to_holder.is_empty() && !to_ip.is_empty(),
+            "takeover after {label} measured nothing: {} of {trials} trials saw a new holder, {} a new IP",
+            to_holder.len(),
+            to_ip.len()
+        );
         rows.push((
             format!(
                 "Allocator takeover after {label} of the leader ({} trials)",

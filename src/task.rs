@@ -143,6 +143,23 @@ impl Tasks {
         }));
     }
 
+    /// Runs `future` as a task the component depends on, on a thread of its own (see [`Task::spawn_on_thread`]).
+    pub fn spawn_on_thread(
+        &mut self,
+        name: &'static str,
+        future: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let ended = Ended {
+            name,
+            tx: self.ended_tx.clone(),
+        };
+        self.tasks.push(Task::spawn_on_thread(name, async move {
+            let _ended = ended;
+            future.await
+        })?);
+        Ok(())
+    }
+
     /// Resolves with the name of the first task that ended (returned, panicked or was aborted); never while all
     /// run. Cancel-safe: meant for a `select!` arm beside the component's other inputs.
     pub async fn died(&mut self) -> &'static str {

@@ -151,7 +151,7 @@ pub struct Liveness {
     /// Nodes with a fresh node Lease; None while that signal is off or unavailable (see [`node_lease`]).
     pub leases: watch::Receiver<Option<BTreeSet<String>>>,
     /// The node Lease task, not yet started: it renews this node's Lease and deletes it once `stop` turns true. The
-    /// agent runs it among the tasks it awaits before exiting.
+    /// agent runs it on a thread of its own, among the tasks it awaits before exiting.
     pub lease_task: Option<futures::future::BoxFuture<'static, ()>>,
 }
 
@@ -272,16 +272,33 @@ impl Announcer {
                     duration = ?timing.duration,
                     "node lease fallback on"
                 );
-                Some(FutureExt::boxed(node_lease::run(
-                    Api::namespaced(client.clone(), namespace),
-                    Api::namespaced(clients.watch.clone(), namespace),
+                // Run on a thread of its own (see `agent::run_with`), so with clients built there.
+                let (clients, namespace, node, stop) = (
+                    clients.clone(),
                     namespace.to_string(),
                     node.to_string(),
-                    timing,
-                    leases_tx,
-                    lease_metrics,
                     stop.clone(),
-                )))
+                );
+                Some(FutureExt::boxed(async move {
+                    let own = match clients.anew() {
+                        Ok(own) => own,
+                        Err(error) => {
+                            tracing::error!(%error, "the node Lease task cannot build its clients");
+                            return;
+                        }
+                    };
+                    node_lease::run(
+                        Api::namespaced(own.request, &namespace),
+                        Api::namespaced(own.watch, &namespace),
+                        namespace.clone(),
+                        node,
+                        timing,
+                        leases_tx,
+                        lease_metrics,
+                        stop,
+                    )
+                    .await
+                }))
             }
             None => {
                 tracing::info!("node lease fallback off (--node-lease-period 0)");

@@ -125,6 +125,8 @@ pub enum Error {
     Client(#[from] crate::k8s::client::Error),
     #[error("the agent's task `{0}` ended while the agent ran")]
     TaskDied(&'static str),
+    #[error("cannot start a thread for one of the agent's tasks")]
+    Thread(#[source] std::io::Error),
     #[error("cannot listen on {addr} for metrics")]
     Listen {
         addr: SocketAddr,
@@ -353,7 +355,9 @@ pub async fn run_with(
         }
     });
     if let Some(lease) = liveness.lease_task.take() {
-        tasks.spawn("node lease", lease);
+        tasks
+            .spawn_on_thread("node lease", lease)
+            .map_err(Error::Thread)?;
     }
 
     let (changes_tx, mut changes) = mpsc::channel::<Change>(1024);
@@ -365,14 +369,33 @@ pub async fn run_with(
         renew_deadline: Duration::from_secs(args.lease_duration.max(2)) * 4 / 5,
         ..LeaseTiming::default()
     };
-    let elector = Elector::new(
-        Api::<Lease>::namespaced(client.clone(), &args.namespace),
-        &args.namespace,
-        ALLOCATOR_LEASE,
-        &args.node_name,
-        timing,
+    // The elector renews on a thread of its own, with clients built there: an allocation or announcement pass on
+    // this thread must not hold a renewal past its deadline.
+    let (elector_clients, elector_namespace, elector_node) = (
+        clients.clone(),
+        args.namespace.clone(),
+        args.node_name.clone(),
     );
-    tasks.spawn("elector", elector.run(leader_tx, stopped(stop_rx.clone())));
+    let elector_stopped = stopped(stop_rx.clone());
+    tasks
+        .spawn_on_thread("elector", async move {
+            let own = match elector_clients.anew() {
+                Ok(own) => own,
+                Err(error) => {
+                    tracing::error!(%error, "the elector cannot build its client");
+                    return;
+                }
+            };
+            let elector = Elector::new(
+                Api::<Lease>::namespaced(own.request, &elector_namespace),
+                &elector_namespace,
+                ALLOCATOR_LEASE,
+                &elector_node,
+                timing,
+            );
+            elector.run(leader_tx, elector_stopped).await;
+        })
+        .map_err(Error::Thread)?;
 
     // The writers: their results come back as inputs, beside the watches'.
     let (results_tx, mut results) = mpsc::unbounded_channel::<Input>();

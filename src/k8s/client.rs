@@ -38,6 +38,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Clients {
     pub request: Client,
     pub watch: Client,
+    /// What `request` and `watch` were built from, for [`Clients::anew`].
+    configs: (kube::Config, kube::Config),
 }
 
 impl Clients {
@@ -47,10 +49,22 @@ impl Clients {
         request.read_timeout = Some(REQUEST_TIMEOUT);
         // Count the timeout from when the request is written, not from when its pooled connection went idle.
         request.reset_reader_on_write = true;
+        Clients::build((request, config))
+    }
+
+    fn build(configs: (kube::Config, kube::Config)) -> Result<Clients> {
         Ok(Clients {
-            request: Client::try_from(request).map_err(Error::Client)?,
-            watch: Client::try_from(config).map_err(Error::Client)?,
+            request: Client::try_from(configs.0.clone()).map_err(Error::Client)?,
+            watch: Client::try_from(configs.1.clone()).map_err(Error::Client)?,
+            configs,
         })
+    }
+
+    /// The same pair built again, with connections of their own, on the runtime this is called from. A client's
+    /// requests pass through a task on the runtime that built it, so a task on a thread of its own (the elector, the
+    /// node Lease) needs clients built there, or its requests wait for whatever holds the agent's main thread.
+    pub fn anew(&self) -> Result<Clients> {
+        Clients::build(self.configs.clone())
     }
 }
 
