@@ -424,6 +424,7 @@ pub struct MembershipMetrics {
     sent_bytes: Counter,
     rejected: Family<ReasonLabels, Counter>,
     member_downs: Counter,
+    local_health: Gauge,
 }
 
 impl MembershipMetrics {
@@ -460,6 +461,12 @@ impl MembershipMetrics {
             m.member_downs.clone(),
         );
         registry.register(
+            "ironlb_membership_local_health",
+            "Lifeguard-style local health score: 0 healthy, up to 8 while this agent's own gossip timers run late \
+             (its process starved of CPU); above 0 it probes more slowly and holds back Down verdicts",
+            m.local_health.clone(),
+        );
+        registry.register(
             "ironlb_membership_datagrams_rejected",
             "Gossip datagrams dropped, by reason: bad_mac, oversized, version, invalid (authentic but refused by SWIM)",
             m.rejected.clone(),
@@ -481,6 +488,10 @@ impl MembershipMetrics {
 
     pub fn sent_bytes(&self) -> u64 {
         self.sent_bytes.get()
+    }
+
+    pub fn local_health(&self) -> i64 {
+        self.local_health.get()
     }
 
     pub fn member_downs(&self) -> u64 {
@@ -650,6 +661,47 @@ impl Isolation {
     }
 }
 
+/// Lifeguard's local health multiplier (Dadgar, Phillips and Currey, 2018), fed by the one sign of a slow process
+/// that the process cannot miss: its own timers firing late.
+///
+/// A member whose thread is starved (a CPU quota, a noisy neighbour, a long stall) reads its socket late, so its
+/// probes look unanswered and its suspicions expire before it has read the refutations queued for it. Such a member
+/// should doubt itself before it doubts others. While its score is above 0 it probes `score + 1` times more slowly,
+/// waits as much longer for acks and suspicions, and holds back every Down verdict that comes due for a suspicion
+/// period per point, long enough to read what queued up. The score rises by one each time due timers run later than
+/// `probe_rtt` (the thread did not run for that long), and falls by one each time the probe timer runs on time, up to
+/// [`LocalHealth::MAX`] as in Lifeguard. Others' view of this member is not changed: if it is too slow to refute a
+/// suspicion in time, they still declare it Down.
+#[derive(Debug, Default)]
+struct LocalHealth {
+    score: u32,
+}
+
+impl LocalHealth {
+    const MAX: u32 = 8;
+
+    /// Due timers ran `late` after the earliest of them was due; `probed` is whether the probe timer was among them.
+    /// Returns whether the score changed.
+    fn observe(&mut self, late: Duration, probed: bool, tolerance: Duration) -> bool {
+        let before = self.score;
+        if late > tolerance {
+            self.score = (self.score + 1).min(Self::MAX);
+        } else if probed {
+            self.score = self.score.saturating_sub(1);
+        }
+        self.score != before
+    }
+
+    fn degraded(&self) -> bool {
+        self.score > 0
+    }
+
+    /// How long to wait for a probe or suspicion timer foca asked for `after`.
+    fn stretch(&self, after: Duration) -> Duration {
+        after * (self.score + 1)
+    }
+}
+
 /// foca's window on the world: collects what one call into foca wants sent and scheduled.
 struct Outbox {
     node: String,
@@ -721,6 +773,7 @@ struct Shell {
     /// [`Shell::due_timers`]); rescheduled once a peer is heard again.
     deferred_downs: Vec<Timer<MemberId>>,
     isolation: Isolation,
+    health: LocalHealth,
     live: watch::Sender<BTreeSet<String>>,
     healthy: watch::Sender<bool>,
     /// True while this node has heard from no peer within [`Timing::heard_within`] (see [`published_live`]).
@@ -764,6 +817,7 @@ impl Shell {
     /// is heard again, and then a full suspicion period more, so that the refutations it missed can arrive first.
     fn due_timers(&mut self, now: Instant) {
         let deaf = self.hears_no_one(now);
+        self.observe_health(now);
         while let Some(Reverse((at, _))) = self.timers.peek()
             && *at <= now
         {
@@ -777,8 +831,42 @@ impl Shell {
                 self.deferred_downs.push(timer);
                 continue;
             }
+            if self.health.degraded() && matches!(timer, Timer::ChangeSuspectToDown { .. }) {
+                // Read what queued up while this node was stalled (a refutation cancels the verdict) before judging.
+                let at = now + self.timing.suspect_to_down_after * self.health.score;
+                self.timers.push(Reverse((at, timer)));
+                continue;
+            }
             if let Err(error) = self.foca.handle_timer(timer, &mut self.outbox) {
                 tracing::warn!(node = %self.node, %error, "gossip timer");
+            }
+        }
+    }
+
+    /// Scores this node's own health from how late its due timers run (see [`LocalHealth`]).
+    fn observe_health(&mut self, now: Instant) {
+        let mut earliest = None;
+        let mut probed = false;
+        for Reverse((at, timer)) in self.timers.iter().filter(|Reverse((at, _))| *at <= now) {
+            earliest = Some(earliest.map_or(*at, |e: Instant| e.min(*at)));
+            probed |= matches!(timer, Timer::ProbeRandomMember(_));
+        }
+        let Some(earliest) = earliest else {
+            return;
+        };
+        let was = self.health.degraded();
+        if self
+            .health
+            .observe(now - earliest, probed, self.timing.probe_rtt)
+        {
+            self.metrics.local_health.set(i64::from(self.health.score));
+            if self.health.degraded() != was {
+                if was {
+                    tracing::info!(node = %self.node, "gossip timers on time again: local health restored");
+                } else {
+                    tracing::warn!(node = %self.node, late = ?(now - earliest), "gossip timers ran late (this \
+                        process was starved of CPU): probing more slowly and holding back Down verdicts");
+                }
             }
         }
     }
@@ -813,6 +901,12 @@ impl Shell {
         }
         let now = Instant::now();
         for (after, timer) in self.outbox.timers.drain(..) {
+            let after = match timer {
+                Timer::ProbeRandomMember(_)
+                | Timer::SendIndirectProbe { .. }
+                | Timer::ChangeSuspectToDown { .. } => self.health.stretch(after),
+                _ => after,
+            };
             self.timers.push(Reverse((now + after, timer)));
         }
     }
@@ -963,6 +1057,7 @@ pub async fn serve(
         cut_off: false,
         deferred_downs: Vec::new(),
         isolation: Isolation::default(),
+        health: LocalHealth::default(),
         live: out.live,
         healthy: out.healthy,
         cut_off_tx: out.cut_off,
@@ -1077,6 +1172,35 @@ mod tests {
     }
 
     // ---- pure parts ----
+
+    #[test]
+    fn local_health_rises_when_timers_run_late_and_falls_with_each_probe_on_time() {
+        let tolerance = Duration::from_millis(40);
+        let mut health = super::LocalHealth::default();
+        assert!(!health.observe(Duration::from_millis(5), true, tolerance));
+        assert_eq!(
+            health.stretch(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        // Late twice: the score climbs, and the probe timers stretch with it.
+        assert!(health.observe(Duration::from_millis(90), true, tolerance));
+        assert!(health.observe(Duration::from_millis(41), false, tolerance));
+        assert!(health.degraded());
+        assert_eq!(
+            health.stretch(Duration::from_millis(100)),
+            Duration::from_millis(300)
+        );
+        // On time without a probe tick: no evidence of health yet.
+        assert!(!health.observe(Duration::ZERO, false, tolerance));
+        assert!(health.observe(Duration::ZERO, true, tolerance));
+        assert!(health.observe(Duration::ZERO, true, tolerance));
+        assert!(!health.degraded());
+        // Capped, as in Lifeguard.
+        for _ in 0..20 {
+            health.observe(Duration::from_secs(1), true, tolerance);
+        }
+        assert_eq!(health.score, super::LocalHealth::MAX);
+    }
 
     #[test]
     fn hmac_matches_rfc4231_case_2() {
@@ -1520,6 +1644,126 @@ mod tests {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         spawn_member(seeds, name, KEY, socket, addr, 1, timing.clone())
+    }
+
+    /// Runs a member on a thread of its own whose runtime a hog blocks for `stall` out of every `stall + run`, as a
+    /// CPU quota or a noisy neighbour would: the member's timers fire late and its socket is read late.
+    fn spawn_starved(
+        seeds: &Seeds,
+        name: &str,
+        stall: Duration,
+        run: Duration,
+    ) -> (Agent, std::thread::JoinHandle<()>) {
+        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        std_socket.set_nonblocking(true).unwrap();
+        let addr = std_socket.local_addr().unwrap();
+        let (agent_tx, agent_rx) = std::sync::mpsc::channel();
+        let seeds = seeds.clone();
+        let name = name.to_string();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let socket = UdpSocket::from_std(std_socket).unwrap();
+                let mut agent = spawn_member(&seeds, &name, KEY, socket, addr, 1, Timing::lan());
+                let (done_tx, mut done) = oneshot::channel::<()>();
+                let stop = agent.stop.replace(done_tx);
+                let task = std::mem::replace(&mut agent.task, tokio::spawn(async { Ok(()) }));
+                agent_tx.send(agent).unwrap();
+                let hog = async {
+                    loop {
+                        tokio::time::sleep(run).await;
+                        std::thread::sleep(stall);
+                    }
+                };
+                tokio::select! {
+                    () = hog => {}
+                    _ = &mut done => {}
+                }
+                let _ = stop.unwrap().send(());
+                let _ = task.await;
+            });
+        });
+        (agent_rx.recv().unwrap(), thread)
+    }
+
+    /// c's and d's threads are stalled most of the time (260 of every 290 ms, 230 of every 270 ms). Their timers
+    /// fire late, after acks and refutations have queued up in their sockets unread. a and b are healthy: neither
+    /// may ever see the other Down, whatever a starved detector concluded (c and d themselves may be dropped for a
+    /// while: they are unresponsive). The starved members' local health must turn degraded, the healthy ones' not.
+    #[tokio::test]
+    async fn starved_members_doubt_themselves_and_convict_no_healthy_peer() {
+        let (seeds, _) = watch::channel(BTreeMap::new());
+        let mut a = start(&seeds, "a", KEY, None, 1).await;
+        let mut b = start(&seeds, "b", KEY, None, 1).await;
+        let (mut c, c_thread) = spawn_starved(
+            &seeds,
+            "c",
+            Duration::from_millis(260),
+            Duration::from_millis(30),
+        );
+        let (mut d, d_thread) = spawn_starved(
+            &seeds,
+            "d",
+            Duration::from_millis(230),
+            Duration::from_millis(40),
+        );
+        let all = ["a", "b", "c", "d"];
+        converge(
+            &mut [&mut a, &mut b, &mut c, &mut d],
+            &all,
+            Duration::from_secs(10),
+        )
+        .await;
+        let run = Duration::from_secs(6);
+        let watch_pair = |agent: &Agent, other: &'static str| {
+            let mut live = agent.live.clone();
+            tokio::spawn(async move {
+                let mut lost = 0u32;
+                let until = Instant::now() + run;
+                while let Ok(Ok(())) = tokio::time::timeout_at(until, live.changed()).await {
+                    if !live.borrow_and_update().contains(other) {
+                        lost += 1;
+                    }
+                }
+                lost
+            })
+        };
+        let (a_lost_b, b_lost_a) = (watch_pair(&a, "b"), watch_pair(&b, "a"));
+        // The highest local health score each member reached, sampled every 10 ms.
+        let mut worst = [0i64; 4];
+        let until = Instant::now() + run;
+        while Instant::now() < until {
+            for (w, agent) in worst.iter_mut().zip([&a, &b, &c, &d]) {
+                *w = (*w).max(agent.metrics.local_health());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (a_lost_b, b_lost_a) = (a_lost_b.await.unwrap(), b_lost_a.await.unwrap());
+        for (agent, thread) in [(&mut c, c_thread), (&mut d, d_thread)] {
+            let _ = agent.stop.take().unwrap().send(());
+            thread.join().unwrap();
+        }
+        let downs: Vec<u64> = [&a, &b, &c, &d]
+            .iter()
+            .map(|m| m.metrics.member_downs())
+            .collect();
+        assert_eq!(
+            (a_lost_b, b_lost_a),
+            (0, 0),
+            "times a lost b and b lost a from their live sets beside starved members; Downs seen {downs:?}"
+        );
+        assert_eq!(
+            worst[..2],
+            [0, 0],
+            "the healthy members' local health scores"
+        );
+        assert!(
+            worst[2] > 0 && worst[3] > 0,
+            "the starved members never doubted themselves: highest scores {worst:?}"
+        );
     }
 
     /// c can send but not hear, for well over the time its detector needs to suspect and convict a and b. a and b
