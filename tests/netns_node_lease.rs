@@ -948,8 +948,9 @@ async fn a_cordoned_owner_hands_its_vips_over_without_a_failed_connection() {
 
 /// Scenario: the owner's agent is SIGTERMed while it cannot reach the API. It cannot mark its Node handing off, so
 /// nobody takes its VIPs while it waits; after its hand-off limit (3 s) it stops anyway, leaving gossip, and the
-/// others take them at once. Asserted: it exits on its own, says it stopped with VIPs not handed over, and another
-/// node answers each of its VIPs at the end with at most a few unanswered 20 ms rounds; printed: how long it took.
+/// others take them at once. Asserted: it exits on its own within the DaemonSet's 10 s termination grace, says it
+/// stopped with VIPs not handed over, and another node answers each of its VIPs at the end with at most a few
+/// unanswered 20 ms rounds; printed: how long it took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_stopped_without_the_api_stops_after_its_hand_off_limit() {
     if skip() {
@@ -976,6 +977,12 @@ async fn an_owner_stopped_without_the_api_stops_after_its_hand_off_limit() {
         ms(took)
     );
     assert!(clean, "{owner}'s agent did not exit within 20 s of SIGTERM");
+    // The DaemonSet's terminationGracePeriodSeconds: past it, the kubelet SIGKILLs the agent.
+    assert!(
+        took < Duration::from_secs(10),
+        "{owner}'s agent took {} ms to exit without the API, past the 10 s termination grace",
+        ms(took)
+    );
     assert!(
         text.contains("VIPs not all handed over within"),
         "{owner}'s agent did not say it stopped before handing over"

@@ -587,8 +587,7 @@ pub async fn run_with(
     // Close the sessions without a Cease: peers with graceful restart keep the routes while the agent restarts.
     bgp.shutdown(true).await;
     drop(watches);
-    // The elector releases the allocator Lease and the node lease task deletes this node's Lease: both are bounded
-    // by their request timeout, well inside the pod's termination grace period.
+    // The elector releases the allocator Lease and the node lease task deletes this node's Lease, within STOP_LIMIT.
     let late = tasks.shutdown(STOP_LIMIT).await;
     if !late.is_empty() {
         tracing::warn!(tasks = ?late, "tasks did not stop within {STOP_LIMIT:?}; aborted");
@@ -601,11 +600,14 @@ pub async fn run_with(
 
 /// How long a stopping agent waits for its VIPs to be announced by other nodes before it stops anyway. A hand-off
 /// takes one write and one watch event on each side, milliseconds; the bound covers an API that does not answer.
-/// With [`STOP_LIMIT`] it stays inside the DaemonSet's termination grace in practice: the tasks stop in milliseconds.
+/// With [`STOP_LIMIT`] it leaves 3 s of the DaemonSet's 10 s termination grace for closing BGP sessions.
 const HAND_OFF_LIMIT: Duration = Duration::from_secs(3);
 
-/// How long the agent's tasks have, together, to finish after it is told to stop.
-const STOP_LIMIT: Duration = Duration::from_secs(15);
+/// How long the agent's tasks have, together, to finish after it is told to stop. With an API that answers they
+/// take milliseconds (one Lease release, one Lease delete); with one that does not, their requests would wait for
+/// the 10 s request timeout, and the kubelet's SIGKILL would come first. Aborted, they leave the allocator Lease to
+/// expire (the followers wait out its duration) and the node Lease to expire (gossip has seen the node leave).
+const STOP_LIMIT: Duration = Duration::from_secs(4);
 
 /// One announcement pass, for a change first seen at `trigger`: liveness, the data plane, BGP, the Layer 2 plan (the
 /// responder and the bind request take it at once), then this node's own writes, for the announcement writer.
