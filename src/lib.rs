@@ -15,3 +15,15 @@ pub mod netif;
 pub mod plan;
 pub mod task;
 pub mod telemetry;
+
+/// An error and each of its sources, `outer: inner: innermost`, for messages a user reads whole.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        out.push_str(": ");
+        out.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    out
+}

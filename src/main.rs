@@ -142,6 +142,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("writing to stdout")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status(args) if args.watch => {
+            runtime()?.block_on(ironlb::cli::status::watch(
+                &args,
+                &mut out,
+                ironlb::agent::shutdown_signal(),
+            ))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status(args) => {
             use std::io::Write;
             let report = runtime()?.block_on(ironlb::cli::status::run(&args))?;

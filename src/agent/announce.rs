@@ -39,6 +39,7 @@ use crate::k8s::state::ClusterState;
 use crate::netif::StrictArpMode;
 use crate::netif::strict_arp::{self, StrictArpMetrics};
 use crate::plan::owner::{Cause, OwnerChoice};
+use crate::plan::visibility::ANNOUNCED_CAUSE_ANNOTATION;
 use crate::plan::{self, PlanInput, node_plan, node_vips, subnets_annotation};
 use crate::task::Task;
 
@@ -821,6 +822,16 @@ impl Moves {
                 {
                     note.message = format!("{}: {why}", note.message);
                 }
+                // The takeover's own write names the cause too, for `ironlb status` and whoever reads the Service.
+                if let Some(annotations) = action
+                    .metadata
+                    .as_mut()
+                    .and_then(|m| m.pointer_mut("/metadata/annotations"))
+                    .and_then(serde_json::Value::as_object_mut)
+                    .filter(|a| a.contains_key(ANNOUNCED_CAUSE_ANNOTATION))
+                {
+                    annotations.insert(ANNOUNCED_CAUSE_ANNOTATION.into(), label.into());
+                }
             }
         }
         self.counted = now;
@@ -837,6 +848,63 @@ mod tests {
             owner: owner.into(),
             cause,
         }
+    }
+
+    /// A takeover's write and Event name why: the patch's `announced-cause` goes from `new` (what the announcement
+    /// step writes) to the move's cause, here hand-off from a node that is handing off, and owner-gone otherwise.
+    #[test]
+    fn a_takeover_names_its_cause_in_the_annotation_and_the_event() {
+        use crate::plan::visibility::ANNOUNCED_BY_ANNOTATION;
+        let mut moves = Moves::default();
+        let mut g1 = group(1, &["n1", "n2"]);
+        g1.published_owner = Some("n1".into());
+        let mut g2 = group(2, &["n2", "n3"]);
+        g2.published_owner = Some("n3".into());
+        let action = |g: &plan::VipGroup| {
+            let key = g.services.keys().next().unwrap();
+            ServiceAction {
+                service: crate::k8s::index::ObjectKey {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                },
+                reference: Default::default(),
+                status: None,
+                metadata: Some(serde_json::json!({"metadata": {"annotations": {
+                    ANNOUNCED_BY_ANNOTATION: "n2", ANNOUNCED_CAUSE_ANNOTATION: "new"}}})),
+                notes: vec![Note::normal(
+                    "nodeAssigned",
+                    "announcing from node n2".into(),
+                )],
+            }
+        };
+        let mut actions = vec![action(&g1), action(&g2)];
+        let assignments = BTreeMap::from([
+            (g1.key, choice("n2", Cause::NotCandidate)),
+            (g2.key, choice("n2", Cause::OwnerGone)),
+        ]);
+        moves.explain(
+            "n2",
+            &[g1, g2],
+            &assignments,
+            &BTreeSet::from(["n1"]),
+            &mut actions,
+        );
+        let cause = |a: &ServiceAction| {
+            a.metadata.as_ref().unwrap()["metadata"]["annotations"][ANNOUNCED_CAUSE_ANNOTATION]
+                .clone()
+        };
+        assert_eq!(cause(&actions[0]), "hand-off");
+        assert_eq!(cause(&actions[1]), "owner-gone");
+        assert!(
+            actions[0].notes[0].message.contains("hands its VIPs off"),
+            "{:?}",
+            actions[0].notes
+        );
+        assert!(
+            actions[1].notes[0].message.contains("which is gone"),
+            "{:?}",
+            actions[1].notes
+        );
     }
 
     #[test]

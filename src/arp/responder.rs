@@ -152,7 +152,7 @@ impl Control {
                         self.ports.insert(name.clone(), port);
                     }
                     Err(err) => {
-                        let reason = error_chain(&err);
+                        let reason = crate::error_chain(&err);
                         if self.refused.get(name) != Some(&reason) {
                             tracing::warn!(interface = %name, reason = %reason, "not announcing on interface");
                             self.refused.insert(name.clone(), reason);
@@ -207,17 +207,6 @@ async fn next_tick(repeat: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
-}
-
-fn error_chain(err: &Error) -> String {
-    let mut out = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// One interface in use: its sender, shared with its receive thread, and the VIPs it answers for.

@@ -20,8 +20,8 @@ use super::state::ClusterState;
 use crate::plan::NodePlan;
 use crate::plan::input::{CANNOT_ANSWER_ANNOTATION, HANDING_OFF_ANNOTATION, SUBNETS_ANNOTATION};
 use crate::plan::visibility::{
-    ANNOUNCED_BY_ANNOTATION, ANNOUNCED_ON_ANNOTATION, ANNOUNCED_SINCE_ANNOTATION,
-    BGP_PEERS_ANNOTATION, VIPS_ANNOTATION,
+    ANNOUNCED_BY_ANNOTATION, ANNOUNCED_CAUSE_ANNOTATION, ANNOUNCED_ON_ANNOTATION,
+    ANNOUNCED_SINCE_ANNOTATION, BGP_PEERS_ANNOTATION, VIPS_ANNOTATION,
 };
 
 /// The merge patch for this node's own Node object, or None when its annotations already say this, or when the
@@ -126,6 +126,8 @@ pub fn service_actions(
         if takeover {
             patch.insert(ANNOUNCED_BY_ANNOTATION.into(), json!(node));
             patch.insert(ANNOUNCED_SINCE_ANNOTATION.into(), json!(now.to_string()));
+            // The agent names the cause of a move from another node in the same write (`Moves::explain`).
+            patch.insert(ANNOUNCED_CAUSE_ANNOTATION.into(), json!("new"));
             action_notes.push(Note::normal(
                 "nodeAssigned",
                 format!("announcing from node {node} on interface {on}"),
@@ -254,6 +256,10 @@ mod tests {
         assert_eq!(
             patch["metadata"]["annotations"][ANNOUNCED_SINCE_ANNOTATION],
             now().to_string()
+        );
+        assert_eq!(
+            patch["metadata"]["annotations"][ANNOUNCED_CAUSE_ANNOTATION],
+            "new"
         );
         assert_eq!(actions[0].notes[0].reason, "nodeAssigned");
         assert_eq!(

@@ -12,8 +12,8 @@ use serde::Serialize;
 use super::status::{POOL_ANNOTATION, ingress_ips};
 
 use crate::plan::visibility::{
-    ANNOUNCED_BY_ANNOTATION as ANNOUNCED_BY, ANNOUNCED_ON_ANNOTATION as ANNOUNCED_ON,
-    ANNOUNCED_SINCE_ANNOTATION as ANNOUNCED_SINCE,
+    ANNOUNCED_BY_ANNOTATION as ANNOUNCED_BY, ANNOUNCED_CAUSE_ANNOTATION as ANNOUNCED_CAUSE,
+    ANNOUNCED_ON_ANNOTATION as ANNOUNCED_ON, ANNOUNCED_SINCE_ANNOTATION as ANNOUNCED_SINCE,
     BGP_ADVERTISED_BY_ANNOTATION as BGP_ADVERTISED_BY, BGP_PEERS_ANNOTATION, parse_bgp_peers,
 };
 
@@ -29,6 +29,9 @@ pub struct StatusRow {
     pub bgp_advertisers: Vec<String>,
     pub interfaces: Vec<String>,
     pub since: Option<String>,
+    /// Why the owner took the VIP over (`ironlb.io/announced-cause`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 fn list(value: Option<&String>) -> Vec<String> {
@@ -65,6 +68,7 @@ pub fn rows(services: &[Service]) -> Vec<StatusRow> {
                 bgp_advertisers: list(annotations.get(BGP_ADVERTISED_BY)),
                 interfaces: list(annotations.get(ANNOUNCED_ON)),
                 since: annotations.get(ANNOUNCED_SINCE).cloned(),
+                cause: annotations.get(ANNOUNCED_CAUSE).cloned(),
             })
         })
         .collect();
@@ -236,6 +240,175 @@ impl StatusReport {
     }
 }
 
+/// One change between two reports, as `ironlb status --watch` prints it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "camelCase")]
+pub enum StatusChange {
+    /// A Service got its first VIP.
+    Added {
+        service: String,
+        vips: Vec<String>,
+        owners: Vec<String>,
+    },
+    /// A Service no longer holds a VIP (deleted, or its IP released).
+    Removed { service: String, vips: Vec<String> },
+    /// A Service's VIPs changed.
+    Readdressed {
+        service: String,
+        from: Vec<String>,
+        to: Vec<String>,
+    },
+    /// The node announcing a Service's VIPs changed.
+    Moved {
+        service: String,
+        vips: Vec<String>,
+        from: Vec<String>,
+        to: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cause: Option<String>,
+    },
+    /// A BGP session appeared, changed state or went away (`None`).
+    BgpPeer {
+        node: String,
+        peer: String,
+        from: Option<String>,
+        to: Option<String>,
+    },
+}
+
+impl std::fmt::Display for StatusChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let owners = |o: &[String]| {
+            if o.is_empty() {
+                "(not announced)".to_string()
+            } else {
+                o.join(",")
+            }
+        };
+        match self {
+            StatusChange::Added {
+                service,
+                vips,
+                owners: o,
+            } => write!(f, "added    {service}  {}  {}", vips.join(","), owners(o)),
+            StatusChange::Removed { service, vips } => {
+                write!(f, "removed  {service}  {}", vips.join(","))
+            }
+            StatusChange::Readdressed { service, from, to } => {
+                write!(
+                    f,
+                    "vips     {service}  {} -> {}",
+                    from.join(","),
+                    to.join(",")
+                )
+            }
+            StatusChange::Moved {
+                service,
+                vips,
+                from,
+                to,
+                cause,
+            } => {
+                write!(
+                    f,
+                    "moved    {service}  {}  {} -> {}",
+                    vips.join(","),
+                    owners(from),
+                    owners(to)
+                )?;
+                match cause {
+                    Some(cause) if !to.is_empty() => write!(f, "  ({cause})"),
+                    _ => Ok(()),
+                }
+            }
+            StatusChange::BgpPeer {
+                node,
+                peer,
+                from,
+                to,
+            } => {
+                let state = |s: &Option<String>| s.clone().unwrap_or_else(|| "(none)".into());
+                write!(
+                    f,
+                    "bgp      {node}  {peer}  {} -> {}",
+                    state(from),
+                    state(to)
+                )
+            }
+        }
+    }
+}
+
+/// What changed from `before` to `after`: Services first, in name order, then BGP sessions, in node and peer order.
+pub fn changes(before: &StatusReport, after: &StatusReport) -> Vec<StatusChange> {
+    use std::collections::BTreeMap;
+    let mut out = Vec::new();
+    let old: BTreeMap<&str, &StatusRow> = before
+        .services
+        .iter()
+        .map(|r| (r.service.as_str(), r))
+        .collect();
+    let new: BTreeMap<&str, &StatusRow> = after
+        .services
+        .iter()
+        .map(|r| (r.service.as_str(), r))
+        .collect();
+    let names: std::collections::BTreeSet<&str> = old.keys().chain(new.keys()).copied().collect();
+    for name in names {
+        match (old.get(name), new.get(name)) {
+            (None, Some(row)) => out.push(StatusChange::Added {
+                service: name.to_string(),
+                vips: row.vips.clone(),
+                owners: row.owners.clone(),
+            }),
+            (Some(row), None) => out.push(StatusChange::Removed {
+                service: name.to_string(),
+                vips: row.vips.clone(),
+            }),
+            (Some(was), Some(now)) => {
+                if was.vips != now.vips {
+                    out.push(StatusChange::Readdressed {
+                        service: name.to_string(),
+                        from: was.vips.clone(),
+                        to: now.vips.clone(),
+                    });
+                }
+                if was.owners != now.owners {
+                    out.push(StatusChange::Moved {
+                        service: name.to_string(),
+                        vips: now.vips.clone(),
+                        from: was.owners.clone(),
+                        to: now.owners.clone(),
+                        cause: now.cause.clone(),
+                    });
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    let sessions = |r: &StatusReport| -> BTreeMap<(String, String), String> {
+        r.bgp_peers
+            .iter()
+            .map(|p| ((p.node.clone(), p.peer.clone()), p.state.clone()))
+            .collect()
+    };
+    let (old, new) = (sessions(before), sessions(after));
+    let keys: std::collections::BTreeSet<&(String, String)> =
+        old.keys().chain(new.keys()).collect();
+    for key in keys {
+        let (from, to) = (old.get(key).cloned(), new.get(key).cloned());
+        if from != to {
+            out.push(StatusChange::BgpPeer {
+                node: key.0.clone(),
+                peer: key.1.clone(),
+                from,
+                to,
+            });
+        }
+    }
+    out
+}
+
 /// Rows of cells as left-aligned columns two spaces apart.
 fn aligned(lines: &[Vec<String>]) -> String {
     let columns = lines.first().map_or(0, Vec::len);
@@ -303,6 +476,65 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::to_value(&rows).unwrap();
         assert_eq!(parsed[1]["owners"][0], "node-2");
+    }
+
+    #[test]
+    fn changes_name_additions_moves_with_their_cause_removals_and_bgp_states() {
+        let node = |name: &str, peers: &str| -> Node {
+            serde_json::from_value(
+                json!({"metadata": {"name": name, "annotations": {BGP_PEERS_ANNOTATION: peers}}}),
+            )
+            .unwrap()
+        };
+        let before = StatusReport::new(
+            &[
+                svc("web", &["192.0.2.10"], json!({ANNOUNCED_BY: "node-1"})),
+                svc("old", &["192.0.2.11"], json!({ANNOUNCED_BY: "node-2"})),
+                svc(
+                    "renumbered",
+                    &["192.0.2.12"],
+                    json!({ANNOUNCED_BY: "node-2"}),
+                ),
+                svc("steady", &["192.0.2.13"], json!({ANNOUNCED_BY: "node-3"})),
+            ],
+            &[node("node-1", "192.0.2.1=Active")],
+        );
+        let after = StatusReport::new(
+            &[
+                svc(
+                    "web",
+                    &["192.0.2.10"],
+                    json!({ANNOUNCED_BY: "node-2", ANNOUNCED_CAUSE: "owner-gone"}),
+                ),
+                svc("new", &["192.0.2.14"], json!({})),
+                svc(
+                    "renumbered",
+                    &["192.0.2.15"],
+                    json!({ANNOUNCED_BY: "node-2"}),
+                ),
+                svc("steady", &["192.0.2.13"], json!({ANNOUNCED_BY: "node-3"})),
+            ],
+            &[node("node-1", "192.0.2.1=Established,192.0.2.2=Idle")],
+        );
+        let lines: Vec<String> = changes(&before, &after)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "added    shop/new  192.0.2.14  (not announced)",
+                "removed  shop/old  192.0.2.11",
+                "vips     shop/renumbered  192.0.2.12 -> 192.0.2.15",
+                "moved    shop/web  192.0.2.10  node-1 -> node-2  (owner-gone)",
+                "bgp      node-1  192.0.2.1  Active -> Established",
+                "bgp      node-1  192.0.2.2  (none) -> Idle",
+            ]
+        );
+        assert!(changes(&after, &after).is_empty());
+        let json = serde_json::to_value(&changes(&before, &after)[3]).unwrap();
+        assert_eq!(json["change"], "moved");
+        assert_eq!(json["cause"], "owner-gone");
     }
 
     #[test]

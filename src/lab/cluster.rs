@@ -282,6 +282,11 @@ pub fn is_root() -> bool {
 }
 
 impl Lab {
+    /// The kubeconfig that reaches the lab's API server from inside a node namespace (the agents use it too).
+    pub fn node_kubeconfig(&self) -> &std::path::Path {
+        &self.agent_kubeconfig
+    }
+
     /// Builds the network, starts the API server, applies the configuration and demo objects, and starts the agents.
     pub async fn start(options: LabOptions) -> Result<Lab> {
         if !is_root() {

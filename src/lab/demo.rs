@@ -317,6 +317,8 @@ async fn demo(
         let rows = lab.wait_announced(Duration::from_secs(30)).await?;
         writeln!(out, "\nthe lab stays up until Ctrl-C:")?;
         writeln!(out, "kubeconfig: {}", lab.kubeconfig.display())?;
+        // The API's address as seen from inside a node namespace differs from the host's.
+        writeln!(out, "node-kubeconfig: {}", lab.node_kubeconfig().display())?;
         writeln!(out, "client-netns: {}", lab.topology.client)?;
         writeln!(out, "client-if: {UPLINK}")?;
         for node in &lab.topology.nodes {
@@ -340,6 +342,20 @@ async fn demo(
                 out,
                 "  ip netns exec {} arping -c 1 -I {UPLINK} {vip}",
                 lab.topology.client
+            )?;
+        }
+        writeln!(
+            out,
+            "  ironlb status --watch --kubeconfig {}    (owner moves as they happen)",
+            lab.kubeconfig.display()
+        )?;
+        if let Some(node) = lab.topology.nodes.first() {
+            writeln!(
+                out,
+                "  ip netns exec {} ironlb verify --node-name {} --kubeconfig {}",
+                node.netns,
+                node.name,
+                lab.node_kubeconfig().display()
             )?;
         }
         out.flush()?;

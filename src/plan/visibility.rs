@@ -22,6 +22,9 @@ pub const BGP_ADVERTISED_BY_ANNOTATION: &str = "ironlb.io/bgp-advertised-by";
 pub const ANNOUNCED_ON_ANNOTATION: &str = "ironlb.io/announced-on";
 /// When the current owner took the VIP over, RFC 3339.
 pub const ANNOUNCED_SINCE_ANNOTATION: &str = "ironlb.io/announced-since";
+/// Why the current owner took the VIP over: `new` (nobody announced it), `owner-gone`, `hand-off`, `not-candidate`
+/// (the previous owner may no longer announce it) or `level`; the cause of `ironlb_vip_moves_total`.
+pub const ANNOUNCED_CAUSE_ANNOTATION: &str = "ironlb.io/announced-cause";
 /// Node annotation: the node's BGP sessions, `PEER=STATE` comma-separated in peer order (RFC 4271 state names).
 /// Absent when the node has no session.
 pub const BGP_PEERS_ANNOTATION: &str = "ironlb.io/bgp-peers";

@@ -20,7 +20,7 @@ pub(super) fn convert(sources: &Sources, out: &mut Validated) -> Migration {
                 "ConfigMap",
                 &source.name,
                 "data.config",
-                error_chain(&e),
+                crate::error_chain(&e),
             )),
         }
         for note in &converted.notes {
@@ -42,16 +42,6 @@ pub(super) fn convert(sources: &Sources, out: &mut Validated) -> Migration {
         }
     }
     converted
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(&format!(": {inner}"));
-        source = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]
