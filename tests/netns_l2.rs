@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ironlb::lab::cluster::{Lab, LabOptions};
-use ironlb::lab::demo::{heal, measure_failover};
+use ironlb::lab::demo::{failover_steps, heal, measure_failover};
 use ironlb::lab::topology::{UPLINK, run_in};
 use k8s_openapi::api::core::v1::{Event, Node, Secret};
 use kube::api::{Api, ListParams};
@@ -186,6 +186,7 @@ async fn a_dead_owner_is_replaced_and_the_client_follows() {
         lab.node(&old).map(|n| n.mac.as_str())
     );
 
+    let started = k8s_openapi::jiff::Timestamp::now();
     let (elapsed, reply) = measure_failover(&mut lab, vip, &old)
         .await
         .unwrap()
@@ -193,6 +194,25 @@ async fn a_dead_owner_is_replaced_and_the_client_follows() {
     println!(
         "failover of {vip} from {old}: {} ms ({reply})",
         elapsed.as_millis()
+    );
+    // The lab's timeline, from the survivors' logs: a peer declared the owner Down, then a node took the VIP over,
+    // by the time the client's connection succeeded (give or take the pass that logs the takeover beside its ARP).
+    let steps = failover_steps(&lab, vip, &old, started);
+    for (after, what) in &steps {
+        println!("  {} ms  {what}", after.as_millis());
+    }
+    let at = |what: &str| {
+        steps
+            .iter()
+            .find(|(_, s)| s.contains(what))
+            .map(|(t, _)| *t)
+    };
+    let (Some(down), Some(taken)) = (at("Down (gossip)"), at("over (owner-gone)")) else {
+        panic!("the timeline lacks the Down or the takeover: {steps:?}");
+    };
+    assert!(
+        down <= taken && taken <= elapsed + Duration::from_millis(100),
+        "out of order: {steps:?}, connected at {elapsed:?}"
     );
     let new = reply.trim_start_matches("hello from ").to_string();
     assert_ne!(new, old);

@@ -299,6 +299,7 @@ async fn demo(
     }) else {
         return Ok(());
     };
+    let started = k8s_openapi::jiff::Timestamp::now();
     let failover = measure_failover(&mut lab, vip, &owner).await?;
     writeln!(
         out,
@@ -307,7 +308,15 @@ async fn demo(
     match failover {
         Some((elapsed, reply)) => {
             writeln!(out, "failover: {} ms", elapsed.as_millis())?;
-            writeln!(out, "  {vip} now answered: {reply}")?;
+            writeln!(out, "  {:>5} ms  {owner} lost", 0)?;
+            for (after, what) in failover_steps(&lab, vip, &owner, started) {
+                writeln!(out, "  {:>5} ms  {what}", after.as_millis())?;
+            }
+            writeln!(
+                out,
+                "  {:>5} ms  the client connected to {vip}: {reply} (tried every 50 ms)",
+                elapsed.as_millis()
+            )?;
         }
         None => writeln!(out, "failover: did not complete within 10 s")?,
     }
@@ -387,6 +396,62 @@ pub async fn measure_failover(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(None)
+}
+
+/// What the surviving agents logged after `owner` was lost at `started`, in time order: the first peer to declare it
+/// Down (gossip), and the node that took over `vip`'s group from it, each with its time after `started` (the agents'
+/// log timestamps, on this host's clock, microsecond resolution).
+pub fn failover_steps(
+    lab: &Lab,
+    vip: IpAddr,
+    owner: &str,
+    started: k8s_openapi::jiff::Timestamp,
+) -> Vec<(Duration, String)> {
+    let mut steps = Vec::new();
+    let mut down: Option<(Duration, String)> = None;
+    for node in lab.topology.nodes.iter().filter(|n| n.name != owner) {
+        let text = std::fs::read_to_string(lab.agent_log(&node.name)).unwrap_or_default();
+        for line in text.lines() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(after) = entry["timestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .and_then(|t| u64::try_from(t.as_nanosecond() - started.as_nanosecond()).ok())
+                .map(Duration::from_nanos)
+            else {
+                continue;
+            };
+            let fields = &entry["fields"];
+            let message = fields["message"].as_str().unwrap_or_default();
+            if message == "member down"
+                && fields["peer"] == owner
+                && down.as_ref().is_none_or(|(d, _)| after < *d)
+            {
+                down = Some((
+                    after,
+                    format!("{} declared {owner} Down (gossip)", node.name),
+                ));
+            }
+            if message == "taking over a VIP group"
+                && fields["from"] == owner
+                && fields["group"].as_str() == Some(vip.to_string().as_str())
+            {
+                let cause = fields["cause"].as_str().unwrap_or("?");
+                steps.push((
+                    after,
+                    format!(
+                        "{} took {vip} over ({cause}) and sent gratuitous ARP",
+                        node.name
+                    ),
+                ));
+            }
+        }
+    }
+    steps.extend(down);
+    steps.sort();
+    steps
 }
 
 /// Whether `reply` came through `node`: its own responder answered, or a pod saw the node's address (the node
