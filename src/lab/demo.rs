@@ -155,6 +155,8 @@ async fn demo(
 ) -> cluster::Result<()> {
     let router_dir = options.dir.join("router");
     let nodes = options.nodes;
+    // The `try:` lines name this binary by its path: `ironlb` need not be on PATH (scripts/lab runs it from target/).
+    let binary = options.binary.display().to_string();
     let what = match options.api {
         cluster::ApiChoice::Embedded => "the lab API server",
         cluster::ApiChoice::Real { .. } => "a real etcd and kube-apiserver (takes a few seconds)",
@@ -340,6 +342,7 @@ async fn demo(
             writeln!(out, "router-netns: {}", r.netns)?;
             writeln!(out, "router-cli: {}", r.cli_prefix().join(" "))?;
         }
+        // Every line under `try:` runs as printed (tests/netns_lab_commands.rs runs each).
         writeln!(out, "\ntry:")?;
         writeln!(
             out,
@@ -355,13 +358,13 @@ async fn demo(
         }
         writeln!(
             out,
-            "  ironlb status --watch --kubeconfig {}    (owner moves as they happen)",
+            "  {binary} status --watch --kubeconfig {}",
             lab.kubeconfig.display()
         )?;
         if let Some(node) = lab.topology.nodes.first() {
             writeln!(
                 out,
-                "  ip netns exec {} ironlb verify --node-name {} --kubeconfig {}",
+                "  ip netns exec {} {binary} verify --node-name {} --kubeconfig {}",
                 node.netns,
                 node.name,
                 lab.node_kubeconfig().display()
