@@ -67,8 +67,9 @@ pub async fn run(args: &StatusArgs) -> Result<String, Error> {
 }
 
 /// `ironlb status --watch`: the report once both watches have listed everything, then each change, each line
-/// stamped with the UTC time it was seen, until `stop` resolves. A watch that fails says so on stderr and retries
-/// with backoff (the report holds still meanwhile), as `kubectl get -w` does not.
+/// stamped with the UTC time it was seen, until `stop` resolves. A watch that fails says so on stderr and is retried
+/// with backoff; the report holds still meanwhile. Each change rebuilds the report from both indexes (a copy of every
+/// Service): cheap for a person watching, not meant for 10^4 Services churning.
 pub async fn watch(
     args: &StatusArgs,
     out: &mut impl Write,
