@@ -223,14 +223,14 @@ async fn a_dead_owner_is_replaced_and_the_client_follows() {
         "the client's neighbour entry moved"
     );
     wait_until(
-        "ironlb status to name the new owner",
+        "ironlb status to name the new owner and why it took over (owner-gone)",
         Duration::from_secs(10),
         || async {
-            lab.status()
-                .await
-                .unwrap()
-                .iter()
-                .any(|r| r.vips.contains(&vip.to_string()) && r.owners == vec![new.clone()])
+            lab.status().await.unwrap().iter().any(|r| {
+                r.vips.contains(&vip.to_string())
+                    && r.owners == vec![new.clone()]
+                    && r.cause.as_deref() == Some("owner-gone")
+            })
         },
     )
     .await;

@@ -772,6 +772,7 @@ impl Moves {
         actions: &mut [ServiceAction],
     ) {
         let mut now = BTreeMap::new();
+        let mut by_service: Option<BTreeMap<(String, String), Vec<usize>>> = None;
         for group in groups {
             let Some(a) = assignments.get(&group.key) else {
                 continue;
@@ -809,12 +810,26 @@ impl Moves {
                 tracing::info!(group = %group.key, from, cause = label, "taking over a VIP group");
             }
             now.insert(group.key, from.to_string());
-            for action in actions.iter_mut().filter(|act| {
-                group
-                    .services
-                    .keys()
-                    .any(|k| k.namespace == act.service.namespace && k.name == act.service.name)
-            }) {
+            // Indexed once per pass: a node that dies hands a third of 10^4 groups to each survivor at once.
+            let by_service = by_service.get_or_insert_with(|| {
+                let mut index: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+                for (i, act) in actions.iter().enumerate() {
+                    index
+                        .entry((act.service.namespace.clone(), act.service.name.clone()))
+                        .or_default()
+                        .push(i);
+                }
+                index
+            });
+            let positions: Vec<usize> = group
+                .services
+                .keys()
+                .filter_map(|k| by_service.get(&(k.namespace.clone(), k.name.clone())))
+                .flatten()
+                .copied()
+                .collect();
+            for i in positions {
+                let action = &mut actions[i];
                 for note in action
                     .notes
                     .iter_mut()
