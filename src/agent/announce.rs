@@ -34,6 +34,7 @@ use crate::k8s::allocation::ServiceAction;
 use crate::k8s::announcement::{self, AnnouncementNotes};
 use crate::k8s::client::Clients;
 use crate::k8s::events::Note;
+use crate::k8s::index::ObjectKey;
 use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
 use crate::netif::StrictArpMode;
@@ -280,26 +281,21 @@ impl Announcer {
                     node.to_string(),
                     stop.clone(),
                 );
-                Some(FutureExt::boxed(async move {
-                    let own = match clients.anew() {
-                        Ok(own) => own,
-                        Err(error) => {
-                            tracing::error!(%error, "the node Lease task cannot build its clients");
-                            return;
-                        }
-                    };
-                    node_lease::run(
-                        Api::namespaced(own.request, &namespace),
-                        Api::namespaced(own.watch, &namespace),
-                        namespace.clone(),
-                        node,
-                        timing,
-                        leases_tx,
-                        lease_metrics,
-                        stop,
-                    )
-                    .await
-                }))
+                Some(FutureExt::boxed(clients.run_anew(
+                    "node lease",
+                    move |own| {
+                        node_lease::run(
+                            Api::namespaced(own.request, &namespace),
+                            Api::namespaced(own.watch, &namespace),
+                            namespace.clone(),
+                            node,
+                            timing,
+                            leases_tx,
+                            lease_metrics,
+                            stop,
+                        )
+                    },
+                )))
             }
             None => {
                 tracing::info!("node lease fallback off (--node-lease-period 0)");
@@ -772,7 +768,7 @@ impl Moves {
         actions: &mut [ServiceAction],
     ) {
         let mut now = BTreeMap::new();
-        let mut by_service: Option<BTreeMap<(String, String), Vec<usize>>> = None;
+        let mut by_service: Option<BTreeMap<ObjectKey, Vec<usize>>> = None;
         for group in groups {
             let Some(a) = assignments.get(&group.key) else {
                 continue;
@@ -812,19 +808,16 @@ impl Moves {
             now.insert(group.key, from.to_string());
             // Indexed once per pass: a node that dies hands a third of 10^4 groups to each survivor at once.
             let by_service = by_service.get_or_insert_with(|| {
-                let mut index: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+                let mut index: BTreeMap<ObjectKey, Vec<usize>> = BTreeMap::new();
                 for (i, act) in actions.iter().enumerate() {
-                    index
-                        .entry((act.service.namespace.clone(), act.service.name.clone()))
-                        .or_default()
-                        .push(i);
+                    index.entry(act.service.clone()).or_default().push(i);
                 }
                 index
             });
             let positions: Vec<usize> = group
                 .services
                 .keys()
-                .filter_map(|k| by_service.get(&(k.namespace.clone(), k.name.clone())))
+                .filter_map(|k| by_service.get(&ObjectKey::new(&k.namespace, &k.name)))
                 .flatten()
                 .copied()
                 .collect();

@@ -378,23 +378,19 @@ pub async fn run_with(
     );
     let elector_stopped = stopped(stop_rx.clone());
     tasks
-        .spawn_on_thread("elector", async move {
-            let own = match elector_clients.anew() {
-                Ok(own) => own,
-                Err(error) => {
-                    tracing::error!(%error, "the elector cannot build its client");
-                    return;
-                }
-            };
-            let elector = Elector::new(
-                Api::<Lease>::namespaced(own.request, &elector_namespace),
-                &elector_namespace,
-                ALLOCATOR_LEASE,
-                &elector_node,
-                timing,
-            );
-            elector.run(leader_tx, elector_stopped).await;
-        })
+        .spawn_on_thread(
+            "elector",
+            elector_clients.run_anew("elector", move |own| {
+                let elector = Elector::new(
+                    Api::<Lease>::namespaced(own.request, &elector_namespace),
+                    &elector_namespace,
+                    ALLOCATOR_LEASE,
+                    &elector_node,
+                    timing,
+                );
+                elector.run(leader_tx, elector_stopped)
+            }),
+        )
         .map_err(Error::Thread)?;
 
     // The writers: their results come back as inputs, beside the watches'.

@@ -66,6 +66,21 @@ impl Clients {
     pub fn anew(&self) -> Result<Clients> {
         Clients::build(self.configs.clone())
     }
+
+    /// Runs `task` on clients built anew on the calling runtime ([`Clients::anew`]), for a task on a thread of its
+    /// own. If they cannot be built, says so naming `what` and returns, so the caller sees its task end.
+    pub async fn run_anew<F: std::future::Future<Output = ()>>(
+        self,
+        what: &'static str,
+        task: impl FnOnce(Clients) -> F,
+    ) {
+        match self.anew() {
+            Ok(own) => task(own).await,
+            Err(error) => {
+                tracing::error!(%error, task = what, "cannot build the task's API clients")
+            }
+        }
+    }
 }
 
 /// A client for requests (not watches) from `kubeconfig`, or from the environment (in-cluster, then
