@@ -124,12 +124,6 @@ struct Known {
 /// means deleting its entry here (the test fails until then).
 const KNOWN_DIFFERENCES: &[Known] = &[
     Known {
-        check: "namespace",
-        key: "kubectl create namespace",
-        reason: "the lab speaks JSON only and answers 415 to protobuf, which kubectl's typed create commands send \
-            (client-go does not retry as JSON); `kubectl apply -f` and `create -f` work",
-    },
-    Known {
         check: "metallb_objects",
         key: "IPAddressPool spec",
         reason: "the lab stores custom resources as sent, without the CRD schema's defaults (autoAssign true, \
@@ -145,29 +139,6 @@ const KNOWN_DIFFERENCES: &[Known] = &[
         check: "metallb_objects",
         key: "kubectl get ipaddresspools",
         reason: "the lab's Tables ignore a CRD's additionalPrinterColumns and show NAME and AGE only",
-    },
-    Known {
-        check: "service",
-        key: "ClusterIP allocation: clusterIP, clusterIPs, ipFamilies, ipFamilyPolicy",
-        reason: "the lab has no service CIDR and allocates no ClusterIP, so it fills no IP family either; the agent \
-            reads missing ipFamilies as IPv4",
-    },
-    Known {
-        check: "service",
-        key: "NodePort allocation: ports[0].nodePort, allocateLoadBalancerNodePorts",
-        reason: "the lab allocates no NodePorts (nothing in the lab routes through them) and leaves \
-            allocateLoadBalancerNodePorts unset",
-    },
-    Known {
-        check: "service",
-        key: "traffic policy defaults: externalTrafficPolicy, internalTrafficPolicy",
-        reason: "the lab leaves both policies unset; the agent and the data plane read unset as Cluster",
-    },
-    Known {
-        check: "service",
-        key: "status after patch_status",
-        reason: "kube-apiserver defaults an ingress entry's ipMode to VIP; the lab stores the entry as written, and \
-            the agent reads a missing ipMode as VIP",
     },
     Known {
         check: "service",
@@ -190,33 +161,6 @@ const KNOWN_DIFFERENCES: &[Known] = &[
         check: "endpointslice",
         key: "kubectl get endpointslices",
         reason: "the lab has no Table printer for EndpointSlices and shows NAME and AGE only",
-    },
-    Known {
-        check: "kubectl_wide",
-        key: "CLUSTER-IP",
-        reason: "the lab allocates no ClusterIP (see service), so kubectl shows `<none>`",
-    },
-    Known {
-        check: "kubectl_wide",
-        key: "PORT(S)",
-        reason: "the lab allocates no NodePort (see service), so kubectl shows port/protocol only",
-    },
-    Known {
-        check: "kubectl_create_service",
-        key: "kubectl create service loadbalancer",
-        reason: "the lab speaks JSON only and answers 415 to protobuf, which kubectl's typed create commands send \
-            (client-go does not retry as JSON); `kubectl apply -f` and `create -f` work",
-    },
-    Known {
-        check: "kubectl_create_service",
-        key: "web2 read back",
-        reason: "the typed create above failed on the lab (protobuf), so there is no web2",
-    },
-    Known {
-        check: "kubectl_create_service",
-        key: "kubectl create service --dry-run=server",
-        reason: "the lab speaks JSON only and answers 415 to protobuf, which kubectl's typed create commands send \
-            (client-go does not retry as JSON); `kubectl apply -f` and `create -f` work",
     },
 ];
 

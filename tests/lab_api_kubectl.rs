@@ -79,6 +79,7 @@ struct Lab {
     kubeconfig: PathBuf,
 }
 
+#[derive(Debug)]
 struct Output {
     code: Option<i32>,
     stdout: String,
@@ -232,8 +233,69 @@ async fn kubectl_drives_the_lab_api() -> Result<()> {
     );
     ensure!(cell(&wide, 0, "TYPE")? == "LoadBalancer", "{wide}");
     ensure!(cell(&wide, 0, "EXTERNAL-IP")? == "<pending>", "{wide}");
-    ensure!(cell(&wide, 0, "PORT(S)")? == "80/TCP", "{wide}");
+    // A ClusterIP from the lab's service range and a NodePort, as kube-apiserver gives a LoadBalancer Service.
+    ensure!(cell(&wide, 0, "CLUSTER-IP")? == "198.51.100.1", "{wide}");
+    ensure!(cell(&wide, 0, "PORT(S)")? == "80:30000/TCP", "{wide}");
     ensure!(cell(&wide, 0, "SELECTOR")? == "app=web", "{wide}");
+
+    // kubectl's typed commands send protobuf; the lab decodes it for the built-in kinds they make.
+    let out = lab
+        .ok(&[
+            "create",
+            "service",
+            "loadbalancer",
+            "typed",
+            "--tcp=80:8080",
+        ])
+        .await?;
+    ensure!(out.contains("service/typed created"), "{out}");
+    let typed = lab.ok(&["get", "svc", "typed", "-o", "wide"]).await?;
+    ensure!(cell(&typed, 0, "CLUSTER-IP")? == "198.51.100.2", "{typed}");
+    ensure!(cell(&typed, 0, "PORT(S)")? == "80:30001/TCP", "{typed}");
+    ensure!(cell(&typed, 0, "SELECTOR")? == "app=typed", "{typed}");
+    for args in [
+        &["create", "namespace", "typed-ns"][..],
+        &["create", "configmap", "typed-cm", "--from-literal=k=v"],
+        &[
+            "create",
+            "secret",
+            "generic",
+            "typed-secret",
+            "--from-literal=password=p",
+        ],
+    ] {
+        let out = lab.ok(args).await?;
+        ensure!(out.contains("created"), "{args:?}: {out}");
+    }
+    let secret = lab
+        .ok(&[
+            "get",
+            "secret",
+            "typed-secret",
+            "-o",
+            "jsonpath={.data.password}",
+        ])
+        .await?;
+    ensure!(
+        secret.trim() == "cA==",
+        "the secret's bytes in base64: {secret}"
+    );
+    // A requested NodePort that is taken is refused as kube-apiserver refuses it, and takes nothing.
+    let taken = lab
+        .run(&[
+            "create",
+            "service",
+            "nodeport",
+            "clash",
+            "--tcp=80",
+            "--node-port=30000",
+        ])
+        .await?;
+    ensure!(
+        taken.code != Some(0) && taken.stderr.contains("provided port is already allocated"),
+        "{taken:?}"
+    );
+    lab.ok(&["delete", "svc", "typed"]).await?;
 
     // What the allocator will do: set the ingress IP through the status subresource.
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
@@ -264,7 +326,7 @@ async fn kubectl_drives_the_lab_api() -> Result<()> {
     events.create(&PostParams::default(), &event).await?;
     let describe = lab.ok(&["describe", "svc", "web"]).await?;
     ensure!(
-        describe.contains("LoadBalancer Ingress:  192.0.2.10"),
+        describe.contains("LoadBalancer Ingress:     192.0.2.10 (VIP)"),
         "{describe}"
     );
     let after_events = describe

@@ -378,7 +378,8 @@ async fn absurd_objects_get_events_and_leave_working_vips_alone() {
         .collect();
     let big: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "many-ports", "namespace": "default"},
-        "spec": {"type": "LoadBalancer", "ports": ports},
+        // More ports than the NodePort range holds: as on a real API server, only without NodePorts.
+        "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "ports": ports},
     }))
     .unwrap();
     services.create(&pp, &big).await.unwrap();

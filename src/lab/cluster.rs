@@ -31,6 +31,7 @@ use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 use super::api::ApiServer;
+use super::api::service_network::ServiceNetwork;
 use super::control_plane::{self, ControlPlane};
 use super::netns::in_netns;
 use super::topology::{self, LabNode, LabPod, SWITCH_V4, Topology, UPLINK};
@@ -309,10 +310,13 @@ impl Lab {
             ApiChoice::Embedded => {
                 let outside = StdListener::bind((Ipv4Addr::LOCALHOST, 0))?;
                 outside.set_nonblocking(true)?;
-                let api = ApiServer::from_listeners(vec![
-                    tokio::net::TcpListener::from_std(outside)?,
-                    inside,
-                ])?;
+                // The same Service ranges as the real control plane's below.
+                let network = ServiceNetwork::parse(SERVICE_CIDRS)
+                    .map_err(|e| Error::Setup(e.to_string()))?;
+                let api = ApiServer::from_listeners_with(
+                    vec![tokio::net::TcpListener::from_std(outside)?, inside],
+                    network,
+                )?;
                 super::api::write_kubeconfig(&kubeconfig, &api.url())?;
                 super::api::write_kubeconfig(
                     &agent_kubeconfig,

@@ -7,18 +7,21 @@
 //! finalizers: never expose it beyond loopback or a lab network namespace, and never use it in production.
 //!
 //! Submodules: [`store`] holds objects and change history, [`server`] speaks HTTP, [`patch`] applies the PATCH
-//! flavours, [`selector`] parses label and field selectors, [`table`] prints for kubectl, [`discovery`], [`openapi`]
+//! flavours, [`protobuf`] decodes what kubectl's typed commands send, [`selector`] parses label and field selectors, [`table`] prints for kubectl, [`discovery`], [`openapi`]
 //! and [`resources`] describe what is served.
 
 pub mod discovery;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod resources;
 pub mod selector;
 pub mod server;
+pub mod service_network;
 pub mod store;
 pub mod table;
 
+use service_network::ServiceNetwork;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +56,8 @@ pub enum Error {
     Signal(#[source] std::io::Error),
     #[error("lab API server task failed: {0}")]
     Join(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    ServiceCidrs(#[from] service_network::CidrError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -70,12 +75,17 @@ pub struct ApiArgs {
         default_value = "ironlb-lab.kubeconfig"
     )]
     pub kubeconfig: PathBuf,
+    /// Service ClusterIP ranges, as kube-apiserver's `--service-cluster-ip-range`: one CIDR, or one per family
+    /// separated by a comma, the primary family first.
+    #[arg(long, env = "IRONLB_LAB_SERVICE_CIDRS", default_value = service_network::DEFAULT_SERVICE_CIDRS)]
+    pub service_cidrs: String,
 }
 
 impl ApiArgs {
     /// Serves until Ctrl-C; see [`run`].
     pub async fn run(self) -> Result<()> {
-        run(self.listen, self.kubeconfig).await
+        let network = ServiceNetwork::parse(&self.service_cidrs)?;
+        run(self.listen, self.kubeconfig, network).await
     }
 }
 
@@ -84,19 +94,22 @@ impl ApiArgs {
 pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    network: ServiceNetwork,
 ) -> Result<()> {
-    serve_logged(vec![listener], shutdown, Arc::default()).await
+    serve_logged(vec![listener], shutdown, Arc::default(), network).await
 }
 
-/// [`serve`] on several listeners at once, all over the same objects, recording every request into `requests`.
+/// [`serve`] on several listeners at once, all over the same objects, recording every request into `requests`,
+/// with Services given ClusterIPs and NodePorts from `network`.
 /// The lab listens both inside its switch namespace, for the agents, and on the host's loopback, for the user.
 pub async fn serve_logged(
     listeners: Vec<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     requests: Arc<server::RequestLog>,
+    network: ServiceNetwork,
 ) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut lab = server::ApiState::new(stop_rx.clone());
+    let mut lab = server::ApiState::with_service_network(stop_rx.clone(), network);
     lab.requests = requests;
     let lab = Arc::new(lab);
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
@@ -153,6 +166,14 @@ impl ApiServer {
 
     /// Starts serving on several bound listeners over one set of objects; [`ApiServer::addr`] is the first's.
     pub fn from_listeners(listeners: Vec<TcpListener>) -> Result<Self> {
+        Self::from_listeners_with(listeners, ServiceNetwork::default())
+    }
+
+    /// [`ApiServer::from_listeners`] with Services given ClusterIPs and NodePorts from `network`.
+    pub fn from_listeners_with(
+        listeners: Vec<TcpListener>,
+        network: ServiceNetwork,
+    ) -> Result<Self> {
         let first = listeners.first().ok_or(Error::NoListener)?;
         let addr = first.local_addr().map_err(Error::LocalAddr)?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -163,6 +184,7 @@ impl ApiServer {
                 let _ = stopped.await;
             },
             requests.clone(),
+            network,
         ));
         Ok(ApiServer {
             addr,
@@ -226,7 +248,7 @@ pub fn write_kubeconfig(path: &Path, server_url: &str) -> Result<()> {
 }
 
 /// Serves on `listen` and writes a kubeconfig for it to `kubeconfig`, until Ctrl-C. Backs `ironlb lab api`.
-pub async fn run(listen: SocketAddr, kubeconfig: PathBuf) -> Result<()> {
+pub async fn run(listen: SocketAddr, kubeconfig: PathBuf, network: ServiceNetwork) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| Error::Bind {
@@ -237,9 +259,13 @@ pub async fn run(listen: SocketAddr, kubeconfig: PathBuf) -> Result<()> {
     write_kubeconfig(&kubeconfig, &format!("http://{addr}"))?;
     tracing::info!(%addr, kubeconfig = %kubeconfig.display(), "lab API server ready; Ctrl-C stops it");
     let (tx, rx) = oneshot::channel::<std::io::Result<()>>();
-    let server = serve(listener, async move {
-        let _ = tx.send(tokio::signal::ctrl_c().await);
-    });
+    let server = serve(
+        listener,
+        async move {
+            let _ = tx.send(tokio::signal::ctrl_c().await);
+        },
+        network,
+    );
     server.await?;
     match rx.await {
         Ok(Err(e)) => Err(Error::Signal(e)),

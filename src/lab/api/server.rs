@@ -13,8 +13,10 @@
 use super::discovery;
 use super::openapi;
 use super::patch::{self, PatchType};
+use super::protobuf;
 use super::resources::{self, ResourceDef};
 use super::selector::{FieldSelector, LabelSelector};
+use super::service_network::ServiceNetwork;
 use super::store::{self, EventType, GroupResource, Store, StoreEvent, UpdateScope};
 use super::table::{self, IncludeObject};
 use axum::body::{Body, Bytes};
@@ -50,8 +52,8 @@ pub enum Error {
     BadRequest(String),
     #[error("{method} is not supported on this resource")]
     MethodNotAllowed { method: Method },
-    #[error("unsupported media type {0:?}")]
-    UnsupportedMediaType(String),
+    #[error(transparent)]
+    Protobuf(#[from] protobuf::Error),
 }
 
 impl Error {
@@ -65,7 +67,14 @@ impl Error {
             }
             Error::Store(store::Error::Conflict { .. }) => ("Conflict", StatusCode::CONFLICT),
             Error::Store(store::Error::Gone { .. }) => ("Expired", StatusCode::GONE),
-            Error::Patch(patch::Error::UnsupportedType(_)) | Error::UnsupportedMediaType(_) => {
+            Error::Store(store::Error::Invalid { .. }) => {
+                ("Invalid", StatusCode::UNPROCESSABLE_ENTITY)
+            }
+            Error::Store(store::Error::Internal(_)) => {
+                ("InternalError", StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Error::Patch(patch::Error::UnsupportedType(_))
+            | Error::Protobuf(protobuf::Error::UnsupportedKind { .. }) => {
                 ("UnsupportedMediaType", StatusCode::UNSUPPORTED_MEDIA_TYPE)
             }
             Error::Patch(patch::Error::JsonPatch(_)) => {
@@ -75,6 +84,7 @@ impl Error {
             Error::Store(store::Error::BadRequest(_))
             | Error::Patch(_)
             | Error::Selector(_)
+            | Error::Protobuf(protobuf::Error::Malformed(_))
             | Error::BadRequest(_) => ("BadRequest", StatusCode::BAD_REQUEST),
         }
     }
@@ -173,7 +183,12 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(shutdown: watch::Receiver<bool>) -> Self {
-        let store = Store::new();
+        Self::with_service_network(shutdown, ServiceNetwork::default())
+    }
+
+    /// A server whose Services get ClusterIPs and NodePorts from `network`.
+    pub fn with_service_network(shutdown: watch::Receiver<bool>, network: ServiceNetwork) -> Self {
+        let store = Store::with_service_network(network);
         store.ensure_namespaces(INITIAL_NAMESPACES);
         ApiState {
             store,
@@ -428,7 +443,11 @@ pub async fn handle(lab: Arc<ApiState>, req: axum::extract::Request) -> Response
     }
 }
 
-fn parse_body(body: &[u8]) -> Result<Value> {
+/// The object in a POST or PUT body: JSON, or protobuf for the built-in kinds kubectl's typed commands send.
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value> {
+    if protobuf::is_protobuf(header_str(headers, header::CONTENT_TYPE)) {
+        return Ok(protobuf::decode(body)?);
+    }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Error::BadRequest(format!("request body is not valid JSON: {e}")))?;
     if !value.is_object() {
@@ -474,18 +493,6 @@ fn dispatch(
         Route::Resource(t) => *t,
     };
     let as_table = table::wants_table(header_str(headers, header::ACCEPT));
-    // The lab speaks JSON only. kubectl's typed commands (`create namespace`, `create service ...`) send protobuf
-    // and fail on this 415: client-go does not retry them as JSON. `apply` and `create -f` send JSON. This is a
-    // known difference in tests/api_conformance.rs.
-    if matches!(*method, Method::POST | Method::PUT)
-        && header_str(headers, header::CONTENT_TYPE)
-            .starts_with("application/vnd.kubernetes.protobuf")
-    {
-        return Err(Error::UnsupportedMediaType(
-            "application/vnd.kubernetes.protobuf is not supported by the lab API server; send JSON"
-                .into(),
-        ));
-    }
     let dry_run = q.get("dryRun").is_some();
     let store = &lab.store;
     let gr = target.gr();
@@ -516,7 +523,7 @@ fn dispatch(
             Method::GET if target.watch_path || q.flag("watch") => watch(lab, target, q, as_table),
             Method::GET => list(lab, &target, q, as_table),
             Method::POST => {
-                let obj = prepare_create(&target, parse_body(&body)?);
+                let obj = prepare_create(&target, parse_body(headers, &body)?);
                 if dry_run {
                     return reply(obj);
                 }
@@ -563,7 +570,7 @@ fn dispatch(
         }
         Method::GET => reply(store.get(&gr, target.ns(), &name)?),
         Method::PUT => {
-            let mut obj = parse_body(&body)?;
+            let mut obj = parse_body(headers, &body)?;
             normalize(&target, &mut obj);
             if dry_run {
                 return reply(obj);
@@ -626,7 +633,8 @@ fn dispatch(
     }
 }
 
-/// Sets apiVersion and kind as the stored form, whatever version the client wrote through.
+/// Sets apiVersion and kind as the stored form, whatever version the client wrote through, and the defaults the
+/// API server applies on every write: a Service ingress entry with an IP and no `ipMode` gets `VIP`.
 fn normalize(target: &Target, obj: &mut Value) {
     if let Value::Object(m) = obj {
         m.insert(
@@ -634,6 +642,17 @@ fn normalize(target: &Target, obj: &mut Value) {
             json!(target.def.api_version(&target.version)),
         );
         m.insert("kind".into(), json!(target.def.kind));
+    }
+    if (target.def.group.as_str(), target.def.plural.as_str()) == ("", "services")
+        && let Some(ingress) = obj
+            .pointer_mut("/status/loadBalancer/ingress")
+            .and_then(Value::as_array_mut)
+    {
+        for entry in ingress.iter_mut().filter(|e| e.get("ip").is_some()) {
+            if entry.get("ipMode").is_none() {
+                entry["ipMode"] = json!("VIP");
+            }
+        }
     }
 }
 

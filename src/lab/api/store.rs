@@ -9,6 +9,7 @@
 //! Every write happens under one mutex and is published on a broadcast channel while that mutex is held, so a
 //! watcher that reads the history and subscribes under the same mutex sees each change exactly once, in order.
 
+use super::service_network::{self, ServiceNetwork};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +33,16 @@ pub enum Error {
     BadRequest(String),
     #[error("too old resource version: {requested} ({oldest})")]
     Gone { requested: u64, oldest: u64 },
+    /// Refused by validation (422 Invalid).
+    #[error("{kind} {name:?} is invalid: {message}")]
+    Invalid {
+        kind: String,
+        name: String,
+        message: String,
+    },
+    /// The server could not do what was asked (500 InternalError), as when a Service range is full.
+    #[error("{0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -128,6 +139,8 @@ struct Inner {
     history: VecDeque<Arc<StoreEvent>>,
     /// The resourceVersion just before the oldest change in `history`.
     history_floor: u64,
+    /// ClusterIPs and NodePorts held by the stored Services.
+    services: ServiceNetwork,
 }
 
 fn now() -> String {
@@ -168,6 +181,21 @@ fn spec_part(obj: &Value) -> Value {
     }
 }
 
+fn is_services(gr: &GroupResource) -> bool {
+    gr.group.is_empty() && gr.resource == "services"
+}
+
+fn service_error(name: &str, e: service_network::Error) -> Error {
+    match e {
+        service_network::Error::Invalid(message) => Error::Invalid {
+            kind: "Service".into(),
+            name: name.to_owned(),
+            message,
+        },
+        service_network::Error::Full(message) => Error::Internal(message),
+    }
+}
+
 /// A random lowercase suffix for `generateName`, like the API server's five characters.
 fn name_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -186,7 +214,13 @@ impl Default for Store {
 }
 
 impl Store {
+    /// A store whose Services get ClusterIPs from [`service_network::DEFAULT_SERVICE_CIDRS`].
     pub fn new() -> Self {
+        Self::with_service_network(ServiceNetwork::default())
+    }
+
+    /// A store whose Services get ClusterIPs and NodePorts from `services`.
+    pub fn with_service_network(services: ServiceNetwork) -> Self {
         let (tx, _) = broadcast::channel(4096);
         Store {
             inner: Mutex::new(Inner {
@@ -194,6 +228,7 @@ impl Store {
                 rv: 0,
                 history: VecDeque::new(),
                 history_floor: 0,
+                services,
             }),
             tx,
         }
@@ -316,6 +351,13 @@ impl Store {
                 name,
             });
         }
+        if is_services(gr) {
+            inner
+                .services
+                .create(&mut obj)
+                .map_err(|e| service_error(&name, e))?;
+        }
+        let meta = metadata_mut(&mut obj)?;
         if let Some(ns) = namespace {
             self.ensure_namespace(&mut inner, ns);
         }
@@ -457,6 +499,12 @@ impl Store {
             };
         }
         meta.remove("managedFields");
+        if is_services(gr) && scope != UpdateScope::Status {
+            inner
+                .services
+                .update(&old, &mut new)
+                .map_err(|e| service_error(name, e))?;
+        }
         if spec_part(&new) != spec_part(&old) {
             let generation = old_meta
                 .get("generation")
@@ -521,6 +569,9 @@ impl Store {
 
     fn remove_locked(&self, inner: &mut Inner, key: &ObjectKey) -> Option<Value> {
         let mut obj = inner.objects.remove(key)?;
+        if is_services(&key.gr) {
+            inner.services.release(&obj);
+        }
         inner.rv += 1;
         // A DELETED event carries the object at the resourceVersion of its deletion.
         if let Ok(meta) = metadata_mut(&mut obj) {
@@ -790,7 +841,9 @@ mod tests {
 
     #[test]
     fn watch_from_before_the_history_is_gone() {
-        let store = Store::new();
+        // More Services than an IPv4 /24 holds.
+        let store =
+            Store::with_service_network(ServiceNetwork::parse("2001:db8:ffff::/108").unwrap());
         for i in 0..(HISTORY + 5) {
             store
                 .create(&svc_gr(), Some("d"), svc(&format!("s{i}")))
