@@ -255,6 +255,22 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
+/// Writes one sample per line, in milliseconds, into `$IRONLB_BENCH_DATA/name`, for scripts/plot to draw; nothing
+/// when the variable is unset (a plain `cargo bench`).
+fn write_samples(name: &str, samples: &[Duration]) {
+    let Some(dir) = std::env::var_os("IRONLB_BENCH_DATA") else {
+        return;
+    };
+    let text: String = samples
+        .iter()
+        .map(|d| format!("{:.3}\n", d.as_secs_f64() * 1000.0))
+        .collect();
+    let path = std::path::Path::new(&dir).join(name);
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
+}
+
 fn p50_p99(sorted: &[Duration], unit: fn(Duration) -> String) -> String {
     format!(
         "p50 {} / p99 {}",
@@ -390,6 +406,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     failovers.sort();
+    write_samples("failover_ms.txt", &failovers);
     rows.push((
         format!(
             "(a) Failover: owner's agent SIGKILLed + link cut → client TCP to the VIP answered by another node \

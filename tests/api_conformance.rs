@@ -104,7 +104,8 @@ const CHECKS: &[(&str, &str)] = &[
     ),
     (
         "kubectl_create_list",
-        "kubectl create -f of a kind: List of ConfigMaps, a Service and an IPAddressPool",
+        "kubectl create -f of a kind: List of ConfigMaps, a Service and an IPAddressPool; of three documents, one \
+         ill-typed and one with an unknown field",
     ),
     (
         "kubectl_create_service",
@@ -314,6 +315,23 @@ impl Target {
     /// [`Ran::summary`] with this run's namespace written `<ns>`.
     fn summary(&self, ran: &Ran) -> String {
         ran.summary().replace(self.ns(), "<ns>")
+    }
+
+    /// [`Target::summary`] of stdout and stderr both, stdout first.
+    fn summary_both(&self, ran: &Ran) -> String {
+        let lines: Vec<&str> = ran
+            .stdout
+            .lines()
+            .chain(ran.stderr.lines())
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !is_klog_line(l))
+            .collect();
+        format!(
+            "exit {}: {}",
+            ran.code.map_or("killed".into(), |c| c.to_string()),
+            lines.join(" | ")
+        )
+        .replace(self.ns(), "<ns>")
     }
 
     /// Runs kubectl with `input` on stdin, killed after [`KUBECTL_LIMIT`].
@@ -1598,7 +1616,54 @@ items:
         .kubectl_in(&["create", "-n", t.ns(), "-f", "-"], Some(list))
         .await?;
     f.note("kubectl create -f (kind: List) again", t.summary(&again));
+
+    // Several documents in one file, two of them bad: each bad one is refused with its kind named, the rest made.
+    let documents = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: doc-good}
+data: {k: v}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: doc-number}
+data: {k: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: doc-colour}
+spec: {ports: [{port: 80}], colour: blue}
+";
+    let created = t
+        .kubectl_in(&["create", "-n", t.ns(), "-f", "-"], Some(documents))
+        .await?;
+    f.expect(
+        "kubectl create -f (three documents, two bad)",
+        refusals(&t.summary_both(&created)),
+        "exit 1: configmap/doc-good created | Error from server (BadRequest): error when creating \"STDIN\": \
+         ConfigMap in version \"v1\" cannot be handled as a ConfigMap: (why) | Error from server (BadRequest): \
+         error when creating \"STDIN\": Service in version \"v1\" cannot be handled as a Service: strict decoding \
+         error: unknown field \"spec.colour\"",
+    );
     Ok(())
+}
+
+/// A kubectl summary with the decoder's own words cut from "cannot be handled as" errors (Go's JSON decoder and
+/// serde word a type error differently); strict decoding errors, worded by the API server, stay whole.
+fn refusals(summary: &str) -> String {
+    summary
+        .split(" | ")
+        .map(|line| match line.find(" cannot be handled as a ") {
+            Some(at) if !line.contains("strict decoding error") => {
+                let rest = &line[at..];
+                match rest.find(": ") {
+                    Some(colon) => format!("{}: (why)", &line[..at + colon]),
+                    None => line.to_owned(),
+                }
+            }
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 async fn check_kubectl_create_service(t: &Target, f: &mut Finding) -> Result<()> {

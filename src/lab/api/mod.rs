@@ -7,7 +7,8 @@
 //! finalizers: never expose it beyond loopback or a lab network namespace, and never use it in production.
 //!
 //! Submodules: [`store`] holds objects and change history, [`server`] speaks HTTP, [`patch`] applies the PATCH
-//! flavours, [`protobuf`] decodes what kubectl's typed commands send, [`selector`] parses label and field selectors, [`table`] prints for kubectl, [`discovery`], [`openapi`]
+//! flavours, [`protobuf`] decodes what kubectl's typed commands send, [`validate`] refuses what
+//! does not decode as its kind, [`service_network`] fills in ClusterIPs and NodePorts, [`selector`] parses label and field selectors, [`table`] prints for kubectl, [`discovery`], [`openapi`]
 //! and [`resources`] describe what is served.
 
 pub mod discovery;
@@ -20,6 +21,7 @@ pub mod server;
 pub mod service_network;
 pub mod store;
 pub mod table;
+pub mod validate;
 
 use service_network::ServiceNetwork;
 use std::future::Future;

@@ -19,6 +19,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::service_network::ServiceNetwork;
 use super::store::{self, EventType, GroupResource, Store, StoreEvent, UpdateScope};
 use super::table::{self, IncludeObject};
+use super::validate;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -256,6 +257,13 @@ impl Target {
             (true, false) => UpdateScope::Main,
             (false, false) => UpdateScope::Whole,
         }
+    }
+
+    /// Refuses a body that does not decode as this built-in kind; with `fieldValidation=Strict`, as kubectl sends,
+    /// also one with fields the kind does not have.
+    fn validate(&self, obj: &Value, q: &Query) -> Result<()> {
+        let strict = q.get("fieldValidation") == Some("Strict");
+        validate::check(&self.def.group, &self.def.plural, obj, strict).map_err(Error::BadRequest)
     }
 
     /// Sets apiVersion and kind as seen through this request's version.
@@ -523,7 +531,9 @@ fn dispatch(
             Method::GET if target.watch_path || q.flag("watch") => watch(lab, target, q, as_table),
             Method::GET => list(lab, &target, q, as_table),
             Method::POST => {
-                let obj = prepare_create(&target, parse_body(headers, &body)?);
+                let obj = parse_body(headers, &body)?;
+                target.validate(&obj, q)?;
+                let obj = prepare_create(&target, obj);
                 if dry_run {
                     return reply(obj);
                 }
@@ -571,6 +581,7 @@ fn dispatch(
         Method::GET => reply(store.get(&gr, target.ns(), &name)?),
         Method::PUT => {
             let mut obj = parse_body(headers, &body)?;
+            target.validate(&obj, q)?;
             normalize(&target, &mut obj);
             if dry_run {
                 return reply(obj);
@@ -584,6 +595,8 @@ fn dispatch(
             let patched = store.modify(&gr, target.ns(), &name, target.scope(), |current| {
                 let mut out = patch::apply(kind, current, &body)
                     .map_err(|e| store::Error::BadRequest(e.to_string()))?;
+                validate::check(&target.def.group, &target.def.plural, &out, false)
+                    .map_err(store::Error::BadRequest)?;
                 normalize(&target, &mut out);
                 Ok(out)
             });
