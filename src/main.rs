@@ -71,6 +71,14 @@ enum ConfigCommand {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// The namespace the agent reads its configuration from: a metallb.io object in another namespace is an
+        /// error, as MetalLB's webhook refuses it and the agent never sees it.
+        #[arg(
+            long,
+            env = "IRONLB_CONFIG_NAMESPACE",
+            default_value = "metallb-system"
+        )]
+        namespace: String,
     },
 }
 
@@ -106,8 +114,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .block_on(ironlb::agent::run(*args))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(ConfigCommand::Check { paths }) => {
-            let valid = ironlb::config::check(&paths, &mut out)?;
+        Command::Config(ConfigCommand::Check { paths, namespace }) => {
+            let valid = ironlb::config::check(&paths, &namespace, &mut out)?;
             Ok(if valid {
                 ExitCode::SUCCESS
             } else {

@@ -25,11 +25,14 @@ pub enum Error {
     Write(#[from] std::io::Error),
 }
 
-/// Loads and validates `paths`. Prints a summary and the warnings and returns true when the configuration is
-/// valid; otherwise prints every error as `Kind/name: field: message` and returns false.
-pub fn check(paths: &[PathBuf], out: &mut impl Write) -> Result<bool, Error> {
-    let sources = Sources::from_documents(load::load_paths(paths)?);
-    let validated = validate(&sources);
+/// Loads and validates `paths` as the agent reading `namespace` would. Prints a summary and the warnings and returns
+/// true when the configuration is valid; otherwise prints every error as `Kind/name: field: message` and returns
+/// false.
+pub fn check(paths: &[PathBuf], namespace: &str, out: &mut impl Write) -> Result<bool, Error> {
+    let mut sources = Sources::from_documents(load::load_paths(paths)?);
+    let elsewhere = sources.take_other_namespaces(namespace);
+    let mut validated = validate(&sources);
+    validated.errors.splice(0..0, elsewhere);
     report(&sources, &validated, out)?;
     Ok(validated.is_valid())
 }

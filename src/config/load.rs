@@ -299,6 +299,70 @@ impl Sources {
         }
     }
 
+    /// Removes the metallb.io objects whose `metadata.namespace` names another namespace than `namespace`, with an
+    /// error for each: the agent watches only its configuration namespace, and MetalLB's webhook refuses them. An
+    /// object without a namespace is kept, as `kubectl apply -n` would place it.
+    pub fn take_other_namespaces(&mut self, namespace: &str) -> Vec<Diagnostic> {
+        fn keep<T: kube::Resource>(
+            kind: &str,
+            objects: &mut Vec<T>,
+            namespace: &str,
+            out: &mut Vec<Diagnostic>,
+        ) {
+            objects.retain(|o| match o.meta().namespace.as_deref() {
+                Some(ns) if !ns.is_empty() && ns != namespace => {
+                    out.push(Diagnostic::new(
+                        kind,
+                        o.meta().name.as_deref().unwrap_or_default(),
+                        "metadata.namespace",
+                        format!(
+                            "{ns:?} is not {namespace}, the namespace the agent reads its configuration from, so the \
+                             agent never sees this object (MetalLB: resource must be created in {namespace} namespace)"
+                        ),
+                    ));
+                    false
+                }
+                _ => true,
+            });
+        }
+        let mut out = Vec::new();
+        keep("IPAddressPool", &mut self.pools, namespace, &mut out);
+        keep(
+            "L2Advertisement",
+            &mut self.l2_advertisements,
+            namespace,
+            &mut out,
+        );
+        keep(
+            "BGPAdvertisement",
+            &mut self.bgp_advertisements,
+            namespace,
+            &mut out,
+        );
+        keep("Community", &mut self.communities, namespace, &mut out);
+        keep("BFDProfile", &mut self.bfd_profiles, namespace, &mut out);
+        keep("BGPPeer", &mut self.peers, namespace, &mut out);
+        keep("BGPPeer", &mut self.peers_v1beta1, namespace, &mut out);
+        if let Some(legacy) = &self.legacy
+            && let Some(ns) = legacy
+                .namespace
+                .as_deref()
+                .filter(|ns| !ns.is_empty() && *ns != namespace)
+        {
+            out.push(Diagnostic::new(
+                "ConfigMap",
+                &legacy.name,
+                "metadata.namespace",
+                format!(
+                    "{ns:?} is not {namespace}, the namespace the agent reads its configuration from, so the agent \
+                     never sees this ConfigMap"
+                ),
+            ));
+            self.legacy = None;
+        }
+        out
+    }
+
     /// Whether any metallb.io object is present, as opposed to only the legacy ConfigMap.
     pub fn has_crds(&self) -> bool {
         !(self.pools.is_empty()
@@ -370,6 +434,37 @@ mod tests {
         assert_eq!(legacy.name, "ConfigMap/config");
         assert_eq!(legacy.namespace.as_deref(), Some("metallb-system"));
         assert_eq!(s.malformed.len(), 1, "the second legacy source is an error");
+    }
+
+    #[test]
+    fn objects_in_another_namespace_are_named_and_left_out() {
+        let mut s = Sources::from_yaml(
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: here, namespace: metallb-system}\n\
+             spec: {addresses: [192.0.2.0/28]}\n---\n\
+             apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: loose}\n\
+             spec: {addresses: [192.0.2.16/28]}\n---\n\
+             apiVersion: metallb.io/v1beta1\nkind: L2Advertisement\nmetadata: {name: there, namespace: default}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config, namespace: kube-system}\n\
+             data: {config: 'address-pools: []'}\n",
+        )
+        .unwrap();
+        let errors = s.take_other_namespaces("metallb-system");
+        let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with(
+            "L2Advertisement/there: metadata.namespace: \"default\" is not metallb-system"
+        ));
+        assert!(
+            lines[0].ends_with("(MetalLB: resource must be created in metallb-system namespace)")
+        );
+        assert!(lines[1].starts_with("ConfigMap/"), "{}", lines[1]);
+        let names: Vec<_> = s
+            .pools
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["here", "loose"]);
+        assert!(s.l2_advertisements.is_empty() && s.legacy.is_none());
     }
 
     #[test]

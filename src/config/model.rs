@@ -90,6 +90,25 @@ impl IpRange {
         IpRange { start: ip, end: ip }
     }
 
+    /// The shortest prefix length among the CIDRs that exactly cover this range: 24 for `192.0.2.0/24`, 28 for
+    /// `192.0.2.200-192.0.2.250` (whose cover is .200/29, .208/28, .224/28, .240/29, .248/31 and .250/32).
+    pub fn widest_prefix(&self) -> u8 {
+        let widest = match (self.start, self.end) {
+            (IpAddr::V4(s), IpAddr::V4(e)) => ipnet::Ipv4Subnets::new(s, e, 0)
+                .map(|n| n.prefix_len())
+                .min(),
+            (IpAddr::V6(s), IpAddr::V6(e)) => ipnet::Ipv6Subnets::new(s, e, 0)
+                .map(|n| n.prefix_len())
+                .min(),
+            // IpRange::new refuses mixed families.
+            _ => None,
+        };
+        widest.unwrap_or(match self.start {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        })
+    }
+
     pub fn start(&self) -> IpAddr {
         self.start
     }

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Findings, NOT_ACTED_ON, Named, Validated, selected_pools};
 use crate::config::community::CommunityValue;
 use crate::config::crd;
-use crate::config::model::{BfdProfile, BgpAdvertisement, Labels};
+use crate::config::model::{BfdProfile, BgpAdvertisement, Family, Labels};
+use crate::config::selector::Selector;
 
 pub(super) fn bfd_profiles(objects: &[Named<crd::BFDProfile>], out: &mut Validated) {
     for n in objects {
@@ -79,6 +80,111 @@ pub(super) fn communities(objects: &[Named<crd::Community>], out: &mut Validated
         }
         if f.finish(out) {
             out.config.communities.extend(aliases);
+        }
+    }
+}
+
+/// What [`against_pools`] needs of an advertisement being checked.
+struct Candidate<'a> {
+    pools: &'a BTreeSet<String>,
+    /// (IPv4, IPv6) aggregation lengths.
+    aggregation: (u8, u8),
+    local_pref: Option<u32>,
+    peers: &'a [String],
+    node_selectors: &'a [Selector],
+    has_service_selectors: bool,
+}
+
+/// MetalLB's rules between an advertisement and the pools it selects, each checked against the pools and the
+/// advertisements accepted before it:
+/// - an aggregation length shorter than the widest prefix of a pool's address entry would announce addresses
+///   outside the pool;
+/// - two advertisements that would send the same route (a common pool, the same aggregation, overlapping peers and
+///   nodes, neither limited by Service selectors) may not disagree on LOCAL_PREF; MetalLB compares the nodes the
+///   node selectors pick, which a configuration alone cannot know, so selectors count as overlapping when one is
+///   empty (all nodes) or both are the same;
+/// - a peer whose BFD profile has echo mode may not receive IPv6 routes (echo is IPv4 only).
+fn against_pools(f: &mut Findings, out: &Validated, adv: &Candidate) {
+    let (v4, v6) = adv.aggregation;
+    for name in adv.pools {
+        let Some(pool) = out.config.pools.get(name) else {
+            continue;
+        };
+        for range in &pool.ranges {
+            let (length, field) = match range.family() {
+                Family::V4 => (v4, "spec.aggregationLength"),
+                Family::V6 => (v6, "spec.aggregationLengthV6"),
+            };
+            let widest = range.widest_prefix();
+            if length < widest {
+                f.error(
+                    field,
+                    format!(
+                        "{length} is shorter than the /{widest} prefix of IPAddressPool/{name}'s {range}, so the \
+                         aggregate would cover addresses outside the pool (MetalLB: invalid aggregation length \
+                         {length}: prefix {widest} in this pool is more specific than the aggregation length)"
+                    ),
+                );
+            }
+        }
+        if pool.has_family(Family::V6) {
+            let peers: Vec<&String> = if adv.peers.is_empty() {
+                out.config.peers.keys().collect()
+            } else {
+                adv.peers.iter().collect()
+            };
+            for peer in peers {
+                let echo = out
+                    .config
+                    .peers
+                    .get(peer)
+                    .and_then(|p| p.bfd_profile.as_ref())
+                    .and_then(|b| out.config.bfd_profiles.get(b))
+                    .filter(|b| b.echo_mode);
+                if let Some(profile) = echo {
+                    f.error(
+                        "spec.peers",
+                        format!(
+                            "IPAddressPool/{name} has IPv6 addresses and BGPPeer/{peer} uses BFDProfile/{} with \
+                             echo mode, which is IPv4 only (MetalLB refuses this)",
+                            profile.name
+                        ),
+                    );
+                }
+            }
+        }
+        if adv.has_service_selectors {
+            continue;
+        }
+        for other in out.config.bgp_advertisements.values() {
+            if !other.pools.contains(name)
+                || !other.service_selectors.is_empty()
+                || other.local_pref.unwrap_or(0) == adv.local_pref.unwrap_or(0)
+            {
+                continue;
+            }
+            let same_length = match (pool.has_family(Family::V4), pool.has_family(Family::V6)) {
+                (true, false) => other.aggregation_length == v4,
+                (false, true) => other.aggregation_length_v6 == v6,
+                _ => other.aggregation_length == v4 || other.aggregation_length_v6 == v6,
+            };
+            let peers_meet = adv.peers.is_empty()
+                || other.peers.is_empty()
+                || adv.peers.iter().any(|p| other.peers.contains(p));
+            let (ours, theirs) = (adv.node_selectors, &other.node_selectors[..]);
+            let nodes_meet = ours.is_empty() || theirs.is_empty() || ours == theirs;
+            if same_length && peers_meet && nodes_meet {
+                f.error(
+                    "spec.localPref",
+                    format!(
+                        "{} differs from BGPAdvertisement/{}'s {} for the same routes of IPAddressPool/{name} to \
+                         the same peers and nodes (MetalLB: invalid local preference)",
+                        adv.local_pref.unwrap_or(0),
+                        other.name,
+                        other.local_pref.unwrap_or(0)
+                    ),
+                );
+            }
         }
     }
 }
@@ -179,6 +285,18 @@ pub(super) fn advertisements(
             f.selectors("spec.ipAddressPoolSelectors", &s.ip_address_pool_selectors);
         let node_selectors = f.selectors("spec.nodeSelectors", &s.node_selectors);
         let pools = selected_pools(&mut f, &pool_names, &pool_selectors, pool_labels);
+        against_pools(
+            &mut f,
+            out,
+            &Candidate {
+                pools: &pools,
+                aggregation: (aggregation_length, aggregation_length_v6),
+                local_pref,
+                peers: &peers,
+                node_selectors: &node_selectors,
+                has_service_selectors: !service_selectors.is_empty(),
+            },
+        );
         if f.finish(out) {
             let adv = BgpAdvertisement {
                 name: n.name.clone(),
@@ -410,5 +528,180 @@ mod tests {
             "spec.nodeSelectors[0]",
             "Equals"
         ));
+    }
+
+    #[test]
+    fn aggregation_shorter_than_a_pool_prefix_is_refused_as_metallb_does() {
+        let check = |addresses: &[&str], v4: i32, v6: i32| {
+            validate(&Sources {
+                pools: vec![pool("p", addresses)],
+                bgp_advertisements: vec![bgp_adv(
+                    "adv",
+                    BGPAdvertisementSpec {
+                        aggregation_length: Some(v4),
+                        aggregation_length_v6: Some(v6),
+                        ..Default::default()
+                    },
+                )],
+                ..Default::default()
+            })
+        };
+        // MetalLB's own example: 26 against a /28.
+        let v = check(&["198.51.100.0/28"], 26, 128);
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.aggregationLength",
+            "/28 prefix"
+        ));
+        assert!(v.config.bgp_advertisements.is_empty());
+        // Aggregating to the pool's own prefix, or longer, is fine.
+        assert!(check(&["198.51.100.0/28"], 28, 128).errors.is_empty());
+        assert!(check(&["198.51.100.0/28"], 30, 128).errors.is_empty());
+        // A range counts by the widest CIDR of its exact cover: .200-.250 holds two /28s.
+        assert!(
+            check(&["192.0.2.200-192.0.2.250"], 28, 128)
+                .errors
+                .is_empty()
+        );
+        let v = check(&["192.0.2.200-192.0.2.250"], 27, 128);
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.aggregationLength",
+            "/28 prefix"
+        ));
+        // IPv6 entries are held to aggregationLengthV6.
+        let v = check(&["2001:db8::/120"], 32, 112);
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.aggregationLengthV6",
+            "/120 prefix"
+        ));
+        assert!(check(&["2001:db8::/120"], 32, 124).errors.is_empty());
+    }
+
+    #[test]
+    fn conflicting_local_pref_for_the_same_routes_is_refused() {
+        let adv = |name: &str, pref: i64, f: &dyn Fn(&mut BGPAdvertisementSpec)| {
+            let mut spec = BGPAdvertisementSpec {
+                local_pref: Some(pref),
+                ..Default::default()
+            };
+            f(&mut spec);
+            bgp_adv(name, spec)
+        };
+        let check = |a: crd::BGPAdvertisement, b: crd::BGPAdvertisement| {
+            validate(&Sources {
+                pools: vec![pool("p", &["198.51.100.0/24"])],
+                peers: vec![peer("r1"), peer("r2")],
+                bgp_advertisements: vec![a, b],
+                ..Default::default()
+            })
+        };
+        let none = |_: &mut BGPAdvertisementSpec| {};
+        let v = check(adv("a", 100, &none), adv("b", 200, &none));
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "b",
+            "spec.localPref",
+            "BGPAdvertisement/a's 100"
+        ));
+        assert!(v.config.bgp_advertisements.contains_key("a"));
+        assert!(!v.config.bgp_advertisements.contains_key("b"));
+        // Equal values agree.
+        assert!(
+            check(adv("a", 100, &none), adv("b", 100, &none))
+                .errors
+                .is_empty()
+        );
+        // Different aggregation: different routes.
+        let agg = |s: &mut BGPAdvertisementSpec| s.aggregation_length = Some(24);
+        assert!(
+            check(adv("a", 100, &none), adv("b", 200, &agg))
+                .errors
+                .is_empty()
+        );
+        // Disjoint peer lists: different sessions. An empty list means every peer, so it meets any list.
+        let r1 = |s: &mut BGPAdvertisementSpec| s.peers = Some(vec!["r1".into()]);
+        let r2 = |s: &mut BGPAdvertisementSpec| s.peers = Some(vec!["r2".into()]);
+        assert!(
+            check(adv("a", 100, &r1), adv("b", 200, &r2))
+                .errors
+                .is_empty()
+        );
+        assert!(
+            !check(adv("a", 100, &none), adv("b", 200, &r2))
+                .errors
+                .is_empty()
+        );
+        // Service selectors exempt an advertisement, as in MetalLB.
+        let services = |s: &mut BGPAdvertisementSpec| {
+            s.service_selectors = Some(vec![LabelSelector {
+                match_labels: Some([("app".to_owned(), "web".to_owned())].into()),
+                ..Default::default()
+            }])
+        };
+        assert!(
+            check(adv("a", 100, &none), adv("b", 200, &services))
+                .errors
+                .is_empty()
+        );
+        // Different node selectors: a configuration alone cannot tell the nodes apart, so no verdict.
+        let zone = |z: &'static str| {
+            move |s: &mut BGPAdvertisementSpec| {
+                s.node_selectors = Some(vec![LabelSelector {
+                    match_labels: Some([("zone".to_owned(), z.to_owned())].into()),
+                    ..Default::default()
+                }])
+            }
+        };
+        assert!(
+            check(adv("a", 100, &zone("x")), adv("b", 200, &zone("y")))
+                .errors
+                .is_empty()
+        );
+        assert!(
+            !check(adv("a", 100, &zone("x")), adv("b", 200, &zone("x")))
+                .errors
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bfd_echo_toward_a_peer_that_gets_ipv6_routes_is_refused() {
+        let check = |echo: bool, addresses: &[&str]| {
+            let mut p = peer("r1");
+            p.spec.bfd_profile = Some("fast".into());
+            validate(&Sources {
+                pools: vec![pool("p", addresses)],
+                peers: vec![p],
+                bfd_profiles: vec![crd::BFDProfile {
+                    metadata: meta("fast"),
+                    spec: BFDProfileSpec {
+                        echo_mode: Some(echo),
+                        ..Default::default()
+                    },
+                    status: None,
+                }],
+                bgp_advertisements: vec![bgp_adv("adv", BGPAdvertisementSpec::default())],
+                ..Default::default()
+            })
+        };
+        let v = check(true, &["2001:db8::/120"]);
+        assert!(has(
+            &v.errors,
+            "BGPAdvertisement",
+            "adv",
+            "spec.peers",
+            "BFDProfile/fast with echo mode"
+        ));
+        assert!(check(false, &["2001:db8::/120"]).errors.is_empty());
+        assert!(check(true, &["198.51.100.0/24"]).errors.is_empty());
     }
 }

@@ -113,4 +113,80 @@ mod tests {
             "never announced"
         ));
     }
+
+    #[test]
+    fn duplicate_selectors_expressions_and_values_are_refused_as_metallb_does() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+        let labels = |pairs: &[(&str, &str)]| LabelSelector {
+            match_labels: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let expr = |key: &str, values: &[&str]| LabelSelectorRequirement {
+            key: key.into(),
+            operator: "In".into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        };
+        let check = |selectors: Vec<LabelSelector>| {
+            let mut adv = l2("adv", &[]);
+            adv.spec.node_selectors = Some(selectors);
+            validate(&Sources {
+                l2_advertisements: vec![adv],
+                ..Default::default()
+            })
+        };
+        // The same labels twice, written in another order.
+        let v = check(vec![
+            labels(&[("a", "1"), ("b", "2")]),
+            labels(&[("b", "2"), ("a", "1")]),
+        ]);
+        assert!(has(
+            &v.errors,
+            "L2Advertisement",
+            "adv",
+            "spec.nodeSelectors[1]",
+            "the same selector as spec.nodeSelectors[0] (MetalLB: duplicate definition of nodeSelectors)"
+        ));
+        assert!(v.config.l2_advertisements.is_empty());
+        // A value twice in one expression, and one expression twice in one selector (values in any order).
+        let v = check(vec![LabelSelector {
+            match_expressions: Some(vec![
+                expr("zone", &["x", "y"]),
+                expr("zone", &["y", "x", "x"]),
+            ]),
+            ..Default::default()
+        }]);
+        assert!(has(
+            &v.errors,
+            "L2Advertisement",
+            "adv",
+            "spec.nodeSelectors[0].matchExpressions[1].values",
+            "\"x\" is listed twice"
+        ));
+        assert!(has(
+            &v.errors,
+            "L2Advertisement",
+            "adv",
+            "spec.nodeSelectors[0].matchExpressions[1]",
+            "the same expression as matchExpressions[0]"
+        ));
+        // Different selectors, and expressions in another order (MetalLB compares them in order), pass.
+        let v = check(vec![
+            labels(&[("a", "1")]),
+            labels(&[("a", "2")]),
+            LabelSelector {
+                match_expressions: Some(vec![expr("k", &["1"]), expr("j", &["1"])]),
+                ..Default::default()
+            },
+            LabelSelector {
+                match_expressions: Some(vec![expr("j", &["1"]), expr("k", &["1"])]),
+                ..Default::default()
+            },
+        ]);
+        assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
+    }
 }

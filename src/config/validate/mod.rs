@@ -84,6 +84,13 @@ impl Validated {
 
 const NOT_ACTED_ON: &str = "accepted for MetalLB compatibility, but IronLB does not act on it yet";
 
+/// A label selector as MetalLB compares two for equality: its labels, and its expressions in order, each with its
+/// values as a set.
+type SelectorKey = (
+    BTreeMap<String, String>,
+    Vec<(String, String, BTreeSet<String>)>,
+);
+
 /// Collects the diagnostics of one object; the object is kept only if it has no error.
 struct Findings<'a> {
     kind: &'static str,
@@ -128,12 +135,61 @@ impl<'a> Findings<'a> {
         self.warnings.push(d);
     }
 
+    /// Compiles a list of label selectors, refusing what MetalLB refuses in one: a value twice in one expression,
+    /// the same expression twice in one selector, and the same selector twice in the list (labels in any order,
+    /// expression values in any order, expressions in the same order, as MetalLB compares them).
     fn selectors(&mut self, field: &str, selectors: &Option<Vec<LabelSelector>>) -> Vec<Selector> {
         let mut out = Vec::new();
+        let mut seen: Vec<(SelectorKey, usize)> = Vec::new();
         for (i, s) in selectors.iter().flatten().enumerate() {
+            let at = format!("{field}[{i}]");
+            let mut expressions: Vec<(&str, &str, BTreeSet<&str>)> = Vec::new();
+            for (j, e) in s.match_expressions.iter().flatten().enumerate() {
+                let mut values = BTreeSet::new();
+                for v in e.values.iter().flatten() {
+                    if !values.insert(v.as_str()) {
+                        self.error(
+                            &format!("{at}.matchExpressions[{j}].values"),
+                            format!("{v:?} is listed twice (MetalLB: duplicate definition of match expression value)"),
+                        );
+                    }
+                }
+                let expression = (e.key.as_str(), e.operator.as_str(), values);
+                if let Some(k) = expressions.iter().position(|x| *x == expression) {
+                    self.error(
+                        &format!("{at}.matchExpressions[{j}]"),
+                        format!(
+                            "the same expression as matchExpressions[{k}] (MetalLB: duplicate definition of match \
+                             expressions)"
+                        ),
+                    );
+                }
+                expressions.push(expression);
+            }
+            let key: SelectorKey = (
+                s.match_labels.clone().unwrap_or_default(),
+                expressions
+                    .iter()
+                    .map(|(k, o, v)| {
+                        (
+                            k.to_string(),
+                            o.to_string(),
+                            v.iter().map(|s| s.to_string()).collect(),
+                        )
+                    })
+                    .collect(),
+            );
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                let kind = field.rsplit('.').next().unwrap_or(field);
+                self.error(
+                    &at,
+                    format!("the same selector as {field}[{first}] (MetalLB: duplicate definition of {kind})"),
+                );
+            }
+            seen.push((key, i));
             match Selector::compile(s) {
                 Ok(sel) => out.push(sel),
-                Err(e) => self.error(&format!("{field}[{i}]"), e),
+                Err(e) => self.error(&at, e),
             }
         }
         out
