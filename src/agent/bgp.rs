@@ -383,11 +383,18 @@ enum SecretRead {
     NotYetRead(String),
     #[error("IronLB reads passwordSecrets only from its own namespace {0}: copy the Secret there")]
     OtherNamespace(String),
-    #[error("the Secret does not exist")]
+    #[error("the Secret does not exist (MetalLB: secret ref not found)")]
     Missing,
-    #[error("the Secret has no non-empty `{PASSWORD_KEY}`")]
+    #[error("the Secret is of type {0:?}, not {BASIC_AUTH:?} (MetalLB: secret type mismatch)")]
+    WrongType(String),
+    #[error(
+        "the Secret has no non-empty `{PASSWORD_KEY}` (MetalLB: password not specified in the secret)"
+    )]
     NoPassword,
 }
+
+/// The Secret type a `passwordSecret` must have, as in MetalLB.
+const BASIC_AUTH: &str = "kubernetes.io/basic-auth";
 
 /// The password `(namespace, name)` holds in the agent's watched Secrets. The watch keeps its last state through an
 /// API outage, so this never fails because the API is slow or gone once it has been read.
@@ -405,6 +412,10 @@ fn password_in(
     let secret = secrets
         .get(&crate::k8s::index::ObjectKey::new(namespace, name))
         .ok_or(SecretRead::Missing)?;
+    let kind = secret.type_.as_deref().unwrap_or("Opaque");
+    if kind != BASIC_AUTH {
+        return Err(SecretRead::WrongType(kind.to_string()));
+    }
     secret
         .data
         .as_ref()
@@ -794,6 +805,18 @@ mod tests {
         assert_eq!(
             password_in(&secrets, "ironlb-system", &key("ironlb-system", "nope")),
             Err(SecretRead::Missing)
+        );
+        // A password in a Secret of another type is refused, as MetalLB refuses it.
+        let mut opaque = secret("opaque", "s3cret");
+        opaque.type_ = Some("Opaque".into());
+        secrets.handle(Event::Apply(opaque));
+        let refused = password_in(&secrets, "ironlb-system", &key("ironlb-system", "opaque"));
+        assert_eq!(refused, Err(SecretRead::WrongType("Opaque".into())));
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("not \"kubernetes.io/basic-auth\"")
         );
         assert_eq!(
             password_in(&secrets, "ironlb-system", &key("metallb-system", "md5")),
