@@ -504,6 +504,28 @@ fn carry_over(old: &Value, new: &mut Value) {
         }
     }
     let keeps_node_ports = |t: &str| matches!(t, "NodePort" | "LoadBalancer");
+    if keeps_node_ports(&old_type) && !keeps_node_ports(&new_type) {
+        // As kube-apiserver's dropTypeDependentFields: leaving NodePort or LoadBalancer drops the NodePorts the
+        // Service held, when the update still carries them unchanged.
+        let old_ports = node_ports(old);
+        if let Some(ports) = n.get_mut("ports").and_then(Value::as_array_mut) {
+            for port in ports.iter_mut() {
+                let held = port
+                    .get("nodePort")
+                    .and_then(Value::as_u64)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .is_some_and(|p| old_ports.contains(&p));
+                if held && let Value::Object(m) = port {
+                    m.remove("nodePort");
+                }
+            }
+        }
+        if n.get("healthCheckNodePort") == o.get("healthCheckNodePort")
+            && let Value::Object(m) = n
+        {
+            m.remove("healthCheckNodePort");
+        }
+    }
     if keeps_node_ports(&old_type) && keeps_node_ports(&new_type) {
         let old_ports = o.get("ports").and_then(Value::as_array).cloned();
         if let (Some(old_ports), Some(ports)) =
@@ -631,6 +653,20 @@ mod tests {
         // The refused update left everything with `new`: its address is still taken.
         let mut same = svc(json!({"clusterIP": new["spec"]["clusterIP"].clone()}));
         assert!(net.create(&mut same).is_err());
+
+        // Becoming ClusterIP drops the NodePorts it still carries, and gives them back.
+        let mut lb = svc(json!({"type": "LoadBalancer", "ports": [{"port": 81}]}));
+        net.create(&mut lb).unwrap();
+        let mut cluster = lb.clone();
+        cluster["spec"]["type"] = json!("ClusterIP");
+        net.update(&lb, &mut cluster).unwrap();
+        assert!(
+            cluster["spec"]["ports"][0].get("nodePort").is_none(),
+            "{cluster}"
+        );
+        let port = lb["spec"]["ports"][0]["nodePort"].clone();
+        let mut reuse = svc(json!({"type": "NodePort", "ports": [{"port": 1, "nodePort": port}]}));
+        net.create(&mut reuse).unwrap();
 
         // Becoming ExternalName gives the ClusterIP back.
         let mut external = svc(json!({"type": "ExternalName", "externalName": "example.com"}));
