@@ -1,10 +1,13 @@
 //! The lab's Kubernetes API server: in-process, plain HTTP, in-memory, for the lab and the tests only.
 //!
-//! No real API server can be installed on the machines IronLB is developed and tested on, so this one stands in
-//! for it. It implements just enough of the Kubernetes REST API (discovery, CRUD, patch, watch, the `status`
-//! subresource, selectors, Tables) for the IronLB agent (kube-rs) and a real `kubectl` to work against it. It has
-//! no authentication, no admission, no validation beyond what keeps it consistent, no garbage collection and no
-//! finalizers: never expose it beyond loopback or a lab network namespace, and never use it in production.
+//! The real kube-apiserver and etcd (built from their Go modules for the real-API tiers) take seconds to start; this
+//! server starts in milliseconds, so `ironlb lab` and most test tiers run one per lab. It implements just enough of
+//! the Kubernetes REST API (discovery, CRUD, patch, watch, the `status` subresource, selectors, Tables, JSON and
+//! the protobuf kubectl's typed commands send) for the IronLB agent (kube-rs) and a real `kubectl` to work against
+//! it, and gives Services what kube-apiserver fills in (ClusterIPs, NodePorts, defaults). tests/api_conformance.rs
+//! compares it with the real server. It has no authentication, no admission, no CRD schema validation (built-in
+//! objects must decode as their kind), no garbage collection and no finalizers: never expose it beyond loopback or
+//! a lab network namespace, and never use it in production.
 //!
 //! Submodules: [`store`] holds objects and change history, [`server`] speaks HTTP, [`patch`] applies the PATCH
 //! flavours, [`protobuf`] decodes what kubectl's typed commands send, [`validate`] refuses what
