@@ -10,9 +10,9 @@
 //! a lab network namespace, and never use it in production.
 //!
 //! Submodules: [`store`] holds objects and change history, [`server`] speaks HTTP, [`patch`] applies the PATCH
-//! flavours, [`protobuf`] decodes what kubectl's typed commands send, [`validate`] refuses what
-//! does not decode as its kind, [`service_network`] fills in ClusterIPs and NodePorts, [`selector`] parses label and field selectors, [`table`] prints for kubectl, [`discovery`], [`openapi`]
-//! and [`resources`] describe what is served.
+//! flavours, [`protobuf`] decodes what kubectl's typed commands send, [`validate`] refuses what does not decode as
+//! its kind, [`service_network`] fills in ClusterIPs and NodePorts, [`selector`] parses label and field selectors,
+//! [`table`] prints for kubectl, [`discovery`], [`openapi`] and [`resources`] describe what is served.
 
 pub mod discovery;
 pub mod openapi;
