@@ -267,14 +267,23 @@ impl Ran {
 
     /// `exit N` and what kubectl said: stdout lines on success, stderr lines (without client-side klog lines) on
     /// failure.
+    /// The exit status and the non-empty, non-klog lines of stdout on success, of stderr on failure.
     fn summary(&self) -> String {
         let text = if self.ok() {
             &self.stdout
         } else {
             &self.stderr
         };
-        let lines: Vec<&str> = text
-            .lines()
+        self.summarize(text.lines())
+    }
+
+    /// The exit status and the non-empty, non-klog lines of stdout, then stderr.
+    fn summary_both(&self) -> String {
+        self.summarize(self.stdout.lines().chain(self.stderr.lines()))
+    }
+
+    fn summarize<'a>(&self, lines: impl Iterator<Item = &'a str>) -> String {
+        let lines: Vec<&str> = lines
             .map(str::trim)
             .filter(|l| !l.is_empty() && !is_klog_line(l))
             .collect();
@@ -319,19 +328,7 @@ impl Target {
 
     /// [`Target::summary`] of stdout and stderr both, stdout first.
     fn summary_both(&self, ran: &Ran) -> String {
-        let lines: Vec<&str> = ran
-            .stdout
-            .lines()
-            .chain(ran.stderr.lines())
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !is_klog_line(l))
-            .collect();
-        format!(
-            "exit {}: {}",
-            ran.code.map_or("killed".into(), |c| c.to_string()),
-            lines.join(" | ")
-        )
-        .replace(self.ns(), "<ns>")
+        ran.summary_both().replace(self.ns(), "<ns>")
     }
 
     /// Runs kubectl with `input` on stdin, killed after [`KUBECTL_LIMIT`].
