@@ -370,8 +370,11 @@ async fn main() {
     lab.wait_announced(Duration::from_secs(60))
         .await
         .expect("the demo Services announced");
-    // One round of periodic gratuitous ARP (--garp-period 1), so the client's cache agrees with status.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // One round of periodic gratuitous ARP (--garp-period 1) with no owner changing, so the client's cache agrees with
+    // status.
+    lab.wait_settled(Duration::from_millis(1200), Duration::from_secs(30))
+        .await
+        .expect("the owners settled");
     let mut rows: Vec<(String, String, String)> = Vec::new();
 
     // (a) Failover, cycling through the demo VIPs, with the owner read fresh from status each trial.
@@ -402,8 +405,11 @@ async fn main() {
             }
         }
         heal(&mut lab, &owner).expect("heal the node");
-        // The restarted agent rejoins; let a gratuitous ARP round pass before the next trial looks at status.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The restarted agent rejoins and takes its share back; the next trial starts once that is over and a
+        // gratuitous ARP round has passed.
+        lab.wait_settled(Duration::from_millis(1200), Duration::from_secs(30))
+            .await
+            .expect("the owners settled after the heal");
     }
     failovers.sort();
     write_samples("failover_ms.txt", &failovers);

@@ -88,6 +88,13 @@ async fn the_commands_the_lab_suggests_work_as_printed() {
         "expected kubectl, arping, status and verify under try:\n{}",
         printed.join("\n")
     );
+    // The healed node has taken its share back before the lab offers commands, so what they show holds still.
+    let rejoined = printed.iter().find(|l| l.contains("rejoined; "));
+    assert!(
+        rejoined.is_some_and(|l| l.ends_with("(spread 0)") || l.ends_with("(spread 1)")),
+        "no level spread after the healed node rejoined:\n{}",
+        printed.join("\n")
+    );
     let node_kubeconfig = printed
         .iter()
         .find_map(|l| l.strip_prefix("node-kubeconfig: "));

@@ -704,6 +704,38 @@ impl Lab {
         }
     }
 
+    /// Waits until every Service is announced, the lab's nodes hold loads that differ by at most one, and no owner
+    /// has changed for `quiet`. After a node rejoins, the agents level the load one group per round (a move keeps the
+    /// old owner answering until the new owner's `announced-by` arrives), so a lab shown to a user, or probed by a
+    /// test, waits for this rather than for the first announcement.
+    pub async fn wait_settled(&self, quiet: Duration, limit: Duration) -> Result<Vec<StatusRow>> {
+        let start = Instant::now();
+        let nodes = self.node_names();
+        let mut last: Option<(Vec<StatusRow>, Instant)> = None;
+        loop {
+            let left = limit.saturating_sub(start.elapsed());
+            let rows = self.wait_announced(left).await?;
+            let loads = crate::k8s::report::node_loads(&rows, &nodes);
+            let counts = loads.iter().map(|l| l.vips);
+            let level = counts.clone().max().unwrap_or(0) - counts.min().unwrap_or(0) <= 1;
+            let since = match &last {
+                Some((before, since)) if *before == rows => *since,
+                _ => Instant::now(),
+            };
+            if level && since.elapsed() >= quiet {
+                return Ok(rows);
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Timeout(
+                    limit,
+                    format!("the owners to settle, level and unchanged for {quiet:?}"),
+                ));
+            }
+            last = Some((rows, since));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// With pods: waits until the client's connection to every VIP is answered by a pod as the Service's policy
     /// says: with the client's own address (`Local`), or source-NATed to a node (`Cluster`). The agents program
     /// IPVS and the SNAT table a moment after they announce. Returns how long it took.

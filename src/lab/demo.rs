@@ -208,9 +208,11 @@ async fn demo(
         }
     }
     writeln!(out)?;
-    // Let one round of periodic gratuitous ARP pass, so every cache on the LAN agrees before we look.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let rows = lab.status().await?;
+    // Let one round of periodic gratuitous ARP pass with no owner changing, so every cache on the LAN agrees before
+    // we look.
+    let rows = lab
+        .wait_settled(Duration::from_millis(1200), Duration::from_secs(30))
+        .await?;
     out.write_all(crate::k8s::report::render_table(&rows).as_bytes())?;
     let loads = crate::k8s::report::node_loads(&rows, &lab.node_names());
     out.write_all(crate::k8s::report::render_loads(&loads).as_bytes())?;
@@ -325,7 +327,14 @@ async fn demo(
     heal(&mut lab, &owner)?;
 
     if keep {
-        let rows = lab.wait_announced(Duration::from_secs(30)).await?;
+        // The healed node rejoins and takes its share back, one group per round: the `try:` lines are printed once
+        // that is over, so what they show holds still.
+        let rows = lab
+            .wait_settled(Duration::from_secs(1), Duration::from_secs(30))
+            .await?;
+        let loads = crate::k8s::report::node_loads(&rows, &lab.node_names());
+        write!(out, "\n{owner} restarted and rejoined; ")?;
+        out.write_all(crate::k8s::report::render_loads(&loads).as_bytes())?;
         writeln!(out, "\nthe lab stays up until Ctrl-C:")?;
         writeln!(out, "kubeconfig: {}", lab.kubeconfig.display())?;
         // The API's address as seen from inside a node namespace differs from the host's.
