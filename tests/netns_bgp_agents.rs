@@ -164,6 +164,37 @@ async fn local_service_route_follows_its_endpoint() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // MetalLB's BGP and speaker metrics say the same: both sessions up, the route announced from node-1 alone.
+    let up = "metallb_bgp_session_up{peer=\"192.0.2.1:179\"} 1";
+    let announced = format!(
+        "metallb_speaker_announced{{service=\"default/web\",protocol=\"bgp\",node=\"node-1\",ip=\"{vip}\"}} 1"
+    );
+    let prefixes = "metallb_bgp_announced_prefixes_total{peer=\"192.0.2.1:179\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (one, two) = (
+            lab.metrics("node-1").unwrap(),
+            lab.metrics("node-2").unwrap(),
+        );
+        let lines = |t: &str, l: &str| t.lines().any(|x| x == l);
+        if lines(&one, up) && lines(&two, up) && lines(&one, &announced) && lines(&one, prefixes) {
+            assert!(
+                !two.contains("service=\"default/web\""),
+                "node-2 announces web:\n{two}"
+            );
+            assert!(
+                one.contains("metallb_bgp_updates_total{peer=\"192.0.2.1:179\"}"),
+                "{one}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "MetalLB's metrics on node-1:\n{one}\non node-2:\n{two}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The endpoint moves to node-2: node-1 withdraws, node-2 advertises.
     lab.set_endpoints("web", &["node-2"]).await.unwrap();
     let (ok, seen) = wait(Box::new(move |r| {

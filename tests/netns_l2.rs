@@ -6,7 +6,7 @@
 
 mod netns_support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -114,7 +114,84 @@ async fn arp_and_ndp_are_answered_by_the_owner_alone_and_visibility_matches() {
             assert_eq!(reply, format!("hello from {}", owner.name), "TCP to {vip}");
         }
     }
+    assert_metallbs_metrics_tell_the_same(&lab, &rows);
     assert_the_gossip_key_never_leaks(&lab).await;
+}
+
+/// MetalLB's metric names, scraped from the agents, say what status says: `metallb_speaker_announced` on the owner
+/// alone, Layer 2 answers counted per VIP on the owner, and pool usage from the allocator alone.
+fn assert_metallbs_metrics_tell_the_same(lab: &Lab, rows: &[ironlb::k8s::report::StatusRow]) {
+    let scraped: BTreeMap<String, String> = lab
+        .node_names()
+        .into_iter()
+        .map(|n| {
+            let text = lab.metrics(&n).unwrap();
+            (n, text)
+        })
+        .collect();
+    let value = |text: &str, series: &str| -> Option<f64> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    };
+    for row in rows {
+        let owner = &row.owners[0];
+        for vip in &row.vips {
+            let announced = format!(
+                "metallb_speaker_announced{{service=\"{}\",protocol=\"layer2\",node=\"{owner}\",ip=\"{vip}\"}}",
+                row.service
+            );
+            for (node, text) in &scraped {
+                let expected = (node == owner).then_some(1.0);
+                assert_eq!(value(text, &announced), expected, "{announced} on {node}");
+            }
+            if vip.parse::<IpAddr>().unwrap().is_ipv4() {
+                // Three arping requests above, each answered once, plus what the client's own ARP asked.
+                let answered = format!("metallb_layer2_responses_sent{{ip=\"{vip}\"}}");
+                let sent = value(&scraped[owner], &answered).unwrap_or(0.0);
+                assert!(sent >= 3.0, "{answered} on {owner}: {sent}");
+            }
+        }
+    }
+    let vips: BTreeSet<&String> = rows.iter().flat_map(|r| &r.vips).collect();
+    let in_use: Vec<(String, f64)> = scraped
+        .iter()
+        .filter_map(|(node, text)| {
+            let sum: f64 = text
+                .lines()
+                .filter(|l| l.starts_with("metallb_allocator_addresses_in_use_total{"))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum();
+            text.contains("metallb_allocator_addresses_in_use_total{")
+                .then(|| (node.clone(), sum))
+        })
+        .collect();
+    assert_eq!(
+        in_use.len(),
+        1,
+        "pool usage from the allocator alone: {in_use:?}"
+    );
+    assert_eq!(
+        in_use[0].1,
+        vips.len() as f64,
+        "addresses in use: {in_use:?}, VIPs {vips:?}"
+    );
+    for (node, text) in &scraped {
+        assert_eq!(
+            value(text, "metallb_k8s_client_config_loaded_bool"),
+            Some(1.0),
+            "{node}"
+        );
+        assert_eq!(
+            value(text, "metallb_k8s_client_config_stale_bool"),
+            Some(0.0),
+            "{node}"
+        );
+    }
 }
 
 /// The gossip key is in no agent log, no Event and no `ironlb status` output, in any of the encodings a careless

@@ -21,10 +21,13 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Client;
 use kube::api::Api;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use super::metallb_metrics::SpeakerAnnounced;
 use super::node_link::{BindRequest, LocalFacts, NodeLink};
+use crate::alloc::ServiceKey;
 use crate::arp::{
     Announce, Announcements, ArpConfig, ArpMetrics, ArpResponder, ArpResponderHandle,
 };
@@ -39,6 +42,7 @@ use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
 use crate::netif::StrictArpMode;
 use crate::netif::strict_arp::{self, StrictArpMetrics};
+use crate::plan::input::NotAnnounced;
 use crate::plan::owner::{Cause, OwnerChoice};
 use crate::plan::visibility::ANNOUNCED_CAUSE_ANNOTATION;
 use crate::plan::{self, PlanInput, node_plan, node_vips, subnets_annotation};
@@ -118,6 +122,12 @@ pub struct Announcer {
     moves: Moves,
     /// VIPs this node advertises over BGP, listed in its `ironlb.io/vips` with the Layer 2 ones.
     bgp_vips: BTreeSet<IpAddr>,
+    /// The Services behind them, for `metallb_speaker_announced`.
+    bgp_services: BTreeMap<ServiceKey, Vec<IpAddr>>,
+    /// `metallb_speaker_announced`, over Layer 2 and BGP.
+    announced: SpeakerAnnounced,
+    /// `ironlb_vips_without_owner`: VIPs an L2Advertisement covers that no node announces, by this node's view.
+    without_owner: Gauge,
     /// This node's `ironlb.io/bgp-peers` value; empty without sessions.
     bgp_peers: String,
     /// Until membership has found the other Ready nodes, or until this deadline, announce nothing: an agent that
@@ -325,6 +335,18 @@ impl Announcer {
             published_here: 0,
             rejoin_hold: None,
             moves: Moves::register(registry),
+            bgp_services: BTreeMap::new(),
+            announced: SpeakerAnnounced::register(registry),
+            without_owner: {
+                let gauge = Gauge::default();
+                registry.register(
+                    "ironlb_vips_without_owner",
+                    "VIPs that an L2Advertisement covers, and no BGPAdvertisement, that no live node can announce \
+                     (every agent computes the same from what it sees)",
+                    gauge.clone(),
+                );
+                gauge
+            },
         };
         Ok((
             announcer,
@@ -390,8 +412,14 @@ impl Announcer {
     /// Plans this node's announcements and returns the writes that make them visible. `trigger` is when the change
     /// behind this pass was observed: a VIP this pass takes over is measured for failover from then.
     /// The VIPs this node advertises over BGP, for its `ironlb.io/vips` annotation.
-    pub fn set_bgp_vips(&mut self, vips: BTreeSet<IpAddr>) {
+    /// The VIPs this node advertises over BGP, and the Services behind them.
+    pub fn set_bgp_vips(
+        &mut self,
+        vips: BTreeSet<IpAddr>,
+        services: BTreeMap<ServiceKey, Vec<IpAddr>>,
+    ) {
         self.bgp_vips = vips;
+        self.bgp_services = services;
     }
 
     /// This node's BGP sessions as its `ironlb.io/bgp-peers` value (see [`plan::visibility::bgp_peers`]).
@@ -415,6 +443,9 @@ impl Announcer {
         });
         let input = PlanInput::from_cluster(state, &validated.config, self.lb_class.as_deref());
         let mut assignments = plan::owner::assign(&input.groups, live);
+        self.without_owner.set(
+            i64::try_from(vips_without_owner(&input.groups, &assignments)).unwrap_or(i64::MAX),
+        );
         let stopping = self.stopping.is_some();
         assignments.retain(|_, a| {
             a.owner != self.node
@@ -520,6 +551,20 @@ impl Announcer {
             *current = next;
             changed
         });
+        let layer2: BTreeMap<ServiceKey, Vec<IpAddr>> = node_plan
+            .owned_services
+            .iter()
+            .map(|(service, ips)| {
+                let ips = ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| node_plan.announce.contains_key(ip));
+                (service.clone(), ips.collect::<Vec<_>>())
+            })
+            .filter(|(_, ips)| !ips.is_empty())
+            .collect();
+        self.announced
+            .record(&self.node, &layer2, &self.bgp_services);
 
         let vips = if allowed {
             node_vips(&self.node, &input.groups, &owners)
@@ -572,6 +617,26 @@ impl Announcer {
         });
         pass
     }
+}
+
+/// The VIPs of the groups an L2Advertisement covers (eligible nodes, or none eligible) and no BGPAdvertisement does,
+/// that `assignments` gives to no node: announced by nobody. A group no advertisement covers, or whose Local
+/// Service has no serving endpoint, is left unannounced on purpose and is not counted.
+fn vips_without_owner(
+    groups: &[plan::VipGroup],
+    assignments: &BTreeMap<plan::GroupKey, OwnerChoice>,
+) -> usize {
+    groups
+        .iter()
+        .filter(|g| {
+            matches!(
+                g.l2_not_announced,
+                None | Some(NotAnnounced::NoEligibleNode { .. })
+            ) && g.bgp_nodes.is_empty()
+                && !assignments.contains_key(&g.key)
+        })
+        .map(|g| g.ips.len())
+        .sum()
 }
 
 /// Make before break. The groups this node is published as announcing whose owner the plan now moves to another
@@ -856,6 +921,40 @@ mod tests {
             owner: owner.into(),
             cause,
         }
+    }
+
+    /// Counted as without an owner: a Layer 2 group given to nobody, whether its nodes are down or none is eligible.
+    /// Not counted: an owned group, a group BGP advertises, a group no L2Advertisement covers, a Local Service
+    /// without a serving endpoint.
+    #[test]
+    fn vips_without_owner_are_the_layer2_groups_nobody_announces() {
+        let owned = group(1, &["n1"]);
+        let nodes_down = group(2, &["n2"]);
+        let mut none_eligible = group(3, &[]);
+        none_eligible.l2_not_announced = Some(NotAnnounced::NoEligibleNode {
+            reasons: "1 cordoned".into(),
+        });
+        let mut over_bgp = none_eligible.clone();
+        over_bgp.key = group(4, &[]).key;
+        over_bgp.bgp_nodes = ["n1".to_string()].into();
+        let mut not_covered = group(5, &[]);
+        not_covered.l2_not_announced = Some(NotAnnounced::NoAdvertisement {
+            kind: "L2Advertisement",
+            pool: "a".into(),
+        });
+        let mut no_endpoint = group(6, &[]);
+        no_endpoint.l2_not_announced = Some(NotAnnounced::NoServingEndpoint);
+        let assignments = BTreeMap::from([(owned.key, choice("n1", Cause::Kept))]);
+        let groups = [
+            owned,
+            nodes_down,
+            none_eligible,
+            over_bgp,
+            not_covered,
+            no_endpoint,
+        ];
+        assert_eq!(vips_without_owner(&groups, &assignments), 2);
+        assert_eq!(vips_without_owner(&groups[..1], &assignments), 0);
     }
 
     /// A takeover's write and Event name why: the patch's `announced-cause` goes from `new` (what the announcement

@@ -327,13 +327,18 @@ struct PeerLabels {
     peer: String,
 }
 
-/// BGP metrics, per peer.
+/// BGP metrics, per peer: IronLB's by BGPPeer name, and MetalLB's (`metallb_bgp_*`) by `address:port` as MetalLB
+/// labels them, so its dashboards and its session-down alert keep working.
 #[derive(Clone, Default)]
 pub struct BgpMetrics {
     established: Family<PeerLabels, Gauge>,
     prefixes: Family<PeerLabels, Gauge>,
     updates: Family<PeerLabels, Counter>,
     flaps: Family<PeerLabels, Counter>,
+    metallb_session_up: Family<PeerLabels, Gauge>,
+    metallb_updates: Family<PeerLabels, Counter>,
+    metallb_announced: Family<PeerLabels, Gauge>,
+    metallb_pending: Family<PeerLabels, Gauge>,
 }
 
 impl BgpMetrics {
@@ -359,7 +364,57 @@ impl BgpMetrics {
             "Times an Established session went down",
             m.flaps.clone(),
         );
+        registry.register(
+            "metallb_bgp_session_up",
+            "BGP session state (1 is up, 0 is down)",
+            m.metallb_session_up.clone(),
+        );
+        // A counter: the encoder adds `_total`, giving MetalLB's `metallb_bgp_updates_total`.
+        registry.register(
+            "metallb_bgp_updates",
+            "Number of BGP UPDATE messages sent",
+            m.metallb_updates.clone(),
+        );
+        registry.register(
+            "metallb_bgp_announced_prefixes_total",
+            "Number of prefixes currently being advertised on the BGP session",
+            m.metallb_announced.clone(),
+        );
+        registry.register(
+            "metallb_bgp_pending_prefixes_total",
+            "Number of prefixes that should be advertised on the BGP session",
+            m.metallb_pending.clone(),
+        );
         m
+    }
+
+    /// Drops every series of a session that no longer runs, so a removed peer does not read as down for good.
+    fn forget(&self, name: &str, peer: SocketAddr) {
+        let ours = PeerLabels {
+            peer: name.to_string(),
+        };
+        for family in [&self.established, &self.prefixes] {
+            family.remove(&ours);
+        }
+        for family in [&self.updates, &self.flaps] {
+            family.remove(&ours);
+        }
+        let theirs = metallb_peer(peer);
+        for family in [
+            &self.metallb_session_up,
+            &self.metallb_announced,
+            &self.metallb_pending,
+        ] {
+            family.remove(&theirs);
+        }
+        self.metallb_updates.remove(&theirs);
+    }
+}
+
+/// MetalLB's `peer` label: the address and port as `fmt.Sprintf("%s:%d")` writes them (no brackets for IPv6).
+fn metallb_peer(peer: SocketAddr) -> PeerLabels {
+    PeerLabels {
+        peer: format!("{}:{}", peer.ip(), peer.port()),
     }
 }
 
@@ -371,6 +426,8 @@ struct Running {
     /// Counters already added to the metrics.
     seen_updates: u64,
     seen_flaps: u64,
+    /// The prefixes the session has been told to advertise.
+    wanted: usize,
 }
 
 /// Why a `passwordSecret` gives no password now.
@@ -440,6 +497,8 @@ pub struct BgpSpeaker {
     warned: BTreeMap<String, Vec<String>>,
     metrics: BgpMetrics,
     advertised: BTreeSet<IpAddr>,
+    /// The Services whose VIPs this node advertises, with those VIPs.
+    services: BTreeMap<ServiceKey, Vec<IpAddr>>,
     /// Sessions being stopped (a Cease sent, the connection closing); awaited at shutdown, aborted when dropped.
     stopping: Vec<crate::task::Task<()>>,
 }
@@ -453,6 +512,7 @@ impl BgpSpeaker {
             warned: BTreeMap::new(),
             metrics,
             advertised: BTreeSet::new(),
+            services: BTreeMap::new(),
             stopping: Vec::new(),
         }
     }
@@ -519,14 +579,8 @@ impl BgpSpeaker {
         for name in stale {
             if let Some(r) = self.sessions.remove(&name) {
                 tracing::info!(peer = %name, "stopping BGP session");
-                self.metrics
-                    .established
-                    .get_or_create(&PeerLabels { peer: name.clone() })
-                    .set(0);
-                self.metrics
-                    .prefixes
-                    .get_or_create(&PeerLabels { peer: name.clone() })
-                    .set(0);
+                // A restarted session (changed parameters) sets them again below.
+                self.metrics.forget(&name, r.config.peer);
                 self.stopping.push(crate::task::Task::spawn(
                     "BGP session stop",
                     r.session.stop(false),
@@ -541,10 +595,14 @@ impl BgpSpeaker {
             .flat_map(|p| p.routes.keys().copied())
             .collect();
         for (name, p) in plan.peers {
-            match self.sessions.get(&name) {
-                Some(r) => r.session.set_routes(p.routes),
+            match self.sessions.get_mut(&name) {
+                Some(r) => {
+                    r.wanted = p.routes.len();
+                    r.session.set_routes(p.routes);
+                }
                 None => {
                     tracing::info!(peer = %name, address = %p.config.peer, "starting BGP session");
+                    let wanted = p.routes.len();
                     let session = Session::spawn(p.config.clone(), p.routes);
                     self.sessions.insert(
                         name,
@@ -554,20 +612,35 @@ impl BgpSpeaker {
                             session,
                             seen_updates: 0,
                             seen_flaps: 0,
+                            wanted,
                         },
                     );
                 }
             }
         }
         // The VIPs themselves for the node annotation, not the aggregates that may carry them.
-        let vips: BTreeSet<IpAddr> = input
+        let advertised = |ip: &IpAddr| prefixes.iter().any(|p| p.contains(ip));
+        let mut services: BTreeMap<ServiceKey, Vec<IpAddr>> = BTreeMap::new();
+        for group in input
+            .groups
+            .iter()
+            .filter(|g| g.bgp_nodes.contains(&self.node))
+        {
+            for (service, ips) in &group.services {
+                let ips: Vec<IpAddr> = ips.iter().copied().filter(advertised).collect();
+                if !ips.is_empty() {
+                    services.insert(service.clone(), ips);
+                }
+            }
+        }
+        self.advertised = input
             .groups
             .iter()
             .filter(|g| g.bgp_nodes.contains(&self.node))
             .flat_map(|g| g.ips.iter().copied())
-            .filter(|ip| prefixes.iter().any(|p| p.contains(ip)))
+            .filter(advertised)
             .collect();
-        self.advertised = vips;
+        self.services = services;
         self.record();
         (notes, actions)
     }
@@ -598,20 +671,21 @@ impl BgpSpeaker {
         for (name, r) in self.sessions.iter_mut() {
             let s: SessionStatus = r.status.borrow_and_update().clone();
             let labels = PeerLabels { peer: name.clone() };
-            self.metrics
-                .established
-                .get_or_create(&labels)
-                .set(i64::from(s.state == State::Established));
-            self.metrics
-                .prefixes
-                .get_or_create(&labels)
-                .set(s.advertised as i64);
-            self.metrics
-                .updates
-                .get_or_create(&labels)
-                .inc_by(s.updates_sent.saturating_sub(r.seen_updates));
-            self.metrics
-                .flaps
+            let theirs = metallb_peer(r.config.peer);
+            let up = i64::from(s.state == State::Established);
+            let advertised = i64::try_from(s.advertised).unwrap_or(i64::MAX);
+            let new_updates = s.updates_sent.saturating_sub(r.seen_updates);
+            let m = &self.metrics;
+            m.established.get_or_create(&labels).set(up);
+            m.metallb_session_up.get_or_create(&theirs).set(up);
+            m.prefixes.get_or_create(&labels).set(advertised);
+            m.metallb_announced.get_or_create(&theirs).set(advertised);
+            m.metallb_pending
+                .get_or_create(&theirs)
+                .set(i64::try_from(r.wanted).unwrap_or(i64::MAX));
+            m.updates.get_or_create(&labels).inc_by(new_updates);
+            m.metallb_updates.get_or_create(&theirs).inc_by(new_updates);
+            m.flaps
                 .get_or_create(&labels)
                 .inc_by(s.flaps.saturating_sub(r.seen_flaps));
             r.seen_updates = s.updates_sent;
@@ -622,6 +696,11 @@ impl BgpSpeaker {
     /// The VIPs this node advertises over BGP (for the node's `ironlb.io/vips`).
     pub fn advertised(&self) -> &BTreeSet<IpAddr> {
         &self.advertised
+    }
+
+    /// The Services whose VIPs this node advertises over BGP, with those VIPs.
+    pub fn advertised_services(&self) -> &BTreeMap<ServiceKey, Vec<IpAddr>> {
+        &self.services
     }
 
     /// Each session's peer name and status.

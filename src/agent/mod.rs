@@ -59,6 +59,7 @@ pub mod announce;
 pub mod bgp;
 pub mod core;
 pub mod dataplane;
+pub mod metallb_metrics;
 pub mod node_link;
 pub mod writer;
 
@@ -196,11 +197,15 @@ pub struct AllocationMetrics {
     api_writes: Counter,
     dropped_writes: Counter,
     invalid_config: Family<KindLabels, Gauge>,
+    /// MetalLB's allocator families; only while this agent allocates.
+    metallb_allocator: metallb_metrics::AllocatorFamilies,
+    /// MetalLB's Kubernetes client families.
+    metallb_client: metallb_metrics::ClientFamilies,
 }
 
 impl AllocationMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let m = AllocationMetrics::default();
+        let mut m = AllocationMetrics::default();
         registry.register(
             "ironlb_pool_addresses",
             "Addresses in each pool",
@@ -251,7 +256,18 @@ impl AllocationMetrics {
             "Configuration objects left out because they are invalid or cannot be decoded, by kind",
             m.invalid_config.clone(),
         );
+        m.metallb_allocator = metallb_metrics::AllocatorFamilies::register(registry);
+        m.metallb_client = metallb_metrics::ClientFamilies::register(registry);
         m
+    }
+
+    /// Drops the pool usage series, IronLB's and MetalLB's: this agent no longer allocates.
+    fn clear_pool_usage(&self) {
+        self.pool_size.clear();
+        self.pool_used.clear();
+        self.pool_free.clear();
+        self.failures.clear();
+        self.metallb_allocator.clear();
     }
 }
 
@@ -294,6 +310,9 @@ impl ConfigReport {
             }
         }
         self.logged = now;
+        metrics
+            .metallb_client
+            .config_read(per_kind.values().map(BTreeSet::len).sum());
         validated
     }
 }
@@ -455,6 +474,10 @@ pub async fn run_with(
                 }
                 Output::Leading(leading) => {
                     metrics.leader.set(i64::from(leading));
+                    if !leading {
+                        // Pool usage is the allocator's to report; a follower's figures would only go stale.
+                        metrics.clear_pool_usage();
+                    }
                     if leading {
                         // A new leader reports current problems itself.
                         controller.reset_notes();
@@ -624,7 +647,7 @@ fn announce(
     let (state, validated) = core.state_and_config();
     dataplane.update(state, validated);
     let (bgp_notes, bgp_actions) = bgp.sync(state, validated, args.lb_class.as_deref());
-    announcer.set_bgp_vips(bgp.advertised().clone());
+    announcer.set_bgp_vips(bgp.advertised().clone(), bgp.advertised_services().clone());
     announcer.set_bgp_peers(bgp.peers_annotation(&node_bgp_peers(state, &args.node_name)));
     let mut pass = announcer.pass(state, validated, &live, standing, trigger);
     pass.node_notes.extend(bgp_notes);
@@ -660,50 +683,43 @@ fn return_freed_memory() {
     }
 }
 
-/// Pool usage as the Services' status says it now, per pool and family.
+/// Pool usage as the Services' status says it now, per pool and family, under IronLB's names and MetalLB's.
 fn record_usage(
     metrics: &AllocationMetrics,
     state: &ClusterState,
     validated: &crate::config::Validated,
     failures: &BTreeMap<String, u64>,
 ) {
-    let mut used: BTreeMap<(&str, crate::config::Family), i64> = BTreeMap::new();
-    for svc in state.services.values() {
-        for ip in crate::k8s::status::ingress_ips(svc) {
-            if let Some(pool) = validated.config.pools.values().find(|p| p.contains(&ip)) {
-                *used
-                    .entry((pool.name.as_str(), crate::config::Family::of(&ip)))
-                    .or_default() += 1;
-            }
-        }
-    }
+    let usage = metallb_metrics::pool_usage(
+        validated.config.pools.values(),
+        state.services.values().map(crate::k8s::status::ingress_ips),
+    );
     for pool in validated.config.pools.values() {
-        for family in [crate::config::Family::V4, crate::config::Family::V6] {
+        let counts = &usage[&pool.name];
+        for (i, family) in [crate::config::Family::V4, crate::config::Family::V6]
+            .into_iter()
+            .enumerate()
+        {
             if !pool.has_family(family) {
                 continue;
             }
-            let size = pool
-                .ranges
-                .iter()
-                .filter(|r| r.family() == family)
-                .map(|r| r.size() as f64)
-                .sum::<f64>();
-            let used = used
-                .get(&(pool.name.as_str(), family))
-                .copied()
-                .unwrap_or(0);
+            let (size, used) = (counts.usable[i] as f64, counts.in_use[i]);
             let labels = PoolLabels {
                 pool: pool.name.clone(),
                 family: family.to_string(),
             };
             metrics.pool_size.get_or_create(&labels).set(size);
-            metrics.pool_used.get_or_create(&labels).set(used);
+            metrics
+                .pool_used
+                .get_or_create(&labels)
+                .set(i64::try_from(used).unwrap_or(i64::MAX));
             metrics
                 .pool_free
                 .get_or_create(&labels)
                 .set(size - used as f64);
         }
     }
+    metrics.metallb_allocator.record(&usage);
     metrics.failures.clear();
     for (reason, count) in failures {
         metrics
@@ -810,17 +826,23 @@ fn spawn_watch<K>(
         .watch_restarts
         .get_or_create(&KindLabels { kind: kind.into() })
         .clone();
+    let (updates, errors) = (
+        metrics.metallb_client.updates.clone(),
+        metrics.metallb_client.update_errors.clone(),
+    );
     tasks.spawn(kind, async move {
         let mut stream = watcher(api, config).default_backoff().boxed();
         while let Some(item) = stream.next().await {
             match item {
                 Ok(event) => {
+                    updates.inc();
                     if tx.send(wrap(event)).await.is_err() {
                         return;
                     }
                 }
                 Err(error) => {
                     restarts.inc();
+                    errors.inc();
                     tracing::warn!(%error, kind, "watch failed; retrying with backoff");
                 }
             }

@@ -256,12 +256,6 @@ fn buggy(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V4(v4) if matches!(v4.octets()[3], 0 | 255))
 }
 
-/// How many n in `start..=end` have `n % 256 == r`.
-fn count_mod256(start: u128, end: u128, r: u128) -> u128 {
-    let upto = |x: u128| if x < r { 0 } else { (x - r) / 256 + 1 };
-    upto(end) - if start == 0 { 0 } else { upto(start - 1) }
-}
-
 /// Whether `pool`'s `serviceAllocation` lets it serve the Service. The namespace criteria (names or selectors,
 /// either suffices) and the Service selectors must each hold when given.
 fn allows(pool: &Pool, req: &LbRequest) -> bool {
@@ -316,17 +310,10 @@ fn priority_rank(pool: &Pool) -> (u8, i64) {
 impl PoolIndex {
     fn new(pool: Pool) -> PoolIndex {
         let mut free = [FreeSet::default(), FreeSet::default()];
-        let mut size = [0u128; 2];
         for range in &pool.ranges {
-            let (start, end) = (to_u128(range.start()), to_u128(range.end()));
-            let f = fam(range.family());
-            free[f].insert_range(start, end);
-            let mut n = range.size();
-            if pool.avoid_buggy_ips && range.family() == Family::V4 {
-                n -= count_mod256(start, end, 0) + count_mod256(start, end, 255);
-            }
-            size[f] = size[f].saturating_add(n);
+            free[fam(range.family())].insert_range(to_u128(range.start()), to_u128(range.end()));
         }
+        let size = [pool.usable(Family::V4), pool.usable(Family::V6)];
         PoolIndex {
             pool,
             free,

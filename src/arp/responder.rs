@@ -15,9 +15,8 @@ use pnet::datalink::{self, Channel, DataLinkReceiver, DataLinkSender, NetworkInt
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use super::codec::{ArpPacket, Frame, MacAddr, NdpPacket, may_be_arp_or_ndp};
+use super::codec::{ArpPacket, Frame, MacAddr, NdpMessage, NdpPacket, may_be_arp_or_ndp};
 use super::decide::{self, LinkFacts, LinkRefusal, LogLimiter, Verdict};
-use super::metrics::FamilyLabel;
 use super::{Announcements, ArpConfig, ArpMetrics, Error, Result};
 
 /// Consecutive socket errors after which a receive thread gives up on its interface.
@@ -304,26 +303,20 @@ impl Port {
 
     /// Sends the takeover announcement for `vip`; true when at least one packet left.
     fn announce(&self, vip: IpAddr, metrics: &ArpMetrics) -> bool {
-        let (frames, family) = match vip {
-            IpAddr::V4(ip) => (
-                vec![
-                    Frame::Arp(ArpPacket::gratuitous_request(self.mac, ip)),
-                    Frame::Arp(ArpPacket::gratuitous_reply(self.mac, ip)),
-                ],
-                FamilyLabel::ipv4,
-            ),
-            IpAddr::V6(ip) => (
-                vec![Frame::Ndp(NdpPacket::unsolicited_advertisement(
-                    self.mac, ip,
-                ))],
-                FamilyLabel::ipv6,
-            ),
+        let frames = match vip {
+            IpAddr::V4(ip) => vec![
+                Frame::Arp(ArpPacket::gratuitous_request(self.mac, ip)),
+                Frame::Arp(ArpPacket::gratuitous_reply(self.mac, ip)),
+            ],
+            IpAddr::V6(ip) => vec![Frame::Ndp(NdpPacket::unsolicited_advertisement(
+                self.mac, ip,
+            ))],
         };
         let mut sent = false;
         for frame in frames {
             match send(&self.tx, &frame) {
                 Ok(()) => {
-                    metrics.gratuitous_sent(family);
+                    metrics.gratuitous_sent(vip);
                     sent = true;
                 }
                 Err(err) => {
@@ -332,6 +325,18 @@ impl Port {
             }
         }
         sent
+    }
+}
+
+/// The VIP an answer speaks for: the sender of an ARP reply, the target of a neighbour advertisement.
+fn answered_vip(answer: &Frame) -> IpAddr {
+    match answer {
+        Frame::Arp(arp) => IpAddr::V4(arp.sender_ip),
+        Frame::Ndp(ndp) => match ndp.message {
+            NdpMessage::Advertisement { target, .. } | NdpMessage::Solicitation { target, .. } => {
+                IpAddr::V6(target)
+            }
+        },
     }
 }
 
@@ -407,20 +412,11 @@ impl Receiver {
         match verdict {
             Verdict::Ignore => {}
             Verdict::Answer(answer) => {
-                let is_arp = matches!(answer, Frame::Arp(_));
-                if is_arp {
-                    self.metrics.arp_requests.inc();
-                } else {
-                    self.metrics.ndp_solicitations.inc();
-                }
+                let vip = answered_vip(&answer);
                 match send(&self.tx, &answer) {
-                    Ok(()) if is_arp => {
-                        self.metrics.arp_replies.inc();
-                    }
-                    Ok(()) => {
-                        self.metrics.ndp_advertisements.inc();
-                    }
+                    Ok(()) => self.metrics.request_for(vip, true),
                     Err(err) => {
+                        self.metrics.request_for(vip, false);
                         if let Some(suppressed) = self.bad_frames.admit(Instant::now()) {
                             tracing::warn!(interface = %self.name, error = %err, suppressed, "sending an answer failed");
                         }

@@ -153,6 +153,12 @@ pub fn to_u128(ip: IpAddr) -> u128 {
     }
 }
 
+/// How many n in `start..=end` have `n % 256 == r`.
+fn count_mod256(start: u128, end: u128, r: u128) -> u128 {
+    let upto = |x: u128| if x < r { 0 } else { (x - r) / 256 + 1 };
+    upto(end) - if start == 0 { 0 } else { upto(start - 1) }
+}
+
 /// The inverse of [`to_u128`] for a given family. `n` must fit the family (below 2^32 for IPv4).
 pub fn from_u128(family: Family, n: u128) -> IpAddr {
     match family {
@@ -184,6 +190,24 @@ impl Pool {
 
     pub fn has_family(&self, family: Family) -> bool {
         self.ranges.iter().any(|r| r.family() == family)
+    }
+
+    /// The addresses of `family` the pool can hand out: its size, less the .0 and .255 addresses under
+    /// `avoidBuggyIPs`. Saturates at `u128::MAX`.
+    pub fn usable(&self, family: Family) -> u128 {
+        self.ranges
+            .iter()
+            .filter(|r| r.family() == family)
+            .map(|r| {
+                let (start, end) = (to_u128(r.start()), to_u128(r.end()));
+                let buggy = if self.avoid_buggy_ips && family == Family::V4 {
+                    count_mod256(start, end, 0) + count_mod256(start, end, 255)
+                } else {
+                    0
+                };
+                r.size() - buggy
+            })
+            .fold(0u128, u128::saturating_add)
     }
 
     /// The number of addresses per family, for summaries: (IPv4, IPv6).
