@@ -336,3 +336,157 @@ fn the_example_overlay_renders_flags_the_agent_accepts() -> Result<()> {
     ensure!(args.iter().any(|a| a == "--strict-arp=enforce"), "{args:?}");
     assert_binary_accepts(&args)
 }
+
+/// The optional Prometheus Operator objects: a headless Service over the agents' metrics port, a ServiceMonitor that
+/// selects it, and a PrometheusRule with MetalLB's alerts and IronLB's own. The rules pass Prometheus's own rule and
+/// PromQL parsers (`ironlb-promrules`, built by scripts/setup from Prometheus's Go module), and every metric they read
+/// is one the agent registers. Off by default.
+#[test]
+fn the_chart_renders_a_service_monitor_and_alert_rules_prometheus_accepts() -> Result<()> {
+    let off = rendered(helm_template(&[])?)?;
+    ensure!(
+        !off.iter()
+            .any(|d| d["kind"] == "ServiceMonitor" || d["kind"] == "PrometheusRule"),
+        "Prometheus Operator objects rendered by default"
+    );
+    let docs = rendered(helm_template(&[
+        "--set",
+        "prometheus.serviceMonitor.enabled=true",
+        "--set",
+        "prometheus.prometheusRule.enabled=true",
+    ])?)?;
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind)
+            .with_context(|| format!("no {kind}"))
+    };
+
+    // The Service selects the agents' pods and serves their `metrics` port; the ServiceMonitor selects the Service.
+    let service = find("Service")?;
+    check_document(service)?;
+    let pod_labels = &find("DaemonSet")?["spec"]["template"]["metadata"]["labels"];
+    let selector = service["spec"]["selector"]
+        .as_object()
+        .context("selector")?;
+    ensure!(!selector.is_empty(), "the metrics Service selects nothing");
+    for (k, v) in selector {
+        ensure!(
+            pod_labels[k] == *v,
+            "the metrics Service selects {k}={v}, not on the pods"
+        );
+    }
+    let agent = agent_container(&docs)?;
+    let metrics_port = agent
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .context("no metrics port on the agent")?;
+    ensure!(service["spec"]["ports"][0]["port"] == metrics_port.container_port);
+    let monitor = find("ServiceMonitor")?;
+    for (k, v) in monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .context("ServiceMonitor selector")?
+    {
+        ensure!(
+            service["metadata"]["labels"][k] == *v,
+            "the ServiceMonitor selects {k}={v}"
+        );
+    }
+    ensure!(monitor["spec"]["endpoints"][0]["port"] == "metrics");
+
+    // The rules: Prometheus's parsers accept them, and they are the alerts MetalLB users rely on plus IronLB's.
+    let rule = find("PrometheusRule")?;
+    let spec = tempfile::NamedTempFile::new()?;
+    std::fs::write(spec.path(), serde_json::to_string(&rule["spec"])?)?;
+    let mut check = Command::new("ironlb-promrules");
+    check.arg(spec.path());
+    let out =
+        run(check).context("ironlb-promrules (scripts/setup --with-control-plane builds it)")?;
+    ensure!(
+        out.status.success(),
+        "Prometheus refuses the chart's rules: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules: Vec<&Value> = rule["spec"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        .collect();
+    let alerts: BTreeSet<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    for alert in [
+        "MetalLBStaleConfig",
+        "MetalLBConfigNotLoaded",
+        "MetalLBAddressPoolExhausted",
+        "MetalLBAddressPoolUsage75Percent",
+        "MetalLBAddressPoolUsage85Percent",
+        "MetalLBAddressPoolUsage95Percent",
+        "MetalLBBGPSessionDown",
+        "IronLBVIPWithoutOwner",
+        "IronLBSlowFailover",
+        "IronLBIPVSDrift",
+    ] {
+        ensure!(alerts.contains(alert), "no {alert} among {alerts:?}");
+    }
+
+    // Every metric the rules read is registered by the agent under that name (counters are registered without
+    // `_total`, histograms without `_bucket` and `_count`).
+    let sources = source_text(&root().join("src"))?;
+    let names: BTreeSet<String> = rules
+        .iter()
+        .filter_map(|r| r["expr"].as_str())
+        .flat_map(metric_names)
+        .collect();
+    ensure!(
+        names.len() >= 8,
+        "too few metric names read from the rules: {names:?}"
+    );
+    for name in &names {
+        let registered = [
+            name.as_str(),
+            name.trim_end_matches("_total"),
+            name.trim_end_matches("_bucket"),
+            name.trim_end_matches("_count"),
+        ]
+        .iter()
+        .any(|n| sources.contains(&format!("\"{n}\"")));
+        ensure!(
+            registered,
+            "the rules read {name}, which the agent does not register"
+        );
+    }
+
+    // A failover bound that is not one of the histogram's buckets is refused at render time.
+    let out = helm_template(&[
+        "--set",
+        "prometheus.prometheusRule.enabled=true",
+        "--set",
+        "prometheus.prometheusRule.slowFailover.seconds=3",
+    ])?;
+    ensure!(!out.status.success(), "a failover bound of 3 s rendered");
+    ensure!(String::from_utf8_lossy(&out.stderr).contains("not one of the failover buckets"));
+    Ok(())
+}
+
+/// The metric names an expression reads: the identifiers that start with `metallb_` or `ironlb_`.
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("metallb_") || w.starts_with("ironlb_"))
+        .map(String::from)
+        .collect()
+}
+
+/// Every `.rs` file under `dir`, concatenated.
+fn source_text(dir: &Path) -> Result<String> {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            text.push_str(&source_text(&path)?);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            text.push_str(&std::fs::read_to_string(&path)?);
+        }
+    }
+    Ok(text)
+}

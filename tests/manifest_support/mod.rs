@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
@@ -72,6 +72,7 @@ pub fn check_document(doc: &Value) -> Result<()> {
     match (doc["apiVersion"].as_str().unwrap_or_default(), kind) {
         ("v1", "Namespace") => typed::<Namespace>(doc).map(drop),
         ("v1", "Secret") => typed::<Secret>(doc).map(drop),
+        ("v1", "Service") => typed::<Service>(doc).map(drop),
         ("v1", "ServiceAccount") => typed::<ServiceAccount>(doc).map(drop),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => typed::<ClusterRole>(doc).map(drop),
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
