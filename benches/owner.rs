@@ -34,6 +34,7 @@ fn group(id: u64, nodes: &BTreeSet<String>) -> VipGroup {
         l2_nodes: nodes.clone(),
         l2_interfaces: nodes.iter().map(|n| (n.clone(), Interfaces::Any)).collect(),
         l2_not_announced: None,
+        l2_preferred: Default::default(),
         bgp_nodes: BTreeSet::new(),
         bgp_not_announced: None,
         published_owner: None,

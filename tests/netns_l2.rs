@@ -14,7 +14,9 @@ use ironlb::lab::cluster::{Lab, LabOptions};
 use ironlb::lab::demo::{failover_steps, heal, measure_failover};
 use ironlb::lab::topology::{UPLINK, run_in};
 use k8s_openapi::api::core::v1::{Event, Node, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
 use netns_support::{Logs, skip, wait_until};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -444,4 +446,87 @@ async fn check_mode_without_strict_arp_announces_nothing_and_says_why() {
         event.message.unwrap_or_default().contains("arp_ignore=1"),
         "the Event gives the fix"
     );
+}
+
+/// `preferredNodeSelectors` on the L2Advertisement, through real agents and real ARP: every VIP goes to the labelled
+/// node whatever the load; when that node dies they fail over to the others; when it comes back they return to it,
+/// each move counted as `not-candidate` (a preference, not a level move), and the client's ARP follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preferred_nodes_own_the_vips_and_get_them_back() {
+    if skip() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = Lab::start(options("pref", 3, 3, "enforce")).await.unwrap();
+    let _logs = Logs::of(&lab);
+    lab.wait_settled(Duration::from_secs(1), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(lab.client.clone());
+    let label = serde_json::json!({"metadata": {"labels": {"ironlb-test/preferred": "yes"}}});
+    nodes
+        .patch("node-3", &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .unwrap();
+    let ads: Api<DynamicObject> = Api::namespaced_with(
+        lab.client.clone(),
+        "metallb-system",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "metallb.io",
+            "v1beta1",
+            "L2Advertisement",
+        )),
+    );
+    let prefer = serde_json::json!({"spec": {"preferredNodeSelectors": [
+        {"weight": 50, "preference": {"matchLabels": {"ironlb-test/preferred": "yes"}}}
+    ]}});
+    ads.patch("lab", &PatchParams::default(), &Patch::Merge(&prefer))
+        .await
+        .unwrap();
+
+    wait_until(
+        "every VIP on the preferred node-3",
+        Duration::from_secs(30),
+        || all_on(&lab, "node-3"),
+    )
+    .await;
+    let rows = lab.status().await.unwrap();
+    let vip: IpAddr = rows[0].vips[0].parse().unwrap();
+    let mac = |lab: &Lab, node: &str| lab.node(node).unwrap().mac.clone();
+    assert_eq!(lab.resolve_from_client(vip), Some(mac(&lab, "node-3")));
+
+    // node-3 dies: the VIPs go to the other two.
+    let failover = measure_failover(&mut lab, vip, "node-3").await.unwrap();
+    assert!(failover.is_some(), "no other node answered for {vip}");
+    wait_until("every VIP off node-3", Duration::from_secs(30), || async {
+        let rows = lab.status().await.unwrap_or_default();
+        !rows.is_empty()
+            && rows
+                .iter()
+                .all(|r| r.owners.len() == 1 && r.owners[0] != "node-3")
+    })
+    .await;
+
+    // node-3 returns: every VIP goes back to it.
+    heal(&mut lab, "node-3").unwrap();
+    wait_until("every VIP back on node-3", Duration::from_secs(30), || {
+        all_on(&lab, "node-3")
+    })
+    .await;
+    // A gratuitous ARP round passes; nothing moves again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let rows = lab.status().await.unwrap();
+    assert!(rows.iter().all(|r| r.owners == ["node-3"]), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.cause.as_deref() == Some("not-candidate")),
+        "moved back as a preference: {rows:?}"
+    );
+    assert_eq!(lab.resolve_from_client(vip), Some(mac(&lab, "node-3")));
+}
+
+/// Every Service is announced by `node` alone.
+async fn all_on(lab: &Lab, node: &str) -> bool {
+    let rows = lab.status().await.unwrap_or_default();
+    !rows.is_empty() && rows.iter().all(|r| r.owners == [node])
 }

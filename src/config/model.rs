@@ -257,7 +257,7 @@ pub struct L2Advertisement {
     /// Interfaces to answer ARP/NDP on; empty means all.
     pub interfaces: Vec<String>,
     pub service_selectors: Vec<Selector>,
-    /// `spec.preferredNodeSelectors`: accepted, not yet acted on.
+    /// `spec.preferredNodeSelectors`: weight and selector; owner choice prefers the nodes with the highest sum.
     pub preferred_nodes: Vec<(i32, Selector)>,
 }
 

@@ -80,6 +80,10 @@ pub struct VipGroup {
     pub l2_interfaces: BTreeMap<String, Interfaces>,
     /// Why no node may announce it in Layer 2 mode; `None` when `l2_nodes` is not empty.
     pub l2_not_announced: Option<NotAnnounced>,
+    /// For the nodes of `l2_nodes` that an applying L2Advertisement's `preferredNodeSelectors` match: the summed
+    /// weights, as MetalLB sums them. Owner choice takes the live candidates with the highest score; nodes absent
+    /// score zero.
+    pub l2_preferred: BTreeMap<String, i64>,
     /// Nodes that may advertise it over BGP: the same rules, with BGPAdvertisements, and no subnet condition.
     pub bgp_nodes: BTreeSet<String>,
     pub bgp_not_announced: Option<NotAnnounced>,
@@ -165,6 +169,8 @@ struct Advertisement<'a> {
     node_selectors: &'a [Selector],
     service_selectors: &'a [Selector],
     interfaces: &'a [String],
+    /// `preferredNodeSelectors` (Layer 2 only): weight and selector.
+    preferred: &'a [(i32, Selector)],
 }
 
 /// A Service of ours with IPs in its status, before groups are merged.
@@ -255,6 +261,7 @@ impl PlanInput {
                 node_selectors: &a.node_selectors,
                 service_selectors: &a.service_selectors,
                 interfaces: &a.interfaces,
+                preferred: &a.preferred_nodes,
             })
             .collect();
         let bgp: Vec<Advertisement> = config
@@ -265,6 +272,7 @@ impl PlanInput {
                 node_selectors: &a.node_selectors,
                 service_selectors: &a.service_selectors,
                 interfaces: &[],
+                preferred: &[],
             })
             .collect();
 
@@ -504,7 +512,12 @@ fn group(
                     });
                 }
             }
-            usable.extend(matching);
+            // A group over two pools (dual stack) may reach one advertisement through both: count it once.
+            for a in matching {
+                if !usable.iter().any(|u| std::ptr::eq(*u, a)) {
+                    usable.push(a);
+                }
+            }
         }
         if serving.is_empty() {
             return Eligible::none(NotAnnounced::NoServingEndpoint);
@@ -547,6 +560,15 @@ fn group(
                             .collect(),
                     )
                 };
+                let preference: i64 = on_node
+                    .iter()
+                    .flat_map(|a| a.preferred.iter())
+                    .filter(|(_, selector)| selector.matches(&node.labels))
+                    .map(|(weight, _)| i64::from(*weight))
+                    .sum();
+                if preference > 0 {
+                    eligible.preferred.insert(node.name.clone(), preference);
+                }
                 eligible.nodes.insert(node.name.clone());
                 eligible.interfaces.insert(node.name.clone(), interfaces);
             }
@@ -577,6 +599,7 @@ fn group(
         l2_nodes: l2.nodes,
         l2_interfaces: l2.interfaces,
         l2_not_announced: l2.not_announced,
+        l2_preferred: l2.preferred,
         bgp_nodes: bgp.nodes,
         bgp_not_announced: bgp.not_announced,
         published_owner: members.iter().find_map(|m| m.announced_by.clone()),
@@ -587,6 +610,7 @@ fn group(
 struct Eligible {
     nodes: BTreeSet<String>,
     interfaces: BTreeMap<String, Interfaces>,
+    preferred: BTreeMap<String, i64>,
     not_announced: Option<NotAnnounced>,
 }
 
@@ -885,6 +909,58 @@ mod tests {
         assert_eq!(nodes_of(g), ["n1"]);
         assert_eq!(g.l2_interfaces["n1"], Interfaces::Any);
         assert_eq!(g.l2_not_announced, None);
+    }
+
+    /// preferredNodeSelectors as MetalLB scores them: per node, the weights of every matching preference of every
+    /// applying L2Advertisement that selects the node, summed; only eligible nodes score; an advertisement reached
+    /// through both pools of a dual-stack group counts once.
+    #[test]
+    fn preferred_node_weights_are_summed_over_the_advertisements_that_apply() {
+        let cfg = config(&format!(
+            "{POOLS}
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {{name: prefer-fast, namespace: metallb-system}}
+spec:
+  preferredNodeSelectors:
+  - {{weight: 10, preference: {{matchLabels: {{disk: fast}}}}}}
+  - {{weight: 5, preference: {{}}}}
+---
+apiVersion: metallb.io/v1beta1
+kind: L2Advertisement
+metadata: {{name: prefer-rack1, namespace: metallb-system}}
+spec:
+  nodeSelectors: [{{matchLabels: {{rack: '1'}}}}]
+  preferredNodeSelectors:
+  - {{weight: 20, preference: {{matchLabels: {{rack: '1'}}}}}}"
+        ));
+        let nodes = vec![
+            node("n1")
+                .subnets("192.0.2.11/24,2001:db8::11/64")
+                .label("disk", "fast"),
+            node("n2")
+                .subnets("192.0.2.12/24,2001:db8::12/64")
+                .label("rack", "1"),
+            node("n3")
+                .subnets("192.0.2.13/24,2001:db8::13/64")
+                .label("disk", "fast")
+                .label("rack", "1"),
+            // Matches every preference but cannot answer: no subnet, so not eligible, so no score.
+            node("n4").label("disk", "fast").label("rack", "1"),
+        ];
+        let input = plan(
+            vec![svc("a").status(&["192.0.2.1", "2001:db8::1"])],
+            vec![slice("a", &[Ep::Ready("n1")])],
+            nodes,
+            &cfg,
+        );
+        let g = only(&input);
+        assert_eq!(nodes_of(g), ["n1", "n2", "n3"]);
+        let want: BTreeMap<String, i64> = [("n1", 15), ("n2", 25), ("n3", 35)]
+            .map(|(n, w)| (n.to_string(), w))
+            .into();
+        assert_eq!(g.l2_preferred, want);
     }
 
     #[test]

@@ -24,6 +24,11 @@
 //! Groups with restricted eligibility (Local Services, node selectors, subnets) go to their least-loaded candidate
 //! counting every group, and are never moved to level.
 //!
+//! **Preferred nodes.** An L2Advertisement's `preferredNodeSelectors` narrow a group's candidates to the live eligible
+//! nodes with the highest summed weight ([`VipGroup::l2_preferred`]), as MetalLB elects the highest-scored node; the
+//! rules above then apply among them. So the group leaves a preferred node only when it dies or stops being
+//! eligible, and goes back to it when it returns (the move is [`Cause::NotCandidate`], make before break).
+//!
 //! **Disagreement while a write propagates.** Agents that have seen different versions of the Services can decide
 //! differently for a moment: two nodes may both place a new group, or both act on different rounds. Each such node
 //! announces and publishes itself; the API orders the writes, the last one stands, and every node that then sees
@@ -144,14 +149,17 @@ pub fn assign(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<GroupKey
     }
     let mut entries: Vec<Entry> = groups
         .iter()
-        .map(|g| Entry {
-            group: g,
-            candidates: g
+        .map(|g| {
+            let live: Vec<usize> = g
                 .l2_nodes
                 .iter()
                 .filter_map(|n| index.get(n.as_str()).copied())
-                .collect(),
-            unrestricted: false,
+                .collect();
+            Entry {
+                group: g,
+                candidates: preferred(g, live, &names),
+                unrestricted: false,
+            }
         })
         .filter(|e| !e.candidates.is_empty())
         .collect();
@@ -245,6 +253,20 @@ pub fn assign(groups: &[VipGroup], live: &BTreeSet<String>) -> BTreeMap<GroupKey
         .collect()
 }
 
+/// Of the live candidates (indexes into `names`), those with the group's highest `preferredNodeSelectors` score,
+/// as MetalLB elects the highest-scored node first; all of them when none scores above zero.
+fn preferred(group: &VipGroup, live: Vec<usize>, names: &[&str]) -> Vec<usize> {
+    if group.l2_preferred.is_empty() {
+        return live;
+    }
+    let score = |n: &usize| group.l2_preferred.get(names[*n]).copied().unwrap_or(0);
+    let best = live.iter().map(score).max().unwrap_or(0);
+    if best <= 0 {
+        return live;
+    }
+    live.into_iter().filter(|n| score(n) == best).collect()
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
@@ -290,6 +312,7 @@ pub(crate) mod testing {
                 .map(|n| (n.to_string(), super::super::input::Interfaces::Any))
                 .collect(),
             l2_not_announced: None,
+            l2_preferred: BTreeMap::new(),
             bgp_nodes: BTreeSet::new(),
             bgp_not_announced: None,
             published_owner: None,
@@ -460,6 +483,56 @@ mod tests {
                 Cause::NotCandidate
             ]
         );
+    }
+
+    /// preferredNodeSelectors: the highest-scored live candidate owns the group whatever the load; when it dies
+    /// the group goes to the next best; when it returns the group goes back to it, as not a candidate any more
+    /// (make before break), not as a level move. Equal top scores share the group by load as usual.
+    #[test]
+    fn a_preferred_node_owns_its_groups_and_gets_them_back() {
+        let nodes = ["node-0", "node-1", "node-2"];
+        let prefer = |n: u32, scores: &[(&str, i64)]| {
+            let mut g = group(n, &nodes);
+            g.l2_preferred = scores.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+            g
+        };
+        let mut groups: Vec<VipGroup> = (1..=4)
+            .map(|n| prefer(n, &[("node-2", 50), ("node-1", 10)]))
+            .collect();
+        let live =
+            |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
+        let owners = |a: &BTreeMap<GroupKey, OwnerChoice>| -> BTreeMap<GroupKey, String> {
+            a.iter().map(|(k, c)| (*k, c.owner.clone())).collect()
+        };
+        let all = live(&nodes);
+        let first = assign(&groups, &all);
+        assert!(first.values().all(|a| a.owner == "node-2"), "{first:?}");
+        groups = published(&groups, &owners(&first));
+
+        let without = live(&["node-0", "node-1"]);
+        let failed = assign(&groups, &without);
+        assert!(
+            failed
+                .values()
+                .all(|a| a.owner == "node-1" && a.cause == Cause::OwnerGone),
+            "{failed:?}"
+        );
+        groups = published(&groups, &owners(&failed));
+
+        let back = assign(&groups, &all);
+        assert!(
+            back.values()
+                .all(|a| a.owner == "node-2" && a.cause == Cause::NotCandidate),
+            "{back:?}"
+        );
+
+        // Two nodes tie at the top: the groups spread over them, none on the third.
+        let tied: Vec<VipGroup> = (1..=4)
+            .map(|n| prefer(n, &[("node-0", 7), ("node-1", 7)]))
+            .collect();
+        let tied = assign(&tied, &all);
+        let on = |node: &str| tied.values().filter(|a| a.owner == node).count();
+        assert_eq!((on("node-0"), on("node-1"), on("node-2")), (2, 2, 0));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Findings, NOT_ACTED_ON, Named, Validated, selected_pools};
+use super::{Findings, Named, Validated, selected_pools};
 use crate::config::crd;
 use crate::config::model::{L2Advertisement, Labels};
 use crate::config::selector::Selector;
@@ -39,9 +39,6 @@ pub(super) fn advertisements(
                 Ok(sel) => preferred_nodes.push((p.weight, sel)),
                 Err(e) => f.error(&format!("{field}.preference"), e),
             }
-        }
-        if !preferred_nodes.is_empty() {
-            f.warn("spec.preferredNodeSelectors", NOT_ACTED_ON);
         }
         let interfaces = s.interfaces.clone().unwrap_or_default();
         let pools = selected_pools(&mut f, &pool_names, &pool_selectors, pool_labels);
