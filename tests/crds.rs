@@ -13,23 +13,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// MetalLB kinds we deliberately do not ship, and why.
-const OUT_OF_SCOPE: &[(&str, &str)] = &[
-    (
-        "ConfigurationState",
-        "MetalLB's controller and speakers report whether they accepted the config here; IronLB reports that with \
+const OUT_OF_SCOPE: &[(&str, &str)] = &[(
+    "ConfigurationState",
+    "MetalLB's controller and speakers report whether they accepted the config here; IronLB reports that with \
          Events, logs and `ironlb check` instead, and nothing in IronLB would write these objects",
-    ),
-    (
-        "ServiceL2Status",
-        "MetalLB's speaker writes which node announces a Service; IronLB answers that with the \
-         `ironlb.io/announced-by` annotation (docs/design.md#visibility)",
-    ),
-    (
-        "ServiceBGPStatus",
-        "MetalLB's speaker writes which peers a Service is advertised to; IronLB answers that with the \
-         `ironlb.io/announced-by` annotation and metrics (docs/design.md#visibility)",
-    ),
-];
+)];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

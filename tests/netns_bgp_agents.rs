@@ -12,7 +12,7 @@ use ironlb::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer};
 use ironlb::lab::bgp::{Daemon, PeerRoute, Router, RouterConfig, node_neighbors};
 use ironlb::lab::cluster::Lab;
 use k8s_openapi::api::core::v1::{Node, Service};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use netns_support::{Logs, skip};
 use serde_json::json;
 
@@ -195,12 +195,16 @@ async fn local_service_route_follows_its_endpoint() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // MetalLB's ServiceBGPStatus: node-1 advertises web to the BGPPeer router.
+    bgp_status_is(&lab, &[("node-1", "router")]).await;
+
     // The endpoint moves to node-2: node-1 withdraws, node-2 advertises.
     lab.set_endpoints("web", &["node-2"]).await.unwrap();
     let (ok, seen) = wait(Box::new(move |r| {
         from(r, vip, "192.0.2.12") && !from(r, vip, "192.0.2.11")
     }));
     assert!(ok, "after the endpoint moved: {seen:#?}");
+    bgp_status_is(&lab, &[("node-2", "router")]).await;
 
     // The unsupported bfdProfile was reported.
     let log = std::fs::read_to_string(lab.agent_log("node-1")).unwrap_or_default();
@@ -208,4 +212,51 @@ async fn local_service_route_follows_its_endpoint() {
         log.contains("bfdProfile"),
         "no warning about bfdProfile in the agent log"
     );
+}
+
+/// Waits (10 s at most) until the ServiceBGPStatus objects of `default/web` are exactly one per `(node, peer)` given.
+async fn bgp_status_is(lab: &Lab, want: &[(&str, &str)]) {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        lab.client.clone(),
+        "ironlb-system",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "metallb.io",
+            "v1beta1",
+            "ServiceBGPStatus",
+        )),
+    );
+    let want: Vec<(String, Vec<String>)> = want
+        .iter()
+        .map(|(n, p)| (n.to_string(), vec![p.to_string()]))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut have: Vec<(String, Vec<String>)> = api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|o| o.data["status"]["serviceName"] == "web")
+            .map(|o| {
+                let status = &o.data["status"];
+                let peers = status["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.as_str().map(String::from))
+                    .collect();
+                (status["node"].as_str().unwrap_or("?").to_string(), peers)
+            })
+            .collect();
+        have.sort();
+        if have == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ServiceBGPStatus of web: {have:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -117,7 +117,74 @@ async fn arp_and_ndp_are_answered_by_the_owner_alone_and_visibility_matches() {
         }
     }
     assert_metallbs_metrics_tell_the_same(&lab, &rows);
+    assert_status_objects_name_the_owners(&lab, &rows).await;
     assert_the_gossip_key_never_leaks(&lab).await;
+}
+
+/// MetalLB's ServiceL2Status objects say what status says: one per Service, by its owner, labelled as MetalLB labels
+/// them; and none for BGP, which this lab does not run.
+async fn assert_status_objects_name_the_owners(lab: &Lab, rows: &[ironlb::k8s::report::StatusRow]) {
+    let api = |kind: &str| -> Api<DynamicObject> {
+        Api::namespaced_with(
+            lab.client.clone(),
+            "ironlb-system",
+            &ApiResource::from_gvk(&GroupVersionKind::gvk("metallb.io", "v1beta1", kind)),
+        )
+    };
+    let want: BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| (r.service.clone(), r.owners[0].clone()))
+        .collect();
+    let mut last = BTreeSet::new();
+    let converged = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let objects = api("ServiceL2Status")
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items;
+            last = objects
+                .iter()
+                .map(|o| {
+                    let labels = o.metadata.labels.clone().unwrap_or_default();
+                    let status = &o.data["status"];
+                    assert_eq!(
+                        labels.get("metallb.io/node").map(String::as_str),
+                        status["node"].as_str(),
+                        "{o:?}"
+                    );
+                    assert_eq!(
+                        labels.get("metallb.io/service-name").map(String::as_str),
+                        status["serviceName"].as_str()
+                    );
+                    assert!(o.metadata.name.as_deref().unwrap_or("").starts_with("l2-"));
+                    (
+                        format!(
+                            "{}/{}",
+                            status["serviceNamespace"].as_str().unwrap_or("?"),
+                            status["serviceName"].as_str().unwrap_or("?")
+                        ),
+                        status["node"].as_str().unwrap_or("?").to_string(),
+                    )
+                })
+                .collect();
+            if last == want && objects.len() == want.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        converged.is_ok(),
+        "ServiceL2Status objects {last:?}, owners {want:?}"
+    );
+    let bgp = api("ServiceBGPStatus")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items;
+    assert!(bgp.is_empty(), "{bgp:?}");
 }
 
 /// MetalLB's metric names, scraped from the agents, say what status says: `metallb_speaker_announced` on the owner
@@ -523,6 +590,8 @@ async fn preferred_nodes_own_the_vips_and_get_them_back() {
         "moved back as a preference: {rows:?}"
     );
     assert_eq!(lab.resolve_from_client(vip), Some(mac(&lab, "node-3")));
+    // The ServiceL2Status objects moved with them: node-3's own, and none left by the others.
+    assert_status_objects_name_the_owners(&lab, &rows).await;
 }
 
 /// Every Service is announced by `node` alone.

@@ -196,6 +196,37 @@ async fn agents_announce_and_report_under_the_manifests_rbac() {
         );
     }
 
+    // MetalLB's status objects, written by the agents under the manifest's RBAC, list every owner as kubectl
+    // prints them (the CRD's printer columns: NAME, ALLOCATED NODE, SERVICE NAME, SERVICE NAMESPACE).
+    let plane = lab.api.real().unwrap();
+    let start = Instant::now();
+    loop {
+        let out = plane
+            .kubectl(&["get", "servicel2statuses,servicebgpstatuses", "-A"])
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let listed = rows.iter().all(|row| {
+            let (ns, name) = row.service.split_once('/').unwrap();
+            lines
+                .iter()
+                .any(|l| l.len() == 5 && l[2] == row.owners[0] && l[3] == name && l[4] == ns)
+        });
+        if out.status.success() && listed && lines.len() == rows.len() + 1 {
+            assert!(text.contains("ALLOCATED NODE"), "{text}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "kubectl get servicel2statuses,servicebgpstatuses -A:\n{text}{}\nowners: {rows:#?}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // `ironlb verify` in node-1's namespace, as the agents' ServiceAccount over the lab network: its reads of the
     // Services and EndpointSlices are allowed; what can stop it here is only a kernel without IPVS.
     let node1 = lab.node("node-1").unwrap().netns.clone();

@@ -128,6 +128,8 @@ pub struct Announcer {
     announced: SpeakerAnnounced,
     /// `ironlb_vips_without_owner`: VIPs an L2Advertisement covers that no node announces, by this node's view.
     without_owner: Gauge,
+    /// The Services this node announces in Layer 2 mode, with their restricted interfaces, for ServiceL2Status.
+    layer2_status: BTreeMap<ServiceKey, Vec<String>>,
     /// This node's `ironlb.io/bgp-peers` value; empty without sessions.
     bgp_peers: String,
     /// Until membership has found the other Ready nodes, or until this deadline, announce nothing: an agent that
@@ -336,6 +338,7 @@ impl Announcer {
             rejoin_hold: None,
             moves: Moves::register(registry),
             bgp_services: BTreeMap::new(),
+            layer2_status: BTreeMap::new(),
             announced: SpeakerAnnounced::register(registry),
             without_owner: {
                 let gauge = Gauge::default();
@@ -412,6 +415,12 @@ impl Announcer {
     /// Plans this node's announcements and returns the writes that make them visible. `trigger` is when the change
     /// behind this pass was observed: a VIP this pass takes over is measured for failover from then.
     /// The VIPs this node advertises over BGP, for its `ironlb.io/vips` annotation.
+    /// The Services this node announced in Layer 2 mode in the last pass, with the interfaces its L2Advertisements
+    /// restrict it to (empty: any).
+    pub fn layer2_status(&self) -> &BTreeMap<ServiceKey, Vec<String>> {
+        &self.layer2_status
+    }
+
     /// The VIPs this node advertises over BGP, and the Services behind them.
     pub fn set_bgp_vips(
         &mut self,
@@ -565,6 +574,21 @@ impl Announcer {
             .collect();
         self.announced
             .record(&self.node, &layer2, &self.bgp_services);
+        // For ServiceL2Status: the interfaces, only where the L2Advertisements restrict them, as MetalLB lists them.
+        self.layer2_status = input
+            .groups
+            .iter()
+            .flat_map(|g| {
+                let interfaces: Vec<String> = match g.l2_interfaces.get(&self.node) {
+                    Some(plan::Interfaces::Only(names)) => names.iter().cloned().collect(),
+                    _ => Vec::new(),
+                };
+                g.services
+                    .keys()
+                    .filter(|service| layer2.contains_key(*service))
+                    .map(move |service| (service.clone(), interfaces.clone()))
+            })
+            .collect();
 
         let vips = if allowed {
             node_vips(&self.node, &input.groups, &owners)

@@ -427,7 +427,7 @@ struct Running {
     seen_updates: u64,
     seen_flaps: u64,
     /// The prefixes the session has been told to advertise.
-    wanted: usize,
+    routes: BTreeSet<IpNet>,
 }
 
 /// Why a `passwordSecret` gives no password now.
@@ -499,6 +499,8 @@ pub struct BgpSpeaker {
     advertised: BTreeSet<IpAddr>,
     /// The Services whose VIPs this node advertises, with those VIPs.
     services: BTreeMap<ServiceKey, Vec<IpAddr>>,
+    /// The same Services, with the BGPPeers their routes go to.
+    service_peers: BTreeMap<ServiceKey, Vec<String>>,
     /// Sessions being stopped (a Cease sent, the connection closing); awaited at shutdown, aborted when dropped.
     stopping: Vec<crate::task::Task<()>>,
 }
@@ -513,6 +515,7 @@ impl BgpSpeaker {
             metrics,
             advertised: BTreeSet::new(),
             services: BTreeMap::new(),
+            service_peers: BTreeMap::new(),
             stopping: Vec::new(),
         }
     }
@@ -597,12 +600,12 @@ impl BgpSpeaker {
         for (name, p) in plan.peers {
             match self.sessions.get_mut(&name) {
                 Some(r) => {
-                    r.wanted = p.routes.len();
+                    r.routes = p.routes.keys().copied().collect();
                     r.session.set_routes(p.routes);
                 }
                 None => {
                     tracing::info!(peer = %name, address = %p.config.peer, "starting BGP session");
-                    let wanted = p.routes.len();
+                    let routes = p.routes.keys().copied().collect();
                     let session = Session::spawn(p.config.clone(), p.routes);
                     self.sessions.insert(
                         name,
@@ -612,7 +615,7 @@ impl BgpSpeaker {
                             session,
                             seen_updates: 0,
                             seen_flaps: 0,
-                            wanted,
+                            routes,
                         },
                     );
                 }
@@ -621,6 +624,7 @@ impl BgpSpeaker {
         // The VIPs themselves for the node annotation, not the aggregates that may carry them.
         let advertised = |ip: &IpAddr| prefixes.iter().any(|p| p.contains(ip));
         let mut services: BTreeMap<ServiceKey, Vec<IpAddr>> = BTreeMap::new();
+        let mut service_peers: BTreeMap<ServiceKey, Vec<String>> = BTreeMap::new();
         for group in input
             .groups
             .iter()
@@ -629,6 +633,18 @@ impl BgpSpeaker {
             for (service, ips) in &group.services {
                 let ips: Vec<IpAddr> = ips.iter().copied().filter(advertised).collect();
                 if !ips.is_empty() {
+                    // The peers a route of one of its VIPs goes to (a host route or an aggregate holding it).
+                    let peers = self
+                        .sessions
+                        .iter()
+                        .filter(|(_, r)| {
+                            r.routes
+                                .iter()
+                                .any(|prefix| ips.iter().any(|ip| prefix.contains(ip)))
+                        })
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    service_peers.insert(service.clone(), peers);
                     services.insert(service.clone(), ips);
                 }
             }
@@ -641,6 +657,7 @@ impl BgpSpeaker {
             .filter(advertised)
             .collect();
         self.services = services;
+        self.service_peers = service_peers;
         self.record();
         (notes, actions)
     }
@@ -682,7 +699,7 @@ impl BgpSpeaker {
             m.metallb_announced.get_or_create(&theirs).set(advertised);
             m.metallb_pending
                 .get_or_create(&theirs)
-                .set(i64::try_from(r.wanted).unwrap_or(i64::MAX));
+                .set(i64::try_from(r.routes.len()).unwrap_or(i64::MAX));
             m.updates.get_or_create(&labels).inc_by(new_updates);
             m.metallb_updates.get_or_create(&theirs).inc_by(new_updates);
             m.flaps
@@ -701,6 +718,11 @@ impl BgpSpeaker {
     /// The Services whose VIPs this node advertises over BGP, with those VIPs.
     pub fn advertised_services(&self) -> &BTreeMap<ServiceKey, Vec<IpAddr>> {
         &self.services
+    }
+
+    /// The Services whose VIPs this node advertises over BGP, with the BGPPeers their routes go to.
+    pub fn service_peers(&self) -> &BTreeMap<ServiceKey, Vec<String>> {
+        &self.service_peers
     }
 
     /// Each session's peer name and status.

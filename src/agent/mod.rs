@@ -61,6 +61,7 @@ pub mod core;
 pub mod dataplane;
 pub mod metallb_metrics;
 pub mod node_link;
+pub mod status_objects;
 pub mod writer;
 
 use self::core::{Core, Input, Output};
@@ -96,6 +97,12 @@ pub struct AgentArgs {
     /// The agent's own namespace, holding its Lease and Secrets.
     #[arg(long, env = "POD_NAMESPACE", default_value = "ironlb-system")]
     pub namespace: String,
+    /// The agent's Pod, from the downward API: its ServiceL2Status and ServiceBGPStatus objects are owned by it (with
+    /// `--pod-uid`), so they go with the Pod.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
     /// Where the metallb.io objects and the legacy ConfigMap are read.
     #[arg(
         long,
@@ -439,6 +446,19 @@ pub async fn run_with(
     if let Some(link) = announcer.take_link_task(stopped(stop_rx.clone())) {
         tasks.spawn("node link", link);
     }
+    // MetalLB's ServiceL2Status and ServiceBGPStatus objects, from what each announcement pass publishes.
+    let (status_tx, status_rx) = watch::channel(None);
+    let status_objects = status_objects::StatusObjects::new(
+        client.clone(),
+        clients.watch.clone(),
+        &args.namespace,
+        &args.node_name,
+        status_objects::pod_owner(args.pod_name.as_deref(), args.pod_uid.as_deref()),
+    );
+    tasks.spawn(
+        "status objects",
+        status_objects.run(status_rx, stopped(stop_rx.clone())),
+    );
 
     let mut controller = AllocationController::new(Settings {
         lb_class: args.lb_class.clone(),
@@ -500,6 +520,15 @@ pub async fn run_with(
                         &mut bgp,
                         trigger.into_std(),
                     );
+                    status_tx.send_if_modified(|current| {
+                        let next = Some(status_objects::Wanted {
+                            layer2: announcer.layer2_status().clone(),
+                            bgp: bgp.service_peers().clone(),
+                        });
+                        let changed = *current != next;
+                        *current = next;
+                        changed
+                    });
                     let _ = own_tx.send(writes);
                     let now = Instant::now();
                     core.announcement_took(now - started, now);

@@ -496,6 +496,101 @@ pub mod v1beta1 {
     }
 }
 
+/// Empty: the status says which node announces a Service in Layer 2 mode, and on which interfaces. Each agent writes
+/// one object per Service it announces, as MetalLB's speaker does.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "ServiceL2Status",
+    namespaced,
+    status = "MetalLBServiceL2Status",
+    derive = "PartialEq",
+    doc = "ServiceL2Status reveals the actual traffic status of loadbalancer services in layer2 mode.",
+    printcolumn(name = "Allocated Node", type_ = "string", json_path = ".status.node"),
+    printcolumn(
+        name = "Service Name",
+        type_ = "string",
+        json_path = ".status.serviceName"
+    ),
+    printcolumn(
+        name = "Service Namespace",
+        type_ = "string",
+        json_path = ".status.serviceNamespace"
+    )
+)]
+pub struct ServiceL2StatusSpec {}
+
+/// Which node announces the Service, and on which interfaces.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetalLBServiceL2Status {
+    /// The node announcing the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"message": "Value is immutable", "rule": "self == oldSelf"}]))]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"message": "Value is immutable", "rule": "self == oldSelf"}]))]
+    pub service_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"message": "Value is immutable", "rule": "self == oldSelf"}]))]
+    pub service_namespace: Option<String>,
+    /// The interfaces the node answers ARP/NDP on for the Service's VIPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<InterfaceInfo>>,
+}
+
+/// One interface of a ServiceL2Status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct InterfaceInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Empty: the status says which node advertises a Service over BGP, and to which BGPPeers. Each agent writes one
+/// object per Service it advertises, as MetalLB's speaker does.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "ServiceBGPStatus",
+    namespaced,
+    status = "MetalLBServiceBGPStatus",
+    derive = "PartialEq",
+    doc = "ServiceBGPStatus exposes the BGP peers a service is configured to be advertised to, per relevant node.",
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.node"),
+    printcolumn(
+        name = "Service Name",
+        type_ = "string",
+        json_path = ".status.serviceName"
+    ),
+    printcolumn(
+        name = "Service Namespace",
+        type_ = "string",
+        json_path = ".status.serviceNamespace"
+    )
+)]
+pub struct ServiceBGPStatusSpec {}
+
+/// Which node advertises the Service, and to which BGPPeers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetalLBServiceBGPStatus {
+    /// The node advertising the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"message": "Value is immutable", "rule": "self == oldSelf"}]))]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"message": "Value is immutable", "rule": "self == oldSelf"}]))]
+    pub service_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{"message": "Value is immutable", "rule": "self == oldSelf"}]))]
+    pub service_namespace: Option<String>,
+    /// The BGPPeers the Service is advertised to from the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<String>>,
+}
+
 /// Why the CRD manifests could not be built. Only a programming error in this module can cause one.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -517,6 +612,8 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, Error> {
         Community::crd(),
         IPAddressPool::crd(),
         L2Advertisement::crd(),
+        ServiceL2Status::crd(),
+        ServiceBGPStatus::crd(),
     ];
     for crd in &mut crds {
         let spec_required = crd.spec.names.kind == "IPAddressPool";
