@@ -185,6 +185,39 @@ async fn assert_status_objects_name_the_owners(lab: &Lab, rows: &[ironlb::k8s::r
         .unwrap()
         .items;
     assert!(bgp.is_empty(), "{bgp:?}");
+
+    // The allocator wrote the pool's status: the addresses of each family the Services hold.
+    let vips: BTreeSet<IpAddr> = rows
+        .iter()
+        .flat_map(|r| r.vips.iter().map(|v| v.parse().unwrap()))
+        .collect();
+    let v4 = vips.iter().filter(|v| v.is_ipv4()).count() as i64;
+    let v6 = vips.len() as i64 - v4;
+    let pools: Api<DynamicObject> = Api::namespaced_with(
+        lab.client.clone(),
+        "metallb-system",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "metallb.io",
+            "v1beta1",
+            "IPAddressPool",
+        )),
+    );
+    let mut status = serde_json::Value::Null;
+    let written = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            status = pools.get("lab").await.unwrap().data["status"].clone();
+            if status["assignedIPv4"] == v4 && status["assignedIPv6"] == v6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(written.is_ok(), "pool lab status {status}, VIPs {vips:?}");
+    assert!(
+        status["availableIPv4"].as_i64().is_some_and(|n| n > 0),
+        "{status}"
+    );
 }
 
 /// MetalLB's metric names, scraped from the agents, say what status says: `metallb_speaker_announced` on the owner

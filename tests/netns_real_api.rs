@@ -227,6 +227,37 @@ async fn agents_announce_and_report_under_the_manifests_rbac() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // The allocator wrote the pool's status under the manifest's RBAC: the IPv4 addresses the Services hold.
+    let v4 = rows
+        .iter()
+        .flat_map(|r| r.vips.iter())
+        .filter(|v| v.contains('.'))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let start = Instant::now();
+    loop {
+        let out = plane
+            .kubectl(&[
+                "-n",
+                "metallb-system",
+                "get",
+                "ipaddresspool",
+                "lab",
+                "-o",
+                "jsonpath={.status.assignedIPv4}",
+            ])
+            .unwrap();
+        let assigned = String::from_utf8_lossy(&out.stdout).to_string();
+        if assigned == v4.to_string() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "IPAddressPool lab status.assignedIPv4 is {assigned:?}, want {v4}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // `ironlb verify` in node-1's namespace, as the agents' ServiceAccount over the lab network: its reads of the
     // Services and EndpointSlices are allowed; what can stop it here is only a kernel without IPVS.
     let node1 = lab.node("node-1").unwrap().netns.clone();

@@ -61,6 +61,7 @@ pub mod core;
 pub mod dataplane;
 pub mod metallb_metrics;
 pub mod node_link;
+pub mod pool_status;
 pub mod status_objects;
 pub mod writer;
 
@@ -446,6 +447,18 @@ pub async fn run_with(
     if let Some(link) = announcer.take_link_task(stopped(stop_rx.clone())) {
         tasks.spawn("node link", link);
     }
+    // IPAddressPool status, from the allocator's pool usage, while this agent allocates.
+    let (pools_tx, pools_rx) = watch::channel(None);
+    tasks.spawn(
+        "pool status",
+        pool_status::PoolStatusWriter::new(
+            client.clone(),
+            clients.watch.clone(),
+            &args.config_namespace,
+            leader.clone(),
+        )
+        .run(pools_rx, stopped(stop_rx.clone())),
+    );
     // MetalLB's ServiceL2Status and ServiceBGPStatus objects, from what each announcement pass publishes.
     let (status_tx, status_rx) = watch::channel(None);
     let status_objects = status_objects::StatusObjects::new(
@@ -497,6 +510,7 @@ pub async fn run_with(
                     if !leading {
                         // Pool usage is the allocator's to report; a follower's figures would only go stale.
                         metrics.clear_pool_usage();
+                        pools_tx.send_replace(None);
                     }
                     if leading {
                         // A new leader reports current problems itself.
@@ -596,7 +610,16 @@ pub async fn run_with(
             Some(result) = results.recv() => {
                 if matches!(result, Input::Allocated { .. }) {
                     todo.extend(core.handle(result, Instant::now()));
-                    record_usage(&metrics, &core.state, core.validated(), &failures);
+                    let usage = record_usage(&metrics, &core.state, core.validated(), &failures);
+                    let statuses: BTreeMap<String, crate::config::crd::IPAddressPoolStatus> = usage
+                        .iter()
+                        .map(|(pool, counts)| (pool.clone(), pool_status::status_of(counts)))
+                        .collect();
+                    pools_tx.send_if_modified(|current| {
+                        let changed = current.as_ref() != Some(&statuses);
+                        *current = Some(statuses);
+                        changed
+                    });
                     continue;
                 }
                 result
@@ -713,12 +736,13 @@ fn return_freed_memory() {
 }
 
 /// Pool usage as the Services' status says it now, per pool and family, under IronLB's names and MetalLB's.
+/// Returns it, for the pools' status.
 fn record_usage(
     metrics: &AllocationMetrics,
     state: &ClusterState,
     validated: &crate::config::Validated,
     failures: &BTreeMap<String, u64>,
-) {
+) -> BTreeMap<String, metallb_metrics::PoolCounts> {
     let usage = metallb_metrics::pool_usage(
         validated.config.pools.values(),
         state.services.values().map(crate::k8s::status::ingress_ips),
@@ -758,6 +782,7 @@ fn record_usage(
             })
             .set(i64::try_from(*count).unwrap_or(i64::MAX));
     }
+    usage
 }
 
 fn spawn_watches(

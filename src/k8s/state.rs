@@ -128,10 +128,18 @@ impl ClusterState {
             Change::EndpointSlice(e) => touched(self.endpoint_slices.handle(e), Touched::Topology),
             Change::Node(e) => touched(self.nodes.handle(e), Touched::Topology),
             Change::ConfigMap(e) => touched(self.config_maps.handle(e), Touched::Config),
-            Change::Config(kind, e) => touched(
-                self.config.entry(kind).or_default().handle(e),
-                Touched::Config,
-            ),
+            Change::Config(kind, e) => {
+                let index = self.config.entry(kind).or_default();
+                // A status write (the allocator's pool counts) changes nothing the configuration says.
+                let status_only = match &e {
+                    watcher::Event::Apply(new) => index
+                        .get(&super::index::ObjectKey::of(new))
+                        .is_some_and(|old| differs_in_status_only(old, new)),
+                    _ => false,
+                };
+                let changed = index.handle(e);
+                touched(changed && !status_only, Touched::Config)
+            }
             Change::Secret(e) => touched(self.secrets.handle(e), Touched::Secrets),
         }
     }
@@ -270,10 +278,54 @@ pub(crate) mod testing {
     }
 }
 
+/// Whether two versions of a configuration object differ only in their `status` (and resource version).
+fn differs_in_status_only(old: &DynamicObject, new: &DynamicObject) -> bool {
+    let without_status = |o: &DynamicObject| {
+        let mut data = o.data.clone();
+        if let Some(map) = data.as_object_mut() {
+            map.remove("status");
+        }
+        data
+    };
+    old.metadata.labels == new.metadata.labels
+        && old.metadata.annotations == new.metadata.annotations
+        && old.metadata.deletion_timestamp == new.metadata.deletion_timestamp
+        && without_status(old) == without_status(new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The allocator's own pool status writes come back through the watch; they must not count as a configuration
+    /// change (each would start another allocation and announcement pass), while a spec or label change does.
+    #[test]
+    fn a_status_write_is_not_a_configuration_change() {
+        let mut state = ClusterState::default();
+        let pool = |rv: &str, spec: serde_json::Value, status: serde_json::Value| {
+            event(
+                ConfigKind::IPAddressPool,
+                json!({"metadata": {"name": "p", "namespace": "metallb-system", "resourceVersion": rv},
+                       "spec": spec, "status": status}),
+            )
+        };
+        let spec = json!({"addresses": ["192.0.2.0/24"]});
+        assert_eq!(
+            state.handle(pool("1", spec.clone(), json!({}))),
+            Touched::Config
+        );
+        let counts =
+            json!({"assignedIPv4": 1, "assignedIPv6": 0, "availableIPv4": 255, "availableIPv6": 0});
+        assert_eq!(
+            state.handle(pool("2", spec, counts.clone())),
+            Touched::Nothing
+        );
+        assert_eq!(
+            state.handle(pool("3", json!({"addresses": ["192.0.2.0/25"]}), counts)),
+            Touched::Config
+        );
+    }
 
     fn event(kind: ConfigKind, object: serde_json::Value) -> Change {
         let obj: DynamicObject = serde_json::from_value(object).expect("an object");
