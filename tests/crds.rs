@@ -13,11 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// MetalLB kinds we deliberately do not ship, and why.
-const OUT_OF_SCOPE: &[(&str, &str)] = &[(
-    "ConfigurationState",
-    "MetalLB's controller and speakers report whether they accepted the config here; IronLB reports that with \
-         Events, logs and `ironlb check` instead, and nothing in IronLB would write these objects",
-)];
+const OUT_OF_SCOPE: &[(&str, &str)] = &[];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

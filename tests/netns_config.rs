@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ironlb::lab::cluster::{ApiChoice, Lab};
 use k8s_openapi::api::core::v1::{Event, Service};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use netns_support::{Logs, skip, wait_until};
 use serde::Deserialize;
 
@@ -178,6 +178,40 @@ async fn metallbs_documented_l2_config_works_and_an_unusable_object_is_named_not
                 "{node} exports {line:?}"
             );
         }
+    }
+
+    // Every agent's ConfigurationState (MetalLB's speaker-<node>) says Invalid and names both objects.
+    let states: Api<DynamicObject> = Api::namespaced_with(
+        lab.client.clone(),
+        "ironlb-system",
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "metallb.io",
+            "v1beta1",
+            "ConfigurationState",
+        )),
+    );
+    for node in lab.node_names() {
+        let name = format!("speaker-{node}");
+        wait_until(
+            &format!("ConfigurationState {name} Invalid, naming both objects"),
+            SETTLE,
+            || async {
+                states.get(&name).await.is_ok_and(|s| {
+                    let status = &s.data["status"];
+                    let summary = status["errorSummary"].as_str().unwrap_or("");
+                    status["result"] == "Invalid"
+                        && status["conditions"][0]["reason"] == "ConfigurationError"
+                        && summary.contains("IPAddressPool/broken: spec.addresses")
+                        && summary.contains("BGPAdvertisement/negative-pref: spec.localPref")
+                        && s.metadata
+                            .labels
+                            .unwrap_or_default()
+                            .get("metallb.io/node-name")
+                            == Some(&node)
+                })
+            },
+        )
+        .await;
     }
 
     // A rolling restart: every agent starts afresh against the unusable objects, and the VIP is announced again.

@@ -186,6 +186,26 @@ async fn assert_status_objects_name_the_owners(lab: &Lab, rows: &[ironlb::k8s::r
         .items;
     assert!(bgp.is_empty(), "{bgp:?}");
 
+    // Every agent's ConfigurationState says it accepted the configuration.
+    let states = api("ConfigurationState");
+    for node in lab.node_names() {
+        let name = format!("speaker-{node}");
+        let mut state = serde_json::Value::Null;
+        let valid = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(s) = states.get(&name).await {
+                    state = s.data["status"].clone();
+                    if state["result"] == "Valid" && state["conditions"][0]["status"] == "True" {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(valid.is_ok(), "ConfigurationState {name}: {state}");
+    }
+
     // The allocator wrote the pool's status: the addresses of each family the Services hold.
     let vips: BTreeSet<IpAddr> = rows
         .iter()

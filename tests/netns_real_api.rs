@@ -227,6 +227,31 @@ async fn agents_announce_and_report_under_the_manifests_rbac() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // Every agent's ConfigurationState, as kubectl prints it (NAME, RESULT, ERRORSUMMARY, AGE): Valid.
+    let start = Instant::now();
+    loop {
+        let out = plane
+            .kubectl(&["-n", "ironlb-system", "get", "configurationstates"])
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let valid = lab.node_names().iter().all(|node| {
+            text.lines().any(|l| {
+                l.split_whitespace()
+                    .take(2)
+                    .eq([format!("speaker-{node}").as_str(), "Valid"])
+            })
+        });
+        if valid {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "kubectl get configurationstates:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     // The allocator wrote the pool's status under the manifest's RBAC: the IPv4 addresses the Services hold.
     let v4 = rows
         .iter()

@@ -9,7 +9,7 @@ mod manifest_support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -23,10 +23,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `cmd` to completion within [`RUN_LIMIT`], killing it past that.
+/// Runs `cmd` to completion within [`RUN_LIMIT`], killing it past that. Its output is read while it runs (on a
+/// thread of its own): a child that writes more than a pipe holds (a chart with its CRDs is over 64 KiB) would
+/// otherwise block on a full pipe while this waits for it to exit.
 fn run(mut cmd: Command) -> Result<Output> {
     let what = format!("{cmd:?}");
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -34,16 +36,18 @@ fn run(mut cmd: Command) -> Result<Output> {
         .with_context(|| {
             format!("cannot start {what} (scripts/setup installs helm and kubectl)")
         })?;
-    let deadline = Instant::now() + RUN_LIMIT;
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(RUN_LIMIT) {
+        Ok(output) => Ok(output?),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
             bail!("{what} ran longer than {RUN_LIMIT:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(child.wait_with_output()?)
 }
 
 fn helm_template(args: &[&str]) -> Result<Output> {

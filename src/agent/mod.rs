@@ -538,6 +538,12 @@ pub async fn run_with(
                         let next = Some(status_objects::Wanted {
                             layer2: announcer.layer2_status().clone(),
                             bgp: bgp.service_peers().clone(),
+                            config_errors: core
+                                .validated()
+                                .errors
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect(),
                         });
                         let changed = *current != next;
                         *current = next;

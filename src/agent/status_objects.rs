@@ -9,6 +9,11 @@
 //! earlier Pod left behind are deleted. The objects of a Service that is no longer announced from this node are
 //! deleted, and nothing is written while the objects already say what this node does.
 //!
+//! Each agent also keeps a `ConfigurationState` named `speaker-<node>` (labels `metallb.io/component-type: speaker`,
+//! `metallb.io/node-name`), as MetalLB's speakers do: `Valid`, or `Invalid` with the objects it left out in
+//! `errorSummary` and the `configReconcilerValid` condition. IronLB runs the valid rest of a configuration, where
+//! MetalLB keeps its whole previous one, so `Invalid` here means "running without these objects".
+//!
 //! The task keeps its own watch of those objects and runs on its own: the agent's loop only publishes what it
 //! announces ([`Wanted`]) and never waits on these writes. Every request has the client's timeout; a failed round is
 //! retried after a backoff (1 s doubling to 30 s), and at once when something changes.
@@ -25,8 +30,8 @@ use tokio::sync::watch;
 
 use crate::alloc::ServiceKey;
 use crate::config::crd::{
-    InterfaceInfo, MetalLBServiceBGPStatus, MetalLBServiceL2Status, ServiceBGPStatus,
-    ServiceL2Status,
+    ConfigurationState, InterfaceInfo, MetalLBServiceBGPStatus, MetalLBServiceL2Status,
+    ServiceBGPStatus, ServiceL2Status,
 };
 
 /// MetalLB's labels on its status objects.
@@ -38,11 +43,62 @@ pub const LABEL_SERVICE_NAMESPACE: &str = "metallb.io/service-namespace";
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// What this node announces, for its status objects: per Service, the interfaces it answers on in Layer 2 mode
-/// (empty when its L2Advertisements do not restrict them), and the BGPPeers it advertises the Service to.
+/// (empty when its L2Advertisements do not restrict them), and the BGPPeers it advertises the Service to; and the
+/// configuration errors it left objects out for (`Kind/name: field: message`), for its ConfigurationState.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Wanted {
     pub layer2: BTreeMap<ServiceKey, Vec<String>>,
     pub bgp: BTreeMap<ServiceKey, Vec<String>>,
+    pub config_errors: Vec<String>,
+}
+
+/// MetalLB's labels and condition on a speaker's ConfigurationState.
+const LABEL_COMPONENT: &str = "metallb.io/component-type";
+const LABEL_NODE_NAME: &str = "metallb.io/node-name";
+const CONDITION_TYPE: &str = "configReconcilerValid";
+/// The API's limit on a condition's message.
+const MESSAGE_MAX: usize = 32768;
+
+/// The name of this node's ConfigurationState, as MetalLB names a speaker's.
+fn config_state_name(node: &str) -> String {
+    format!("speaker-{node}")
+}
+
+/// The ConfigurationState status to write for `errors`, or None when `observed` already says it. The condition's
+/// `lastTransitionTime` moves only when its status does.
+fn config_state_status(errors: &[String], observed: Option<&Value>, now: &str) -> Option<Value> {
+    let valid = errors.is_empty();
+    let mut summary = errors.join("\n");
+    if summary.len() > MESSAGE_MAX {
+        let mut end = MESSAGE_MAX;
+        while !summary.is_char_boundary(end) {
+            end -= 1;
+        }
+        summary.truncate(end);
+    }
+    let (status, reason) = if valid {
+        ("True", "Reconciled")
+    } else {
+        ("False", "ConfigurationError")
+    };
+    let old = observed
+        .and_then(|o| o["conditions"].as_array())
+        .and_then(|c| c.iter().find(|c| c["type"] == CONDITION_TYPE));
+    let since = match old {
+        Some(c) if c["status"] == status => c["lastTransitionTime"].as_str().unwrap_or(now),
+        _ => now,
+    };
+    let mut want = json!({
+        "result": if valid { "Valid" } else { "Invalid" },
+        "conditions": [{
+            "type": CONDITION_TYPE, "status": status, "reason": reason, "message": summary,
+            "lastTransitionTime": since,
+        }],
+    });
+    if !valid {
+        want["errorSummary"] = Value::String(summary);
+    }
+    (observed != Some(&want)).then_some(want)
 }
 
 /// The two kinds, with what differs between them.
@@ -275,7 +331,18 @@ impl StatusObjects {
             .boxed()
         };
         let mut events = futures::stream::select(stream(Kind::Layer2), stream(Kind::Bgp));
-        let mut observed = [Observed::default(), Observed::default()];
+        let state_selector = format!("{LABEL_COMPONENT}=speaker,{LABEL_NODE_NAME}={}", self.node);
+        let mut state_events = watcher(
+            self.config_state_api(&self.watch),
+            watcher::Config::default().labels(&state_selector),
+        )
+        .default_backoff()
+        .boxed();
+        let mut observed = [
+            Observed::default(),
+            Observed::default(),
+            Observed::default(),
+        ];
         let mut backoff = Duration::from_secs(1);
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut dirty = true;
@@ -310,6 +377,17 @@ impl StatusObjects {
                     }
                     dirty = true;
                 }
+                Some(event) = state_events.next() => {
+                    match event {
+                        Ok(event) => {
+                            apply(&mut observed[2], event);
+                            dirty = true;
+                        }
+                        Err(error) => {
+                            tracing::warn!(node = %self.node, %error, "watch of the ConfigurationState failed; retrying");
+                        }
+                    }
+                }
                 Some((kind, event)) = events.next() => {
                     let at = match kind { Kind::Layer2 => 0, Kind::Bgp => 1 };
                     match event {
@@ -329,7 +407,9 @@ impl StatusObjects {
 
     /// One round: plans both kinds from what the watches show and carries the writes out, folding what the API
     /// returns into `observed` so the next round does not repeat them before the watch catches up.
-    async fn round(&self, wanted: &Wanted, observed: &mut [Observed; 2]) -> kube::Result<()> {
+    async fn round(&self, wanted: &Wanted, observed: &mut [Observed; 3]) -> kube::Result<()> {
+        self.config_state(&wanted.config_errors, &mut observed[2])
+            .await?;
         for (i, (kind, services)) in [(Kind::Layer2, &wanted.layer2), (Kind::Bgp, &wanted.bgp)]
             .into_iter()
             .enumerate()
@@ -369,6 +449,73 @@ impl StatusObjects {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn config_state_api(&self, client: &Client) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            client.clone(),
+            &self.namespace,
+            &ApiResource::erase::<ConfigurationState>(&()),
+        )
+    }
+
+    /// Creates this node's ConfigurationState if missing, and patches its status when it should say otherwise.
+    async fn config_state(&self, errors: &[String], observed: &mut Observed) -> kube::Result<()> {
+        let name = config_state_name(&self.node);
+        let api = self.config_state_api(&self.request);
+        let current = observed
+            .objects
+            .get(&name)
+            .map(|o| o.data["status"].clone());
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
+            .to_string();
+        let Some(status) =
+            config_state_status(errors, current.as_ref().filter(|s| !s.is_null()), &now)
+        else {
+            return Ok(());
+        };
+        if current.is_none() {
+            let mut object =
+                DynamicObject::new(&name, &ApiResource::erase::<ConfigurationState>(&()))
+                    .within(&self.namespace);
+            object.metadata.labels = Some(
+                [
+                    (LABEL_COMPONENT, "speaker"),
+                    (LABEL_NODE_NAME, self.node.as_str()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            );
+            object.metadata.owner_references = self.owner.clone().map(|o| vec![o]);
+            object.data = json!({ "spec": {} });
+            match api.create(&PostParams::default(), &object).await {
+                Ok(created) => {
+                    observed.objects.insert(name.clone(), created);
+                }
+                // Left by an earlier Pod, or made by hand without MetalLB's labels: take it over.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    let labels = json!({"metadata": {
+                        "labels": {LABEL_COMPONENT: "speaker", LABEL_NODE_NAME: self.node},
+                        "ownerReferences": self.owner.clone().map(|o| vec![o]),
+                    }});
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&labels))
+                        .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let written = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await?;
+        observed.objects.insert(name, written);
         Ok(())
     }
 
@@ -517,6 +664,46 @@ mod tests {
             plan(Kind::Layer2, "n1", &BTreeMap::new(), &settled).len(),
             3
         );
+    }
+
+    /// MetalLB's status for a speaker: Valid with a True condition, Invalid with the errors in the summary and the
+    /// condition's message; nothing to write when it already says so; the transition time moves with the status only.
+    #[test]
+    fn the_configuration_state_says_valid_or_names_what_was_left_out() {
+        let valid = config_state_status(&[], None, "2026-12-07T10:00:00Z").unwrap();
+        assert_eq!(valid["result"], "Valid");
+        assert_eq!(valid["conditions"][0]["status"], "True");
+        assert_eq!(valid["conditions"][0]["reason"], "Reconciled");
+        assert!(valid.get("errorSummary").is_none());
+        assert_eq!(
+            config_state_status(&[], Some(&valid), "2026-12-07T11:00:00Z"),
+            None
+        );
+
+        let errors = vec![
+            "IPAddressPool/a: spec.addresses[0]: bad".to_string(),
+            "L2Advertisement/b: x".to_string(),
+        ];
+        let invalid = config_state_status(&errors, Some(&valid), "2026-12-07T11:00:00Z").unwrap();
+        assert_eq!(invalid["result"], "Invalid");
+        assert_eq!(invalid["errorSummary"], errors.join("\n"));
+        assert_eq!(invalid["conditions"][0]["status"], "False");
+        assert_eq!(invalid["conditions"][0]["reason"], "ConfigurationError");
+        assert_eq!(
+            invalid["conditions"][0]["lastTransitionTime"],
+            "2026-12-07T11:00:00Z"
+        );
+        // Another error, same status: the transition time stays.
+        let more =
+            config_state_status(&errors[..1], Some(&invalid), "2026-12-07T12:00:00Z").unwrap();
+        assert_eq!(
+            more["conditions"][0]["lastTransitionTime"],
+            "2026-12-07T11:00:00Z"
+        );
+        // A huge summary is cut at the API's limit.
+        let huge = vec!["é".repeat(MESSAGE_MAX)];
+        let cut = config_state_status(&huge, None, "2026-12-07T12:00:00Z").unwrap();
+        assert!(cut["conditions"][0]["message"].as_str().unwrap().len() <= MESSAGE_MAX);
     }
 
     #[test]

@@ -591,6 +591,47 @@ pub struct MetalLBServiceBGPStatus {
     pub peers: Option<Vec<String>>,
 }
 
+/// Empty: the status says whether an agent accepted the configuration. Each agent writes one, named
+/// `speaker-<node>`, as MetalLB's speakers do.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "metallb.io",
+    version = "v1beta1",
+    kind = "ConfigurationState",
+    namespaced,
+    status = "ConfigurationStateStatus",
+    derive = "PartialEq",
+    doc = "ConfigurationState is a status-only CRD that reports configuration validation results from MetalLB \
+           components.",
+    printcolumn(name = "Result", type_ = "string", json_path = ".status.result"),
+    printcolumn(
+        name = "ErrorSummary",
+        type_ = "string",
+        json_path = ".status.errorSummary"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct ConfigurationStateSpec {}
+
+/// Whether the agent accepted the configuration: `Valid`, `Invalid` (some objects are left out; `errorSummary` names
+/// them) or `Unknown`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigurationStateStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Valid", "Invalid", "Unknown"]))]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_summary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+}
+
 /// Why the CRD manifests could not be built. Only a programming error in this module can cause one.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -614,6 +655,7 @@ pub fn crds() -> Result<Vec<CustomResourceDefinition>, Error> {
         L2Advertisement::crd(),
         ServiceL2Status::crd(),
         ServiceBGPStatus::crd(),
+        ConfigurationState::crd(),
     ];
     for crd in &mut crds {
         let spec_required = crd.spec.names.kind == "IPAddressPool";
