@@ -10,6 +10,8 @@
 //!  │        ▲ watch<BindRequest> (binds on the VIP link)                                          │             │
 //!  ├─ allocation writer (writer) ◀── Pass ── leadership-gated Service writes, Events ──┐ (gate) ◀─┘             │
 //!  ├─ announcement writer (writer) ◀─ OwnWrites ── Node and owned Service writes ──────┤─ mpsc<Input> results ─┤
+//!  ├─ pool status (pool_status) ◀── watch<pool statuses> (allocator only), gated by the elector's deadline      │
+//!  ├─ status objects (status_objects) ◀── watch<Wanted>: ServiceL2Status, ServiceBGPStatus, ConfigurationState  │
 //!  └─ metrics listener (telemetry) ◀── watch<bool> ready                                │                       │
 //!  owned by the announcer: gossip membership ── watch<live, healthy, cut_off, rejoined>┼───────────────────────┤
 //!                          ARP/NDP responder ◀── watch<Announcements> ◀─┐              │                       ▼
@@ -98,8 +100,8 @@ pub struct AgentArgs {
     /// The agent's own namespace, holding its Lease and Secrets.
     #[arg(long, env = "POD_NAMESPACE", default_value = "ironlb-system")]
     pub namespace: String,
-    /// The agent's Pod, from the downward API: its ServiceL2Status and ServiceBGPStatus objects are owned by it (with
-    /// `--pod-uid`), so they go with the Pod.
+    /// The agent's Pod, from the downward API: its ServiceL2Status, ServiceBGPStatus and ConfigurationState objects
+    /// are owned by it (with `--pod-uid`), so they go with the Pod.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
     #[arg(long, env = "POD_UID")]
