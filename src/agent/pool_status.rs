@@ -92,6 +92,8 @@ impl PoolStatusWriter {
         let mut backoff = Duration::from_secs(1);
         let mut retry_at: Option<Instant> = None;
         let mut dirty = true;
+        // The elector's channel closes only when the agent stops; a closed one must not wake this loop again.
+        let mut leader_open = true;
         tokio::pin!(stop);
         loop {
             let due = retry_at.is_none_or(|at| at <= Instant::now());
@@ -118,7 +120,10 @@ impl PoolStatusWriter {
                     }
                     dirty = true;
                 }
-                _ = self.leader.changed() => dirty = true,
+                changed = self.leader.changed(), if leader_open => {
+                    leader_open = changed.is_ok();
+                    dirty = true;
+                }
                 Some(event) = events.next() => {
                     let name = |p: &IPAddressPool| p.metadata.name.clone().unwrap_or_default();
                     match event {
