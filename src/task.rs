@@ -215,6 +215,50 @@ impl Deadline {
     }
 }
 
+/// When to try again after failures: the first wait after a success, doubling after each failure up to a cap.
+#[derive(Debug)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+    at: Option<Instant>,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff {
+            first,
+            max,
+            next: first,
+            at: None,
+        }
+    }
+
+    /// Whether a try may run now: no failure waits.
+    pub fn due(&self) -> bool {
+        self.at.is_none_or(|at| at <= Instant::now())
+    }
+
+    /// A try went through: the next failure waits the first wait again.
+    pub fn succeeded(&mut self) {
+        self.at = None;
+        self.next = self.first;
+    }
+
+    /// A try failed: returns how long until the next one, and doubles the wait after it.
+    pub fn failed(&mut self) -> Duration {
+        let wait = self.next;
+        self.at = Some(Instant::now() + wait);
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    /// Resolves when the wait after a failure is over; never while none is pending.
+    pub async fn elapsed(&self) {
+        sleep_until(self.at).await
+    }
+}
+
 /// Sleeps until `at`, or forever when it is None.
 pub async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -235,6 +279,21 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_to_its_cap_and_a_success_resets_it() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(4));
+        assert!(b.due());
+        let waits: Vec<u64> = (0..4).map(|_| b.failed().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 4]);
+        assert!(!b.due());
+        let start = Instant::now();
+        b.elapsed().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
+        assert!(b.due());
+        b.succeeded();
+        assert_eq!(b.failed(), Duration::from_secs(1));
+    }
 
     #[tokio::test]
     async fn a_dropped_task_is_aborted() {

@@ -89,26 +89,22 @@ impl PoolStatusWriter {
         let mut seen: BTreeMap<String, Option<IPAddressPoolStatus>> = BTreeMap::new();
         let mut listing: BTreeMap<String, Option<IPAddressPoolStatus>> = BTreeMap::new();
         let mut synced = false;
-        let mut backoff = Duration::from_secs(1);
-        let mut retry_at: Option<Instant> = None;
+        let mut retry = crate::task::Backoff::new(Duration::from_secs(1), BACKOFF_MAX);
         let mut dirty = true;
         // The elector's channel closes only when the agent stops; a closed one must not wake this loop again.
         let mut leader_open = true;
         tokio::pin!(stop);
         loop {
-            let due = retry_at.is_none_or(|at| at <= Instant::now());
             let now = wanted.borrow().clone();
-            if let Some(now) = now.filter(|_| dirty && synced && due) {
+            if let Some(now) = now.filter(|_| dirty && synced && retry.due()) {
                 match self.round(&now, &mut seen).await {
                     Ok(()) => {
                         dirty = false;
-                        retry_at = None;
-                        backoff = Duration::from_secs(1);
+                        retry.succeeded();
                     }
                     Err(error) => {
-                        tracing::warn!(%error, "writing IPAddressPool status failed; trying again in {backoff:?}");
-                        retry_at = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        let wait = retry.failed();
+                        tracing::warn!(%error, "writing IPAddressPool status failed; trying again in {wait:?}");
                     }
                 }
             }
@@ -145,7 +141,7 @@ impl PoolStatusWriter {
                     }
                     dirty = true;
                 }
-                _ = crate::task::sleep_until(retry_at), if retry_at.is_some() => {}
+                _ = retry.elapsed() => {}
             }
         }
     }

@@ -343,28 +343,25 @@ impl StatusObjects {
             Observed::default(),
             Observed::default(),
         ];
-        let mut backoff = Duration::from_secs(1);
-        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry = crate::task::Backoff::new(Duration::from_secs(1), BACKOFF_MAX);
         let mut dirty = true;
         tokio::pin!(stop);
         loop {
             let ready = observed.iter().all(|o| o.synced) && wanted.borrow().is_some();
-            let due = retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
-            if dirty && ready && due {
+            if dirty && ready && retry.due() {
                 let now = wanted.borrow().clone().unwrap_or_default();
                 match self.round(&now, &mut observed).await {
                     Ok(()) => {
                         dirty = false;
-                        retry_at = None;
-                        backoff = Duration::from_secs(1);
+                        retry.succeeded();
                     }
                     Err(error) => {
+                        let wait = retry.failed();
                         tracing::warn!(
                             node = %self.node, %error,
-                            "writing ServiceL2Status/ServiceBGPStatus failed; trying again in {backoff:?}"
+                            "writing status objects (ServiceL2Status, ServiceBGPStatus, ConfigurationState) \
+                             failed; trying again in {wait:?}"
                         );
-                        retry_at = Some(tokio::time::Instant::now() + backoff);
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
             }
@@ -400,7 +397,7 @@ impl StatusObjects {
                         }
                     }
                 }
-                _ = crate::task::sleep_until(retry_at), if retry_at.is_some() => {}
+                _ = retry.elapsed() => {}
             }
         }
     }
