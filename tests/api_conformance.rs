@@ -554,12 +554,20 @@ async fn check_namespace(t: &Target, f: &mut Finding) -> Result<()> {
 
 async fn check_crds(t: &Target, f: &mut Finding) -> Result<()> {
     let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/crds/metallb.io.yaml");
+    // Every CRD IronLB generates: the configuration kinds and MetalLB's status kinds.
+    let ours = ironlb::config::crd::crds()?;
+    let count = ours.len();
+    let mut plurals: Vec<String> = ours
+        .iter()
+        .map(|c| format!("{}.metallb.io", c.spec.names.plural))
+        .collect();
+    plurals.sort();
     let applied = t.kubectl(&["apply", "--server-side", "-f", crds]).await?;
     f.expect_that(
         "kubectl apply --server-side",
         t.summary(&applied),
-        "exit 0 and six CRDs serverside-applied",
-        |s| s.starts_with("exit 0:") && s.matches("serverside-applied").count() == 6,
+        &format!("exit 0 and {count} CRDs serverside-applied"),
+        |s| s.starts_with("exit 0:") && s.matches("serverside-applied").count() == count,
     );
     let waited = t
         .kubectl(&[
@@ -573,8 +581,8 @@ async fn check_crds(t: &Target, f: &mut Finding) -> Result<()> {
     f.expect_that(
         "kubectl wait --for=condition=Established",
         t.summary(&waited),
-        "exit 0 and six conditions met",
-        |s| s.starts_with("exit 0:") && s.matches("condition met").count() == 6,
+        &format!("exit 0 and {count} conditions met"),
+        |s| s.starts_with("exit 0:") && s.matches("condition met").count() == count,
     );
     let listed = Api::<CustomResourceDefinition>::all(t.client.clone())
         .list(&ListParams::default())
@@ -605,7 +613,7 @@ async fn check_crds(t: &Target, f: &mut Finding) -> Result<()> {
         let mut names: Vec<&str> = ran.stdout.lines().map(str::trim).collect();
         names.sort();
         let names = names.join(",");
-        if names.split(',').count() == 6 || start.elapsed() > DISCOVERY_LIMIT {
+        if names.split(',').count() == count || start.elapsed() > DISCOVERY_LIMIT {
             break names;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -613,8 +621,7 @@ async fn check_crds(t: &Target, f: &mut Finding) -> Result<()> {
     f.expect(
         "kubectl api-resources --api-group=metallb.io",
         resources,
-        "bfdprofiles.metallb.io,bgpadvertisements.metallb.io,bgppeers.metallb.io,communities.metallb.io,\
-         ipaddresspools.metallb.io,l2advertisements.metallb.io",
+        &plurals.join(","),
     );
     Ok(())
 }

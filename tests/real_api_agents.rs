@@ -54,14 +54,15 @@ fn events(cluster: &RealCluster, namespace: &str) -> Result<Vec<Value>> {
     Ok(list["items"].as_array().cloned().unwrap_or_default())
 }
 
+/// The resource version of every object the agents write: the Services, MetalLB's status objects and the pools
+/// (whose status the allocator writes).
 fn resource_versions(cluster: &RealCluster) -> Result<String> {
     cluster.plane.kubectl_ok(&[
-        "-n",
-        "default",
         "get",
-        "services",
+        "-A",
+        "services,servicel2statuses,servicebgpstatuses,configurationstates,ipaddresspools",
         "-o",
-        "jsonpath={range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}",
+        "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.metadata.resourceVersion} {end}",
     ])
 }
 
@@ -168,7 +169,16 @@ fn agents_allocate_elect_and_report_as_their_service_account() -> Result<()> {
     }
 
     // In steady state nothing is written.
-    let before = resource_versions(&cluster)?;
+    // The status objects are written just after the Service (each agent's ConfigurationState, the pools' status):
+    // the window opens once a second has passed with no write at all, which a write loop never allows.
+    let mut before = resource_versions(&cluster)?;
+    wait_for("a second with no write", SETTLE, || {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = resource_versions(&cluster).ok()?;
+        let quiet = now == before;
+        before = now;
+        quiet.then_some(())
+    })?;
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         resource_versions(&cluster)?,
