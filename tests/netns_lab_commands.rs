@@ -44,6 +44,47 @@ async fn run(line: &str) -> (bool, Option<i32>, String) {
     }
 }
 
+/// Tears the lab down if the test fails before it does: Ctrl-C (SIGINT) lets the lab remove its namespaces, where
+/// the SIGKILL of `kill_on_drop` would leave them behind; what is still there after 30 s is deleted by name.
+struct TearDown {
+    pid: u32,
+}
+
+impl Drop for TearDown {
+    fn drop(&mut self) {
+        let pid = self.pid.to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status();
+        let proc = format!("/proc/{pid}");
+        for _ in 0..300 {
+            if !std::path::Path::new(&proc).exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let listed = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output();
+        let prefix = format!("ilb-lab-{pid}-");
+        for line in listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some(ns) = line
+                .split_whitespace()
+                .next()
+                .filter(|n| n.starts_with(&prefix))
+            {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .status();
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_commands_the_lab_suggests_work_as_printed() {
     if netns_support::skip() {
@@ -56,6 +97,9 @@ async fn the_commands_the_lab_suggests_work_as_printed() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let tear_down = TearDown {
+        pid: lab.id().unwrap(),
+    };
     let mut lines = BufReader::new(lab.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
     let mut tries = Vec::new();
@@ -159,6 +203,8 @@ async fn the_commands_the_lab_suggests_work_as_printed() {
         .status();
     let ended = tokio::time::timeout(Duration::from_secs(30), lab.wait()).await;
     assert!(ended.is_ok(), "the lab did not end within 30 s of SIGINT");
+    // The lab tore itself down: the guard must not clean up after it, or the check below would prove nothing.
+    std::mem::forget(tear_down);
     let netns = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
