@@ -15,6 +15,7 @@ pub mod netif;
 pub mod plan;
 pub mod task;
 pub mod telemetry;
+pub mod webhook;
 
 /// An error and each of its sources, `outer: inner: innermost`, for messages a user reads whole.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -50,6 +50,9 @@ enum Command {
     },
     /// Print the metallb.io CRD manifests generated from IronLB's types.
     Crds,
+    /// Serve the validating admission webhook for the metallb.io kinds (the Deployment entry point): `kubectl apply`
+    /// gets the verdict of `config check`.
+    Webhook(ironlb::webhook::WebhookArgs),
     /// Show every VIP with its pool, owner node, interface and since when.
     Status(ironlb::cli::status::StatusArgs),
     /// Compare this network namespace's IPVS services and VIP bindings with what the cluster wants; exit 1 on drift.
@@ -148,6 +151,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             use std::io::Write;
             out.write_all(ironlb::config::crd_manifests().as_bytes())
                 .context("writing to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Webhook(args) => {
+            ironlb::telemetry::init_json_logs();
+            runtime()?.block_on(ironlb::webhook::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) if args.watch => {

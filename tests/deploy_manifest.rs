@@ -1,17 +1,20 @@
 //! unit tier: deploy/ironlb.yaml, the one manifest users apply. Every document must be a valid typed Kubernetes
-//! object with no unknown or misspelled field, the DaemonSet must run the agent the way the README promises, and the
-//! CRDs in it must be exactly the ones generated from IronLB's types.
+//! object with no unknown or misspelled field, the DaemonSet must run the agent the way the README promises, the
+//! webhook's Deployment must start `ironlb webhook` with arguments the binary accepts, and the CRDs in it must be
+//! exactly the ones generated from IronLB's types.
 
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 mod manifest_support;
 
-use manifest_support::{check_document, first_difference, typed, yaml_documents};
+use manifest_support::{
+    assert_binary_accepts, check_document, first_difference, typed, yaml_documents,
+};
 
 const REGENERATE: &str = "deploy/ironlb.yaml is missing or stale: run scripts/gen-deploy";
 
@@ -59,6 +62,14 @@ fn the_check_catches_a_misspelled_field() -> Result<()> {
         .clone();
     role["rules"][0]["resourceName"] = serde_json::json!(["x"]);
     assert!(check_document(&role).is_err());
+    let mut configuration = docs
+        .iter()
+        .find(|d| d["kind"] == "ValidatingWebhookConfiguration")
+        .context("no ValidatingWebhookConfiguration")?
+        .clone();
+    configuration["webhooks"][0]["failurPolicy"] = Value::from("Ignore");
+    let err = check_document(&configuration).expect_err("a misspelled field must be rejected");
+    assert!(err.to_string().contains("failurPolicy"), "{err}");
     Ok(())
 }
 
@@ -149,6 +160,93 @@ fn the_daemonset_runs_the_agent_as_documented() -> Result<()> {
         .and_then(|v| v.field_ref.as_ref())
         .context("NODE_NAME from the downward API")?;
     assert_eq!(field.field_path, "spec.nodeName");
+    Ok(())
+}
+
+/// The admission webhook: one replica off the host network, under its own ServiceAccount, unprivileged, started
+/// with arguments the binary accepts.
+#[test]
+fn the_webhook_deployment_runs_the_webhook_as_documented() -> Result<()> {
+    let docs = manifest()?;
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    ensure!(
+        deployments.len() == 1,
+        "one Deployment, found {}",
+        deployments.len()
+    );
+    let deployment: Deployment = typed(deployments[0])?;
+    assert_eq!(deployment.metadata.name.as_deref(), Some("ironlb-webhook"));
+    assert_eq!(
+        deployment.metadata.namespace.as_deref(),
+        Some("ironlb-system")
+    );
+    let spec = deployment.spec.context("spec")?;
+    assert_eq!(spec.replicas, Some(1));
+    let pod = spec.template.spec.context("pod spec")?;
+    assert_ne!(pod.host_network, Some(true), "hostNetwork");
+    assert_eq!(pod.service_account_name.as_deref(), Some("ironlb-webhook"));
+    ensure!(pod.containers.len() == 1, "one container");
+    let webhook = &pod.containers[0];
+    assert_eq!(webhook.name, "webhook");
+    let args = webhook.args.clone().unwrap_or_default();
+    assert_eq!(args, ["webhook"]);
+    assert_binary_accepts(&args)?;
+
+    let sc = webhook
+        .security_context
+        .as_ref()
+        .context("securityContext")?;
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.run_as_user, Some(65534));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_ne!(sc.privileged, Some(true));
+    let caps = sc.capabilities.as_ref().context("capabilities")?;
+    assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+    ensure!(
+        caps.add.as_deref().unwrap_or_default().is_empty(),
+        "no capability is added"
+    );
+
+    // `ironlb webhook` listens on 0.0.0.0:9443 by default, and serves its health endpoints there over HTTPS.
+    let https = webhook
+        .ports
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|p| p.name.as_deref() == Some("https"))
+        .context("a port named https")?;
+    assert_eq!(https.container_port, 9443);
+    for (probe, path) in [
+        (&webhook.liveness_probe, "/healthz"),
+        (&webhook.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .with_context(|| format!("an httpGet probe on {path}"))?;
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        ensure!(
+            get.port == IntOrString::String("https".into()) || get.port == IntOrString::Int(9443),
+            "{path} probes {:?}",
+            get.port
+        );
+    }
+    let requests = webhook
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref())
+        .context("resource requests")?;
+    assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+
+    let env = webhook.env.as_deref().unwrap_or_default();
+    let namespace = env
+        .iter()
+        .find(|e| e.name == "POD_NAMESPACE")
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .context("POD_NAMESPACE from the downward API")?;
+    assert_eq!(namespace.field_path, "metadata.namespace");
     Ok(())
 }
 

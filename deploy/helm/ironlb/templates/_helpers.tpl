@@ -16,3 +16,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "ironlb.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
+
+{{/* The webhook's pod selector. Its name differs from the agents': the DaemonSet's selector never matches the
+webhook's pods, nor the webhook's the agents'. */}}
+{{- define "ironlb.webhookSelector" -}}
+app.kubernetes.io/name: ironlb-webhook
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end }}
