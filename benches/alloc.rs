@@ -4,6 +4,9 @@
 //! (a) 10,000 Services, two thirds IPv4 and one third IPv6, one in five with a sharing key (four Services per
 //!     key, on different ports), allocated from empty over a 2^20-address IPv4 pool and an IPv6 /64 pool.
 //! (b) one allocation (and its release, to keep the state unchanged) in a 2^20-address pool that is 90% full.
+//! (c) the leader's allocation pass at 10,000 Services that hold their IPs, per change: a Service created, planned,
+//!     its status landing, planned again, then deleted and planned (four passes, each after one change), against the
+//!     full pass every change cost before passes became incremental (the pass of a new leader, in the same run).
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -183,5 +186,90 @@ fn ninety_percent_full(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, from_empty, ninety_percent_full);
+/// 10,000 LoadBalancer Services in 100 namespaces, each holding its IP in status, as the state a leader plans from.
+fn settled_cluster() -> (ironlb::k8s::state::ClusterState, ironlb::config::Validated) {
+    use k8s_openapi::api::core::v1::Service;
+    let validated = ironlb::config::validate(
+        &ironlb::config::Sources::from_yaml(
+            "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\n\
+             metadata: {name: bench, namespace: metallb-system}\nspec: {addresses: [198.18.0.0/15]}\n",
+        )
+        .expect("pool"),
+    );
+    let mut state = ironlb::k8s::state::ClusterState::default();
+    for i in 0..SERVICES {
+        let ip =
+            std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i as u32);
+        let svc: Service = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {
+                "name": format!("svc-{i}"), "namespace": format!("ns-{}", i % 100),
+                "resourceVersion": "1", "creationTimestamp": "2026-12-07T10:00:00Z",
+                "annotations": {"metallb.io/ip-allocated-from-pool": "bench", "ironlb.io/pool": "bench"},
+            },
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": ip.to_string()}]}},
+        }))
+        .expect("a Service");
+        state.services.apply(svc);
+    }
+    (state, validated)
+}
+
+fn pass_per_change(c: &mut Criterion) {
+    use ironlb::k8s::allocation::{AllocationController, Settings};
+    use k8s_openapi::api::core::v1::Service;
+    let (mut state, validated) = settled_cluster();
+    let mut controller = AllocationController::new(Settings::default());
+    let first = controller.pass(&state, &validated);
+    assert!(
+        first.services.is_empty(),
+        "the cluster is not settled: {} actions",
+        first.services.len()
+    );
+    let probe: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "probe", "namespace": "ns-0", "creationTimestamp": "2026-12-07T11:00:00Z"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 80, "protocol": "TCP"}]},
+    }))
+    .expect("a Service");
+    let mut version = 1u64;
+    let mut g = c.benchmark_group("c_allocation_pass_per_change_10k_services");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    // One iteration is four changes, each followed by its pass: create, status lands, the reply seen, delete.
+    g.bench_function("ironlb_incremental_4_changes", |b| {
+        b.iter(|| {
+            version += 1;
+            let mut svc = probe.clone();
+            svc.metadata.resource_version = Some(version.to_string());
+            state.services.apply(svc.clone());
+            let pass = controller.pass(&state, &validated);
+            let action = pass.services.first().expect("the probe is planned");
+            svc.status =
+                serde_json::from_value(action.status.as_ref().expect("a status")["status"].clone())
+                    .expect("status");
+            version += 1;
+            svc.metadata.resource_version = Some(version.to_string());
+            state.services.apply(svc.clone());
+            black_box(controller.pass(&state, &validated));
+            black_box(controller.pass(&state, &validated));
+            state.services.delete(&svc);
+            black_box(controller.pass(&state, &validated));
+        })
+    });
+    assert_eq!(
+        controller.full_passes(),
+        1,
+        "a change fell back to a full pass"
+    );
+    g.bench_function("reference_full_pass", |b| {
+        b.iter(|| {
+            let mut leader = AllocationController::new(Settings::default());
+            black_box(leader.pass(&state, &validated))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, from_empty, ninety_percent_full, pass_per_change);
 criterion_main!(benches);

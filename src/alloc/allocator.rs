@@ -130,6 +130,14 @@ impl Refusal {
             | Refusal::FamilyUnavailable { service, .. } => service,
         }
     }
+
+    /// The other Service that holds what this one asked for, when that is the reason.
+    pub fn holder(&self) -> Option<&ServiceKey> {
+        match self {
+            Refusal::IpInUse { holder, .. } | Refusal::PortConflict { holder, .. } => Some(holder),
+            _ => None,
+        }
+    }
 }
 
 fn tried(pools: &[String]) -> String {

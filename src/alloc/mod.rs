@@ -8,6 +8,8 @@ mod allocator;
 mod free_set;
 pub mod plan;
 #[cfg(test)]
+mod plan_proptests;
+#[cfg(test)]
 mod proptests;
 pub mod service;
 

@@ -4,13 +4,14 @@
 //! `kubectl get svc -A -o yaml`, and exits 2 when [`moves_any`] says a VIP would move. This module owns that
 //! computation and its rendering; it does no I/O and must not write anything back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Deserialize;
 
 use crate::config::{Labels, Pool};
@@ -107,14 +108,264 @@ pub fn moves_any(rows: &[PlanRow]) -> bool {
         .any(|r| r.previous.iter().any(|ip| !r.ips.contains(ip)))
 }
 
-struct Entry<'a> {
-    svc: &'a Service,
-    key: ServiceKey,
+/// One Service as the planner holds it between passes: what it asks for and what its status holds.
+struct Held {
+    /// Its place in the order of adoption and allocation.
+    order: Order,
     /// What adoption reads: the Service minus a malformed IP request. The same value as `request` when that is
     /// valid: one copy per Service, shared with the allocator.
     adoptable: Option<Arc<LbRequest>>,
     request: Result<Arc<LbRequest>, String>,
     previous: Vec<IpAddr>,
+}
+
+/// `(no creation timestamp, creation timestamp, key)`: Services with a timestamp first, oldest first (the oldest
+/// wins a conflict), then by `namespace/name`.
+type Order = (bool, Option<Time>, ServiceKey);
+
+impl Held {
+    /// `None` for a Service that is not a LoadBalancer of ours.
+    fn of(svc: &Service, ns_labels: &Labels, lb_class: Option<&str>) -> Option<Held> {
+        let (adoptable, request) = match LbRequest::from_service(svc, ns_labels, lb_class) {
+            Ok(None) => return None,
+            Ok(Some(r)) => {
+                let r = Arc::new(r);
+                (Some(Arc::clone(&r)), Ok(r))
+            }
+            Err(e) => match LbRequest::for_adoption(svc, ns_labels, lb_class) {
+                Ok(r) => (r.map(Arc::new), Err(e.to_string())),
+                Err(_) => (None, Err(e.to_string())),
+            },
+        };
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let key = ServiceKey::new(ns, svc.metadata.name.clone().unwrap_or_default());
+        let created = svc.metadata.creation_timestamp.clone();
+        let previous = adoptable
+            .as_ref()
+            .map(|r| r.status_ips.clone())
+            .unwrap_or_default();
+        Some(Held {
+            order: (created.is_none(), created, key),
+            adoptable,
+            request,
+            previous,
+        })
+    }
+
+    fn key(&self) -> &ServiceKey {
+        &self.order.2
+    }
+}
+
+/// An incremental update could not give the answer a full pass gives: a Service's adoption was refused because a
+/// younger Service holds the IP, and a full pass would have let the older one adopt it first. The planner is left
+/// half-updated: the caller replaces it with [`Planner::full`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeedsFullPass;
+
+/// The plan kept between passes, so that a change replans only what it touches.
+///
+/// A full pass ([`Planner::full`]) is what a new leader runs: adopt every Service's status IPs, then allocate, both
+/// in creation order. [`Planner::update`] reaches the same answer for a set of changed Services by redoing only them
+/// and the Services whose answer a change elsewhere can alter: it releases them, adopts their status again, and
+/// allocates them in creation order. The others keep their rows: with the same request and the same holdings, a
+/// full pass would only confirm them. The Services always redone are the unsettled ones: those whose row is not yet
+/// their status (a full pass would not see what they were given, and could give it to an older Service first), and
+/// those that want more than they hold (no IP yet, or one family of a preferred dual stack), since any release may
+/// give them something. Where order decides
+/// (an adoption refused because a younger Service holds the IP), it gives up with [`NeedsFullPass`]. A property
+/// test checks it against full passes over random histories.
+pub struct Planner {
+    allocator: Allocator,
+    lb_class: Option<String>,
+    /// Whether a pool's `serviceAllocation` reads namespace labels (else requests get none).
+    reads_namespaces: bool,
+    held: BTreeMap<ServiceKey, Held>,
+    rows: BTreeMap<ServiceKey, PlanRow>,
+    /// Services whose row is not what their status holds (a write still to land), or that want more than they hold:
+    /// redone on every update.
+    unsettled: BTreeSet<ServiceKey>,
+}
+
+impl Planner {
+    /// Plans every LoadBalancer Service of ours among `services` from scratch, as a new leader does.
+    pub fn full<'a>(
+        pools: Vec<Pool>,
+        services: impl IntoIterator<Item = &'a Service>,
+        namespaces: &BTreeMap<String, Labels>,
+        lb_class: Option<&str>,
+    ) -> Planner {
+        let mut planner = Planner {
+            reads_namespaces: reads_namespace_labels(&pools),
+            allocator: Allocator::new(pools),
+            lb_class: lb_class.map(str::to_string),
+            held: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            unsettled: BTreeSet::new(),
+        };
+        for svc in services {
+            if let Some(h) = planner.held_of(svc, namespaces) {
+                planner.held.insert(h.key().clone(), h);
+            }
+        }
+        let all: Vec<ServiceKey> = planner.held.keys().cloned().collect();
+        // Adoption refusals are reported by the allocation that follows.
+        let _ = planner.redo(&all, false);
+        planner
+    }
+
+    /// Replans after the Services `changed` were added, replaced (`Some`, the Service now) or deleted (`None`),
+    /// with the pools and namespace labels of the last pass (after a change of either, run [`Planner::full`]).
+    /// Returns the Services whose row was computed again; the others' rows are what a full pass gives them.
+    pub fn update<'a>(
+        &mut self,
+        changed: impl IntoIterator<Item = (ServiceKey, Option<&'a Service>)>,
+        namespaces: &BTreeMap<String, Labels>,
+    ) -> Result<BTreeSet<ServiceKey>, NeedsFullPass> {
+        let mut redo: BTreeSet<ServiceKey> = self.unsettled.clone();
+        for (key, svc) in changed {
+            self.held.remove(&key);
+            self.rows.remove(&key);
+            self.unsettled.remove(&key);
+            redo.remove(&key);
+            self.allocator.release(&key);
+            if let Some(held) = svc.and_then(|s| self.held_of(s, namespaces)) {
+                self.held.insert(key.clone(), held);
+                redo.insert(key);
+            }
+        }
+        let redo: Vec<ServiceKey> = redo.into_iter().collect();
+        for key in &redo {
+            self.allocator.release(key);
+        }
+        self.redo(&redo, true)?;
+        Ok(redo.into_iter().collect())
+    }
+
+    fn held_of(&self, svc: &Service, namespaces: &BTreeMap<String, Labels>) -> Option<Held> {
+        static EMPTY: Labels = Labels::new();
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        let labels = if self.reads_namespaces {
+            namespaces.get(ns).unwrap_or(&EMPTY)
+        } else {
+            &EMPTY
+        };
+        Held::of(svc, labels, self.lb_class.as_deref())
+    }
+
+    /// Adopts, then allocates, the Services `keys` (held, and holding nothing in the allocator) in creation order,
+    /// and writes their rows. `strict`: give up where a full pass could adopt differently.
+    fn redo(&mut self, keys: &[ServiceKey], strict: bool) -> Result<(), NeedsFullPass> {
+        let mut order: Vec<&Held> = keys.iter().filter_map(|k| self.held.get(k)).collect();
+        order.sort_by(|a, b| a.order.cmp(&b.order));
+        for held in &order {
+            let Some(r) = &held.adoptable else {
+                continue;
+            };
+            if let Err(refusal) = self.allocator.adopt_shared(r)
+                && strict
+                && refusal
+                    .holder()
+                    .and_then(|h| self.held.get(h))
+                    .is_some_and(|holder| holder.order > held.order)
+            {
+                return Err(NeedsFullPass);
+            }
+        }
+        let mut rows = Vec::with_capacity(order.len());
+        for held in order {
+            let key = held.key();
+            let result = match &held.request {
+                Ok(r) => self.allocator.allocate_shared(r).map_err(|e| {
+                    let text = e.to_string();
+                    let prefix = format!("{key}: ");
+                    text.strip_prefix(&prefix)
+                        .map(str::to_string)
+                        .unwrap_or(text)
+                }),
+                Err(e) => Err(e.clone()),
+            };
+            let (ips, pool, outcome) = match result {
+                Ok(a) => {
+                    let outcome = if held.previous.is_empty() {
+                        Outcome::New
+                    } else if a.ips == held.previous {
+                        Outcome::Kept
+                    } else {
+                        Outcome::Changed {
+                            from: held.previous.clone(),
+                        }
+                    };
+                    (a.ips, Some(a.pool), outcome)
+                }
+                Err(reason) => {
+                    // A Service with a broken request keeps what adoption gave it.
+                    let kept = self.allocator.assignment(key).cloned();
+                    (
+                        kept.as_ref().map(|a| a.ips.clone()).unwrap_or_default(),
+                        kept.map(|a| a.pool),
+                        Outcome::Pending(reason),
+                    )
+                }
+            };
+            let unsettled = !matches!(outcome, Outcome::Kept)
+                || held.request.as_ref().is_ok_and(|r| {
+                    let (required, preferred) = r.wanted_families();
+                    ips.len() < required.len().max(preferred.len())
+                });
+            rows.push((
+                unsettled,
+                PlanRow {
+                    service: key.clone(),
+                    ips,
+                    pool,
+                    outcome,
+                    previous: held.previous.clone(),
+                },
+            ));
+        }
+        for (unsettled, row) in rows {
+            if unsettled {
+                self.unsettled.insert(row.service.clone());
+            } else {
+                self.unsettled.remove(&row.service);
+            }
+            self.rows.insert(row.service.clone(), row);
+        }
+        Ok(())
+    }
+
+    /// The row of one Service, if it is a LoadBalancer of ours.
+    pub fn row(&self, key: &ServiceKey) -> Option<&PlanRow> {
+        self.rows.get(key)
+    }
+
+    /// Every row, in `namespace/name` order.
+    pub fn rows(&self) -> impl Iterator<Item = &PlanRow> {
+        self.rows.values()
+    }
+
+    /// The rows of the Services that got no IP.
+    pub fn pending(&self) -> impl Iterator<Item = &PlanRow> {
+        self.unsettled
+            .iter()
+            .filter_map(|k| self.rows.get(k))
+            .filter(|r| matches!(r.outcome, Outcome::Pending(_)))
+    }
+
+    pub fn into_rows(self) -> Vec<PlanRow> {
+        self.rows.into_values().collect()
+    }
+}
+
+/// Whether any pool's `serviceAllocation` reads namespace labels. Without one, no request needs its own copy of
+/// them (a B-tree node and its strings per Service, on every pass).
+pub fn reads_namespace_labels(pools: &[Pool]) -> bool {
+    pools.iter().any(|p| {
+        p.service_allocation
+            .as_ref()
+            .is_some_and(|sa| !sa.namespace_selectors.is_empty())
+    })
 }
 
 /// Plans every LoadBalancer Service of ours among `services`, in `namespace/name` order.
@@ -127,106 +378,7 @@ pub fn plan_services<'a>(
     namespaces: &BTreeMap<String, Labels>,
     lb_class: Option<&str>,
 ) -> Vec<PlanRow> {
-    let empty = Labels::new();
-    // A namespace's labels are read only by namespaceSelectors: without one, no request needs its own copy of them
-    // (a B-tree node and its strings per Service, on every pass).
-    let namespace_labels_read = pools.iter().any(|p| {
-        p.service_allocation
-            .as_ref()
-            .is_some_and(|sa| !sa.namespace_selectors.is_empty())
-    });
-    let mut entries: Vec<Entry> = Vec::new();
-    for svc in services {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        let ns_labels = if namespace_labels_read {
-            namespaces.get(ns).unwrap_or(&empty)
-        } else {
-            &empty
-        };
-        let (adoptable, request) = match LbRequest::from_service(svc, ns_labels, lb_class) {
-            Ok(None) => continue,
-            Ok(Some(r)) => {
-                let r = Arc::new(r);
-                (Some(Arc::clone(&r)), Ok(r))
-            }
-            Err(e) => match LbRequest::for_adoption(svc, ns_labels, lb_class) {
-                Ok(r) => (r.map(Arc::new), Err(e.to_string())),
-                Err(_) => (None, Err(e.to_string())),
-            },
-        };
-        let key = ServiceKey::new(ns, svc.metadata.name.clone().unwrap_or_default());
-        let previous = adoptable
-            .as_ref()
-            .map(|r| r.status_ips.clone())
-            .unwrap_or_default();
-        entries.push(Entry {
-            svc,
-            key,
-            adoptable,
-            request,
-            previous,
-        });
-    }
-    // Services without a creation timestamp (hand-written manifests) come after the others.
-    entries.sort_by(|a, b| {
-        let created = |e: &Entry| e.svc.metadata.creation_timestamp.clone();
-        (created(a).is_none(), created(a), &a.key).cmp(&(created(b).is_none(), created(b), &b.key))
-    });
-
-    let mut allocator = Allocator::new(pools);
-    for entry in &entries {
-        if let Some(r) = &entry.adoptable {
-            // A refusal here is reported by the allocation pass below.
-            let _ = allocator.adopt_shared(r);
-        }
-    }
-    let mut rows: Vec<PlanRow> = entries
-        .iter()
-        .map(|entry| {
-            let result = match &entry.request {
-                Ok(r) => allocator.allocate_shared(r).map_err(|e| {
-                    let text = e.to_string();
-                    let prefix = format!("{}: ", entry.key);
-                    text.strip_prefix(&prefix)
-                        .map(str::to_string)
-                        .unwrap_or(text)
-                }),
-                Err(e) => Err(e.clone()),
-            };
-            let (ips, pool, outcome) = match result {
-                Ok(a) => {
-                    let outcome = if entry.previous.is_empty() {
-                        Outcome::New
-                    } else if a.ips == entry.previous {
-                        Outcome::Kept
-                    } else {
-                        Outcome::Changed {
-                            from: entry.previous.clone(),
-                        }
-                    };
-                    (a.ips, Some(a.pool), outcome)
-                }
-                Err(reason) => {
-                    // A Service with a broken request keeps what adoption gave it.
-                    let held = allocator.assignment(&entry.key).cloned();
-                    (
-                        held.as_ref().map(|a| a.ips.clone()).unwrap_or_default(),
-                        held.map(|a| a.pool),
-                        Outcome::Pending(reason),
-                    )
-                }
-            };
-            PlanRow {
-                service: entry.key.clone(),
-                ips,
-                pool,
-                outcome,
-                previous: entry.previous.clone(),
-            }
-        })
-        .collect();
-    rows.sort_by(|a, b| a.service.cmp(&b.service));
-    rows
+    Planner::full(pools, services, namespaces, lb_class).into_rows()
 }
 
 /// Why a Service list cannot be read. Documents and items are numbered from 1.
