@@ -54,6 +54,8 @@ pub struct ArpMetrics {
     pub ndp_advertisements: Counter,
     pub gratuitous: Family<FamilyLabels, Counter>,
     pub malformed: Counter,
+    /// Frames dropped unread because they queued while the process was stopped.
+    pub stale: Counter,
     pub failover_seconds: Histogram,
     pub metallb: MetallbLayer2,
 }
@@ -67,6 +69,7 @@ impl Default for ArpMetrics {
             ndp_advertisements: Counter::default(),
             gratuitous: Family::default(),
             malformed: Counter::default(),
+            stale: Counter::default(),
             failover_seconds: Histogram::new(FAILOVER_BUCKETS),
             metallb: MetallbLayer2::default(),
         }
@@ -105,6 +108,12 @@ impl ArpMetrics {
             "ironlb_arp_malformed_frames",
             "ARP or NDP frames dropped as malformed",
             m.malformed.clone(),
+        );
+        registry.register(
+            "ironlb_arp_stale_frames",
+            "ARP or NDP frames dropped unanswered because they queued while this agent was stopped (SIGSTOP, a paused \
+             VM): the VIPs may have moved meanwhile",
+            m.stale.clone(),
         );
         registry.register(
             "ironlb_failover_seconds",

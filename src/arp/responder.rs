@@ -347,6 +347,68 @@ fn send(tx: &Mutex<Box<dyn DataLinkSender>>, frame: &Frame) -> io::Result<()> {
         .unwrap_or_else(|| Err(io::Error::other("sender returned nothing")))
 }
 
+/// How much later than its read timeout a read may return before the thread counts as having been stopped.
+const STALL_MARGIN: Duration = Duration::from_millis(100);
+
+/// Whether a frame read from the socket is worth answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Freshness {
+    Fresh,
+    /// The first frame after the thread did not run for this long: dropped, and the queue behind it too.
+    StalledFor(Duration),
+    /// Queued behind such a frame: dropped.
+    Stale,
+}
+
+/// Recognises the frames that queued while the whole process was stopped (SIGSTOP, a VM paused, a debugger), so
+/// that they are dropped rather than answered: meanwhile other nodes declared this one gone and took its VIPs over,
+/// and a late answer would point clients back at it. A read blocks for at most its timeout, so when more than
+/// `limit` (the timeout and a margin) passed since the previous read returned, the thread was not running. From
+/// then on every frame that is read at once was already queued; the first read that has to wait (1 ms or more), or
+/// that times out, finds the queue empty and ends the drop. The requests dropped are retried by their senders, and
+/// by then the agent's view of the owners has caught up.
+#[derive(Debug)]
+struct StallFilter {
+    limit: Duration,
+    last_return: Option<Instant>,
+    draining: bool,
+}
+
+impl StallFilter {
+    const QUEUED: Duration = Duration::from_millis(1);
+
+    fn new(limit: Duration) -> StallFilter {
+        StallFilter {
+            limit,
+            last_return: None,
+            draining: false,
+        }
+    }
+
+    /// A read returned a frame at `now`, having blocked for `waited`.
+    fn frame(&mut self, now: Instant, waited: Duration) -> Freshness {
+        let gap = self
+            .last_return
+            .map(|last| now.saturating_duration_since(last));
+        self.last_return = Some(now);
+        if let Some(gap) = gap.filter(|g| *g > self.limit) {
+            self.draining = true;
+            return Freshness::StalledFor(gap);
+        }
+        if self.draining && waited < Self::QUEUED {
+            return Freshness::Stale;
+        }
+        self.draining = false;
+        Freshness::Fresh
+    }
+
+    /// A read timed out at `now`: the queue is empty.
+    fn empty(&mut self, now: Instant) {
+        self.last_return = Some(now);
+        self.draining = false;
+    }
+}
+
 /// The state a receive thread owns.
 struct Receiver {
     name: String,
@@ -369,15 +431,34 @@ impl Receiver {
     /// Runs until a stop flag is set (seen within one read timeout) or the socket keeps failing.
     fn run(mut self, mut rx: Box<dyn DataLinkReceiver>) {
         let mut consecutive_errors = 0u32;
+        let mut stall = StallFilter::new(self.read_timeout + STALL_MARGIN);
         while !self.stopped() {
+            let started = Instant::now();
             match rx.next() {
                 Ok(bytes) => {
                     consecutive_errors = 0;
-                    if may_be_arp_or_ndp(bytes) {
-                        self.handle(bytes);
+                    let now = Instant::now();
+                    match stall.frame(now, now - started) {
+                        Freshness::Fresh => {
+                            if may_be_arp_or_ndp(bytes) {
+                                self.handle(bytes);
+                            }
+                        }
+                        Freshness::StalledFor(gap) => {
+                            self.metrics.stale.inc();
+                            tracing::info!(interface = %self.name, stopped_ms = gap.as_millis() as u64,
+                                "this agent was stopped; dropping the requests that queued meanwhile, as the VIPs may \
+                                 have moved");
+                        }
+                        Freshness::Stale => {
+                            self.metrics.stale.inc();
+                        }
                     }
                 }
-                Err(err) if err.kind() == io::ErrorKind::TimedOut => consecutive_errors = 0,
+                Err(err) if err.kind() == io::ErrorKind::TimedOut => {
+                    consecutive_errors = 0;
+                    stall.empty(Instant::now());
+                }
                 Err(err) => {
                     consecutive_errors += 1;
                     if consecutive_errors >= MAX_CONSECUTIVE_ERRORS {
@@ -436,5 +517,41 @@ impl Receiver {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    #[test]
+    fn frames_queued_while_stopped_are_dropped_until_a_read_waits() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut f = StallFilter::new(ms(300));
+        assert_eq!(f.frame(t0, ms(5)), Freshness::Fresh);
+        // Steady reads, some of them after a full timeout with nothing to read.
+        f.empty(t0 + ms(205));
+        assert_eq!(f.frame(t0 + ms(300), ms(95)), Freshness::Fresh);
+        // Stopped for a second: the frame that ends the read, and those read at once after it, are dropped.
+        assert_eq!(
+            f.frame(t0 + ms(1300), ms(1000)),
+            Freshness::StalledFor(ms(1000))
+        );
+        assert_eq!(f.frame(t0 + ms(1300), Duration::ZERO), Freshness::Stale);
+        assert_eq!(
+            f.frame(t0 + ms(1300), Duration::from_micros(200)),
+            Freshness::Stale
+        );
+        // The first read that had to wait found the queue empty: its frame is new.
+        assert_eq!(f.frame(t0 + ms(1320), ms(20)), Freshness::Fresh);
+        assert_eq!(f.frame(t0 + ms(1320), Duration::ZERO), Freshness::Fresh);
+        // Stopped again while not reading, then a timeout: the drop ends with it.
+        assert_eq!(
+            f.frame(t0 + ms(6000), Duration::ZERO),
+            Freshness::StalledFor(ms(4680))
+        );
+        f.empty(t0 + ms(6200));
+        assert_eq!(f.frame(t0 + ms(6210), Duration::ZERO), Freshness::Fresh);
     }
 }
