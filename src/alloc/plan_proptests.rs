@@ -89,7 +89,10 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn key(i: usize) -> ServiceKey {
-    ServiceKey::new(if i.is_multiple_of(2) { "ns1" } else { "ns2" }, format!("svc{i}"))
+    ServiceKey::new(
+        if i.is_multiple_of(2) { "ns1" } else { "ns2" },
+        format!("svc{i}"),
+    )
 }
 
 fn service(i: usize, s: &Spec, status: &[String], version: u64) -> Service {
