@@ -37,6 +37,9 @@ use cert::{Current, SelfManaged};
 pub const PATH: &str = "/validate";
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long listing the configuration may take: within the shipped `timeoutSeconds` (10), so that the API server
+/// gets the webhook's own message rather than a timeout of its call.
+const LIST_LIMIT: Duration = Duration::from_secs(8);
 /// How often the files of `--tls-cert-file` and `--tls-key-file` are read again.
 const FILES_RECHECK: Duration = Duration::from_secs(10);
 
@@ -193,13 +196,21 @@ async fn respond(shared: &Shared, request: &AdmissionRequest<DynamicObject>) -> 
         Operation::Delete => admit::ConfigChange::Delete(value(&request.old_object)),
         Operation::Connect => return base,
     };
-    let existing = match list_configuration(&shared.client, &shared.config_namespace).await {
-        Ok(existing) => existing,
-        Err(error) => {
+    let listed = tokio::time::timeout(
+        LIST_LIMIT,
+        list_configuration(&shared.client, &shared.config_namespace),
+    )
+    .await;
+    let existing = match listed {
+        Ok(Ok(existing)) => existing,
+        failed => {
+            let why = match failed {
+                Ok(Err(error)) => crate::error_chain(&error),
+                _ => format!("no answer within {LIST_LIMIT:?}"),
+            };
             let message = format!(
-                "IronLB's webhook cannot read the configuration in {}: {}",
+                "IronLB's webhook cannot read the configuration in {}: {why}",
                 shared.config_namespace,
-                crate::error_chain(&error)
             );
             tracing::warn!(%message, "admission request not judged");
             let mut response = base.deny(message);
@@ -320,5 +331,52 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(operation: &str) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "0b1c", "kind": {"group": "metallb.io", "version": "v1beta1", "kind": "IPAddressPool"},
+                "resource": {"group": "metallb.io", "version": "v1beta1", "resource": "ipaddresspools"},
+                "name": "p", "namespace": "metallb-system", "operation": operation,
+                "userInfo": {"username": "test"},
+                "object": {
+                    "apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+                    "metadata": {"name": "p", "namespace": "metallb-system"},
+                    "spec": {"addresses": ["192.0.2.0/28"]},
+                },
+            },
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_api_that_cannot_be_reached_gets_an_error_answer_not_a_verdict() {
+        // Nothing listens on port 1: the list fails at once, and the answer says so with code 500, so the API
+        // server applies the configuration's failurePolicy.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let shared = Shared {
+            client: kube::Client::try_from(config).unwrap(),
+            config_namespace: "metallb-system".into(),
+        };
+        let response = respond(&shared, &request("CREATE")).await;
+        assert!(!response.allowed);
+        assert_eq!(response.result.code, 500);
+        assert_eq!(response.uid, "0b1c");
+        assert!(
+            response
+                .result
+                .message
+                .starts_with("IronLB's webhook cannot read the configuration in metallb-system"),
+            "{}",
+            response.result.message
+        );
     }
 }
