@@ -643,6 +643,18 @@ async fn an_owner_paused_for_one_then_five_seconds_yields_its_vips_on_resuming()
         );
         let worst = overlap(&lab, &log, &before);
         println!("  longest overlap: {worst} round(s) of 20 ms");
+        // The client's requests that queued in the paused responder's socket were dropped, not answered late.
+        let metrics = lab.metrics(&paused).unwrap();
+        let stale: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ironlb_arp_stale_frames_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        println!("  frames the resumed responder dropped as stale: {stale}");
+        assert!(
+            stale > 0.0,
+            "the paused responder dropped no queued request"
+        );
         assert!(
             worst <= OVERLAP_LIMIT_ROUNDS,
             "a VIP was answered by two nodes for {worst} rounds"

@@ -349,6 +349,9 @@ fn send(tx: &Mutex<Box<dyn DataLinkSender>>, frame: &Frame) -> io::Result<()> {
 
 /// How much later than its read timeout a read may return before the thread counts as having been stopped.
 const STALL_MARGIN: Duration = Duration::from_millis(100);
+/// After a stop, how long the responder stays silent while the VIPs it answers for are the ones it had before the
+/// stop: the time the agent needs to read what happened meanwhile (measured at 40 to 80 ms in the lab).
+const STALL_HOLD: Duration = Duration::from_millis(250);
 
 /// Whether a frame read from the socket is worth answering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,47 +361,67 @@ enum Freshness {
     StalledFor(Duration),
     /// Queued behind such a frame: dropped.
     Stale,
+    /// New, but it arrived while the VIPs answered for are still those of before the stop: dropped.
+    Held,
 }
 
-/// Recognises the frames that queued while the whole process was stopped (SIGSTOP, a VM paused, a debugger), so
-/// that they are dropped rather than answered: meanwhile other nodes declared this one gone and took its VIPs over,
-/// and a late answer would point clients back at it. A read blocks for at most its timeout, so when more than
-/// `limit` (the timeout and a margin) passed since the previous read returned, the thread was not running. From
-/// then on every frame that is read at once was already queued; the first read that has to wait (1 ms or more), or
-/// that times out, finds the queue empty and ends the drop. The requests dropped are retried by their senders, and
-/// by then the agent's view of the owners has caught up.
+/// Keeps a responder that was stopped (SIGSTOP, a VM paused, a debugger) from answering with a stale view: meanwhile
+/// other nodes declared this one gone and took its VIPs over, and an answer from it would point clients back at it.
+///
+/// - **Queued frames.** A read blocks for at most its timeout, so when more than `limit` (the timeout and a margin)
+///   passed since the previous read returned, the thread was not running. From then on every frame that is read at
+///   once was already queued; the first read that has to wait (1 ms or more), or that times out, finds the queue
+///   empty and ends the drop.
+/// - **The owned VIPs of before.** The agent needs a moment after resuming to read what happened (its backlog of
+///   watch events and gossip) and to give up the VIPs others took. Until the set of VIPs answered for changes, or for
+///   at most `hold`, new requests are dropped too. A VIP that is still this node's goes unanswered for that long
+///   after a stop that already lasted longer than `limit`.
+///
+/// Senders retry dropped requests; by then the agent's view has caught up.
 #[derive(Debug)]
 struct StallFilter {
     limit: Duration,
+    hold: Duration,
     last_return: Option<Instant>,
     draining: bool,
+    /// Until when, and the owned VIPs at the stop.
+    holding: Option<(Instant, BTreeSet<IpAddr>)>,
 }
 
 impl StallFilter {
     const QUEUED: Duration = Duration::from_millis(1);
 
-    fn new(limit: Duration) -> StallFilter {
+    fn new(limit: Duration, hold: Duration) -> StallFilter {
         StallFilter {
             limit,
+            hold,
             last_return: None,
             draining: false,
+            holding: None,
         }
     }
 
-    /// A read returned a frame at `now`, having blocked for `waited`.
-    fn frame(&mut self, now: Instant, waited: Duration) -> Freshness {
+    /// A read returned a frame at `now`, having blocked for `waited`, while the VIPs answered for are `owned`.
+    fn frame(&mut self, now: Instant, waited: Duration, owned: &BTreeSet<IpAddr>) -> Freshness {
         let gap = self
             .last_return
             .map(|last| now.saturating_duration_since(last));
         self.last_return = Some(now);
         if let Some(gap) = gap.filter(|g| *g > self.limit) {
             self.draining = true;
+            self.holding = Some((now + self.hold, owned.clone()));
             return Freshness::StalledFor(gap);
         }
         if self.draining && waited < Self::QUEUED {
             return Freshness::Stale;
         }
         self.draining = false;
+        if let Some((until, before)) = &self.holding {
+            if now < *until && before == owned {
+                return Freshness::Held;
+            }
+            self.holding = None;
+        }
         Freshness::Fresh
     }
 
@@ -431,14 +454,18 @@ impl Receiver {
     /// Runs until a stop flag is set (seen within one read timeout) or the socket keeps failing.
     fn run(mut self, mut rx: Box<dyn DataLinkReceiver>) {
         let mut consecutive_errors = 0u32;
-        let mut stall = StallFilter::new(self.read_timeout + STALL_MARGIN);
+        let mut stall = StallFilter::new(self.read_timeout + STALL_MARGIN, STALL_HOLD);
         while !self.stopped() {
             let started = Instant::now();
             match rx.next() {
                 Ok(bytes) => {
                     consecutive_errors = 0;
                     let now = Instant::now();
-                    match stall.frame(now, now - started) {
+                    let freshness = {
+                        let owned = self.owned.read().unwrap_or_else(PoisonError::into_inner);
+                        stall.frame(now, now - started, &owned)
+                    };
+                    match freshness {
                         Freshness::Fresh => {
                             if may_be_arp_or_ndp(bytes) {
                                 self.handle(bytes);
@@ -450,7 +477,7 @@ impl Receiver {
                                 "this agent was stopped; dropping the requests that queued meanwhile, as the VIPs may \
                                  have moved");
                         }
-                        Freshness::Stale => {
+                        Freshness::Stale | Freshness::Held => {
                             self.metrics.stale.inc();
                         }
                     }
@@ -524,34 +551,70 @@ impl Receiver {
 mod stall_tests {
     use super::*;
 
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
     #[test]
     fn frames_queued_while_stopped_are_dropped_until_a_read_waits() {
         let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        let mut f = StallFilter::new(ms(300));
-        assert_eq!(f.frame(t0, ms(5)), Freshness::Fresh);
+        let owned: BTreeSet<IpAddr> = ["192.0.2.1".parse().unwrap()].into();
+        let mut f = StallFilter::new(MS(300), Duration::ZERO);
+        assert_eq!(f.frame(t0, MS(5), &owned), Freshness::Fresh);
         // Steady reads, some of them after a full timeout with nothing to read.
-        f.empty(t0 + ms(205));
-        assert_eq!(f.frame(t0 + ms(300), ms(95)), Freshness::Fresh);
+        f.empty(t0 + MS(205));
+        assert_eq!(f.frame(t0 + MS(300), MS(95), &owned), Freshness::Fresh);
         // Stopped for a second: the frame that ends the read, and those read at once after it, are dropped.
         assert_eq!(
-            f.frame(t0 + ms(1300), ms(1000)),
-            Freshness::StalledFor(ms(1000))
+            f.frame(t0 + MS(1300), MS(1000), &owned),
+            Freshness::StalledFor(MS(1000))
         );
-        assert_eq!(f.frame(t0 + ms(1300), Duration::ZERO), Freshness::Stale);
         assert_eq!(
-            f.frame(t0 + ms(1300), Duration::from_micros(200)),
+            f.frame(t0 + MS(1300), Duration::ZERO, &owned),
+            Freshness::Stale
+        );
+        assert_eq!(
+            f.frame(t0 + MS(1300), Duration::from_micros(200), &owned),
             Freshness::Stale
         );
         // The first read that had to wait found the queue empty: its frame is new.
-        assert_eq!(f.frame(t0 + ms(1320), ms(20)), Freshness::Fresh);
-        assert_eq!(f.frame(t0 + ms(1320), Duration::ZERO), Freshness::Fresh);
+        assert_eq!(f.frame(t0 + MS(1320), MS(20), &owned), Freshness::Fresh);
+        assert_eq!(
+            f.frame(t0 + MS(1320), Duration::ZERO, &owned),
+            Freshness::Fresh
+        );
         // Stopped again while not reading, then a timeout: the drop ends with it.
         assert_eq!(
-            f.frame(t0 + ms(6000), Duration::ZERO),
-            Freshness::StalledFor(ms(4680))
+            f.frame(t0 + MS(6000), Duration::ZERO, &owned),
+            Freshness::StalledFor(MS(4680))
         );
-        f.empty(t0 + ms(6200));
-        assert_eq!(f.frame(t0 + ms(6210), Duration::ZERO), Freshness::Fresh);
+        f.empty(t0 + MS(6200));
+        assert_eq!(
+            f.frame(t0 + MS(6210), Duration::ZERO, &owned),
+            Freshness::Fresh
+        );
+    }
+
+    #[test]
+    fn after_a_stop_new_requests_wait_until_the_owned_vips_change_or_the_hold_ends() {
+        let t0 = Instant::now();
+        let before: BTreeSet<IpAddr> =
+            ["192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap()].into();
+        let after: BTreeSet<IpAddr> = ["192.0.2.2".parse().unwrap()].into();
+        let mut f = StallFilter::new(MS(300), MS(250));
+        assert_eq!(f.frame(t0, MS(5), &before), Freshness::Fresh);
+        assert_eq!(
+            f.frame(t0 + MS(1000), MS(200), &before),
+            Freshness::StalledFor(MS(1000))
+        );
+        // Fresh requests, but the agent has not caught up yet.
+        assert_eq!(f.frame(t0 + MS(1030), MS(30), &before), Freshness::Held);
+        // It gave up 192.0.2.1: answering resumes with what it still owns.
+        assert_eq!(f.frame(t0 + MS(1060), MS(30), &after), Freshness::Fresh);
+        // Another stop after which nothing changes: the hold ends on its own.
+        assert_eq!(
+            f.frame(t0 + MS(3000), MS(100), &after),
+            Freshness::StalledFor(MS(1940))
+        );
+        assert_eq!(f.frame(t0 + MS(3200), MS(200), &after), Freshness::Held);
+        assert_eq!(f.frame(t0 + MS(3260), MS(60), &after), Freshness::Fresh);
     }
 }
