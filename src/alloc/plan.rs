@@ -110,7 +110,8 @@ pub fn moves_any(rows: &[PlanRow]) -> bool {
 
 /// One Service as the planner holds it between passes: what it asks for and what its status holds.
 struct Held {
-    /// Its place in the order of adoption and allocation.
+    key: ServiceKey,
+    /// Its place in the order of adoption and allocation, before the key.
     order: Order,
     /// What adoption reads: the Service minus a malformed IP request. The same value as `request` when that is
     /// valid: one copy per Service, shared with the allocator.
@@ -119,9 +120,9 @@ struct Held {
     previous: Vec<IpAddr>,
 }
 
-/// `(no creation timestamp, creation timestamp, key)`: Services with a timestamp first, oldest first (the oldest
-/// wins a conflict), then by `namespace/name`.
-type Order = (bool, Option<Time>, ServiceKey);
+/// `(no creation timestamp, creation timestamp)`, then the key: Services with a timestamp first, oldest first (the
+/// oldest wins a conflict), then by `namespace/name`.
+type Order = (bool, Option<Time>);
 
 impl Held {
     /// `None` for a Service that is not a LoadBalancer of ours.
@@ -145,7 +146,8 @@ impl Held {
             .map(|r| r.status_ips.clone())
             .unwrap_or_default();
         Some(Held {
-            order: (created.is_none(), created, key),
+            order: (created.is_none(), created),
+            key,
             adoptable,
             request,
             previous,
@@ -153,7 +155,11 @@ impl Held {
     }
 
     fn key(&self) -> &ServiceKey {
-        &self.order.2
+        &self.key
+    }
+
+    fn rank(&self) -> (&Order, &ServiceKey) {
+        (&self.order, &self.key)
     }
 }
 
@@ -257,7 +263,7 @@ impl Planner {
     /// and writes their rows. `strict`: give up where a full pass could adopt differently.
     fn redo(&mut self, keys: &[ServiceKey], strict: bool) -> Result<(), NeedsFullPass> {
         let mut order: Vec<&Held> = keys.iter().filter_map(|k| self.held.get(k)).collect();
-        order.sort_by(|a, b| a.order.cmp(&b.order));
+        order.sort_by(|a, b| a.rank().cmp(&b.rank()));
         for held in &order {
             let Some(r) = &held.adoptable else {
                 continue;
@@ -267,7 +273,7 @@ impl Planner {
                 && refusal
                     .holder()
                     .and_then(|h| self.held.get(h))
-                    .is_some_and(|holder| holder.order > held.order)
+                    .is_some_and(|holder| holder.rank() > held.rank())
             {
                 return Err(NeedsFullPass);
             }

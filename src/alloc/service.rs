@@ -91,7 +91,7 @@ pub struct LbRequest {
     pub ports: Vec<ServicePort>,
     /// `spec.externalTrafficPolicy: Local`.
     pub traffic_local: bool,
-    /// `spec.selector`.
+    /// `spec.selector`, kept only where it is read: for a Local Service that may share its VIP (empty otherwise).
     pub selector: Labels,
     pub family_policy: FamilyPolicy,
     /// `spec.ipFamilies` in order (the first one is the primary family); never empty.
@@ -383,14 +383,22 @@ fn read(svc: &Service, namespace_labels: &Labels, lb_class: Option<&str>) -> Res
         .filter_map(|i| i.ip.as_deref()?.trim().parse().ok())
         .collect();
 
+    let traffic_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    // The selector is read only by the sharing rule for Local Services ([`LbRequest::sharing`]); the allocator keeps
+    // every request, so the others keep no copy of it.
+    let selector = if traffic_local && sharing_key.as_deref().is_some_and(|k| !k.is_empty()) {
+        spec.selector.clone().unwrap_or_default()
+    } else {
+        Labels::new()
+    };
     let request = LbRequest {
         service,
         requested_ips,
         pool,
         sharing_key,
         ports,
-        traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
-        selector: spec.selector.clone().unwrap_or_default(),
+        traffic_local,
+        selector,
         family_policy,
         families,
         labels: meta.labels.clone().unwrap_or_default(),
