@@ -73,6 +73,12 @@ fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>
     }
 }
 
+/// The webhook's certificate Secret, as JSON.
+fn cert_secret(plane: &real_api_support::ControlPlane) -> Result<Value> {
+    let json = plane.kubectl_ok(&["get", "secret", SECRET, "-n", "ironlb-system", "-o", "json"])?;
+    Ok(serde_json::from_str(&json)?)
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -225,15 +231,7 @@ fn steps(plane: &real_api_support::ControlPlane, kubeconfig: &Path, port: u16) -
         (!out.trim().is_empty()).then_some(out)
     })
     .map_err(fail)?;
-    let secret: Value = serde_json::from_str(&plane.kubectl_ok(&[
-        "get",
-        "secret",
-        SECRET,
-        "-n",
-        "ironlb-system",
-        "-o",
-        "json",
-    ])?)?;
+    let secret = cert_secret(plane)?;
     ensure!(
         secret["type"] == "kubernetes.io/tls",
         "the Secret is {}",
@@ -304,15 +302,7 @@ fn steps(plane: &real_api_support::ControlPlane, kubeconfig: &Path, port: u16) -
         || second.log().contains("webhook serving").then_some(()),
     )
     .map_err(|e| e.context(second.log()))?;
-    let secret: Value = serde_json::from_str(&plane.kubectl_ok(&[
-        "get",
-        "secret",
-        SECRET,
-        "-n",
-        "ironlb-system",
-        "-o",
-        "json",
-    ])?)?;
+    let secret = cert_secret(plane)?;
     ensure!(
         secret["data"]["tls.crt"] == before,
         "the second replica issued a certificate of its own"
