@@ -202,7 +202,7 @@ impl Planner {
         lb_class: Option<&str>,
     ) -> Planner {
         let mut planner = Planner {
-            reads_namespaces: reads_namespace_labels(&pools),
+            reads_namespaces: pools.iter().any(reads_namespace_labels),
             allocator: Allocator::new(pools),
             lb_class: lb_class.map(str::to_string),
             held: BTreeMap::new(),
@@ -364,14 +364,12 @@ impl Planner {
     }
 }
 
-/// Whether any pool's `serviceAllocation` reads namespace labels. Without one, no request needs its own copy of
-/// them (a B-tree node and its strings per Service, on every pass).
-pub fn reads_namespace_labels(pools: &[Pool]) -> bool {
-    pools.iter().any(|p| {
-        p.service_allocation
-            .as_ref()
-            .is_some_and(|sa| !sa.namespace_selectors.is_empty())
-    })
+/// Whether the pool's `serviceAllocation` reads namespace labels. Without such a pool, no request needs its own copy
+/// of them (a B-tree node and its strings per Service).
+pub fn reads_namespace_labels(pool: &Pool) -> bool {
+    pool.service_allocation
+        .as_ref()
+        .is_some_and(|sa| !sa.namespace_selectors.is_empty())
 }
 
 /// Plans every LoadBalancer Service of ours among `services`, in `namespace/name` order.

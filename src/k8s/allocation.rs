@@ -117,13 +117,20 @@ impl AllocationController {
         let mut pass = Pass::default();
         self.config_notes(state, validated, &mut pass);
 
-        let pools: Vec<Pool> = validated.config.pools.values().cloned().collect();
+        let pools = || {
+            validated
+                .config
+                .pools
+                .values()
+                .cloned()
+                .collect::<Vec<Pool>>()
+        };
         let services = state.services.changes_since(&mut self.cursors.0);
         let namespaces_changed = !state
             .namespaces
             .changes_since(&mut self.cursors.1)
             .is_empty();
-        let reads = reads_namespace_labels(&pools);
+        let reads = validated.config.pools.values().any(reads_namespace_labels);
         let namespaces = if reads {
             state.namespace_labels()
         } else {
@@ -133,7 +140,9 @@ impl AllocationController {
         // The Services to look at: every one after a full pass, else those replanned and those acted on last time.
         let look: Option<BTreeSet<ObjectKey>> = match self.kept.take() {
             Some((mut planner, kept_pools))
-                if kept_pools == pools && !services.all && !(reads && namespaces_changed) =>
+                if kept_pools.iter().eq(validated.config.pools.values())
+                    && !services.all
+                    && !(reads && namespaces_changed) =>
             {
                 let changed = services.keys.iter().map(|k| {
                     (
@@ -143,7 +152,7 @@ impl AllocationController {
                 });
                 match planner.update(changed, &namespaces) {
                     Ok(redone) => {
-                        self.kept = Some((planner, pools.clone()));
+                        self.kept = Some((planner, kept_pools));
                         let mut look: BTreeSet<ObjectKey> = std::mem::take(&mut self.acted);
                         look.extend(services.keys.iter().cloned());
                         look.extend(
@@ -161,12 +170,12 @@ impl AllocationController {
         if look.is_none() {
             self.full_passes += 1;
             let planner = Planner::full(
-                pools.clone(),
+                pools(),
                 state.services.values(),
                 &namespaces,
                 lb_class.as_deref(),
             );
-            self.kept = Some((planner, pools));
+            self.kept = Some((planner, pools()));
             self.acted.clear();
         }
         let Some((planner, _)) = &self.kept else {

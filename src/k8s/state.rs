@@ -252,7 +252,7 @@ impl ClusterState {
 }
 
 /// The object as JSON, with the apiVersion and kind of the watch it came from: items of a list may leave them out.
-fn config_value(obj: &DynamicObject, resource: &ApiResource) -> serde_json::Value {
+pub fn config_value(obj: &DynamicObject, resource: &ApiResource) -> serde_json::Value {
     let mut value = serde_json::to_value(obj).unwrap_or_default();
     value["apiVersion"] = resource.api_version.clone().into();
     value["kind"] = resource.kind.clone().into();

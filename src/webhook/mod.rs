@@ -251,13 +251,8 @@ async fn list_configuration(
             let list = api.list(&ListParams::default()).await?;
             Ok::<_, kube::Error>(
                 list.items
-                    .into_iter()
-                    .map(|o| {
-                        let mut v = serde_json::to_value(o).unwrap_or_default();
-                        v["apiVersion"] = resource.api_version.clone().into();
-                        v["kind"] = resource.kind.clone().into();
-                        v
-                    })
+                    .iter()
+                    .map(|o| crate::k8s::state::config_value(o, &resource))
                     .collect::<Vec<_>>(),
             )
         }
