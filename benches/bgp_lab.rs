@@ -309,6 +309,7 @@ async fn withdraw_in(
         agent_args: Vec::new(),
         pods: false,
         api: Default::default(),
+        kube_proxy: None,
     })
     .await
     .ok()?;

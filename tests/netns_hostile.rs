@@ -121,6 +121,7 @@ async fn hostile_arp_and_ndp_neither_take_a_vip_nor_grow_the_agent() {
         agent_args: Vec::new(),
         pods: false,
         api: Default::default(),
+        kube_proxy: None,
     })
     .await
     .unwrap();
@@ -318,6 +319,7 @@ async fn absurd_objects_get_events_and_leave_working_vips_alone() {
         agent_args: Vec::new(),
         pods: false,
         api: Default::default(),
+        kube_proxy: None,
     })
     .await
     .unwrap();

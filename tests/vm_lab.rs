@@ -209,6 +209,7 @@ async fn direct_lab_forwards_vips_through_ipvs_to_pods() -> anyhow::Result<()> {
         agent_args: vec!["--dataplane".into(), "direct".into()],
         pods: true,
         api: Default::default(),
+        kube_proxy: None,
     })
     .await?;
     let result = check(&lab).await;

@@ -41,6 +41,7 @@ use crate::k8s::index::ObjectKey;
 use crate::k8s::node_lease::{self, NodeLeaseTiming};
 use crate::k8s::state::ClusterState;
 use crate::netif::StrictArpMode;
+use crate::netif::proxy_mode::ProxyMode;
 use crate::netif::strict_arp::{self, StrictArpMetrics};
 use crate::plan::input::NotAnnounced;
 use crate::plan::owner::{Cause, OwnerChoice};
@@ -72,6 +73,19 @@ pub struct AnnounceArgs {
     /// The link the VIPs are bound on in the integrated data plane.
     #[arg(long, env = "IRONLB_VIP_LINK", default_value = "kube-ipvs0")]
     pub vip_link: String,
+    /// Set from `--dataplane`: in the direct data plane the VIP link is IronLB's own and always holds the VIPs.
+    #[arg(skip)]
+    pub direct: bool,
+    /// kube-proxy's metrics address on this node, asked for its mode (`GET /proxyMode`) every 2 s for the Node's
+    /// `ironlb.io/kube-proxy-mode` and `ironlb status`; `none` asks nothing. kube-proxy's default is
+    /// 127.0.0.1:10249.
+    #[arg(
+        long,
+        env = "IRONLB_KUBE_PROXY_METRICS_ADDR",
+        default_value = "127.0.0.1:10249",
+        value_parser = parse_kube_proxy_addr
+    )]
+    pub kube_proxy_metrics_addr: KubeProxyAddr,
     /// Seconds between renewals of this node's Lease `ironlb-node-<node>`, the liveness fallback used while gossip
     /// is unhealthy or has no key. Costs one API write per node per period; 0 turns the fallback off (Node Ready
     /// alone then decides without gossip).
@@ -80,6 +94,19 @@ pub struct AnnounceArgs {
     /// Seconds a node counts as live after its Lease was last seen renewed (at least twice the period).
     #[arg(long, env = "IRONLB_NODE_LEASE_DURATION", default_value_t = 3)]
     pub node_lease_duration: u64,
+}
+
+/// Where kube-proxy's metrics port is, or None to not ask it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KubeProxyAddr(pub Option<SocketAddr>);
+
+fn parse_kube_proxy_addr(text: &str) -> Result<KubeProxyAddr, String> {
+    if text.is_empty() || text == "none" {
+        return Ok(KubeProxyAddr(None));
+    }
+    text.parse()
+        .map(|addr| KubeProxyAddr(Some(addr)))
+        .map_err(|e| format!("{e}: expected an address and port like 127.0.0.1:10249, or `none`"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,6 +228,8 @@ impl Announcer {
         let (link_task, facts, bind) = NodeLink::start(
             handle.clone(),
             &args.vip_link,
+            args.direct,
+            args.kube_proxy_metrics_addr.0,
             args.strict_arp,
             strict_metrics,
         )
@@ -601,11 +630,18 @@ impl Announcer {
             .get(&crate::k8s::index::ObjectKey::new("", self.node.clone()));
         pass.node_patch = announcement::node_patch(
             node_obj,
-            &vips,
-            &subnets_annotation(&local),
-            &self.bgp_peers,
-            cannot_answer.as_deref().unwrap_or_default(),
-            self.stopping.unwrap_or_default(),
+            &announcement::NodeAnnotations {
+                vips: &vips,
+                subnets: &subnets_annotation(&local),
+                bgp_peers: &self.bgp_peers,
+                cannot_answer: cannot_answer.as_deref().unwrap_or_default(),
+                handing_off: self.stopping.unwrap_or_default(),
+                proxy_mode: facts
+                    .proxy_mode
+                    .as_ref()
+                    .map(ProxyMode::name)
+                    .unwrap_or_default(),
+            },
         );
         pass.services = announcement::service_actions(
             state,

@@ -338,6 +338,7 @@ pub async fn run_with(
     let mut registry = Registry::default();
     let metrics = AllocationMetrics::register(&mut registry);
     let direct = args.dataplane.dataplane == Mode::Direct;
+    args.announce.direct = direct;
     args.announce.vip_link = args
         .dataplane
         .dataplane

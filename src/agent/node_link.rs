@@ -1,10 +1,18 @@
-//! The node's own network, in a task of its own: it reads the local interfaces and the strict ARP sysctls every
-//! [`LOOK_EVERY`] and publishes them, and it binds on the VIP link what the last announcement pass wants. Netlink
-//! calls and sysctl reads (and, with `--strict-arp=enforce`, writes) never hold up the agent's decisions: the
-//! announcement pass reads the facts last published and hands over what it wants bound.
+//! The node's own network, in a task of its own: it reads the local interfaces, the strict ARP sysctls and
+//! kube-proxy's mode every [`LOOK_EVERY`] and publishes them, and it binds on the VIP link what the last
+//! announcement pass wants. Netlink calls, sysctl reads (and, with `--strict-arp=enforce`, writes) and the probe of
+//! kube-proxy never hold up the agent's decisions: the announcement pass reads the facts last published and hands
+//! over what it wants bound.
+//!
+//! Strict ARP matters only where a VIP is bound on the node: on the VIP link, which exists in the integrated data
+//! plane only while kube-proxy runs in IPVS mode (it makes `kube-ipvs0`), and always in the direct data plane
+//! (IronLB makes `ironlb0`). Where kube-proxy runs in nftables or iptables mode, nothing is bound, the kernel has no
+//! VIP to answer ARP for, and the node announces whatever its ARP sysctls say; it needs strict ARP again, with no
+//! restart, the moment a `kube-ipvs0` appears.
 //!
 //! ```text
-//!  rtnetlink, /proc ──every 2 s──▶ NodeLink ──watch<LocalFacts>──▶ Announcer::pass (a change asks for a pass)
+//!  rtnetlink, /proc, ──every 2 s──▶ NodeLink ──watch<LocalFacts>──▶ Announcer::pass (a change asks for a pass)
+//!  kube-proxy /proxyMode
 //!                                    ▲  └────────── reconcile ──────▶ VIP link addresses
 //!  Announcer::pass ──watch<Option<BindRequest>>──┘  (at once on a new request, and again at every look)
 //! ```
@@ -18,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::netif::AddressReconciler;
 use crate::netif::LocalInterface;
+use crate::netif::proxy_mode::{self, ProxyMode};
 use crate::netif::strict_arp::{self, Ipv4Conf, StrictArpMetrics, StrictArpReport};
 
 /// How often the node's links and sysctls are read again, and the VIP binding checked.
@@ -27,14 +36,23 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, Default)]
 pub struct LocalFacts {
     pub interfaces: Vec<LocalInterface>,
+    /// Whether a VIP is bound on this node, so that strict ARP must hold before it announces: the VIP link exists,
+    /// or the data plane is direct (the agent makes its link itself).
+    pub strict_needed: bool,
     /// The verdict, or why there is none (a sysctl could not be read, or `enforce` could not write one): then
-    /// nothing is announced. None only before the first look.
+    /// nothing is announced. None before the first look, and while strict ARP is not needed.
     pub strict: Option<Result<StrictArpReport, Arc<strict_arp::Error>>>,
+    /// kube-proxy's mode on this node, for its Node annotation.
+    pub proxy_mode: Option<ProxyMode>,
 }
 
 impl LocalFacts {
-    /// Whether strict ARP lets this node announce.
+    /// Whether strict ARP lets this node announce: it holds, or nothing is bound here that needs it.
     pub fn strict_allowed(&self) -> bool {
+        // After the first look (which always sets the mode), a node that binds nothing needs no strict ARP.
+        if self.proxy_mode.is_some() && !self.strict_needed {
+            return true;
+        }
         matches!(&self.strict, Some(Ok(report)) if report.announce_allowed())
     }
 
@@ -53,7 +71,9 @@ impl LocalFacts {
 
     /// Whether `next` differs from these facts in anything an announcement pass depends on.
     fn moves_plan(&self, next: &LocalFacts) -> bool {
-        self.interfaces != next.interfaces || self.strict_allowed() != next.strict_allowed()
+        self.interfaces != next.interfaces
+            || self.strict_allowed() != next.strict_allowed()
+            || self.proxy_mode != next.proxy_mode
     }
 }
 
@@ -68,6 +88,10 @@ pub struct BindRequest {
 pub struct NodeLink {
     handle: rtnetlink::Handle,
     vip_link: String,
+    /// The direct data plane: the VIP link is IronLB's and VIPs are always bound.
+    direct: bool,
+    /// kube-proxy's metrics address, asked for its mode; None asks nothing.
+    kube_proxy: Option<std::net::SocketAddr>,
     strict_mode: strict_arp::StrictArpMode,
     strict_metrics: StrictArpMetrics,
     facts: watch::Sender<LocalFacts>,
@@ -82,6 +106,8 @@ impl NodeLink {
     pub async fn start(
         handle: rtnetlink::Handle,
         vip_link: &str,
+        direct: bool,
+        kube_proxy: Option<std::net::SocketAddr>,
         strict_mode: strict_arp::StrictArpMode,
         strict_metrics: StrictArpMetrics,
     ) -> (
@@ -94,6 +120,8 @@ impl NodeLink {
         let mut link = NodeLink {
             handle,
             vip_link: vip_link.to_string(),
+            direct,
+            kube_proxy,
             strict_mode,
             strict_metrics,
             facts,
@@ -128,8 +156,8 @@ impl NodeLink {
         }
     }
 
-    /// Re-reads the interfaces and the strict ARP sysctls and publishes them; the announcer is woken only when
-    /// something its plan depends on changed.
+    /// Re-reads the interfaces, the strict ARP sysctls (where strict ARP is needed) and kube-proxy's mode, and
+    /// publishes them; the announcer is woken only when something its pass depends on changed.
     async fn look(&mut self) {
         let previous = self.facts.borrow().interfaces.clone();
         let interfaces = match crate::netif::links::list_interfaces(&self.handle).await {
@@ -144,17 +172,53 @@ impl NodeLink {
             .filter(|i| i.up && !i.loopback && !i.noarp && i.name != self.vip_link)
             .map(|i| i.name.as_str())
             .collect();
-        let strict =
-            strict_arp::run(self.strict_mode, &Ipv4Conf::current_netns(), &names).map_err(Arc::new);
-        match &strict {
-            Ok(report) => self.strict_metrics.record(report),
-            Err(error) => {
-                tracing::warn!(%error, "strict ARP cannot be checked or made effective; not announcing")
+        let vip_link = interfaces.iter().any(|i| i.name == self.vip_link);
+        let strict_needed = self.direct || vip_link;
+        let strict = if strict_needed {
+            let strict = strict_arp::run(self.strict_mode, &Ipv4Conf::current_netns(), &names)
+                .map_err(Arc::new);
+            match &strict {
+                Ok(report) => self.strict_metrics.record(report),
+                Err(error) => {
+                    tracing::warn!(%error, "strict ARP cannot be checked or made effective; not announcing")
+                }
             }
+            Some(strict)
+        } else {
+            None
+        };
+        let reported = match self.kube_proxy {
+            Some(addr) => match proxy_mode::probe(addr).await {
+                Ok(mode) => Some(mode),
+                Err(error) => {
+                    tracing::debug!(error = %crate::error_chain(&error), "kube-proxy's mode is not known");
+                    None
+                }
+            },
+            None => None,
+        };
+        let kube_ipvs0 = interfaces
+            .iter()
+            .any(|i| i.name == crate::ipvs::KUBE_PROXY_LINK);
+        let mode = ProxyMode::from_facts(reported, kube_ipvs0);
+        let before = self.facts.borrow().proxy_mode.clone();
+        if before.as_ref() != Some(&mode) {
+            tracing::info!(
+                mode = mode.name(),
+                from = before
+                    .as_ref()
+                    .map(ProxyMode::name)
+                    .unwrap_or("(first look)"),
+                source = mode.source(),
+                strict_arp_needed = strict_needed,
+                "kube-proxy's mode on this node"
+            );
         }
         let next = LocalFacts {
             interfaces,
-            strict: Some(strict),
+            strict_needed,
+            strict,
+            proxy_mode: Some(mode),
         };
         self.facts.send_if_modified(|facts| {
             let moved = facts.moves_plan(&next);
@@ -260,7 +324,9 @@ mod tests {
         };
         let a = LocalFacts {
             interfaces: vec![],
+            strict_needed: true,
             strict: Some(Ok(report(true))),
+            proxy_mode: Some(ProxyMode::IpvsLink),
         };
         assert_eq!(a.cannot_answer(), None);
         let mut same_verdict = a.clone();
@@ -270,7 +336,9 @@ mod tests {
         assert!(!a.moves_plan(&same_verdict));
         let refused = LocalFacts {
             interfaces: vec![],
+            strict_needed: true,
             strict: Some(Ok(report(false))),
+            proxy_mode: Some(ProxyMode::IpvsLink),
         };
         assert!(a.moves_plan(&refused));
         assert_eq!(
@@ -279,6 +347,8 @@ mod tests {
         );
         let unwritable = LocalFacts {
             interfaces: vec![],
+            strict_needed: true,
+            proxy_mode: Some(ProxyMode::IpvsLink),
             strict: Some(Err(Arc::new(strict_arp::Error::Parse {
                 path: "/proc/sys/net/ipv4/conf/all/arp_ignore".into(),
                 value: "x".into(),
@@ -294,5 +364,37 @@ mod tests {
                 .is_some_and(|why| why.starts_with("strict ARP cannot be made effective: ")),
             "the reason names the failure, not only a read"
         );
+    }
+
+    #[test]
+    fn a_node_that_binds_nothing_needs_no_strict_arp_and_says_so_on_a_mode_change() {
+        let nft = LocalFacts {
+            interfaces: vec![],
+            strict_needed: false,
+            strict: None,
+            proxy_mode: Some(ProxyMode::Reported("nftables".into())),
+        };
+        assert!(nft.strict_allowed());
+        assert_eq!(nft.cannot_answer(), None);
+        // Before the first look, nothing is known: no announcement yet.
+        assert!(!LocalFacts::default().strict_allowed());
+        // The same node moved to IPVS: kube-ipvs0 appeared, and with it the need for strict ARP.
+        let ipvs = LocalFacts {
+            strict_needed: true,
+            strict: Some(Err(Arc::new(strict_arp::Error::Parse {
+                path: "/proc/sys/net/ipv4/conf/all/arp_ignore".into(),
+                value: "x".into(),
+            }))),
+            proxy_mode: Some(ProxyMode::Reported("ipvs".into())),
+            ..nft.clone()
+        };
+        assert!(!ipvs.strict_allowed());
+        assert!(nft.moves_plan(&ipvs));
+        // A mode change alone wakes the announcer too: its Node annotation follows.
+        let iptables = LocalFacts {
+            proxy_mode: Some(ProxyMode::Reported("iptables".into())),
+            ..nft.clone()
+        };
+        assert!(nft.moves_plan(&iptables));
     }
 }

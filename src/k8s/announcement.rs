@@ -21,33 +21,46 @@ use crate::plan::NodePlan;
 use crate::plan::input::{CANNOT_ANSWER_ANNOTATION, HANDING_OFF_ANNOTATION, SUBNETS_ANNOTATION};
 use crate::plan::visibility::{
     ANNOUNCED_BY_ANNOTATION, ANNOUNCED_CAUSE_ANNOTATION, ANNOUNCED_ON_ANNOTATION,
-    ANNOUNCED_SINCE_ANNOTATION, BGP_PEERS_ANNOTATION, VIPS_ANNOTATION,
+    ANNOUNCED_SINCE_ANNOTATION, BGP_PEERS_ANNOTATION, PROXY_MODE_ANNOTATION, VIPS_ANNOTATION,
 };
 
-/// The merge patch for this node's own Node object, or None when its annotations already say this, or when the
-/// Node is not (yet) known: there is nothing to annotate then. An empty `bgp_peers` (no session) removes
-/// [`BGP_PEERS_ANNOTATION`]; `vips` and `subnets` are written even when empty.
-pub fn node_patch(
-    node: Option<&Node>,
-    vips: &str,
-    subnets: &str,
-    bgp_peers: &str,
-    cannot_answer: &str,
-    handing_off: &str,
-) -> Option<Value> {
+/// What a node says about itself in its Node annotations.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeAnnotations<'a> {
+    /// [`VIPS_ANNOTATION`], written even when empty.
+    pub vips: &'a str,
+    /// [`SUBNETS_ANNOTATION`], written even when empty.
+    pub subnets: &'a str,
+    /// [`BGP_PEERS_ANNOTATION`]; empty (no session) removes it.
+    pub bgp_peers: &'a str,
+    /// [`CANNOT_ANSWER_ANNOTATION`]; empty removes it.
+    pub cannot_answer: &'a str,
+    /// [`HANDING_OFF_ANNOTATION`]; empty removes it.
+    pub handing_off: &'a str,
+    /// [`PROXY_MODE_ANNOTATION`]; empty removes it.
+    pub proxy_mode: &'a str,
+}
+
+/// The merge patch for this node's own Node object, or None when its annotations already say `wanted`, or when
+/// the Node is not (yet) known: there is nothing to annotate then.
+pub fn node_patch(node: Option<&Node>, wanted: &NodeAnnotations) -> Option<Value> {
     let annotations = node?.metadata.annotations.as_ref();
     let current = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
     let mut patch = Map::new();
-    for (key, value) in [(VIPS_ANNOTATION, vips), (SUBNETS_ANNOTATION, subnets)] {
+    for (key, value) in [
+        (VIPS_ANNOTATION, wanted.vips),
+        (SUBNETS_ANNOTATION, wanted.subnets),
+    ] {
         if current(key) != Some(value) {
             patch.insert(key.to_string(), Value::String(value.to_string()));
         }
     }
     // These are absent rather than empty.
     for (key, value) in [
-        (BGP_PEERS_ANNOTATION, bgp_peers),
-        (CANNOT_ANSWER_ANNOTATION, cannot_answer),
-        (HANDING_OFF_ANNOTATION, handing_off),
+        (BGP_PEERS_ANNOTATION, wanted.bgp_peers),
+        (CANNOT_ANSWER_ANNOTATION, wanted.cannot_answer),
+        (HANDING_OFF_ANNOTATION, wanted.handing_off),
+        (PROXY_MODE_ANNOTATION, wanted.proxy_mode),
     ] {
         match current(key) {
             // A merge patch removes a key set to null.
@@ -204,6 +217,54 @@ pub fn gossip_seeds(state: &ClusterState, port: u16) -> BTreeMap<String, std::ne
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The patch for the annotations other than the proxy mode, positionally.
+    fn node_patch(
+        node: Option<&Node>,
+        vips: &str,
+        subnets: &str,
+        bgp_peers: &str,
+        cannot_answer: &str,
+        handing_off: &str,
+    ) -> Option<Value> {
+        super::node_patch(
+            node,
+            &NodeAnnotations {
+                vips,
+                subnets,
+                bgp_peers,
+                cannot_answer,
+                handing_off,
+                proxy_mode: "",
+            },
+        )
+    }
+
+    #[test]
+    fn the_proxy_mode_follows_what_the_node_last_saw() {
+        let mut node: Node =
+            serde_json::from_value(json!({"metadata": {"name": "node-1", "annotations": {
+            VIPS_ANNOTATION: "", SUBNETS_ANNOTATION: ""}}}))
+            .unwrap();
+        let wanted = |proxy_mode| NodeAnnotations {
+            proxy_mode,
+            ..Default::default()
+        };
+        assert_eq!(
+            super::node_patch(Some(&node), &wanted("ipvs")),
+            Some(json!({"metadata": {"annotations": {PROXY_MODE_ANNOTATION: "ipvs"}}}))
+        );
+        node.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(PROXY_MODE_ANNOTATION.into(), "ipvs".into());
+        assert_eq!(super::node_patch(Some(&node), &wanted("ipvs")), None);
+        assert_eq!(
+            super::node_patch(Some(&node), &wanted("nftables")),
+            Some(json!({"metadata": {"annotations": {PROXY_MODE_ANNOTATION: "nftables"}}})),
+            "a node moved off IPVS says so with no restart"
+        );
+    }
     use crate::alloc::ServiceKey;
     use k8s_openapi::api::core::v1::Service;
 

@@ -14,7 +14,8 @@ use super::status::{POOL_ANNOTATION, ingress_ips};
 use crate::plan::visibility::{
     ANNOUNCED_BY_ANNOTATION as ANNOUNCED_BY, ANNOUNCED_CAUSE_ANNOTATION as ANNOUNCED_CAUSE,
     ANNOUNCED_ON_ANNOTATION as ANNOUNCED_ON, ANNOUNCED_SINCE_ANNOTATION as ANNOUNCED_SINCE,
-    BGP_ADVERTISED_BY_ANNOTATION as BGP_ADVERTISED_BY, BGP_PEERS_ANNOTATION, parse_bgp_peers,
+    BGP_ADVERTISED_BY_ANNOTATION as BGP_ADVERTISED_BY, BGP_PEERS_ANNOTATION, PROXY_MODE_ANNOTATION,
+    parse_bgp_peers,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -202,6 +203,45 @@ pub fn render_loads(loads: &[NodeLoad]) -> String {
     )
 }
 
+/// kube-proxy's mode on one node, as its agent publishes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeProxyMode {
+    pub node: String,
+    pub mode: String,
+}
+
+/// Every node whose agent published kube-proxy's mode, in node order.
+pub fn proxy_modes(nodes: &[Node]) -> Vec<NodeProxyMode> {
+    let mut modes: Vec<NodeProxyMode> = nodes
+        .iter()
+        .filter_map(|n| {
+            let mode = n
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(PROXY_MODE_ANNOTATION)?;
+            Some(NodeProxyMode {
+                node: n.metadata.name.clone()?,
+                mode: mode.clone(),
+            })
+        })
+        .collect();
+    modes.sort_by(|a, b| a.node.cmp(&b.node));
+    modes
+}
+
+/// The modes as one line, `kube-proxy mode per node: node-1 ipvs, node-2 nftables`; empty when none is known.
+pub fn render_proxy_modes(modes: &[NodeProxyMode]) -> String {
+    if modes.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = modes
+        .iter()
+        .map(|m| format!("{} {}", m.node, m.mode))
+        .collect();
+    format!("kube-proxy mode per node: {}\n", each.join(", "))
+}
+
 /// The whole `ironlb status` report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -209,6 +249,9 @@ pub struct StatusReport {
     pub services: Vec<StatusRow>,
     pub node_loads: Vec<NodeLoad>,
     pub bgp_peers: Vec<BgpPeerRow>,
+    /// kube-proxy's mode per node, where the agents published it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxy_modes: Vec<NodeProxyMode>,
 }
 
 impl StatusReport {
@@ -222,15 +265,18 @@ impl StatusReport {
             node_loads: node_loads(&services, &names),
             services,
             bgp_peers: bgp_peer_rows(nodes),
+            proxy_modes: proxy_modes(nodes),
         }
     }
 
-    /// The VIP table, the load per node, then the BGP session table after a blank line when any node has a session.
+    /// The VIP table, the load per node, kube-proxy's mode per node, then the BGP session table after a blank line
+    /// when any node has a session.
     pub fn render_table(&self) -> String {
         let mut out = render_table(&self.services);
         if !self.node_loads.is_empty() {
             out.push_str(&render_loads(&self.node_loads));
         }
+        out.push_str(&render_proxy_modes(&self.proxy_modes));
         let peers = render_bgp_peers(&self.bgp_peers);
         if !peers.is_empty() {
             out.push('\n');
@@ -266,6 +312,12 @@ pub enum StatusChange {
         to: Vec<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         cause: Option<String>,
+    },
+    /// kube-proxy's mode on a node changed (`None`: not known).
+    ProxyMode {
+        node: String,
+        from: Option<String>,
+        to: Option<String>,
     },
     /// A BGP session appeared, changed state or went away (`None`).
     BgpPeer {
@@ -321,6 +373,15 @@ impl std::fmt::Display for StatusChange {
                     _ => Ok(()),
                 }
             }
+            StatusChange::ProxyMode { node, from, to } => {
+                let mode = |s: &Option<String>| s.clone().unwrap_or_else(|| "(unknown)".into());
+                write!(
+                    f,
+                    "proxy    {node}  kube-proxy {} -> {}",
+                    mode(from),
+                    mode(to)
+                )
+            }
             StatusChange::BgpPeer {
                 node,
                 peer,
@@ -339,7 +400,8 @@ impl std::fmt::Display for StatusChange {
     }
 }
 
-/// What changed from `before` to `after`: Services first, in name order, then BGP sessions, in node and peer order.
+/// What changed from `before` to `after`: Services first, in name order, then kube-proxy's mode per node, then BGP
+/// sessions, in node and peer order.
 pub fn changes(before: &StatusReport, after: &StatusReport) -> Vec<StatusChange> {
     use std::collections::BTreeMap;
     let mut out = Vec::new();
@@ -384,6 +446,24 @@ pub fn changes(before: &StatusReport, after: &StatusReport) -> Vec<StatusChange>
                 }
             }
             (None, None) => {}
+        }
+    }
+    let modes = |r: &StatusReport| -> BTreeMap<String, String> {
+        r.proxy_modes
+            .iter()
+            .map(|m| (m.node.clone(), m.mode.clone()))
+            .collect()
+    };
+    let (old, new) = (modes(before), modes(after));
+    let nodes: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for node in nodes {
+        let (from, to) = (old.get(node).cloned(), new.get(node).cloned());
+        if from != to {
+            out.push(StatusChange::ProxyMode {
+                node: node.clone(),
+                from,
+                to,
+            });
         }
     }
     let sessions = |r: &StatusReport| -> BTreeMap<(String, String), String> {
@@ -646,6 +726,60 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&report).unwrap()["bgpPeers"],
             json!([])
+        );
+    }
+
+    #[test]
+    fn each_nodes_proxy_mode_is_listed_and_its_change_is_a_line_of_the_watch() {
+        let moded = |name: &str, mode: Option<&str>| -> Node {
+            let annotations = match mode {
+                Some(m) => json!({PROXY_MODE_ANNOTATION: m}),
+                None => json!({}),
+            };
+            serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}}))
+                .unwrap()
+        };
+        let services = vec![svc("web", &["192.0.2.10"], json!({ANNOUNCED_BY: "node-1"}))];
+        let before = StatusReport::new(
+            &services,
+            &[
+                moded("node-2", Some("ipvs")),
+                moded("node-1", Some("ipvs")),
+                moded("node-3", None),
+            ],
+        );
+        assert!(
+            before
+                .render_table()
+                .contains("kube-proxy mode per node: node-1 ipvs, node-2 ipvs\n"),
+            "{}",
+            before.render_table()
+        );
+        assert_eq!(
+            serde_json::to_value(&before).unwrap()["proxyModes"][1],
+            json!({"node": "node-2", "mode": "ipvs"})
+        );
+        let after = StatusReport::new(
+            &services,
+            &[
+                moded("node-2", Some("nftables")),
+                moded("node-1", Some("ipvs")),
+                moded("node-3", None),
+            ],
+        );
+        let lines: Vec<String> = changes(&before, &after)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(lines, vec!["proxy    node-2  kube-proxy ipvs -> nftables"]);
+        // Without any published mode, the line is left out, and so is the JSON field.
+        let none = StatusReport::new(&services, &[moded("node-1", None)]);
+        assert!(!none.render_table().contains("kube-proxy"));
+        assert!(
+            serde_json::to_value(&none)
+                .unwrap()
+                .get("proxyModes")
+                .is_none()
         );
     }
 }

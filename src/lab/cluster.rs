@@ -33,6 +33,7 @@ use serde_json::json;
 use super::api::ApiServer;
 use super::api::service_network::ServiceNetwork;
 use super::control_plane::{self, ControlPlane};
+use super::kube_proxy::{self, KubeProxy};
 use super::netns::in_netns;
 use super::topology::{self, LabNode, LabPod, SWITCH_V4, Topology, UPLINK};
 use crate::config::crd::{IPAddressPool, L2Advertisement};
@@ -214,6 +215,10 @@ pub struct LabOptions {
     pub pods: bool,
     /// The embedded API server, or a real control plane.
     pub api: ApiChoice,
+    /// Run a real kube-proxy in this mode in every node (needs the real control plane; implies `pods`, which
+    /// kube-proxy then forwards the Services to). The nodes then have no `kube-ipvs0` but the one kube-proxy's IPVS
+    /// mode makes.
+    pub kube_proxy: Option<super::kube_proxy::KubeProxyMode>,
 }
 
 impl LabOptions {
@@ -236,6 +241,7 @@ impl LabOptions {
             agent_args: Vec::new(),
             pods: false,
             api: Default::default(),
+            kube_proxy: None,
         }
     }
 }
@@ -266,8 +272,11 @@ impl Drop for Responder {
     }
 }
 
-/// The running lab. Fields drop in order: agents and responders first, then the API server, then the namespaces.
+/// The running lab. Fields drop in order: kube-proxies, agents and responders first, then the API server, then the
+/// namespaces.
 pub struct Lab {
+    kube_proxies: BTreeMap<String, KubeProxy>,
+    kube_proxy_kubeconfig: Option<PathBuf>,
     agents: BTreeMap<String, AgentProcess>,
     responders: Vec<Responder>,
     pub api: LabApi,
@@ -289,12 +298,21 @@ impl Lab {
     }
 
     /// Builds the network, starts the API server, applies the configuration and demo objects, and starts the agents.
-    pub async fn start(options: LabOptions) -> Result<Lab> {
+    pub async fn start(mut options: LabOptions) -> Result<Lab> {
         if !is_root() {
             return Err(Error::NotRoot);
         }
+        if options.kube_proxy.is_some() {
+            if matches!(options.api, ApiChoice::Embedded) {
+                return Err(Error::Setup(
+                    "real kube-proxy needs the real control plane (--api real)".into(),
+                ));
+            }
+            options.pods = true;
+        }
         std::fs::create_dir_all(&options.dir)?;
-        let mut topology = Topology::create(&options.prefix, options.nodes)?;
+        let mut topology =
+            Topology::create_with(&options.prefix, options.nodes, options.kube_proxy.is_none())?;
         if options.pods {
             topology.add_pods()?;
         }
@@ -349,6 +367,8 @@ impl Lab {
             .map_err(|e| Error::Setup(format!("lab API client: {e}")))?;
 
         let mut lab = Lab {
+            kube_proxies: BTreeMap::new(),
+            kube_proxy_kubeconfig: None,
             agents: BTreeMap::new(),
             responders: Vec::new(),
             api,
@@ -359,6 +379,9 @@ impl Lab {
             topology,
         };
         lab.apply_cluster_objects().await?;
+        if let Some(mode) = lab.options.kube_proxy {
+            lab.start_kube_proxies(mode).await?;
+        }
         for pod in lab.topology.pods.clone() {
             lab.responders.push(start_pod_server(&pod)?);
         }
@@ -589,6 +612,54 @@ impl Lab {
             .spawn()?;
         self.agents.insert(node.to_string(), AgentProcess { child });
         Ok(())
+    }
+
+    /// Starts a real kube-proxy in `mode` in every node, once its ServiceAccount and binding exist.
+    async fn start_kube_proxies(&mut self, mode: kube_proxy::KubeProxyMode) -> Result<()> {
+        let plane = self
+            .api
+            .real()
+            .ok_or_else(|| Error::Setup("real kube-proxy needs the real control plane".into()))?;
+        let server = format!("https://{SWITCH_V4}:{API_PORT}");
+        let dir = self.options.dir.clone();
+        // A few kubectl runs, well under a second: not worth a blocking thread.
+        let kubeconfig = kube_proxy::prepare(plane, &server, &dir).map_err(Error::ControlPlane)?;
+        self.kube_proxy_kubeconfig = Some(kubeconfig);
+        for node in self.node_names() {
+            self.restart_kube_proxy(&node, mode)?;
+        }
+        Ok(())
+    }
+
+    /// Stops `node`'s kube-proxy, if one runs, and starts it again in `mode`, as an operator switching the node's
+    /// mode does: the new one cleans up after the old one's mode itself, as kube-proxy does at every start.
+    pub fn restart_kube_proxy(
+        &mut self,
+        node: &str,
+        mode: kube_proxy::KubeProxyMode,
+    ) -> Result<()> {
+        let lab_node = self
+            .node(node)
+            .ok_or_else(|| Error::Setup(format!("no lab node {node}")))?
+            .clone();
+        let (Some(plane), Some(kubeconfig)) = (self.api.real(), &self.kube_proxy_kubeconfig) else {
+            return Err(Error::Setup(
+                "this lab runs no kube-proxy (it needs --api real and --kube-proxy)".into(),
+            ));
+        };
+        // Stopped first: two kube-proxies in one node would fight over its rules.
+        self.kube_proxies.remove(node);
+        let proxy = kube_proxy::start(plane, &lab_node, mode, kubeconfig, &self.options.dir)
+            .map_err(Error::ControlPlane)?;
+        self.kube_proxies.insert(node.to_string(), proxy);
+        Ok(())
+    }
+
+    /// The mode `node`'s kube-proxy was started in, and its log; None when the lab runs none there.
+    pub fn kube_proxy(&self, node: &str) -> Option<(kube_proxy::KubeProxyMode, &Path)> {
+        self.kube_proxies
+            .get(node)
+            .map(|p| (p.mode, p.log.as_path()))
     }
 
     pub fn agent_log(&self, node: &str) -> PathBuf {
@@ -838,6 +909,24 @@ impl Lab {
         &self.options
     }
 
+    /// Whether the agents run the direct data plane.
+    pub fn direct(&self) -> bool {
+        self.options
+            .agent_args
+            .windows(2)
+            .any(|w| w[0] == "--dataplane" && w[1] == "direct")
+    }
+
+    /// What forwards a VIP's connections to the pods in this lab, in words: IronLB's IPVS in the direct data plane,
+    /// else kube-proxy in its mode (IPVS when the lab runs none: the lab's stand-in for kube-proxy's IPVS).
+    pub fn forwarder(&self) -> String {
+        match self.options.kube_proxy {
+            _ if self.direct() => "IPVS (programmed by IronLB)".into(),
+            Some(mode) => format!("kube-proxy ({mode} mode)"),
+            None => "IPVS".into(),
+        }
+    }
+
     /// `ipvsadm -Ln` inside `node`'s namespace: the virtual services its agent programmed.
     pub fn ipvs(&self, node: &str) -> Result<String> {
         let lab_node = self
@@ -850,7 +939,8 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Agents run inside the namespaces; they must be gone before the namespaces are deleted.
+        // Agents and kube-proxies run inside the namespaces; they must be gone before the namespaces are deleted.
+        self.kube_proxies.clear();
         self.agents.clear();
         self.responders.clear();
     }

@@ -221,6 +221,30 @@ impl ControlPlane {
             .with_context(|| format!("start {}", self.bin.join(name).display()))
     }
 
+    /// Starts `bin/name` inside network namespace `netns` (a node's kube-proxy, for example), with its output in
+    /// `log`, under the same parent-death signal as the control plane's own processes. Stop it with [`stop`].
+    pub fn spawn_in_netns(
+        &self,
+        netns: &str,
+        name: &str,
+        args: &[String],
+        log: &Path,
+    ) -> Result<Child> {
+        let log = File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let mut command = Command::new("setpriv");
+        // `ip netns exec` enters the namespace and execs the binary in the same process, which keeps the signal.
+        command
+            .args(["--pdeathsig=KILL", "--", "ip", "netns", "exec", netns])
+            .arg(self.bin.join(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        self.spawner
+            .spawn(command)
+            .with_context(|| format!("start {} in {netns}", self.bin.join(name).display()))
+    }
+
     /// Polls `check` every 250 ms until it holds, failing after `limit` or as soon as either process has exited.
     fn wait(
         &mut self,
@@ -497,7 +521,7 @@ impl Drop for ControlPlane {
 }
 
 /// SIGTERM, then SIGKILL if the process has not exited within [`STOP_LIMIT`]; reaps it either way.
-fn stop(mut child: Child) {
+pub fn stop(mut child: Child) {
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
     let start = Instant::now();
     while start.elapsed() < STOP_LIMIT {

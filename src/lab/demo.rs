@@ -34,6 +34,10 @@ pub struct LabArgs {
     /// prints it (`scripts/lab --api real` builds them and passes this).
     #[arg(long, env = "IRONLB_CONTROL_PLANE_BIN", value_name = "DIR")]
     pub control_plane_bin: Option<std::path::PathBuf>,
+    /// With `--api real`: run a real kube-proxy (built with the control plane) in every node, in this mode, and a pod
+    /// behind every node for it to forward the Services to. `ipvs` needs a kernel with IPVS (`scripts/vm-lab`).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub kube_proxy: Option<super::kube_proxy::KubeProxyMode>,
 }
 
 /// The `--api` choices.
@@ -110,20 +114,35 @@ pub async fn run_with_binary(
         agent_args: Vec::new(),
         pods: false,
         api,
+        kube_proxy: args.kube_proxy,
     };
     let has_ipvs = kernel_has_ipvs();
+    if args.kube_proxy == Some(super::kube_proxy::KubeProxyMode::Ipvs) && !has_ipvs {
+        return Err(cluster::Error::Setup(
+            "--kube-proxy ipvs: this kernel has no IPVS (no /proc/net/ip_vs, no IPVS netlink family); run the lab \
+             in the VM with scripts/vm-lab, or use --kube-proxy nftables"
+                .into(),
+        ));
+    }
     let (agent_args, note) = dataplane_agent_args(args.dataplane, has_ipvs);
-    // Where IPVS forwards, the VIPs need real backends: a pod behind every node.
-    let pods = args.dataplane == crate::agent::dataplane::Mode::Direct && has_ipvs;
+    // Where IPVS or kube-proxy forwards, the VIPs need real backends: a pod behind every node.
+    let direct_pods = args.dataplane == crate::agent::dataplane::Mode::Direct && has_ipvs;
     let options = LabOptions {
         agent_args,
-        pods,
+        pods: direct_pods || args.kube_proxy.is_some(),
         ..options
     };
     if let Some(note) = note {
         writeln!(out, "{note}")?;
     }
-    if pods {
+    if let Some(mode) = args.kube_proxy {
+        writeln!(
+            out,
+            "a real kube-proxy in {mode} mode in every node; the VIPs forward to a pod namespace behind each node \
+             (pod-N on node-N, port {}); demo-2 is externalTrafficPolicy: Local, the others Cluster",
+            cluster::POD_PORT
+        )?;
+    } else if direct_pods {
         writeln!(
             out,
             "direct data plane with IPVS: every node's agent programs its IPVS; the VIPs forward to a pod namespace \
@@ -178,7 +197,7 @@ async fn demo(
         )?;
     }
     let pods = lab.options().pods;
-    if lab.topology.vip_link_kind != "dummy" {
+    if lab.topology.vip_link_kind != "dummy" && lab.options().kube_proxy.is_none() {
         writeln!(
             out,
             "note: this kernel has no dummy links, so kube-ipvs0 (and ironlb0) is an empty bridge in each node (it \
@@ -250,7 +269,27 @@ async fn demo(
             }
         }
     }
-    if pods && let Some((row, owner)) = rows.iter().find_map(|r| Some((r, r.owners.first()?))) {
+    let nft = matches!(
+        lab.options().kube_proxy,
+        Some(
+            super::kube_proxy::KubeProxyMode::Nftables | super::kube_proxy::KubeProxyMode::Iptables
+        )
+    );
+    if nft && !lab.direct() {
+        let node = lab
+            .topology
+            .nodes
+            .first()
+            .map(|n| n.netns.clone())
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "\nkube-proxy forwards the VIPs with its own rules; see them with: ip netns exec {node} nft list ruleset \
+             (nftables) or iptables-save (iptables)"
+        )?;
+    } else if pods
+        && let Some((row, owner)) = rows.iter().find_map(|r| Some((r, r.owners.first()?)))
+    {
         writeln!(
             out,
             "\nIPVS in {owner}, the owner of {} (ip netns exec {} ipvsadm -Ln):",
@@ -482,7 +521,12 @@ fn explain(lab: &Lab, reply: &str, owner: &str) -> String {
     let Some(r) = PodReply::parse(reply) else {
         return "no pod answered: nothing forwarded this connection".into();
     };
-    let by = format!("forwarded by {owner}'s IPVS to {} on {}", r.pod, r.node);
+    let by = format!(
+        "forwarded by {owner}'s {} to {} on {}",
+        lab.forwarder(),
+        r.pod,
+        r.node
+    );
     if r.peer == IpAddr::V4(CLIENT_V4) || r.peer == IpAddr::V6(CLIENT_V6) {
         return format!(
             "{by}; the pod saw the client's own address {} (no SNAT)",

@@ -12,5 +12,6 @@ pub mod cluster;
 pub mod control_plane;
 pub mod demo;
 pub mod faults;
+pub mod kube_proxy;
 pub mod netns;
 pub mod topology;

@@ -122,6 +122,13 @@ pub struct Topology {
 impl Topology {
     /// Builds the switch, `nodes` node namespaces and the client namespace under `prefix`.
     pub fn create(prefix: &str, nodes: usize) -> Result<Topology> {
+        Topology::create_with(prefix, nodes, true)
+    }
+
+    /// [`Topology::create`], with the VIP links in every node (`kube-ipvs0`, and `ironlb0` where dummy links are
+    /// missing) only if `vip_links`: a lab running real kube-proxy leaves `kube-ipvs0` to it (its IPVS mode makes
+    /// it; its other modes have none).
+    pub fn create_with(prefix: &str, nodes: usize, vip_links: bool) -> Result<Topology> {
         let mut topo = Topology {
             prefix: prefix.to_string(),
             switch: format!("{prefix}-switch"),
@@ -211,10 +218,10 @@ impl Topology {
                     "nodad",
                 ],
             )?;
-            let vip_links: &[&str] = if dummy {
-                &["kube-ipvs0"]
-            } else {
-                &["kube-ipvs0", DIRECT_LINK]
+            let vip_links: &[&str] = match (vip_links, dummy) {
+                (false, _) => &[],
+                (true, true) => &["kube-ipvs0"],
+                (true, false) => &["kube-ipvs0", DIRECT_LINK],
             };
             for link in vip_links {
                 run_in(

@@ -1,11 +1,12 @@
 //! Links, addresses and ARP sysctls of this node, over rtnetlink and procfs.
 //!
-//! This module owns three things and nothing else:
+//! This module owns four things and nothing else:
 //!
 //! - [`strict_arp`]: the `arp_ignore`/`arp_announce` sysctls that keep nodes which hold a VIP on `kube-ipvs0`, but do
 //!   not own it, silent on the wire (`--strict-arp=enforce|check|off`);
 //! - [`links`]: a read-only listing of the node's interfaces, for the planner;
-//! - [`bind`]: the VIP host addresses on one link (`kube-ipvs0` in integrated mode, `ironlb0` in direct mode).
+//! - [`bind`]: the VIP host addresses on one link (`kube-ipvs0` in integrated mode, `ironlb0` in direct mode);
+//! - [`proxy_mode`]: which mode kube-proxy runs in on this node, as it says itself, or as its links show.
 //!
 //! It never touches addresses it did not add (anything outside the caller's pools, anything that is not a /32 or
 //! /128), never changes an existing link's state, and never answers ARP itself: that is `arp`'s job.
@@ -15,6 +16,7 @@
 
 pub mod bind;
 pub mod links;
+pub mod proxy_mode;
 pub mod strict_arp;
 
 pub use bind::{AddressReconciler, AddressRequest, LinkKind};

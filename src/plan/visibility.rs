@@ -28,6 +28,9 @@ pub const ANNOUNCED_CAUSE_ANNOTATION: &str = "ironlb.io/announced-cause";
 /// Node annotation: the node's BGP sessions, `PEER=STATE` comma-separated in peer order (RFC 4271 state names).
 /// Absent when the node has no session.
 pub const BGP_PEERS_ANNOTATION: &str = "ironlb.io/bgp-peers";
+/// Node annotation: the mode kube-proxy runs in on the node (`ipvs`, `nftables`, `iptables`, or `unknown`), as its
+/// agent last read it (see `netif::proxy_mode`). `ironlb status` lists it per node.
+pub const PROXY_MODE_ANNOTATION: &str = "ironlb.io/kube-proxy-mode";
 
 /// The [`BGP_PEERS_ANNOTATION`] value for `sessions` (BGPPeer name, RFC 4271 state), given the `previous` value.
 ///

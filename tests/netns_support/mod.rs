@@ -36,6 +36,7 @@ pub fn options(
         agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
         pods: false,
         api: Default::default(),
+        kube_proxy: None,
     }
 }
 

@@ -1,0 +1,247 @@
+//! IronLB beside a real kube-proxy in nftables and iptables mode (`ironlb lab --api real --kube-proxy nftables`):
+//! the real control plane, a real kube-proxy (built from the same Go module) and an IronLB agent in every node
+//! namespace, a pod behind every node, and a client on the LAN. What kube-proxy does here is its own doing: nothing
+//! in the lab stands in for it.
+//!
+//! It proves what the README says of those modes:
+//! - nothing is bound on `kube-ipvs0` (there is none), strict ARP is not needed, and the owner alone answers ARP and
+//!   NDP for each VIP;
+//! - traffic reaches the pods through kube-proxy's rules: `Cluster` Services source-NATed to the forwarding node,
+//!   `Local` ones with the client's own address, announced only from a node with a ready endpoint;
+//! - each agent publishes its node's mode (`ironlb.io/kube-proxy-mode`, `ironlb status`), and a node whose
+//!   kube-proxy is restarted in another mode shows it without a restart of IronLB, with no VIP moving.
+//!
+//! IPVS mode needs a kernel with IPVS: the VM tier runs it. Needs root (network namespaces), the control plane's
+//! binaries (scripts/setup builds them), nft and iptables.
+
+mod netns_support;
+mod real_api_support;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ironlb::k8s::report::StatusRow;
+use ironlb::lab::cluster::{ApiChoice, Lab, LabOptions, PodReply};
+use ironlb::lab::kube_proxy::KubeProxyMode as Mode;
+use ironlb::lab::topology;
+use ironlb::plan::visibility::PROXY_MODE_ANNOTATION;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use netns_support::{Logs, skip, wait_until};
+
+fn options(tag: &str, mode: Mode) -> Option<LabOptions> {
+    if skip() {
+        return None;
+    }
+    let bin = real_api_support::bin_dir_or_skip()?;
+    Some(LabOptions {
+        api: ApiChoice::Real {
+            bin,
+            crds: ironlb::lab::control_plane::Crds::Ours,
+        },
+        kube_proxy: Some(mode),
+        // `check` writes no sysctl: a node whose ARP settings are the kernel's defaults must still announce.
+        ..netns_support::options(tag, 3, 3, "check", &[])
+    })
+}
+
+/// kube-proxy's mode as `node`'s Node annotation says it.
+async fn published_mode(lab: &Lab, node: &str) -> Option<String> {
+    let node = Api::<Node>::all(lab.client.clone()).get(node).await.ok()?;
+    node.metadata
+        .annotations?
+        .get(PROXY_MODE_ANNOTATION)
+        .cloned()
+}
+
+/// Every VIP with its owner: the MAC that answers ARP/NDP from the client must be the owner's, and a connection must
+/// reach a pod as the Service's policy says. Returns the pods that answered.
+fn check_paths(lab: &Lab, rows: &[StatusRow], local_service: &str) -> Vec<PodReply> {
+    let mut replies = Vec::new();
+    for row in rows {
+        assert_eq!(
+            row.owners.len(),
+            1,
+            "{} has one owner: {row:?}",
+            row.service
+        );
+        let owner = lab.node(&row.owners[0]).unwrap();
+        for vip in &row.vips {
+            let ip: IpAddr = vip.parse().unwrap();
+            let mac = lab.resolve_from_client(ip);
+            assert_eq!(
+                mac.as_deref(),
+                Some(owner.mac.as_str()),
+                "{vip} of {} must be answered by its owner {}",
+                row.service,
+                owner.name
+            );
+            let text = lab.connect_from_client(ip, Duration::from_secs(2)).unwrap();
+            let reply = PodReply::parse(&text).unwrap_or_else(|| {
+                panic!("{vip}: a pod must answer through kube-proxy, got {text:?}")
+            });
+            if row.service == local_service {
+                let client = match ip {
+                    IpAddr::V4(_) => IpAddr::V4(topology::CLIENT_V4),
+                    IpAddr::V6(_) => IpAddr::V6(topology::CLIENT_V6),
+                };
+                assert_eq!(
+                    reply.peer, client,
+                    "Local keeps the client's address: {text}"
+                );
+                assert_eq!(reply.node, owner.name, "Local stays on the owner: {text}");
+            } else {
+                let snat = lab.topology.node_with_addr(reply.peer);
+                assert_eq!(
+                    snat.map(|n| n.name.as_str()),
+                    Some(owner.name.as_str()),
+                    "Cluster is source-NATed by the node that received it: {text}"
+                );
+            }
+            replies.push(reply);
+        }
+    }
+    replies
+}
+
+/// The status once no owner has changed for 1.5 s. (Not [`Lab::wait_settled`]: with a Local Service pinned to one
+/// node, the loads need not be level.)
+async fn quiet(lab: &Lab, limit: Duration) -> Vec<StatusRow> {
+    let start = std::time::Instant::now();
+    let mut last = lab.status().await.unwrap();
+    let mut since = std::time::Instant::now();
+    while start.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = lab.status().await.unwrap();
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() >= Duration::from_millis(1500) {
+            return now;
+        }
+    }
+    panic!("the owners did not hold still for 1.5 s within {limit:?}: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_kube_proxy_forwards_every_vip_and_a_mode_change_moves_nothing() {
+    let Some(options) = options("ilb-kp", Mode::Nftables) else {
+        return;
+    };
+    let mut lab = Lab::start(options).await.expect("lab starts");
+    let _logs = Logs::of(&lab);
+    let limit = Duration::from_secs(60);
+    lab.wait_announced(limit).await.unwrap();
+    let took = lab.wait_forwarding(limit).await.unwrap_or_else(|e| {
+        let (_, log) = lab.kube_proxy("node-1").unwrap();
+        panic!(
+            "{e}\n--- kube-proxy of node-1 ---\n{}",
+            ironlb::lab::kube_proxy::log_tail(log, 40)
+        )
+    });
+    println!(
+        "every VIP forwarded through kube-proxy {} ms after announcement",
+        took.as_millis()
+    );
+
+    for node in lab.topology.nodes.clone() {
+        let links = topology::run_in(&node.netns, &["ip", "-o", "link", "show"]).unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).to_string();
+        assert!(
+            !links.contains("kube-ipvs0"),
+            "nftables mode has no kube-ipvs0: {links}"
+        );
+        // The kernel's default: strict ARP is not in effect, and not needed.
+        let ignore = topology::run_in(
+            &node.netns,
+            &["sysctl", "-n", "net.ipv4.conf.all.arp_ignore"],
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&ignore.stdout).trim(), "0");
+    }
+    let nodes = lab.node_names();
+    wait_until("every node to publish kube-proxy's mode", limit, || async {
+        for node in &nodes {
+            if published_mode(&lab, node).await.as_deref() != Some("nftables") {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+
+    let rows = lab
+        .wait_settled(Duration::from_millis(1200), limit)
+        .await
+        .unwrap();
+    let replies = tokio::task::block_in_place(|| check_paths(&lab, &rows, "default/demo-2"));
+    assert_eq!(replies.len(), 4, "three Services, one of them dual-stack");
+
+    // kube-proxy spreads a Cluster Service over every ready endpoint.
+    let vip: IpAddr = rows[0].vips[0].parse().unwrap();
+    let pods: BTreeSet<String> = tokio::task::block_in_place(|| {
+        (0..30)
+            .filter_map(|_| lab.connect_from_client(vip, Duration::from_secs(2)).ok())
+            .filter_map(|text| PodReply::parse(&text).map(|r| r.pod))
+            .collect()
+    });
+    assert!(
+        pods.len() > 1,
+        "30 connections to {vip} all reached {pods:?}"
+    );
+
+    // A Local Service is announced only from a node with a ready endpoint: move its only endpoint to node-3.
+    lab.set_endpoints("demo-2", &["node-3"]).await.unwrap();
+    wait_until(
+        "demo-2 to be announced by node-3, its only endpoint",
+        limit,
+        || async {
+            let rows = lab.status().await.unwrap();
+            rows.iter()
+                .any(|r| r.service == "default/demo-2" && r.owners == ["node-3"])
+        },
+    )
+    .await;
+    let rows = quiet(&lab, limit).await;
+    tokio::task::block_in_place(|| check_paths(&lab, &rows, "default/demo-2"));
+
+    // node-1 moves to iptables mode: kube-proxy restarted with a new configuration, IronLB left alone.
+    let pid = lab.agent_pid("node-1");
+    let before: Vec<(String, Vec<String>, Vec<String>)> = rows
+        .iter()
+        .map(|r| (r.service.clone(), r.vips.clone(), r.owners.clone()))
+        .collect();
+    lab.restart_kube_proxy("node-1", Mode::Iptables).unwrap();
+    wait_until("node-1 to publish iptables mode", limit, || async {
+        published_mode(&lab, "node-1").await.as_deref() == Some("iptables")
+    })
+    .await;
+    // The new rules need a sync of kube-proxy; then every path is as before.
+    lab.wait_forwarding(limit).await.unwrap();
+    let rows = lab.status().await.unwrap();
+    let after: Vec<(String, Vec<String>, Vec<String>)> = rows
+        .iter()
+        .map(|r| (r.service.clone(), r.vips.clone(), r.owners.clone()))
+        .collect();
+    assert_eq!(
+        after, before,
+        "no VIP and no owner changes with kube-proxy's mode"
+    );
+    assert_eq!(lab.agent_pid("node-1"), pid, "the agent was not restarted");
+    tokio::task::block_in_place(|| check_paths(&lab, &rows, "default/demo-2"));
+
+    // `ironlb status` lists every node's mode.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .arg("status")
+        .arg("--kubeconfig")
+        .arg(&lab.kubeconfig)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains(
+            "kube-proxy mode per node: node-1 iptables, node-2 nftables, node-3 nftables"
+        ),
+        "{text}"
+    );
+}
