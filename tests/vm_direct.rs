@@ -19,7 +19,7 @@ use anyhow::{Context, ensure};
 use ironlb::agent::dataplane::{DataPlaneArgs, DataPlaneMetrics, Mode, Target, Worker};
 use ironlb::ipvs::IpvsSocket;
 use ironlb::ipvs::direct;
-use ironlb::k8s::index::ObjectIndex;
+use ironlb::k8s::index::{Cursor, ObjectIndex};
 use ironlb::lab::api::{ApiServer, write_kubeconfig};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -572,9 +572,14 @@ fn incremental_endpoint(
     service_index.reset(services);
     let mut slice_index = ObjectIndex::default();
     slice_index.reset(slices.clone());
+    // The data plane's own cursors into the indexes' journals, as the agent keeps them.
+    let mut cursors = (Cursor::default(), Cursor::default());
     let mut update = |index: &mut direct::DirectIndex,
                       slice_index: &mut ObjectIndex<EndpointSlice>| {
-        let (a, b) = (service_index.take_changes(), slice_index.take_changes());
+        let (a, b) = (
+            service_index.changes_since(&mut cursors.0),
+            slice_index.changes_since(&mut cursors.1),
+        );
         index.update_changed(&service_index, slice_index, &a, &b, "n1", &ranges)
     };
     let mut index = direct::DirectIndex::new();
