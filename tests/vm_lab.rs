@@ -181,6 +181,51 @@ async fn check(lab: &Lab) -> anyhow::Result<()> {
         reply.pod,
         reply.peer
     );
+    source_ranges(lab, cluster_vip, v6).await
+}
+
+/// `loadBalancerSourceRanges` on demo-1, which IronLB forwards itself: a range without the client drops its
+/// connections; one with the client serves it again; an IPv4-only list leaves the IPv6 VIP open, as kube-proxy does.
+async fn source_ranges(lab: &Lab, vip: IpAddr, v6: IpAddr) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, Patch, PatchParams};
+    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
+    let set = |ranges: serde_json::Value| {
+        let services = services.clone();
+        async move {
+            let patch = serde_json::json!({"spec": {"loadBalancerSourceRanges": ranges}});
+            services
+                .patch("demo-1", &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    };
+    set(serde_json::json!(["203.0.113.0/24"])).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match lab.connect_from_client(vip, Duration::from_secs(2)) {
+            Err(e) => {
+                println!(
+                    "{vip} with loadBalancerSourceRanges [203.0.113.0/24]: the client is refused ({e})"
+                );
+                break;
+            }
+            Ok(text) => ensure!(
+                Instant::now() < deadline,
+                "{vip} still answers the client ({text:?}) 60 s after its source ranges left it out"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let open = pod_reply(lab, v6, Duration::from_secs(30))?;
+    println!("{v6}, with no IPv6 source range, still serves the client: {open}");
+    set(serde_json::json!([
+        format!("{CLIENT_V4}/32"),
+        "203.0.113.0/24"
+    ]))
+    .await?;
+    let reply = pod_reply(lab, vip, Duration::from_secs(60))?;
+    println!("{vip} with the client's address in its source ranges: {reply}");
+    set(serde_json::Value::Null).await?;
     Ok(())
 }
 

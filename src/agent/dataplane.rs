@@ -136,6 +136,8 @@ pub struct Target {
     pub table: WantedTable,
     pub owners: BTreeMap<ServiceId, ServiceRef>,
     pub snat: BTreeSet<ServiceId>,
+    /// The sources each virtual service accepts (`loadBalancerSourceRanges`); absent: any.
+    pub firewall: BTreeMap<ServiceId, Vec<ipnet::IpNet>>,
     /// The addresses whose services are in scope: IronLB's pools' VIPs (direct) or the wanted VIPs (integrated).
     pub vips: BTreeSet<IpAddr>,
 }
@@ -148,12 +150,13 @@ impl Target {
             table: plan.plane.ipvs,
             owners: plan.owners,
             snat: plan.snat,
+            firewall: plan.firewall,
             vips,
         }
     }
 
     /// Applies a direct-mode delta in place. Returns each virtual service it changed with the spec it had before
-    /// (None: it did not exist), and whether the set of source-NATed services changed.
+    /// (None: it did not exist), and whether the netfilter side (source NAT, source ranges) changed.
     pub fn apply(&mut self, delta: Delta) -> (BTreeMap<ServiceId, Option<ServiceSpec>>, bool) {
         let mut before = BTreeMap::new();
         let mut snat_changed = false;
@@ -166,11 +169,17 @@ impl Target {
                     } else {
                         self.snat.remove(&id)
                     };
+                    snat_changed |= if vs.sources.is_empty() {
+                        self.firewall.remove(&id).is_some()
+                    } else {
+                        self.firewall.insert(id, vs.sources.clone()).as_ref() != Some(&vs.sources)
+                    };
                     self.table.insert(id, (vs.spec, vs.dests))
                 }
                 None => {
                     self.owners.remove(&id);
                     snat_changed |= self.snat.remove(&id);
+                    snat_changed |= self.firewall.remove(&id).is_some();
                     self.table.remove(&id)
                 }
             };
@@ -232,6 +241,7 @@ pub fn target(
                     table: plane.ipvs,
                     owners,
                     snat: BTreeSet::new(),
+                    firewall: BTreeMap::new(),
                     vips,
                 },
                 Vec::new(),
@@ -563,14 +573,16 @@ pub async fn prepare_link(name: &str) -> BTreeSet<IpAddr> {
     found
 }
 
-fn apply_snat(snat: &BTreeSet<ServiceId>) -> Result<(), direct::SnatError> {
+/// Replaces IronLB's nftables table with the source NAT and source ranges of `target`.
+fn apply_netfilter(target: &Target) -> Result<(), direct::SnatError> {
+    let snat = &target.snat;
     use std::io::Write;
     if !snat.is_empty() {
         // netfilter sees IPVS connections (and so can NAT them) only with IPVS connection tracking.
         std::fs::write("/proc/sys/net/ipv4/vs/conntrack", "1")
             .map_err(direct::SnatError::Conntrack)?;
     }
-    let script = direct::snat_ruleset(snat);
+    let script = direct::netfilter_ruleset(snat, &target.firewall);
     let mut child = std::process::Command::new("nft")
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -617,7 +629,7 @@ pub struct Worker {
     /// `pending`, and the next pass can be incremental.
     in_sync: bool,
     /// Direct mode: the SNAT table must be written again.
-    snat_dirty: bool,
+    netfilter_dirty: bool,
 }
 
 impl Worker {
@@ -653,7 +665,7 @@ impl Worker {
             started: false,
             pending: BTreeMap::new(),
             in_sync: false,
-            snat_dirty: true,
+            netfilter_dirty: true,
         }
     }
 
@@ -701,7 +713,10 @@ impl Worker {
                     .collect();
                 self.set_scope(self.wanted.vips.iter().copied());
                 self.set_scope(self.wanted.table.keys().filter_map(verify::service_addr));
-                (before, old.snat != self.wanted.snat)
+                (
+                    before,
+                    old.snat != self.wanted.snat || old.firewall != self.wanted.firewall,
+                )
             }
             Work::Delta(delta) => {
                 if let Some(b) = &delta.bindings {
@@ -717,7 +732,7 @@ impl Worker {
                 self.pending.entry(id).or_insert(spec);
             }
         }
-        self.snat_dirty |= snat_changed;
+        self.netfilter_dirty |= snat_changed;
     }
 
     /// Widens the programmer's scope. In integrated mode the scope is exactly the wanted VIPs; in direct mode it
@@ -792,9 +807,9 @@ impl Worker {
             };
         }
         self.pending.clear();
-        if self.snat_dirty {
-            match apply_snat(&self.wanted.snat) {
-                Ok(()) => self.snat_dirty = false,
+        if self.netfilter_dirty {
+            match apply_netfilter(&self.wanted) {
+                Ok(()) => self.netfilter_dirty = false,
                 Err(error) => {
                     tracing::warn!(%error, "applying the SNAT table failed; will retry");
                     ok = false;
@@ -850,7 +865,7 @@ impl Worker {
             }
             // The full pass also finishes drains and retries what failed before.
             self.in_sync = false;
-            self.snat_dirty = true;
+            self.netfilter_dirty = true;
             self.pass();
         }
     }

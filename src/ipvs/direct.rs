@@ -7,7 +7,7 @@
 //! - Real servers are the ready endpoints (serving-and-terminating ones only when none is ready, as for the
 //!   announcement eligibility in `plan`), forwarded with masquerading (`-m`), weight 1.
 //! - `externalTrafficPolicy: Local`: only this node's endpoints, and no source NAT, so the pod sees the client's
-//!   address. `Cluster`: every endpoint, and the connection is source-NATed to the node ([`snat_ruleset`]), as
+//!   address. `Cluster`: every endpoint, and the connection is source-NATed to the node ([`netfilter_ruleset`]), as
 //!   kube-proxy does for external traffic, so a pod on another node answers through this node.
 //! - Scheduler from `ironlb.io/ipvs-scheduler` (default `rr`); persistence from
 //!   `ironlb.io/ipvs-persistence-timeout`, else from `sessionAffinity: ClientIP`. An invalid annotation never stops
@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Resource;
@@ -94,6 +95,8 @@ pub struct DirectPlan {
     pub owners: BTreeMap<ServiceId, ServiceRef>,
     /// Virtual services of `Cluster` Services, whose connections are source-NATed.
     pub snat: BTreeSet<ServiceId>,
+    /// Virtual services that accept connections only from these sources (`loadBalancerSourceRanges`).
+    pub firewall: BTreeMap<ServiceId, Vec<IpNet>>,
     pub problems: Vec<Problem>,
 }
 
@@ -180,6 +183,39 @@ fn proxy_mode_ips(svc: &Service, owned: &dyn Fn(&IpAddr) -> bool) -> Vec<IpAddr>
     ips
 }
 
+/// `spec.loadBalancerSourceRanges` read as kube-proxy reads them: each entry trimmed (validation lets padding
+/// through), and the entries that are not CIDRs returned apart, to be reported and ignored.
+fn source_ranges(values: &[String]) -> (Vec<IpNet>, Vec<String>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for value in values {
+        match value.trim().parse::<IpNet>() {
+            Ok(net) => good.push(net.trunc()),
+            Err(_) => bad.push(value.clone()),
+        }
+    }
+    good.sort();
+    good.dedup();
+    (good, bad)
+}
+
+/// The ranges that restrict virtual service `id`: those of its address's family, none when there is none of that
+/// family or one of them is a /0 (kube-proxy's reading: both mean any source).
+fn sources_for(ranges: &[IpNet], id: &ServiceId) -> Vec<IpNet> {
+    let ServiceId::Addr { addr, .. } = id else {
+        return Vec::new();
+    };
+    let family: Vec<IpNet> = ranges
+        .iter()
+        .filter(|r| r.addr().is_ipv4() == addr.is_ipv4())
+        .copied()
+        .collect();
+    if family.iter().any(|r| r.prefix_len() == 0) {
+        return Vec::new();
+    }
+    family
+}
+
 /// One Service's part of the plan, computed from the Service and its own EndpointSlices alone. The whole plan is
 /// the Services' shares in order, where the first Service to claim a virtual service keeps it.
 #[derive(Clone, Debug, PartialEq)]
@@ -189,6 +225,9 @@ struct Share {
     vips: Vec<IpAddr>,
     /// Whether the Service is `externalTrafficPolicy: Local` (no source NAT).
     local: bool,
+    /// `spec.loadBalancerSourceRanges` as kube-proxy reads them: trimmed, the unparsable left out (each a
+    /// [`Problem`]), and a range of prefix length 0 meaning no restriction for its family.
+    sources: Vec<IpNet>,
     /// Problems of the Service as a whole (annotations), reported before its ports'.
     head: Vec<Problem>,
     /// Per port and VIP, in order: a virtual service, or why the port has none.
@@ -237,6 +276,20 @@ impl Share {
             });
         }
         let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let (sources, bad) = source_ranges(
+            spec.load_balancer_source_ranges
+                .as_deref()
+                .unwrap_or_default(),
+        );
+        for value in bad {
+            head.push(Problem {
+                service: who.clone(),
+                reason: "InvalidLoadBalancerSourceRanges",
+                message: format!(
+                    "spec.loadBalancerSourceRanges: {value:?} is not a CIDR; ignored, as kube-proxy ignores it"
+                ),
+            });
+        }
         let mut items = Vec::new();
         for port in spec.ports.iter().flatten() {
             let Some(proto) = protocol(port.protocol.as_deref()) else {
@@ -272,6 +325,7 @@ impl Share {
             who,
             vips,
             local,
+            sources,
             head,
             items,
         })
@@ -292,6 +346,7 @@ impl Share {
                 dests: dests.clone(),
                 owner: self.who.clone(),
                 snat: !self.local,
+                sources: sources_for(&self.sources, id),
             }),
             _ => None,
         })
@@ -381,6 +436,10 @@ pub fn wanted<'a>(
                     if !share.local {
                         plan.snat.insert(id);
                     }
+                    let sources = sources_for(&share.sources, &id);
+                    if !sources.is_empty() {
+                        plan.firewall.insert(id, sources);
+                    }
                 }
             }
         }
@@ -395,6 +454,8 @@ pub struct VirtualService {
     pub dests: BTreeMap<DestId, DestSpec>,
     pub owner: ServiceRef,
     pub snat: bool,
+    /// The sources allowed to connect; empty: any.
+    pub sources: Vec<IpNet>,
 }
 
 /// What changed in the plan since the last [`DirectIndex::update`]: virtual services set (`Some`) or removed
@@ -833,6 +894,9 @@ impl DirectIndex {
             if vs.snat {
                 plan.snat.insert(*id);
             }
+            if !vs.sources.is_empty() {
+                plan.firewall.insert(*id, vs.sources);
+            }
         }
         plan.plane.bindings = self.bindings.keys().copied().collect();
         plan.problems = self
@@ -852,7 +916,7 @@ fn proto_name(p: Protocol) -> &'static str {
     }
 }
 
-/// Why writing the [`snat_ruleset`] to the kernel failed (the agent runs `nft -f -` with it).
+/// Why writing the [`netfilter_ruleset`] to the kernel failed (the agent runs `nft -f -` with it).
 #[derive(Debug, thiserror::Error)]
 pub enum SnatError {
     /// Writing `1` to `/proc/sys/net/ipv4/vs/conntrack` failed.
@@ -875,14 +939,23 @@ pub enum SnatError {
     },
 }
 
-/// The nftables script (for `nft -f -`) that replaces IronLB's table atomically: connections whose original
-/// destination is one of `snat`'s VIP:port/protocol are masqueraded on their way to the real server, after IPVS
-/// rewrote the destination. It needs IPVS connection tracking (`net.ipv4.vs.conntrack=1`) so that netfilter sees
-/// those connections. With nothing to NAT, the table is removed.
-pub fn snat_ruleset(snat: &BTreeSet<ServiceId>) -> String {
+/// The nftables script (for `nft -f -`) that replaces IronLB's table atomically.
+///
+/// - Source NAT: connections whose original destination is one of `snat`'s VIP:port/protocol are masqueraded on
+///   their way to the real server, after IPVS rewrote the destination. It needs IPVS connection tracking
+///   (`net.ipv4.vs.conntrack=1`) so that netfilter sees those connections.
+/// - Source ranges: a packet to one of `firewall`'s VIP:port/protocol from a source outside its ranges is dropped
+///   on the input hook, at filter priority, before IPVS (which sits after it, at priority 98) sees it.
+///
+/// With nothing to NAT or filter, the table is removed.
+pub fn netfilter_ruleset(
+    snat: &BTreeSet<ServiceId>,
+    firewall: &BTreeMap<ServiceId, Vec<IpNet>>,
+) -> String {
     // Creating the table first makes the delete valid when it does not exist yet; both run in one transaction.
     let mut out = format!("table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n");
-    let rules: Vec<String> = snat
+    let family = |addr: &IpAddr| if addr.is_ipv4() { "ip" } else { "ip6" };
+    let nat: Vec<String> = snat
         .iter()
         .filter_map(|id| match id {
             ServiceId::Addr {
@@ -890,27 +963,52 @@ pub fn snat_ruleset(snat: &BTreeSet<ServiceId>) -> String {
                 addr,
                 port,
             } => {
-                let family = if addr.is_ipv4() { "ip" } else { "ip6" };
                 // One rule per VIP:port: `ct original proto-dst` has a type only next to an l4proto match.
                 Some(format!(
-                    "    meta l4proto {} ct original {family} daddr {addr} ct original proto-dst {port} masquerade\n",
-                    proto_name(*protocol)
+                    "    meta l4proto {} ct original {} daddr {addr} ct original proto-dst {port} masquerade\n",
+                    proto_name(*protocol),
+                    family(addr)
                 ))
             }
             ServiceId::Fwmark { .. } => None,
         })
         .collect();
-    if rules.is_empty() {
+    let filter: Vec<String> = firewall
+        .iter()
+        .filter_map(|(id, ranges)| match id {
+            ServiceId::Addr {
+                protocol,
+                addr,
+                port,
+            } if !ranges.is_empty() => {
+                let allowed: Vec<String> = ranges.iter().map(ToString::to_string).collect();
+                Some(format!(
+                    "    meta l4proto {} {f} daddr {addr} th dport {port} {f} saddr != {{ {} }} drop\n",
+                    proto_name(*protocol),
+                    allowed.join(", "),
+                    f = family(addr),
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    if nat.is_empty() && filter.is_empty() {
         return out;
     }
-    out.push_str(&format!(
-        "table inet {NFT_TABLE} {{\n  chain postrouting {{\n"
-    ));
-    out.push_str("    type nat hook postrouting priority srcnat; policy accept;\n");
-    for r in rules {
-        out.push_str(&r);
+    out.push_str(&format!("table inet {NFT_TABLE} {{\n"));
+    if !filter.is_empty() {
+        out.push_str(
+            "  chain input {\n    type filter hook input priority filter; policy accept;\n",
+        );
+        out.extend(filter);
+        out.push_str("  }\n");
     }
-    out.push_str("  }\n}\n");
+    if !nat.is_empty() {
+        out.push_str("  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n");
+        out.extend(nat);
+        out.push_str("  }\n");
+    }
+    out.push_str("}\n");
     out
 }
 
@@ -1300,13 +1398,13 @@ mod tests {
     }
 
     #[test]
-    fn snat_ruleset_replaces_the_table_with_one_rule_per_cluster_service() {
+    fn the_ruleset_replaces_the_table_with_source_nat_and_source_ranges() {
         let snat = BTreeSet::from([
             ServiceId::tcp(ip("192.0.2.10"), 80),
             ServiceId::udp(ip("2001:db8::10"), 53),
         ]);
         assert_eq!(
-            snat_ruleset(&snat),
+            netfilter_ruleset(&snat, &BTreeMap::new()),
             "table inet ironlb\n\
              delete table inet ironlb\n\
              table inet ironlb {\n  chain postrouting {\n\
@@ -1316,9 +1414,95 @@ mod tests {
              \x20 }\n}\n"
         );
         assert_eq!(
-            snat_ruleset(&BTreeSet::new()),
+            netfilter_ruleset(&BTreeSet::new(), &BTreeMap::new()),
             "table inet ironlb\ndelete table inet ironlb\n"
         );
+        let firewall = BTreeMap::from([
+            (
+                ServiceId::tcp(ip("192.0.2.10"), 443),
+                vec![
+                    "198.51.100.0/24".parse().unwrap(),
+                    "203.0.113.7/32".parse().unwrap(),
+                ],
+            ),
+            (
+                ServiceId::tcp(ip("2001:db8::10"), 443),
+                vec!["2001:db8:5::/48".parse().unwrap()],
+            ),
+        ]);
+        assert_eq!(
+            netfilter_ruleset(&BTreeSet::new(), &firewall),
+            "table inet ironlb\n\
+             delete table inet ironlb\n\
+             table inet ironlb {\n  chain input {\n\
+             \x20   type filter hook input priority filter; policy accept;\n\
+             \x20   meta l4proto tcp ip daddr 192.0.2.10 th dport 443 ip saddr != { 198.51.100.0/24, 203.0.113.7/32 } drop\n\
+             \x20   meta l4proto tcp ip6 daddr 2001:db8::10 th dport 443 ip6 saddr != { 2001:db8:5::/48 } drop\n\
+             \x20 }\n}\n"
+        );
+    }
+
+    #[test]
+    fn source_ranges_are_read_as_kube_proxy_reads_them() {
+        let services = [svc(
+            "web",
+            &["192.0.2.10", "2001:db8::10"],
+            json!([{"name": "http", "port": 80, "protocol": "TCP"}]),
+            json!({"loadBalancerSourceRanges": [" 198.51.100.0/24", "203.0.113.9/24", "not-a-cidr"]}),
+        )];
+        let plan = wanted(&services, &web_slices(), "n1", &in_pool);
+        let v4 = ServiceId::tcp(ip("192.0.2.10"), 80);
+        // Trimmed, host bits cleared, sorted.
+        assert_eq!(
+            plan.firewall[&v4],
+            [
+                "198.51.100.0/24".parse::<IpNet>().unwrap(),
+                "203.0.113.0/24".parse().unwrap()
+            ]
+        );
+        // No IPv6 range: the IPv6 VIP takes any source, as kube-proxy's per-family reading has it.
+        assert!(
+            !plan
+                .firewall
+                .contains_key(&ServiceId::tcp(ip("2001:db8::10"), 80))
+        );
+        let problem = plan
+            .problems
+            .iter()
+            .find(|p| p.reason == "InvalidLoadBalancerSourceRanges")
+            .expect("the bad entry is reported");
+        assert!(
+            problem.message.contains("\"not-a-cidr\""),
+            "{}",
+            problem.message
+        );
+        assert_eq!(problem.service.to_string(), "shop/web");
+
+        // A /0 of a family opens that family.
+        let open = [svc(
+            "web",
+            &["192.0.2.10"],
+            json!([{"name": "http", "port": 80, "protocol": "TCP"}]),
+            json!({"loadBalancerSourceRanges": ["198.51.100.0/24", "0.0.0.0/0"]}),
+        )];
+        assert!(
+            wanted(&open, &web_slices(), "n1", &in_pool)
+                .firewall
+                .is_empty()
+        );
+
+        // The incremental index gives the same ranges.
+        let mut index = DirectIndex::new();
+        let ranges = [crate::config::IpRange::from_cidr(
+            "192.0.2.0/24".parse().unwrap(),
+        )];
+        let slices = web_slices();
+        let (delta, _) = index.update(&services, &slices, "n1", &ranges);
+        assert_eq!(
+            delta.services[&v4].as_ref().unwrap().sources,
+            plan.firewall[&v4]
+        );
+        assert_eq!(index.plan().firewall, plan.firewall);
     }
 
     #[test]
