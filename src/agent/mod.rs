@@ -426,11 +426,14 @@ pub async fn run_with(
     // The writers: their results come back as inputs, beside the watches'.
     let (results_tx, mut results) = mpsc::unbounded_channel::<Input>();
     let (passes_tx, passes_rx) = mpsc::unbounded_channel();
+    // Shared by the allocation writer, which notices an API server dropping `ipMode`, and the allocation pass.
+    let ip_mode_dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let allocation_writer = Writer::new(
         client.clone(),
         &args.node_name,
         metrics.clone(),
         leader.clone(),
+        ip_mode_dropped.clone(),
     );
     tasks.spawn(
         "allocation writer",
@@ -442,6 +445,7 @@ pub async fn run_with(
         &args.node_name,
         metrics.clone(),
         leader.clone(),
+        ip_mode_dropped.clone(),
     );
     tasks.spawn(
         "announcement writer",
@@ -483,6 +487,7 @@ pub async fn run_with(
         } else {
             IngressMode::Vip
         },
+        ip_mode_dropped,
     });
     // The decisions live in the core; this loop turns what happens into its inputs and carries out its outputs, in
     // order. Carrying out is computing a pass and handing its I/O to a task: nothing here waits on the API or netlink.

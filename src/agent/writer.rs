@@ -74,6 +74,9 @@ pub struct Writer {
     leader: watch::Receiver<Option<tokio::time::Instant>>,
     /// Events not yet accepted by the API, oldest first.
     outbox: Outbox,
+    /// Set once the API server is seen dropping the `ipMode` of a status write (shared with the allocation pass's
+    /// settings, which then stop expecting it).
+    ip_mode_dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -82,6 +85,7 @@ impl Writer {
         node: &str,
         metrics: AllocationMetrics,
         leader: watch::Receiver<Option<tokio::time::Instant>>,
+        ip_mode_dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Writer {
         Writer {
             client,
@@ -89,6 +93,7 @@ impl Writer {
             metrics,
             leader,
             outbox: Outbox::default(),
+            ip_mode_dropped,
         }
     }
 
@@ -170,8 +175,8 @@ impl Writer {
                     ))
                 });
             match result {
-                Ok(()) => {
-                    for note in &action.notes {
+                Ok(extra) => {
+                    for note in action.notes.iter().chain(&extra) {
                         if note.reason == "IPAllocated" {
                             self.metrics.allocations.inc();
                         }
@@ -223,8 +228,8 @@ impl Writer {
         }
         for action in pass.services {
             match self.write_service(&action, &mut written).await {
-                Ok(()) => {
-                    for note in &action.notes {
+                Ok(extra) => {
+                    for note in action.notes.iter().chain(&extra) {
                         self.publish(note, &action.reference).await;
                     }
                 }
@@ -248,11 +253,14 @@ impl Writer {
         until
     }
 
+    /// Writes one Service's metadata and status patches. Returns the Events the writes themselves call for (the
+    /// API server dropping `ipMode`).
     async fn write_service(
         &self,
         action: &ServiceAction,
         written: &mut Written,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<Vec<Note>, kube::Error> {
+        let mut dropped = Vec::new();
         let api: Api<Service> = Api::namespaced(self.client.clone(), &action.service.namespace);
         let params = PatchParams::default();
         if let Some(patch) = &action.metadata {
@@ -268,9 +276,21 @@ impl Writer {
                 .await?;
             self.metrics.api_writes.inc();
             tracing::info!(service = %action.service, status = %patch, "wrote Service status");
+            if crate::k8s::status::ip_mode_dropped(patch, &svc)
+                && !self
+                    .ip_mode_dropped
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                let message = "the API server did not keep ipMode: Proxy in this Service's status (Kubernetes \
+                               before 1.30, or the LoadBalancerIPMode feature gate off): kube-proxy programs this VIP \
+                               too, beside IronLB's direct data plane. IronLB stops rewriting the status for it; \
+                               upgrade the control plane, or run the integrated data plane";
+                tracing::warn!(service = %action.service, "{message}");
+                dropped.push(Note::warning("IPModeNotKept", message.to_string()));
+            }
             written.services.push(svc);
         }
-        Ok(())
+        Ok(dropped)
     }
 
     /// Queues the Event and, unless others already wait, sends it. A refused Event stays queued with its name and

@@ -57,6 +57,25 @@ pub struct Pass {
 pub struct Settings {
     pub lb_class: Option<String>,
     pub ingress_mode: IngressMode,
+    /// Set by the allocation writer once the API server is seen dropping `ipMode`: `Proxy` then becomes
+    /// [`IngressMode::ProxyNotKept`].
+    pub ip_mode_dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Settings {
+    /// The ingress mode to write and compare with now.
+    pub fn ingress_mode(&self) -> IngressMode {
+        match self.ingress_mode {
+            IngressMode::Proxy
+                if self
+                    .ip_mode_dropped
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                IngressMode::ProxyNotKept
+            }
+            mode => mode,
+        }
+    }
 }
 
 /// Remembers what was already said, so that a repeated pass does not repeat its Events, and keeps the plan between
@@ -285,7 +304,7 @@ fn act(
             ));
         }
     }
-    let status = status_patch(svc, &row.ips, settings.ingress_mode);
+    let status = status_patch(svc, &row.ips, settings.ingress_mode());
     let metadata = pool_annotation_patch(svc, row.pool.as_deref());
     let lost: Vec<_> = row
         .previous

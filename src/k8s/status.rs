@@ -32,6 +32,32 @@ pub enum IngressMode {
     #[default]
     Vip,
     Proxy,
+    /// `Proxy` on an API server that drops `ipMode` (before Kubernetes 1.30, or with the `LoadBalancerIPMode`
+    /// feature gate off): written as `Proxy` still, but a status without it counts as written, so that the agent
+    /// does not rewrite it on every pass ([`ip_mode_dropped`] tells).
+    ProxyNotKept,
+}
+
+/// Whether the API server dropped the `ipMode` a status `patch` asked for: `returned`, the Service it answered
+/// with, holds an ingress IP the patch set with an `ipMode`, but without one.
+pub fn ip_mode_dropped(patch: &Value, returned: &Service) -> bool {
+    let asked = patch["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("ipMode").is_some())
+        .filter_map(|e| e["ip"].as_str());
+    let ingress = returned
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    asked.into_iter().any(|ip| {
+        ingress
+            .into_iter()
+            .flatten()
+            .any(|i| i.ip.as_deref() == Some(ip) && i.ip_mode.is_none())
+    })
 }
 
 /// The merge patch for the status subresource that makes the ingress list exactly `wanted`, or None when it already
@@ -46,7 +72,9 @@ pub fn status_patch(svc: &Service, wanted: &[IpAddr], mode: IngressMode) -> Opti
         .iter()
         .map(|ip| match mode {
             IngressMode::Vip => json!({ "ip": ip.to_string() }),
-            IngressMode::Proxy => json!({ "ip": ip.to_string(), "ipMode": "Proxy" }),
+            IngressMode::Proxy | IngressMode::ProxyNotKept => {
+                json!({ "ip": ip.to_string(), "ipMode": "Proxy" })
+            }
         })
         .collect();
     let same = match current {
@@ -61,6 +89,9 @@ pub fn status_patch(svc: &Service, wanted: &[IpAddr], mode: IngressMode) -> Opti
                                 have.ip_mode.is_none() || have.ip_mode.as_deref() == Some("VIP")
                             }
                             IngressMode::Proxy => have.ip_mode.as_deref() == Some("Proxy"),
+                            IngressMode::ProxyNotKept => {
+                                have.ip_mode.is_none() || have.ip_mode.as_deref() == Some("Proxy")
+                            }
                         }
                 })
         }
@@ -124,6 +155,38 @@ mod tests {
             );
         }
         svc
+    }
+
+    #[test]
+    fn a_dropped_ip_mode_is_noticed_and_then_not_rewritten() {
+        let patch =
+            status_patch(&svc_with(&[], &[]), &[ip("192.0.2.1")], IngressMode::Proxy).unwrap();
+        // An old API server answers without ipMode.
+        let old = svc_with(&[("192.0.2.1", None)], &[]);
+        assert!(ip_mode_dropped(&patch, &old));
+        assert!(!ip_mode_dropped(
+            &patch,
+            &svc_with(&[("192.0.2.1", Some("Proxy"))], &[])
+        ));
+        let vip = status_patch(&svc_with(&[], &[]), &[ip("192.0.2.1")], IngressMode::Vip).unwrap();
+        assert!(
+            !ip_mode_dropped(&vip, &old),
+            "nothing asked, nothing dropped"
+        );
+        // Proxy would write again and again; ProxyNotKept takes the status as written.
+        assert!(status_patch(&old, &[ip("192.0.2.1")], IngressMode::Proxy).is_some());
+        assert_eq!(
+            status_patch(&old, &[ip("192.0.2.1")], IngressMode::ProxyNotKept),
+            None
+        );
+        assert_eq!(
+            status_patch(
+                &svc_with(&[("192.0.2.1", Some("Proxy"))], &[]),
+                &[ip("192.0.2.1")],
+                IngressMode::ProxyNotKept
+            ),
+            None
+        );
     }
 
     fn ip(s: &str) -> IpAddr {
