@@ -21,13 +21,10 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ironlb::k8s::report::StatusRow;
 use ironlb::lab::cluster::{ApiChoice, Lab, LabOptions, PodReply};
 use ironlb::lab::kube_proxy::KubeProxyMode as Mode;
 use ironlb::lab::topology;
-use ironlb::plan::visibility::PROXY_MODE_ANNOTATION;
-use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
+use netns_support::kube_proxy::{check_paths, published_mode, quiet};
 use netns_support::{Logs, skip, wait_until};
 
 fn options(tag: &str, mode: Mode) -> Option<LabOptions> {
@@ -44,83 +41,6 @@ fn options(tag: &str, mode: Mode) -> Option<LabOptions> {
         // `check` writes no sysctl: a node whose ARP settings are the kernel's defaults must still announce.
         ..netns_support::options(tag, 3, 3, "check", &[])
     })
-}
-
-/// kube-proxy's mode as `node`'s Node annotation says it.
-async fn published_mode(lab: &Lab, node: &str) -> Option<String> {
-    let node = Api::<Node>::all(lab.client.clone()).get(node).await.ok()?;
-    node.metadata
-        .annotations?
-        .get(PROXY_MODE_ANNOTATION)
-        .cloned()
-}
-
-/// Every VIP with its owner: the MAC that answers ARP/NDP from the client must be the owner's, and a connection must
-/// reach a pod as the Service's policy says. Returns the pods that answered.
-fn check_paths(lab: &Lab, rows: &[StatusRow], local_service: &str) -> Vec<PodReply> {
-    let mut replies = Vec::new();
-    for row in rows {
-        assert_eq!(
-            row.owners.len(),
-            1,
-            "{} has one owner: {row:?}",
-            row.service
-        );
-        let owner = lab.node(&row.owners[0]).unwrap();
-        for vip in &row.vips {
-            let ip: IpAddr = vip.parse().unwrap();
-            let mac = lab.resolve_from_client(ip);
-            assert_eq!(
-                mac.as_deref(),
-                Some(owner.mac.as_str()),
-                "{vip} of {} must be answered by its owner {}",
-                row.service,
-                owner.name
-            );
-            let text = lab.connect_from_client(ip, Duration::from_secs(2)).unwrap();
-            let reply = PodReply::parse(&text).unwrap_or_else(|| {
-                panic!("{vip}: a pod must answer through kube-proxy, got {text:?}")
-            });
-            if row.service == local_service {
-                let client = match ip {
-                    IpAddr::V4(_) => IpAddr::V4(topology::CLIENT_V4),
-                    IpAddr::V6(_) => IpAddr::V6(topology::CLIENT_V6),
-                };
-                assert_eq!(
-                    reply.peer, client,
-                    "Local keeps the client's address: {text}"
-                );
-                assert_eq!(reply.node, owner.name, "Local stays on the owner: {text}");
-            } else {
-                let snat = lab.topology.node_with_addr(reply.peer);
-                assert_eq!(
-                    snat.map(|n| n.name.as_str()),
-                    Some(owner.name.as_str()),
-                    "Cluster is source-NATed by the node that received it: {text}"
-                );
-            }
-            replies.push(reply);
-        }
-    }
-    replies
-}
-
-/// The status once no owner has changed for 1.5 s. (Not [`Lab::wait_settled`]: with a Local Service pinned to one
-/// node, the loads need not be level.)
-async fn quiet(lab: &Lab, limit: Duration) -> Vec<StatusRow> {
-    let start = std::time::Instant::now();
-    let mut last = lab.status().await.unwrap();
-    let mut since = std::time::Instant::now();
-    while start.elapsed() < limit {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = lab.status().await.unwrap();
-        if now != last {
-            (last, since) = (now, std::time::Instant::now());
-        } else if since.elapsed() >= Duration::from_millis(1500) {
-            return now;
-        }
-    }
-    panic!("the owners did not hold still for 1.5 s within {limit:?}: {last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -751,10 +751,17 @@ impl Lab {
     pub async fn wait_announced(&self, limit: Duration) -> Result<Vec<StatusRow>> {
         let start = Instant::now();
         loop {
-            let services = Api::<Service>::all(self.client.clone())
+            let services = match Api::<Service>::all(self.client.clone())
                 .list(&ListParams::default())
-                .await?
-                .items;
+                .await
+            {
+                Ok(list) => list.items,
+                Err(_) if start.elapsed() < limit => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let lb = services
                 .iter()
                 .filter(|s| {
@@ -813,10 +820,18 @@ impl Lab {
     pub async fn wait_forwarding(&self, limit: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
-            let services = Api::<Service>::all(self.client.clone())
+            // A failed list (an API server slowed down by the VM's emulated CPUs, say) is tried again until `limit`.
+            let services = match Api::<Service>::all(self.client.clone())
                 .list(&ListParams::default())
-                .await?
-                .items;
+                .await
+            {
+                Ok(list) => list.items,
+                Err(_) if start.elapsed() < limit => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let mut pending = Vec::new();
             for svc in &services {
                 let local = svc

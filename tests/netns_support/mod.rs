@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+pub mod kube_proxy;
+
 use ironlb::lab::cluster::{Lab, LabOptions, is_root};
 
 /// True (and says why) when the test cannot create network namespaces.
