@@ -24,7 +24,9 @@ use std::time::Duration;
 use ironlb::lab::cluster::{ApiChoice, Lab, LabOptions, PodReply};
 use ironlb::lab::kube_proxy::KubeProxyMode as Mode;
 use ironlb::lab::topology;
-use netns_support::kube_proxy::{check_paths, published_mode, quiet};
+use netns_support::kube_proxy::{
+    check_paths, placement, published_mode, quiet, wait_all_published,
+};
 use netns_support::{Logs, skip, wait_until};
 
 fn options(tag: &str, mode: Mode) -> Option<LabOptions> {
@@ -79,16 +81,7 @@ async fn nftables_kube_proxy_forwards_every_vip_and_a_mode_change_moves_nothing(
         .unwrap();
         assert_eq!(String::from_utf8_lossy(&ignore.stdout).trim(), "0");
     }
-    let nodes = lab.node_names();
-    wait_until("every node to publish kube-proxy's mode", limit, || async {
-        for node in &nodes {
-            if published_mode(&lab, node).await.as_deref() != Some("nftables") {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    wait_all_published(&lab, "nftables", limit).await;
 
     let rows = lab
         .wait_settled(Duration::from_millis(1200), limit)
@@ -127,10 +120,7 @@ async fn nftables_kube_proxy_forwards_every_vip_and_a_mode_change_moves_nothing(
 
     // node-1 moves to iptables mode: kube-proxy restarted with a new configuration, IronLB left alone.
     let pid = lab.agent_pid("node-1");
-    let before: Vec<(String, Vec<String>, Vec<String>)> = rows
-        .iter()
-        .map(|r| (r.service.clone(), r.vips.clone(), r.owners.clone()))
-        .collect();
+    let before = placement(&rows);
     lab.restart_kube_proxy("node-1", Mode::Iptables).unwrap();
     wait_until("node-1 to publish iptables mode", limit, || async {
         published_mode(&lab, "node-1").await.as_deref() == Some("iptables")
@@ -139,10 +129,7 @@ async fn nftables_kube_proxy_forwards_every_vip_and_a_mode_change_moves_nothing(
     // The new rules need a sync of kube-proxy; then every path is as before.
     lab.wait_forwarding(limit).await.unwrap();
     let rows = lab.status().await.unwrap();
-    let after: Vec<(String, Vec<String>, Vec<String>)> = rows
-        .iter()
-        .map(|r| (r.service.clone(), r.vips.clone(), r.owners.clone()))
-        .collect();
+    let after = placement(&rows);
     assert_eq!(
         after, before,
         "no VIP and no owner changes with kube-proxy's mode"

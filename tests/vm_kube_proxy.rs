@@ -37,7 +37,9 @@ use ironlb::lab::cluster::{ApiChoice, Lab, LabOptions};
 use ironlb::lab::kube_proxy::KubeProxyMode;
 use ironlb::lab::topology;
 use kube::api::Api;
-use netns_support::kube_proxy::{check_paths, published_mode, quiet};
+use netns_support::kube_proxy::{
+    check_paths, placement, published_mode, quiet, wait_all_published,
+};
 use netns_support::{Logs, wait_until};
 
 fn in_vm() -> bool {
@@ -359,16 +361,7 @@ async fn ipvs_kube_proxy_binds_every_vip_programs_ipvs_and_verify_agrees() {
             "kube-proxy's strictARP"
         );
     }
-    let nodes = lab.node_names();
-    wait_until("every node to publish ipvs mode", limit, || async {
-        for node in &nodes {
-            if published_mode(&lab, node).await.as_deref() != Some("ipvs") {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    wait_all_published(&lab, "ipvs", limit).await;
     tokio::task::block_in_place(|| check_paths(&lab, &rows, "default/demo-2"));
 
     // What kube-proxy programmed for the Local Service: only the owner's own pod.
@@ -434,10 +427,7 @@ async fn leaving_ipvs_node_by_node_moves_no_vip_and_fails_only_inside_kube_proxy
     let _logs = Logs::of(&lab);
     let limit = LIMIT;
     // Leaving IPVS, node by node, under load.
-    let before: Vec<(String, Vec<String>, Vec<String>)> = rows
-        .iter()
-        .map(|r| (r.service.clone(), r.vips.clone(), r.owners.clone()))
-        .collect();
+    let before = placement(&rows);
     let load = Load::start(&lab, vips.clone());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut windows = Vec::new();
@@ -471,10 +461,7 @@ async fn leaving_ipvs_node_by_node_moves_no_vip_and_fails_only_inside_kube_proxy
     let attempts = load.attempts();
     drop(load);
     let rows = lab.status().await.unwrap();
-    let after: Vec<(String, Vec<String>, Vec<String>)> = rows
-        .iter()
-        .map(|r| (r.service.clone(), r.vips.clone(), r.owners.clone()))
-        .collect();
+    let after = placement(&rows);
     assert_eq!(
         after, before,
         "no Service IP and no owner changes while the nodes leave IPVS"

@@ -747,20 +747,32 @@ impl Lab {
         Ok(rows(&services))
     }
 
+    /// Every Service; None (after a short pause) when the list failed but `limit` since `start` has not passed, so
+    /// the caller tries again: an API server slowed down by the VM's emulated CPUs times a list out now and then.
+    async fn list_services_until(
+        &self,
+        start: Instant,
+        limit: Duration,
+    ) -> Result<Option<Vec<Service>>> {
+        match Api::<Service>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await
+        {
+            Ok(list) => Ok(Some(list.items)),
+            Err(_) if start.elapsed() < limit => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Waits until every LoadBalancer Service has an IP and an announcing node.
     pub async fn wait_announced(&self, limit: Duration) -> Result<Vec<StatusRow>> {
         let start = Instant::now();
         loop {
-            let services = match Api::<Service>::all(self.client.clone())
-                .list(&ListParams::default())
-                .await
-            {
-                Ok(list) => list.items,
-                Err(_) if start.elapsed() < limit => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+            let Some(services) = self.list_services_until(start, limit).await? else {
+                continue;
             };
             let lb = services
                 .iter()
@@ -820,17 +832,8 @@ impl Lab {
     pub async fn wait_forwarding(&self, limit: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
-            // A failed list (an API server slowed down by the VM's emulated CPUs, say) is tried again until `limit`.
-            let services = match Api::<Service>::all(self.client.clone())
-                .list(&ListParams::default())
-                .await
-            {
-                Ok(list) => list.items,
-                Err(_) if start.elapsed() < limit => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+            let Some(services) = self.list_services_until(start, limit).await? else {
+                continue;
             };
             let mut pending = Vec::new();
             for svc in &services {

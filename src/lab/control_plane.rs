@@ -215,20 +215,7 @@ impl ControlPlane {
 
     /// Starts `bin/name` with its output in `name.log` in the temp dir.
     fn spawn(&self, name: &str, args: &[String]) -> Result<Child> {
-        let log = File::create(self.log_path(name))?;
-        // setpriv puts a parent-death signal on the process before it execs the binary.
-        let mut command = Command::new("setpriv");
-        command
-            .arg("--pdeathsig=KILL")
-            .arg("--")
-            .arg(self.bin.join(name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        self.spawner
-            .spawn(command)
-            .with_context(|| format!("start {}", self.bin.join(name).display()))
+        self.spawn_logged(&[], name, args, &self.log_path(name))
     }
 
     /// Starts `bin/name` inside network namespace `netns` (a node's kube-proxy, for example), with its output in
@@ -240,19 +227,38 @@ impl ControlPlane {
         args: &[String],
         log: &Path,
     ) -> Result<Child> {
-        let log = File::create(log).with_context(|| format!("create {}", log.display()))?;
-        let mut command = Command::new("setpriv");
         // `ip netns exec` enters the namespace and execs the binary in the same process, which keeps the signal.
+        self.spawn_logged(&["ip", "netns", "exec", netns], name, args, log)
+    }
+
+    /// Starts `bin/name` behind the `wrapper` command (none, or one that execs it), its output in `log`.
+    fn spawn_logged(
+        &self,
+        wrapper: &[&str],
+        name: &str,
+        args: &[String],
+        log: &Path,
+    ) -> Result<Child> {
+        let log = File::create(log).with_context(|| format!("create {}", log.display()))?;
+        // setpriv puts a parent-death signal on the process before it execs the binary.
+        let mut command = Command::new("setpriv");
         command
-            .args(["--pdeathsig=KILL", "--", "ip", "netns", "exec", netns])
+            .args(["--pdeathsig=KILL", "--"])
+            .args(wrapper)
             .arg(self.bin.join(name))
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        let shown = wrapper
+            .iter()
+            .map(|w| w.to_string())
+            .chain([self.bin.join(name).display().to_string()])
+            .collect::<Vec<_>>()
+            .join(" ");
         self.spawner
             .spawn(command)
-            .with_context(|| format!("start {} in {netns}", self.bin.join(name).display()))
+            .with_context(|| format!("start {shown}"))
     }
 
     /// Polls `check` every 250 ms until it holds, failing after `limit` or as soon as either process has exited.

@@ -92,3 +92,28 @@ pub async fn quiet(lab: &Lab, limit: Duration) -> Vec<StatusRow> {
     }
     panic!("the owners did not hold still for 1.5 s within {limit:?}: {last:?}");
 }
+
+/// Waits (bounded by `limit`) until every node of the lab publishes `mode` as kube-proxy's.
+pub async fn wait_all_published(lab: &Lab, mode: &str, limit: Duration) {
+    let nodes = lab.node_names();
+    super::wait_until(
+        &format!("every node to publish {mode} mode"),
+        limit,
+        || async {
+            for node in &nodes {
+                if published_mode(lab, node).await.as_deref() != Some(mode) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
+/// Each Service with its VIPs and owners: what must not change while kube-proxy's mode does.
+pub fn placement(rows: &[StatusRow]) -> Vec<(String, Vec<String>, Vec<String>)> {
+    rows.iter()
+        .map(|r| (r.service.clone(), r.vips.clone(), r.owners.clone()))
+        .collect()
+}
