@@ -187,11 +187,15 @@ mod tests {
         let error = probe(missing).await.unwrap_err();
         assert!(error.to_string().contains("404"), "{error}");
 
-        let long = server(Some(
-            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\
-             xxxxxxxxxxxxxxxxxxxxxxxxxxxx",
-        ))
-        .await;
+        // Longer than the 64 bytes a probe reads.
+        let reply: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}",
+                "x".repeat(100)
+            )
+            .into_boxed_str(),
+        );
+        let long = server(Some(reply)).await;
         assert!(matches!(probe(long).await, Err(ProbeError::Body(..))));
 
         let silent = server(None).await;

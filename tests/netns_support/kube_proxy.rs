@@ -34,7 +34,8 @@ pub fn check_paths(lab: &Lab, rows: &[StatusRow], local_service: &str) -> Vec<Po
         let owner = lab.node(&row.owners[0]).unwrap();
         for vip in &row.vips {
             let ip: IpAddr = vip.parse().unwrap();
-            let mac = lab.resolve_from_client(ip);
+            // A few tries: under the VM's emulated CPUs one arping can miss its 2 s. A wrong answer is not retried.
+            let mac = (0..5).find_map(|_| lab.resolve_from_client(ip));
             assert_eq!(
                 mac.as_deref(),
                 Some(owner.mac.as_str()),
