@@ -36,36 +36,49 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug, Default)]
 pub struct LocalFacts {
     pub interfaces: Vec<LocalInterface>,
-    /// Whether a VIP is bound on this node, so that strict ARP must hold before it announces: the VIP link exists,
-    /// or the data plane is direct (the agent makes its link itself).
-    pub strict_needed: bool,
-    /// The verdict, or why there is none (a sysctl could not be read, or `enforce` could not write one): then
-    /// nothing is announced. None before the first look, and while strict ARP is not needed.
-    pub strict: Option<Result<StrictArpReport, Arc<strict_arp::Error>>>,
-    /// kube-proxy's mode on this node, for its Node annotation.
+    pub strict: Strict,
+    /// kube-proxy's mode on this node, for its Node annotation; None before the first look.
     pub proxy_mode: Option<ProxyMode>,
+}
+
+/// Strict ARP on this node, as the last look found it.
+#[derive(Clone, Debug, Default)]
+pub enum Strict {
+    /// Not looked yet: nothing is announced.
+    #[default]
+    Unknown,
+    /// No VIP is bound on this node (no VIP link, integrated data plane), so the kernel has nothing to answer ARP for
+    /// and strict ARP does not matter.
+    NotNeeded,
+    /// A VIP is bound here (the VIP link exists, or the data plane is direct): the verdict, or why there is none (a
+    /// sysctl could not be read, or `enforce` could not write one), and then nothing is announced.
+    Checked(Result<StrictArpReport, Arc<strict_arp::Error>>),
 }
 
 impl LocalFacts {
     /// Whether strict ARP lets this node announce: it holds, or nothing is bound here that needs it.
     pub fn strict_allowed(&self) -> bool {
-        // After the first look (which always sets the mode), a node that binds nothing needs no strict ARP.
-        if self.proxy_mode.is_some() && !self.strict_needed {
-            return true;
+        match &self.strict {
+            Strict::NotNeeded => true,
+            Strict::Checked(Ok(report)) => report.announce_allowed(),
+            Strict::Checked(Err(_)) | Strict::Unknown => false,
         }
-        matches!(&self.strict, Some(Ok(report)) if report.announce_allowed())
     }
 
     /// Why this node may not announce, in words for its `ironlb.io/cannot-answer` and its Event; None when it may.
     pub fn cannot_answer(&self) -> Option<String> {
         match &self.strict {
             _ if self.strict_allowed() => None,
-            Some(Ok(report)) => Some(format!(
+            Strict::Checked(Ok(report)) => Some(format!(
                 "strict ARP is not effective: {}",
                 report.status.problems.join("; ")
             )),
-            Some(Err(error)) => Some(format!("strict ARP cannot be made effective: {error}")),
-            None => Some("strict ARP has not been checked yet".into()),
+            Strict::Checked(Err(error)) => {
+                Some(format!("strict ARP cannot be made effective: {error}"))
+            }
+            Strict::NotNeeded | Strict::Unknown => {
+                Some("strict ARP has not been checked yet".into())
+            }
         }
     }
 
@@ -183,9 +196,9 @@ impl NodeLink {
                     tracing::warn!(%error, "strict ARP cannot be checked or made effective; not announcing")
                 }
             }
-            Some(strict)
+            Strict::Checked(strict)
         } else {
-            None
+            Strict::NotNeeded
         };
         let reported = match self.kube_proxy {
             Some(addr) => match proxy_mode::probe(addr).await {
@@ -216,7 +229,6 @@ impl NodeLink {
         }
         let next = LocalFacts {
             interfaces,
-            strict_needed,
             strict,
             proxy_mode: Some(mode),
         };
@@ -324,20 +336,18 @@ mod tests {
         };
         let a = LocalFacts {
             interfaces: vec![],
-            strict_needed: true,
-            strict: Some(Ok(report(true))),
+            strict: Strict::Checked(Ok(report(true))),
             proxy_mode: Some(ProxyMode::IpvsLink),
         };
         assert_eq!(a.cannot_answer(), None);
         let mut same_verdict = a.clone();
-        if let Some(Ok(r)) = same_verdict.strict.as_mut() {
+        if let Strict::Checked(Ok(r)) = &mut same_verdict.strict {
             r.applied.clear();
         }
         assert!(!a.moves_plan(&same_verdict));
         let refused = LocalFacts {
             interfaces: vec![],
-            strict_needed: true,
-            strict: Some(Ok(report(false))),
+            strict: Strict::Checked(Ok(report(false))),
             proxy_mode: Some(ProxyMode::IpvsLink),
         };
         assert!(a.moves_plan(&refused));
@@ -347,9 +357,8 @@ mod tests {
         );
         let unwritable = LocalFacts {
             interfaces: vec![],
-            strict_needed: true,
             proxy_mode: Some(ProxyMode::IpvsLink),
-            strict: Some(Err(Arc::new(strict_arp::Error::Parse {
+            strict: Strict::Checked(Err(Arc::new(strict_arp::Error::Parse {
                 path: "/proc/sys/net/ipv4/conf/all/arp_ignore".into(),
                 value: "x".into(),
             }))),
@@ -370,8 +379,7 @@ mod tests {
     fn a_node_that_binds_nothing_needs_no_strict_arp_and_says_so_on_a_mode_change() {
         let nft = LocalFacts {
             interfaces: vec![],
-            strict_needed: false,
-            strict: None,
+            strict: Strict::NotNeeded,
             proxy_mode: Some(ProxyMode::Reported("nftables".into())),
         };
         assert!(nft.strict_allowed());
@@ -380,8 +388,7 @@ mod tests {
         assert!(!LocalFacts::default().strict_allowed());
         // The same node moved to IPVS: kube-ipvs0 appeared, and with it the need for strict ARP.
         let ipvs = LocalFacts {
-            strict_needed: true,
-            strict: Some(Err(Arc::new(strict_arp::Error::Parse {
+            strict: Strict::Checked(Err(Arc::new(strict_arp::Error::Parse {
                 path: "/proc/sys/net/ipv4/conf/all/arp_ignore".into(),
                 value: "x".into(),
             }))),
