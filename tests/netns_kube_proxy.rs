@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ironlb::lab::cluster::{ApiChoice, Lab, LabOptions, PodReply};
+use ironlb::lab::cluster::{Lab, LabOptions, PodReply};
 use ironlb::lab::kube_proxy::KubeProxyMode as Mode;
 use ironlb::lab::topology;
 use netns_support::kube_proxy::{
@@ -33,12 +33,7 @@ fn options(tag: &str, mode: Mode) -> Option<LabOptions> {
     if skip() {
         return None;
     }
-    let bin = real_api_support::bin_dir_or_skip()?;
-    Some(LabOptions {
-        api: ApiChoice::Real {
-            bin,
-            crds: ironlb::lab::control_plane::Crds::Ours,
-        },
+    real_api_support::on_real_api(LabOptions {
         kube_proxy: Some(mode),
         // `check` writes no sysctl: a node whose ARP settings are the kernel's defaults must still announce.
         ..netns_support::options(tag, 3, 3, "check", &[])

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ironlb::lab::bgp::{Daemon, PeerRoute, Router, RouterConfig, node_neighbors};
-use ironlb::lab::cluster::{ApiChoice, Lab, LabOptions};
+use ironlb::lab::cluster::{Lab, LabOptions};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Secret, Service};
 use kube::api::{Api, ListParams, PostParams};
@@ -28,14 +28,9 @@ fn options(tag: &str, nodes: usize, services: usize, agent_args: &[&str]) -> Opt
     if skip() {
         return None;
     }
-    let bin = real_api_support::bin_dir_or_skip()?;
-    Some(LabOptions {
-        api: ApiChoice::Real {
-            bin,
-            crds: ironlb::lab::control_plane::Crds::Ours,
-        },
-        ..netns_support::options(tag, nodes, services, "enforce", agent_args)
-    })
+    real_api_support::on_real_api(netns_support::options(
+        tag, nodes, services, "enforce", agent_args,
+    ))
 }
 
 /// Fails naming every request RBAC refused, from the agents' logs.

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ironlb::k8s::report::StatusRow;
-use ironlb::lab::cluster::{ApiChoice, Lab, LabOptions};
+use ironlb::lab::cluster::{Lab, LabOptions};
 use ironlb::lab::kube_proxy::KubeProxyMode;
 use ironlb::lab::topology;
 use kube::api::Api;
@@ -286,15 +286,10 @@ async fn ipvs_lab(tag: &str) -> Option<(Lab, Vec<StatusRow>, Vec<IpAddr>)> {
     if !in_vm() {
         return None;
     }
-    let bin = real_api_support::bin_dir_or_skip()?;
-    let options = LabOptions {
-        api: ApiChoice::Real {
-            bin,
-            crds: ironlb::lab::control_plane::Crds::Ours,
-        },
+    let options = real_api_support::on_real_api(LabOptions {
         kube_proxy: Some(KubeProxyMode::Ipvs),
         ..netns_support::options(tag, 2, 2, "check", &[])
-    };
+    })?;
     let started = Instant::now();
     let lab = Lab::start(options).await.expect("lab starts");
     println!(

@@ -104,3 +104,17 @@ pub fn bin_dir() -> Result<PathBuf> {
     );
     Ok(bin)
 }
+
+/// `base` on the real control plane with IronLB's CRDs, or `None` (said why) when the binaries cannot be had here
+/// (see [`bin_dir_or_skip`]).
+pub fn on_real_api(
+    base: ironlb::lab::cluster::LabOptions,
+) -> Option<ironlb::lab::cluster::LabOptions> {
+    Some(ironlb::lab::cluster::LabOptions {
+        api: ironlb::lab::cluster::ApiChoice::Real {
+            bin: bin_dir_or_skip()?,
+            crds: Crds::Ours,
+        },
+        ..base
+    })
+}
