@@ -361,6 +361,86 @@ async fn direct_data_plane_reads_kube_proxys_config_under_rbac() {
     assert_nothing_forbidden(&lab);
 }
 
+/// The direct data plane on a kernel without IPVS (this host): every node says it cannot forward (its Node, a
+/// Warning Event, `ironlb_ipvs_available 0`), and since none can, the VIPs are still announced but written without
+/// `ipMode: Proxy`, so that kube-proxy forwards them. (With IPVS, the VM tier checks `Proxy` and IronLB's forwarding.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_data_plane_without_ipvs_says_so_and_leaves_the_vips_to_kube_proxy() {
+    if ironlb::lab::demo::kernel_has_ipvs() {
+        println!(
+            "skipped: this kernel has IPVS (the VM tier checks the direct data plane with it)"
+        );
+        return;
+    }
+    let Some(options) = options("ilb-rapnf", 2, 2, &["--dataplane", "direct"]) else {
+        return;
+    };
+    let lab = Lab::start(options).await.unwrap();
+    let _logs = Logs::of(&lab);
+    let rows = lab.wait_announced(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
+    let nodes: Api<Node> = Api::all(lab.client.clone());
+    let start = Instant::now();
+    loop {
+        let rows = lab.status().await.unwrap();
+        match check_owners(&lab, &rows, &services, &nodes).await {
+            None => break,
+            Some(why) if start.elapsed() > Duration::from_secs(15) => panic!("{why}"),
+            Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    for node in lab.node_names() {
+        let why = annotation(
+            &nodes.get(&node).await.unwrap().metadata,
+            ironlb::plan::input::CANNOT_FORWARD_ANNOTATION,
+        );
+        assert!(why.contains("IPVS"), "{node} cannot-forward: {why:?}");
+        let metrics = lab.metrics(&node).unwrap();
+        assert!(
+            metrics.lines().any(|l| l == "ironlb_ipvs_available 0"),
+            "{node}'s metrics lack ironlb_ipvs_available 0"
+        );
+    }
+    // The first status may be written before the nodes said they cannot forward; then it is rewritten.
+    let start = Instant::now();
+    'written: loop {
+        for row in &rows {
+            let name = row.service.trim_start_matches("default/");
+            let svc = services.get(name).await.unwrap();
+            let ingress = svc
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|lb| lb.ingress)
+                .unwrap_or_default();
+            assert!(!ingress.is_empty(), "{name} has no ingress");
+            // The API server defaults an unset ipMode to VIP.
+            if ingress.iter().any(|i| i.ip_mode.as_deref() != Some("VIP")) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "{name} still reports {ingress:?} although nothing forwards"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue 'written;
+            }
+        }
+        break;
+    }
+    let events: Api<Event> = Api::all(lab.client.clone());
+    let warned: std::collections::BTreeSet<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("CannotForward"))
+        .filter_map(|e| e.involved_object.name)
+        .collect();
+    let all: std::collections::BTreeSet<String> = lab.node_names().into_iter().collect();
+    assert_eq!(warned, all, "the Nodes with a CannotForward Event");
+    assert_nothing_forbidden(&lab);
+}
+
 fn routed_from(routes: &[PeerRoute], vip: IpAddr, next_hop: Ipv4Addr) -> bool {
     routes
         .iter()

@@ -165,6 +165,9 @@ pub struct Announcer {
     /// Set once the agent is told to stop: the reason its Node shows in
     /// [`crate::plan::input::HANDING_OFF_ANNOTATION`] while this node's groups move to others.
     stopping: Option<&'static str>,
+    /// Why this node cannot forward a VIP (the direct data plane without IPVS): its Node shows it in
+    /// [`crate::plan::input::CANNOT_FORWARD_ANNOTATION`], and no group is given to it.
+    cannot_forward: Option<String>,
     /// How many groups the last pass saw published as announced by this node.
     published_here: usize,
     /// After the cluster declared this node Down, until when it yields what the others took (see
@@ -363,6 +366,7 @@ impl Announcer {
             bgp_peers: String::new(),
             startup_hold: Some(Instant::now() + STARTUP_HOLD),
             stopping: None,
+            cannot_forward: None,
             published_here: 0,
             rejoin_hold: None,
             moves: Moves::register(registry),
@@ -434,6 +438,12 @@ impl Announcer {
              {REJOIN_HOLD:?}"
         );
         self.rejoin_hold = Some(now + REJOIN_HOLD);
+    }
+
+    /// Records why this node cannot forward a VIP: from the next pass on, its Node says so in
+    /// [`crate::plan::input::CANNOT_FORWARD_ANNOTATION`], and the others give it no group while one of them can.
+    pub fn set_cannot_forward(&mut self, why: Option<&str>) {
+        self.cannot_forward = why.map(str::to_string);
     }
 
     /// Whether a stopping agent has handed everything over: no group is published as announced by this node.
@@ -635,6 +645,7 @@ impl Announcer {
                 subnets: &subnets_annotation(&local),
                 bgp_peers: &self.bgp_peers,
                 cannot_answer: cannot_answer.as_deref().unwrap_or_default(),
+                cannot_forward: self.cannot_forward.as_deref().unwrap_or_default(),
                 handing_off: self.stopping.unwrap_or_default(),
                 proxy_mode: facts
                     .proxy_mode

@@ -91,6 +91,7 @@ pub struct DataPlaneMetrics {
     changes: Counter,
     errors: Counter,
     kube_proxy_gaps: Gauge,
+    available: Gauge,
 }
 
 impl DataPlaneMetrics {
@@ -125,6 +126,12 @@ impl DataPlaneMetrics {
             "ironlb_kube_proxy_exclude_gaps",
             "Pool ranges outside kube-proxy's ipvs.excludeCIDRs while kube-proxy runs IPVS mode (direct mode)",
             m.kube_proxy_gaps.clone(),
+        );
+        registry.register(
+            "ironlb_ipvs_available",
+            "1 while the agent can program and read IPVS; 0 on a kernel without it (direct mode: this node forwards \
+             no VIP, see the Node's ironlb.io/cannot-forward)",
+            m.available.clone(),
         );
         m
     }
@@ -303,6 +310,8 @@ pub struct DataPlane {
     checked_ranges: Option<Vec<crate::config::IpRange>>,
     client: Client,
     metrics: DataPlaneMetrics,
+    /// See [`DataPlane::cannot_forward`].
+    cannot_forward: Option<String>,
 }
 
 impl DataPlane {
@@ -339,8 +348,10 @@ impl DataPlane {
             }
             Mode::Integrated => BTreeSet::new(),
         };
+        let mut cannot_forward = None;
         let tx = match IpvsSocket::connect() {
             Ok(socket) => {
+                metrics.available.set(1);
                 let (tx, rx) = std_mpsc::channel();
                 let mut worker = Worker::new(&args, socket, notes.clone(), metrics.clone());
                 worker.widen_scope(leftover);
@@ -351,9 +362,27 @@ impl DataPlane {
                     .map(|_| tx)
             }
             Err(error) => {
+                metrics.available.set(0);
                 if args.dataplane == Mode::Direct {
-                    tracing::error!(%error, "direct data plane: IPVS is not available; VIPs are announced and \
-                        bound but nothing forwards them (load the ip_vs module)");
+                    let why = format!(
+                        "the direct data plane needs IPVS and this kernel has none ({error}); load the ip_vs module \
+                         and restart the agent"
+                    );
+                    tracing::error!(
+                        "{why}. Other nodes take this node's VIPs; while no node can forward, VIPs are reported \
+                         without ipMode: Proxy so that kube-proxy forwards them"
+                    );
+                    let _ = notes.send((
+                        Note::warning(
+                            "CannotForward",
+                            format!(
+                                "{why}. No VIP is given to this node while another can forward; while none can, \
+                                 VIPs are reported without ipMode: Proxy so that kube-proxy forwards them"
+                            ),
+                        ),
+                        node_reference(node),
+                    ));
+                    cannot_forward = Some(why);
                 } else {
                     tracing::info!(%error, "IPVS is not available; data-plane verification is off");
                 }
@@ -373,7 +402,13 @@ impl DataPlane {
             checked_ranges: None,
             client: client.clone(),
             metrics,
+            cannot_forward,
         }
+    }
+
+    /// Why this node forwards no VIP (the direct data plane on a kernel without IPVS), for its Node to show.
+    pub fn cannot_forward(&self) -> Option<&str> {
+        self.cannot_forward.as_deref()
     }
 
     /// Whether a worker is programming or verifying IPVS.

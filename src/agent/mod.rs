@@ -367,6 +367,7 @@ pub async fn run_with(
         &mut registry,
     )
     .await;
+    announcer.set_cannot_forward(dataplane.cannot_forward());
     let bgp_metrics = bgp::BgpMetrics::register(&mut registry);
     let mut bgp = bgp::BgpSpeaker::new(&args.node_name, &args.namespace, bgp_metrics);
     let mut refresh = crate::task::interval(Duration::from_secs(2));

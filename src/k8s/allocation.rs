@@ -98,6 +98,9 @@ pub struct AllocationController {
     acted: BTreeSet<ObjectKey>,
     /// How many passes ran in full, for tests and metrics.
     full_passes: u64,
+    /// Whether the last pass found that no node can forward (see [`crate::plan::input::nothing_forwards`]); a
+    /// change rewrites every Service's `ipMode`.
+    nothing_forwards: bool,
 }
 
 impl std::fmt::Debug for AllocationController {
@@ -156,12 +159,14 @@ impl AllocationController {
             BTreeMap::new()
         };
         let lb_class = self.settings.lb_class.clone();
+        let nothing_forwards = crate::plan::input::nothing_forwards(state.nodes.values());
+        let forwarding_changed =
+            std::mem::replace(&mut self.nothing_forwards, nothing_forwards) != nothing_forwards;
         // The Services to look at: every one after a full pass, else those replanned and those acted on last time.
         let look: Option<BTreeSet<ObjectKey>> = match self.kept.take() {
             Some((mut planner, kept_pools))
                 if kept_pools.iter().eq(validated.config.pools.values())
-                    && !services.all
-                    && !(reads && namespaces_changed) =>
+                    && !(services.all || (reads && namespaces_changed) || forwarding_changed) =>
             {
                 let changed = services.keys.iter().map(|k| {
                     (
@@ -228,6 +233,7 @@ impl AllocationController {
             };
             if let Some(action) = act(
                 &self.settings,
+                nothing_forwards,
                 &mut self.failed,
                 &mut self.deprecated,
                 key,
@@ -278,6 +284,7 @@ impl AllocationController {
 /// `deprecated` are what was said before, so that nothing is said twice.
 fn act(
     settings: &Settings,
+    nothing_forwards: bool,
     failed: &mut BTreeMap<ObjectKey, String>,
     deprecated: &mut BTreeSet<ObjectKey>,
     key: ObjectKey,
@@ -304,7 +311,12 @@ fn act(
             ));
         }
     }
-    let status = status_patch(svc, &row.ips, settings.ingress_mode());
+    // `Proxy` says something other than kube-proxy forwards the VIP: not so while no node can.
+    let mode = match settings.ingress_mode() {
+        IngressMode::Proxy | IngressMode::ProxyNotKept if nothing_forwards => IngressMode::Vip,
+        mode => mode,
+    };
+    let status = status_patch(svc, &row.ips, mode);
     let metadata = pool_annotation_patch(svc, row.pool.as_deref());
     let lost: Vec<_> = row
         .previous
@@ -503,6 +515,58 @@ mod tests {
         );
         controller.pass(&state, &config(&two));
         assert_eq!(controller.full_passes(), 2);
+    }
+
+    #[test]
+    fn ip_mode_proxy_is_written_only_while_some_node_can_forward() {
+        use crate::plan::input::{CANNOT_FORWARD_ANNOTATION, SUBNETS_ANNOTATION};
+        let validated = config(ONE_POOL);
+        let mut state = ClusterState::default();
+        let node = |name: &str, version: u32, cannot_forward: Option<&str>| {
+            let mut annotations = serde_json::Map::new();
+            annotations.insert(SUBNETS_ANNOTATION.into(), json!("192.0.2.11/24"));
+            if let Some(why) = cannot_forward {
+                annotations.insert(CANNOT_FORWARD_ANNOTATION.into(), json!(why));
+            }
+            serde_json::from_value::<k8s_openapi::api::core::v1::Node>(json!({
+                "metadata": {"name": name, "resourceVersion": version.to_string(), "annotations": annotations},
+            }))
+            .unwrap()
+        };
+        state.nodes.apply(node("node-1", 1, Some("no IPVS")));
+        state.nodes.apply(node("node-2", 1, None));
+        let mut controller = AllocationController::new(Settings {
+            ingress_mode: IngressMode::Proxy,
+            ..Settings::default()
+        });
+        let mut version = 0;
+        let modes = |pass: &Pass| -> Vec<Value> {
+            pass.services
+                .iter()
+                .filter_map(|a| a.status.as_ref())
+                .map(|s| s["status"]["loadBalancer"]["ingress"][0]["ipMode"].clone())
+                .collect()
+        };
+        for i in 0..3 {
+            version += 1;
+            state.services.apply(service(i, version));
+        }
+        let pass = controller.pass(&state, &validated);
+        assert_eq!(modes(&pass), vec![json!("Proxy"); 3], "node-2 forwards");
+        land(&mut state, &pass, &mut version);
+        assert!(controller.pass(&state, &validated).services.is_empty());
+
+        // node-2 loses IPVS too: every Service is rewritten without ipMode, in one pass.
+        state.nodes.apply(node("node-2", 2, Some("no IPVS")));
+        let pass = controller.pass(&state, &validated);
+        assert_eq!(modes(&pass), vec![Value::Null; 3], "nothing forwards");
+        land(&mut state, &pass, &mut version);
+        assert!(controller.pass(&state, &validated).services.is_empty());
+
+        // And back.
+        state.nodes.apply(node("node-2", 3, None));
+        let pass = controller.pass(&state, &validated);
+        assert_eq!(modes(&pass), vec![json!("Proxy"); 3]);
     }
 
     #[test]

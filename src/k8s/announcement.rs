@@ -18,7 +18,9 @@ use super::events::Note;
 use super::index::ObjectKey;
 use super::state::ClusterState;
 use crate::plan::NodePlan;
-use crate::plan::input::{CANNOT_ANSWER_ANNOTATION, HANDING_OFF_ANNOTATION, SUBNETS_ANNOTATION};
+use crate::plan::input::{
+    CANNOT_ANSWER_ANNOTATION, CANNOT_FORWARD_ANNOTATION, HANDING_OFF_ANNOTATION, SUBNETS_ANNOTATION,
+};
 use crate::plan::visibility::{
     ANNOUNCED_BY_ANNOTATION, ANNOUNCED_CAUSE_ANNOTATION, ANNOUNCED_ON_ANNOTATION,
     ANNOUNCED_SINCE_ANNOTATION, BGP_PEERS_ANNOTATION, PROXY_MODE_ANNOTATION, VIPS_ANNOTATION,
@@ -35,6 +37,8 @@ pub struct NodeAnnotations<'a> {
     pub bgp_peers: &'a str,
     /// [`CANNOT_ANSWER_ANNOTATION`]; empty removes it.
     pub cannot_answer: &'a str,
+    /// [`CANNOT_FORWARD_ANNOTATION`]; empty removes it.
+    pub cannot_forward: &'a str,
     /// [`HANDING_OFF_ANNOTATION`]; empty removes it.
     pub handing_off: &'a str,
     /// [`PROXY_MODE_ANNOTATION`]; empty removes it.
@@ -59,6 +63,7 @@ pub fn node_patch(node: Option<&Node>, wanted: &NodeAnnotations) -> Option<Value
     for (key, value) in [
         (BGP_PEERS_ANNOTATION, wanted.bgp_peers),
         (CANNOT_ANSWER_ANNOTATION, wanted.cannot_answer),
+        (CANNOT_FORWARD_ANNOTATION, wanted.cannot_forward),
         (HANDING_OFF_ANNOTATION, wanted.handing_off),
         (PROXY_MODE_ANNOTATION, wanted.proxy_mode),
     ] {
@@ -234,10 +239,37 @@ mod tests {
                 subnets,
                 bgp_peers,
                 cannot_answer,
+                cannot_forward: "",
                 handing_off,
                 proxy_mode: "",
             },
         )
+    }
+
+    #[test]
+    fn a_node_that_cannot_forward_says_why_until_it_can() {
+        let why = "the direct data plane has no IPVS in this kernel";
+        let mut node: Node =
+            serde_json::from_value(json!({"metadata": {"name": "node-1", "annotations": {
+            VIPS_ANNOTATION: "", SUBNETS_ANNOTATION: ""}}}))
+            .unwrap();
+        let wanted = |cannot_forward| NodeAnnotations {
+            cannot_forward,
+            ..Default::default()
+        };
+        assert_eq!(
+            super::node_patch(Some(&node), &wanted(why)),
+            Some(json!({"metadata": {"annotations": {CANNOT_FORWARD_ANNOTATION: why}}}))
+        );
+        node.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(CANNOT_FORWARD_ANNOTATION.into(), why.into());
+        assert_eq!(super::node_patch(Some(&node), &wanted(why)), None);
+        assert_eq!(
+            super::node_patch(Some(&node), &wanted("")),
+            Some(json!({"metadata": {"annotations": {CANNOT_FORWARD_ANNOTATION: null}}}))
+        );
     }
 
     #[test]

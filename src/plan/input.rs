@@ -28,6 +28,10 @@ pub const SUBNETS_ANNOTATION: &str = "ironlb.io/subnets";
 /// Set by a node's agent while it cannot answer ARP/NDP at all (strict ARP not effective), to the reason: no group
 /// is given to it in Layer 2 mode meanwhile.
 pub const CANNOT_ANSWER_ANNOTATION: &str = "ironlb.io/cannot-answer";
+/// Set by a node's agent while it runs the direct data plane on a kernel without IPVS, to the reason: nothing on the
+/// node forwards a VIP, so no group (Layer 2 or BGP) is given to it, and while no node can forward, the allocator
+/// does not report `ipMode: Proxy` (see [`nothing_forwards`]).
+pub const CANNOT_FORWARD_ANNOTATION: &str = "ironlb.io/cannot-forward";
 /// Set by a node's agent from the moment it is told to stop (SIGTERM) until it exits, to the reason; cleared by the
 /// next agent on the node. Like a cordon, it makes the node hand its Layer 2 groups over before it goes.
 pub const HANDING_OFF_ANNOTATION: &str = "ironlb.io/handing-off";
@@ -106,6 +110,8 @@ pub struct NodeInfo {
     pub network_unavailable: bool,
     /// From [`CANNOT_ANSWER_ANNOTATION`]: why its agent cannot answer ARP/NDP now.
     pub cannot_answer: Option<String>,
+    /// From [`CANNOT_FORWARD_ANNOTATION`]: why its agent cannot forward a VIP (direct data plane without IPVS).
+    pub cannot_forward: Option<String>,
     /// Cordoned (`spec.unschedulable`), tainted [`OUT_OF_SERVICE_TAINT`], or its agent stopping
     /// ([`HANDING_OFF_ANNOTATION`]): its Layer 2 VIPs move to other nodes before it is drained or shut down.
     pub handing_off: bool,
@@ -205,6 +211,13 @@ impl PlanInput {
             .filter_map(|n| node_info(n, &mut warnings))
             .collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        // When no node can forward, they all announce anyway: the allocator then writes no `ipMode: Proxy`, so
+        // kube-proxy forwards the VIPs (see [`nothing_forwards`]).
+        if nothing_forwards(cluster.nodes()) {
+            for node in &mut nodes {
+                node.cannot_forward = None;
+            }
+        }
         let namespace_labels = cluster.namespace_labels();
         let no_labels = Labels::new();
         let slices = slices_by_service(cluster.endpoint_slices());
@@ -309,13 +322,16 @@ fn node_info(node: &Node, warnings: &mut Vec<String>) -> Option<NodeInfo> {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "NetworkUnavailable" && c.status == "True");
-    let cannot_answer = node
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(CANNOT_ANSWER_ANNOTATION))
-        .filter(|why| !why.is_empty())
-        .cloned();
+    let reason = |key: &str| {
+        node.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .filter(|why| !why.is_empty())
+            .cloned()
+    };
+    let cannot_answer = reason(CANNOT_ANSWER_ANNOTATION);
+    let cannot_forward = reason(CANNOT_FORWARD_ANNOTATION);
     let spec = node.spec.as_ref();
     let stopping = node
         .metadata
@@ -335,8 +351,33 @@ fn node_info(node: &Node, warnings: &mut Vec<String>) -> Option<NodeInfo> {
         subnets,
         network_unavailable,
         cannot_answer,
+        cannot_forward,
         handing_off,
     })
+}
+
+/// Whether no node can forward a VIP: some node runs an agent (it published [`SUBNETS_ANNOTATION`]) and every such
+/// node says it cannot forward ([`CANNOT_FORWARD_ANNOTATION`]). The allocator then writes ingress IPs without
+/// `ipMode: Proxy`, so that kube-proxy forwards them (its nftables and iptables modes need no IPVS), and every node
+/// is eligible again: with some node able to forward, those that cannot are never chosen.
+pub fn nothing_forwards<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> bool {
+    let mut agents = 0usize;
+    for node in nodes {
+        let Some(annotations) = node.metadata.annotations.as_ref() else {
+            continue;
+        };
+        if !annotations.contains_key(SUBNETS_ANNOTATION) {
+            continue;
+        }
+        agents += 1;
+        if annotations
+            .get(CANNOT_FORWARD_ANNOTATION)
+            .is_none_or(|why| why.is_empty())
+        {
+            return false;
+        }
+    }
+    agents > 0
 }
 
 /// Parses the [`SUBNETS_ANNOTATION`] value leniently: the valid CIDRs, and the entries that are not. Blank entries
@@ -541,6 +582,8 @@ fn group(
                 rejected.excluded += 1;
             } else if node.network_unavailable {
                 rejected.network_unavailable += 1;
+            } else if node.cannot_forward.is_some() {
+                rejected.cannot_forward += 1;
             } else if need_subnet && node.cannot_answer.is_some() {
                 rejected.cannot_answer += 1;
             } else if need_subnet && node.handing_off {
@@ -630,6 +673,7 @@ struct Rejections {
     excluded: usize,
     network_unavailable: usize,
     cannot_answer: usize,
+    cannot_forward: usize,
     handing_off: usize,
     no_subnet: usize,
     no_local_endpoint: usize,
@@ -644,6 +688,10 @@ impl fmt::Display for Rejections {
             (
                 self.cannot_answer,
                 "unable to answer ARP/NDP (see ironlb.io/cannot-answer)",
+            ),
+            (
+                self.cannot_forward,
+                "unable to forward: no IPVS (see ironlb.io/cannot-forward)",
             ),
             (
                 self.handing_off,
@@ -687,6 +735,7 @@ pub(crate) mod testing {
         fn network_unavailable(self) -> Node;
         fn cordoned(self) -> Node;
         fn out_of_service(self) -> Node;
+        fn cannot_forward(self, why: &str) -> Node;
     }
 
     impl NodeExt for Node {
@@ -702,6 +751,13 @@ pub(crate) mod testing {
                 .annotations
                 .get_or_insert_with(Default::default)
                 .insert(SUBNETS_ANNOTATION.into(), value.into());
+            self
+        }
+        fn cannot_forward(mut self, why: &str) -> Node {
+            self.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(CANNOT_FORWARD_ANNOTATION.into(), why.into());
             self
         }
         fn cordoned(mut self) -> Node {
@@ -1123,6 +1179,51 @@ spec:
             &cfg,
         );
         assert_eq!(nodes_of(only(&input)), ["ok"]);
+    }
+
+    #[test]
+    fn a_node_that_cannot_forward_is_chosen_only_while_no_node_can() {
+        let cfg = with_l2("{}");
+        let no_ipvs = "no IPVS";
+        let mixed = vec![
+            node("direct").subnets("192.0.2.11/24"),
+            node("no-ipvs")
+                .subnets("192.0.2.12/24")
+                .cannot_forward(no_ipvs),
+            // No agent: it says nothing about forwarding and does not count.
+            node("bare"),
+        ];
+        assert!(!nothing_forwards(&mixed));
+        let serving = || vec![slice("a", &[Ep::Ready("direct"), Ep::Ready("no-ipvs")])];
+        let input = plan(
+            vec![svc("a").status(&["192.0.2.1"])],
+            serving(),
+            mixed,
+            &cfg,
+        );
+        assert_eq!(nodes_of(only(&input)), ["direct"]);
+
+        let only_no_ipvs = vec![
+            node("direct")
+                .subnets("192.0.2.11/24")
+                .cannot_forward(no_ipvs),
+            node("no-ipvs")
+                .subnets("192.0.2.12/24")
+                .cannot_forward(no_ipvs),
+            node("bare"),
+        ];
+        assert!(nothing_forwards(&only_no_ipvs));
+        let input = plan(
+            vec![svc("a").status(&["192.0.2.1"])],
+            serving(),
+            only_no_ipvs,
+            &cfg,
+        );
+        assert_eq!(nodes_of(only(&input)), ["direct", "no-ipvs"]);
+        assert!(
+            !nothing_forwards(&[node("bare")]),
+            "without agents, nothing is known"
+        );
     }
 
     #[test]
