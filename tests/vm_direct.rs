@@ -16,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use ironlb::agent::dataplane::{DataPlaneArgs, DataPlaneMetrics, Mode, Target, Worker};
+use ironlb::agent::dataplane::{
+    DataPlaneArgs, DataPlaneMetrics, Mode, QUICK_CHECK, Target, Worker,
+};
 use ironlb::ipvs::IpvsSocket;
 use ironlb::ipvs::direct;
 use ironlb::k8s::index::{Cursor, ObjectIndex};
@@ -251,6 +253,31 @@ async fn direct_deleted_destination_is_reported_and_repaired() -> anyhow::Result
         !metrics_text.contains("ironlb_ipvs_drift{"),
         "{metrics_text}"
     );
+
+    // kube-proxy's start in nftables or iptables mode flushes all of IPVS: the running worker's quick check puts
+    // the table back long before its period (an hour here) would.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || worker.run(rx));
+    sh("ipvsadm -C");
+    let flushed = Instant::now();
+    let repaired = loop {
+        if out("ipvsadm -S -n").contains("-a -t 192.0.2.10:80 -r 198.51.100.3:8080 -m -w 1") {
+            break flushed.elapsed();
+        }
+        ensure!(
+            flushed.elapsed() < Duration::from_secs(10),
+            "a flushed table not repaired within 10 s (the quick check runs every {QUICK_CHECK:?})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "flushed IPVS table repaired {} ms after the flush (quick check every {QUICK_CHECK:?}; polled every 20 ms)",
+        repaired.as_millis()
+    );
+    drop(tx);
+    runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the worker panicked"))?;
     server.shutdown().await?;
     Ok(())
 }

@@ -39,7 +39,7 @@ use ironlb::lab::kube_proxy::KubeProxyMode;
 use ironlb::lab::topology;
 use kube::api::Api;
 use netns_support::kube_proxy::{
-    check_paths, placement, published_mode, quiet, wait_all_published,
+    check_paths, nft_has, placement, published_mode, quiet, wait_all_published,
 };
 use netns_support::{Logs, wait_until};
 
@@ -160,24 +160,6 @@ fn connect(vip: IpAddr) -> Result<(), &'static str> {
     ironlb::lab::cluster::PodReply::parse(&text)
         .map(|_| ())
         .ok_or("answered, but not by a pod")
-}
-
-/// Whether `node`'s kube-proxy has nftables rules for every one of `vips`.
-fn nft_has(lab: &Lab, node: &str, vips: &[IpAddr]) -> bool {
-    let netns = &lab.node(node).unwrap().netns;
-    let rules = |family: &str| {
-        topology::run_in(
-            netns,
-            &["nft", "list", "map", family, "kube-proxy", "service-ips"],
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default()
-    };
-    let (v4, v6) = (rules("ip"), rules("ip6"));
-    vips.iter().all(|vip| match vip {
-        IpAddr::V4(_) => v4.contains(&format!("{vip} . tcp . 80")),
-        IpAddr::V6(_) => v6.contains(&format!("{vip} . tcp . 80")),
-    })
 }
 
 /// Whether `node`'s IPVS has a virtual service on `vip`:80, and whether `kube-ipvs0` holds `vip`.
@@ -536,5 +518,178 @@ async fn leaving_ipvs_node_by_node_moves_no_vip_and_fails_only_inside_kube_proxy
             published_mode(&lab, &node).await.as_deref(),
             Some("nftables")
         );
+    }
+}
+
+/// One data plane beside one kube-proxy mode, for the figures below.
+struct Setup {
+    mode: KubeProxyMode,
+    direct: bool,
+}
+
+impl Setup {
+    fn name(&self) -> String {
+        format!(
+            "kube-proxy {}, {} data plane",
+            self.mode,
+            if self.direct { "direct" } else { "integrated" }
+        )
+    }
+}
+
+/// Trials of each figure per setup.
+const TRIALS: usize = 5;
+
+/// Creates a `Cluster` Service with a pod behind every node and times, from the create call, until its VIP is in its
+/// status and until a pod first answers the client on it (tries every 50 ms, each bounded to 200 ms).
+async fn create_to_connection(lab: &Lab, name: &str) -> (Duration, Duration) {
+    use k8s_openapi::api::core::v1::Service;
+    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
+    let start = Instant::now();
+    lab.create_demo_service(name, false, false, None)
+        .await
+        .unwrap();
+    let (vip, got_ip) = loop {
+        let svc = services.get(name).await.unwrap();
+        let ip = svc
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .and_then(|i| i.first().and_then(|i| i.ip.clone()));
+        if let Some(ip) = ip {
+            break (ip.parse::<IpAddr>().unwrap(), start.elapsed());
+        }
+        assert!(start.elapsed() < LIMIT, "{name} got no IP within {LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    loop {
+        let answered = tokio::task::block_in_place(|| {
+            lab.connect_from_client(vip, Duration::from_millis(200))
+                .ok()
+                .and_then(|t| ironlb::lab::cluster::PodReply::parse(&t))
+                .is_some()
+        });
+        if answered {
+            return (got_ip, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "no pod answered {name}'s VIP {vip} within {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spread(samples: &mut [Duration]) -> String {
+    if samples.is_empty() {
+        return "no sample".into();
+    }
+    samples.sort();
+    format!(
+        "median {} ms, min {} ms, max {} ms (n={})",
+        samples[samples.len() / 2].as_millis(),
+        samples[0].as_millis(),
+        samples[samples.len() - 1].as_millis(),
+        samples.len()
+    )
+}
+
+/// Benchmark (figures printed for BENCHMARKS.md; no timing is asserted): for kube-proxy in IPVS mode and in nftables
+/// mode with the integrated data plane, and nftables mode with the direct one, on a lab of its own each: Service
+/// create to first connection answered by a pod, and failover after the owner's death (agent SIGKILLed and link cut;
+/// `ironlb::lab::demo::measure_failover`, TCP every 50 ms), the same trial count for each. Debug agents under TCG: the
+/// figures compare the setups with each other, not with real hardware.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: scripts/bench runs it in the VM"]
+async fn bench_failover_and_create_to_connection_per_kube_proxy_mode() {
+    if !in_vm() {
+        return;
+    }
+    let setups = [
+        Setup {
+            mode: KubeProxyMode::Ipvs,
+            direct: false,
+        },
+        Setup {
+            mode: KubeProxyMode::Nftables,
+            direct: false,
+        },
+        Setup {
+            mode: KubeProxyMode::Nftables,
+            direct: true,
+        },
+    ];
+    let mut lines = Vec::new();
+    for (n, setup) in setups.iter().enumerate() {
+        let args: &[&str] = if setup.direct {
+            &["--dataplane", "direct"]
+        } else {
+            &[]
+        };
+        let options = real_api_support::on_real_api(LabOptions {
+            kube_proxy: Some(setup.mode),
+            ..netns_support::options(&format!("ilb-vkb{n}"), 2, 2, "enforce", args)
+        })
+        .expect("the control plane's binaries");
+        let mut lab = Lab::start(options).await.expect("lab starts");
+        let _logs = Logs::of(&lab);
+        lab.wait_announced(LIMIT).await.unwrap();
+        lab.wait_forwarding(LIMIT).await.unwrap();
+        let (mut to_ip, mut to_connection) = (Vec::new(), Vec::new());
+        for t in 0..TRIALS {
+            let (ip, connected) = create_to_connection(&lab, &format!("bench-{t}")).await;
+            println!(
+                "{}: bench-{t} IP after {} ms, first connection after {} ms",
+                setup.name(),
+                ip.as_millis(),
+                connected.as_millis()
+            );
+            to_ip.push(ip);
+            to_connection.push(connected);
+        }
+        let (mut failovers, mut incomplete) = (Vec::new(), 0);
+        for t in 0..TRIALS {
+            let rows = quiet(&lab, LIMIT).await;
+            let row = rows.iter().find(|r| r.service == "default/demo-1").unwrap();
+            let vip: IpAddr = row
+                .vips
+                .iter()
+                .find_map(|v| v.parse().ok().filter(IpAddr::is_ipv4))
+                .unwrap();
+            let owner = row.owners[0].clone();
+            match ironlb::lab::demo::measure_failover(&mut lab, vip, &owner)
+                .await
+                .unwrap()
+            {
+                Some((took, reply)) => {
+                    println!(
+                        "{}: failover {t} of {vip} from {owner}: {} ms, {reply}",
+                        setup.name(),
+                        took.as_millis()
+                    );
+                    failovers.push(took);
+                }
+                None => {
+                    println!(
+                        "{}: failover {t} of {vip} from {owner}: nothing answered within 10 s",
+                        setup.name()
+                    );
+                    incomplete += 1;
+                }
+            }
+            ironlb::lab::demo::heal(&mut lab, &owner).unwrap();
+            lab.wait_forwarding(LIMIT).await.unwrap();
+        }
+        lines.push(format!(
+            "bench kube-proxy: {}: create to IP {}; create to first connection {}; failover {} ({incomplete} not within \
+             10 s)",
+            setup.name(),
+            spread(&mut to_ip),
+            spread(&mut to_connection),
+            spread(&mut failovers)
+        ));
+    }
+    for line in lines {
+        println!("{line}");
     }
 }

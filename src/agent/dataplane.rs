@@ -137,6 +137,9 @@ impl DataPlaneMetrics {
     }
 }
 
+/// How often the direct data plane looks for its virtual services gone from the kernel (see [`Worker::run`]).
+pub const QUICK_CHECK: Duration = Duration::from_secs(1);
+
 /// What the worker is asked to hold (direct) or check (integrated).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Target {
@@ -704,12 +707,27 @@ impl Worker {
         }
     }
 
-    /// Runs until the sender is dropped: applies each change at once, and verifies every period.
+    /// Runs until the sender is dropped: applies each change at once, and verifies every period. In direct mode it
+    /// also looks every [`QUICK_CHECK`] for a virtual service gone from the kernel, and then verifies and repairs at
+    /// once rather than at the period's end.
     pub fn run(mut self, rx: std_mpsc::Receiver<Work>) {
         let mut changed_at = Instant::now();
         let mut next_full = Instant::now() + self.period;
+        let mut next_quick = Instant::now() + QUICK_CHECK;
         loop {
-            let wait = next_full.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            if self.mode == Mode::Direct && now >= next_quick {
+                next_quick = now + QUICK_CHECK;
+                if self.started && self.emptied_behind_our_back() {
+                    self.verify(changed_at);
+                    next_full = Instant::now() + self.period;
+                }
+            }
+            let until = match self.mode {
+                Mode::Direct => next_full.min(next_quick),
+                Mode::Integrated => next_full,
+            };
+            let wait = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(work) => {
                     // Everything queued goes into one pass.
@@ -722,15 +740,41 @@ impl Worker {
                         self.pass();
                     }
                 }
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                Err(std_mpsc::RecvTimeoutError::Timeout) if Instant::now() >= next_full => {
                     if self.started {
                         self.verify(changed_at);
                     }
                     next_full = Instant::now() + self.period;
                 }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+
+    /// Direct mode, after a successful pass: whether a wanted virtual service is missing from the kernel (one dump of
+    /// the services, no real servers). A failed read says no: the periodic verification reports it.
+    fn emptied_behind_our_back(&mut self) -> bool {
+        if !self.in_sync || !self.pending.is_empty() {
+            return false;
+        }
+        let Ok(present) = self.programmer.service_ids() else {
+            return false;
+        };
+        let missing = self
+            .wanted
+            .table
+            .keys()
+            .filter(|id| !present.contains(id))
+            .count();
+        if missing > 0 {
+            tracing::warn!(
+                missing,
+                "virtual services of IronLB vanished from IPVS (kube-proxy's start in nftables or iptables mode \
+                 flushes IPVS); repairing now"
+            );
+        }
+        missing > 0
     }
 
     /// Takes a change into the wanted state and notes which virtual services it touched.

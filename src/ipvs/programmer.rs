@@ -10,7 +10,7 @@
 //! weight 0 (no new connections are scheduled to it) and deleted once it has none or the grace period has passed.
 //! Time is an input (`now`), so the drain is a pure state machine.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::codec::{
@@ -253,11 +253,26 @@ impl Programmer {
 
     /// Dumps every service and, for those in scope, its real servers.
     pub fn actual(&mut self) -> Result<ActualTable> {
+        let mut table = ActualTable::new();
+        for spec in self.scoped_services()? {
+            let dests = self.dests(&spec.id)?;
+            table.insert(spec.id, (spec, dests));
+        }
+        Ok(table)
+    }
+
+    /// The virtual services in scope, without their real servers: one dump, cheap enough to run every second to
+    /// notice a table emptied behind the agent's back (kube-proxy's start in nftables or iptables mode flushes IPVS).
+    pub fn service_ids(&mut self) -> Result<BTreeSet<ServiceId>> {
+        Ok(self.scoped_services()?.into_iter().map(|s| s.id).collect())
+    }
+
+    fn scoped_services(&mut self) -> Result<Vec<ServiceSpec>> {
         self.calls.dumps += 1;
         let replies = self
             .socket
             .dump(&IpvsMessage::new(IpvsCmd::GetService, vec![]))?;
-        let mut table = ActualTable::new();
+        let mut services = Vec::new();
         for reply in replies {
             let Some(attrs) = reply.service() else {
                 continue;
@@ -266,13 +281,11 @@ impl Programmer {
                 what: "service",
                 source,
             })?;
-            if !(self.scope)(&svc.spec.id) {
-                continue;
+            if (self.scope)(&svc.spec.id) {
+                services.push(svc.spec);
             }
-            let dests = self.dests(&svc.spec.id)?;
-            table.insert(svc.spec.id, (svc.spec, dests));
         }
-        Ok(table)
+        Ok(services)
     }
 
     fn dests(&mut self, id: &ServiceId) -> Result<BTreeMap<DestId, Dest>> {

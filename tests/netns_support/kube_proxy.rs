@@ -1,5 +1,6 @@
 //! Checks shared by the tests that run real kube-proxy beside IronLB (tests/netns_kube_proxy.rs on the host in
-//! nftables and iptables mode, tests/vm_kube_proxy.rs in the VM in IPVS mode).
+//! nftables and iptables mode, tests/vm_kube_proxy.rs in the VM in IPVS mode, tests/vm_lab.rs in the VM in nftables
+//! mode beside the direct data plane).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -117,4 +118,28 @@ pub fn placement(rows: &[StatusRow]) -> Vec<(String, Vec<String>, Vec<String>)> 
     rows.iter()
         .map(|r| (r.service.clone(), r.vips.clone(), r.owners.clone()))
         .collect()
+}
+
+/// The addresses `node`'s kube-proxy (nftables mode) has rules for: the keys of its `service-ips` maps, IPv4 and
+/// IPv6, as `nft list map` prints them (`<ip> . tcp . <port>`).
+pub fn service_ips(lab: &Lab, node: &str) -> String {
+    let netns = &lab.node(node).unwrap().netns;
+    ["ip", "ip6"]
+        .iter()
+        .map(|family| {
+            topology::run_in(
+                netns,
+                &["nft", "list", "map", family, "kube-proxy", "service-ips"],
+            )
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Whether `node`'s kube-proxy has nftables rules for every one of `vips` on TCP port 80.
+pub fn nft_has(lab: &Lab, node: &str, vips: &[IpAddr]) -> bool {
+    let rules = service_ips(lab, node);
+    vips.iter()
+        .all(|vip| rules.contains(&format!("{vip} . tcp . 80")))
 }
