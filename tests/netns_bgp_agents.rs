@@ -260,3 +260,116 @@ async fn bgp_status_is(lab: &Lab, want: &[(&str, &str)]) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `localASN` and the address families as MetalLB defines them, against FRR. FRR expects the nodes in AS 64999, the
+/// BGPPeer's `localASN`, not its `myASN` 64497: the sessions come up only if IronLB presents it, and FRR's default
+/// enforce-first-as also checks the AS path of every route. A dual-stack Service over the IPv4 sessions: only its
+/// IPv4 route arrives, until `dualStackAddressFamily` brings the IPv6 one, with each node's IPv6 address as next hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_asn_and_address_families_against_frr() {
+    if skip() {
+        return;
+    }
+    let lab = Lab::start(netns_support::options("ilb-bgpl", 2, 0, "enforce", &[]))
+        .await
+        .unwrap();
+    let _logs = Logs::of(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let router = tokio::task::block_in_place(|| {
+        Router::start(
+            Daemon::Frr,
+            &lab.topology.switch,
+            dir.path(),
+            RouterConfig {
+                asn: 64496,
+                router_id: Ipv4Addr::new(192, 0, 2, 1),
+                neighbors: node_neighbors(&lab, 64999, None),
+                graceful_restart: false,
+            },
+        )
+    })
+    .unwrap();
+    let pp = PostParams::default();
+    let peers: Api<BGPPeer> = Api::namespaced(lab.client.clone(), "metallb-system");
+    let peer: BGPPeer = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+        "metadata": {"name": "router", "namespace": "metallb-system"},
+        "spec": {"myASN": 64497, "localASN": 64999, "peerASN": 64496, "peerAddress": "192.0.2.1",
+                 "connectTime": "1s"},
+    }))
+    .unwrap();
+    peers.create(&pp, &peer).await.unwrap();
+    let adv: BGPAdvertisement = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
+        "metadata": {"name": "router", "namespace": "metallb-system"},
+        "spec": {"ipAddressPools": ["lab"]},
+    }))
+    .unwrap();
+    Api::<BGPAdvertisement>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &adv)
+        .await
+        .unwrap();
+    lab.create_demo_service("dual", true, false, None)
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let vips: Vec<IpAddr> = loop {
+        let svc = services.get("dual").await.unwrap();
+        let ips: Vec<IpAddr> = svc
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i.ip.as_ref()?.parse().ok())
+            .collect();
+        if ips.len() == 2 {
+            break ips;
+        }
+        assert!(Instant::now() < deadline, "the Service got {ips:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let v4 = *vips.iter().find(|ip| ip.is_ipv4()).unwrap();
+    let v6 = *vips.iter().find(|ip| ip.is_ipv6()).unwrap();
+    let wait = |pred: Box<RoutePred>, limit: Duration| {
+        tokio::task::block_in_place(|| router.wait_routes(limit, pred))
+    };
+    let (ok, seen) = wait(
+        Box::new(move |r| from(r, v4, "192.0.2.11") && from(r, v4, "192.0.2.12")),
+        Duration::from_secs(30),
+    );
+    assert!(
+        ok,
+        "{v4} from both nodes, whose sessions present AS 64999: {seen:#?}\n{}",
+        router.log()
+    );
+    // The same-family default: the IPv6 route stays off the IPv4 sessions (watched for 3 s after the IPv4 route
+    // came, which took the same sessions and pass).
+    let (leaked, seen) = wait(
+        Box::new(move |r| r.iter().any(|r| r.prefix == ipnet::IpNet::from(v6))),
+        Duration::from_secs(3),
+    );
+    assert!(!leaked, "{v6} reached FRR over an IPv4 session: {seen:#?}");
+
+    let patch = json!({"spec": {"dualStackAddressFamily": true}});
+    peers
+        .patch(
+            "router",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let (ok, seen) = wait(
+        Box::new(move |r| {
+            from(r, v4, "192.0.2.11") && from(r, v6, "2001:db8::11") && from(r, v6, "2001:db8::12")
+        }),
+        Duration::from_secs(30),
+    );
+    assert!(
+        ok,
+        "with dualStackAddressFamily, {v6} from both nodes over IPv4 sessions: {seen:#?}\n{}",
+        router.log()
+    );
+}

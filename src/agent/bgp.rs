@@ -198,12 +198,18 @@ pub fn plan(
                 }
             }
         }
+        // `localASN` replaces `myASN` on this session, in the OPEN and in the AS path (FRR's `local-as <ASN>
+        // no-prepend replace-as`, as MetalLB configures it).
+        let local_asn = peer.local_asn.unwrap_or(peer.my_asn);
         let (peer_as, ebgp) = match peer.remote_asn {
-            RemoteAsn::Fixed(a) => (PeerAs::Fixed(a), a != peer.my_asn),
+            RemoteAsn::Fixed(a) => (PeerAs::Fixed(a), a != local_asn),
             RemoteAsn::Internal => (PeerAs::Internal, false),
             RemoteAsn::External => (PeerAs::External, true),
         };
         let family_match = |ip: &IpAddr| ip.is_ipv4() == address.is_ipv4();
+        // As MetalLB (0.15 on) does: a session carries the routes of its own address family only, unless
+        // `dualStackAddressFamily` asks for both. The deprecated `disableMP` asks for what is now the default.
+        let both_families = peer.dual_stack_address_family;
         let router_id = peer
             .router_id
             .or_else(|| {
@@ -233,13 +239,14 @@ pub fn plan(
             },
             ttl: if ebgp && !peer.ebgp_multi_hop { 1 } else { 255 },
             connect_timeout: connect_retry.min(Duration::from_secs(30)),
-            alt_next_hop: if peer.disable_mp {
-                None
-            } else {
+            // Routes of the other family need a next hop of that family: only when the session carries both.
+            alt_next_hop: if both_families {
                 addresses.iter().find(|a| !family_match(a)).copied()
+            } else {
+                None
             },
             fsm: FsmConfig {
-                local_asn: peer.my_asn,
+                local_asn,
                 peer_as,
                 router_id,
                 hold_time: peer
@@ -248,8 +255,8 @@ pub fn plan(
                 keepalive: peer.keepalive_time,
                 connect_retry,
                 graceful_restart: peer.graceful_restart.then_some(RESTART_TIME),
-                ipv4: !peer.disable_mp || address.is_ipv4(),
-                ipv6: !peer.disable_mp || address.is_ipv6(),
+                ipv4: both_families || address.is_ipv4(),
+                ipv6: both_families || address.is_ipv6(),
                 restarted: true,
             },
         };
@@ -983,6 +990,39 @@ mod tests {
         );
         let p = plan_for("n1", &adv("{peers: [other]}"), false, &[Ep::Ready("n1")]);
         assert!(p.peers["router"].routes.is_empty());
+    }
+
+    #[test]
+    fn local_asn_and_address_families_follow_metallb() {
+        let fsm = |peer_spec: &str| {
+            let yaml = adv("{}").replace("peerAddress: 192.0.2.1}", peer_spec);
+            plan_for("n1", &yaml, false, &[Ep::Ready("n1")]).peers["router"]
+                .config
+                .fsm
+                .clone()
+        };
+        let plain = fsm("peerAddress: 192.0.2.1}");
+        assert_eq!(plain.local_asn, 64497);
+        assert!(
+            plain.ipv4 && !plain.ipv6,
+            "an IPv4 session carries IPv4 routes only"
+        );
+        let v6 = fsm("peerAddress: '2001:db8::1'}");
+        assert!(
+            !v6.ipv4 && v6.ipv6,
+            "an IPv6 session carries IPv6 routes only"
+        );
+        let both = fsm("peerAddress: 192.0.2.1, dualStackAddressFamily: true}");
+        assert!(both.ipv4 && both.ipv6);
+        let old = fsm("peerAddress: 192.0.2.1, disableMP: true}");
+        assert!(old.ipv4 && !old.ipv6, "disableMP asks for the default");
+        let local = fsm("peerAddress: 192.0.2.1, localASN: 64999}");
+        assert_eq!(local.local_asn, 64999, "localASN replaces myASN");
+        assert_eq!(
+            local.peer_as,
+            crate::bgp::fsm::PeerAs::Fixed(64496),
+            "the peer's AS is still peerASN"
+        );
     }
 
     #[test]

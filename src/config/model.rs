@@ -347,8 +347,8 @@ pub struct Peer {
     pub vrf: Option<String>,
     pub bfd_profile: Option<String>,
     pub graceful_restart: bool,
+    /// Both address families on this session; otherwise only the routes of its own family.
     pub dual_stack_address_family: bool,
-    pub disable_mp: bool,
 }
 
 /// A validated `BFDProfile`.

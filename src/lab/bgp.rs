@@ -809,7 +809,7 @@ pub async fn peer_lab(
         "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
         "metadata": {"name": "lab-router", "namespace": "metallb-system"},
         "spec": {"myASN": LAB_NODE_AS, "peerASN": LAB_ROUTER_AS, "peerAddress": super::topology::SWITCH_V4.to_string(),
-                 "connectTime": "1s", "enableGracefulRestart": true},
+                 "connectTime": "1s", "enableGracefulRestart": true, "dualStackAddressFamily": true},
     }))
     .map_err(|e| LabError::Setup(e.to_string()))?;
     Api::<BGPPeer>::namespaced(lab.client.clone(), "metallb-system")

@@ -242,16 +242,16 @@ pub(super) fn peers(objects: &[Named<crd::BGPPeer>], out: &mut Validated) {
                 f.warn("spec.vrf", NOT_ACTED_ON);
             }
         }
-        if s.local_asn.is_some() {
-            f.warn("spec.localASN", NOT_ACTED_ON);
-        }
-        if s.dual_stack_address_family == Some(true) {
-            f.warn("spec.dualStackAddressFamily", NOT_ACTED_ON);
-        }
         if s.disable_mp == Some(true) {
             f.warn(
                 "spec.disableMP",
-                format!("deprecated by MetalLB, and {NOT_ACTED_ON}"),
+                if s.dual_stack_address_family == Some(true) {
+                    "deprecated by MetalLB, and ignored: dualStackAddressFamily is set, so the session carries both \
+                     address families (as in MetalLB)"
+                } else {
+                    "deprecated by MetalLB in favour of dualStackAddressFamily; not needed: a session carries only \
+                     the routes of its own address family unless dualStackAddressFamily is set"
+                },
             );
         }
         let valid = f.finish(out);
@@ -275,7 +275,6 @@ pub(super) fn peers(objects: &[Named<crd::BGPPeer>], out: &mut Validated) {
                 bfd_profile,
                 graceful_restart: s.enable_graceful_restart.unwrap_or(false),
                 dual_stack_address_family: s.dual_stack_address_family.unwrap_or(false),
-                disable_mp: s.disable_mp.unwrap_or(false),
             };
             out.config.peers.insert(n.name.clone(), peer);
         }
