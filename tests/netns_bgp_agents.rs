@@ -373,3 +373,201 @@ async fn local_asn_and_address_families_against_frr() {
         router.log()
     );
 }
+
+/// FRR's view of the session with `node_ip`: `show bgp neighbors <ip> json`.
+fn frr_neighbor(router: &Router, node_ip: &str) -> serde_json::Value {
+    let text = router
+        .cli(&["-c", &format!("show bgp neighbors {node_ip} json")])
+        .unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()[node_ip].clone()
+}
+
+/// Leaving gracefully (RFC 8326), against FRR. A cordoned node's routes carry GRACEFUL_SHUTDOWN (65535:0) while it
+/// still advertises them, and lose it when uncordoned; a node labelled exclude-from-external-load-balancers marks
+/// its routes first and withdraws them after `--bgp-shutdown-grace`; the agent of a cordoned node told to stop
+/// withdraws its routes before it closes the session with a Cease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_nodes_mark_their_routes_graceful_shutdown_then_withdraw() {
+    if skip() {
+        return;
+    }
+    let mut lab = Lab::start(netns_support::options("ilb-bgpg", 2, 0, "enforce", &[]))
+        .await
+        .unwrap();
+    let _logs = Logs::of(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let router = tokio::task::block_in_place(|| {
+        Router::start(
+            Daemon::Frr,
+            &lab.topology.switch,
+            dir.path(),
+            RouterConfig {
+                asn: 64496,
+                router_id: Ipv4Addr::new(192, 0, 2, 1),
+                neighbors: node_neighbors(&lab, 64497, None),
+                graceful_restart: false,
+            },
+        )
+    })
+    .unwrap();
+    let pp = PostParams::default();
+    let peer: BGPPeer = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+        "metadata": {"name": "router", "namespace": "metallb-system"},
+        "spec": {"myASN": 64497, "peerASN": 64496, "peerAddress": "192.0.2.1", "connectTime": "1s"},
+    }))
+    .unwrap();
+    Api::<BGPPeer>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &peer)
+        .await
+        .unwrap();
+    let adv: BGPAdvertisement = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
+        "metadata": {"name": "router", "namespace": "metallb-system"},
+        "spec": {"ipAddressPools": ["lab"]},
+    }))
+    .unwrap();
+    Api::<BGPAdvertisement>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &adv)
+        .await
+        .unwrap();
+    lab.create_demo_service("web", false, false, None)
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let vip: IpAddr = loop {
+        let ip = services
+            .get("web")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .and_then(|i| i.first().and_then(|i| i.ip.clone()));
+        if let Some(ip) = ip {
+            break ip.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the Service got no IP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let gshut: ironlb::config::community::CommunityValue = "65535:0".parse().unwrap();
+    // Whether the route via `next_hop` is there, and whether it carries GRACEFUL_SHUTDOWN.
+    let via = move |r: &[PeerRoute], next_hop: &str| -> Option<bool> {
+        let nh: IpAddr = next_hop.parse().unwrap();
+        r.iter()
+            .find(|r| r.prefix == ipnet::IpNet::from(vip) && r.next_hop == nh)
+            .map(|r| r.communities.contains(&gshut))
+    };
+    let wait = |pred: Box<RoutePred>, limit: Duration| {
+        tokio::task::block_in_place(|| router.wait_routes(limit, pred))
+    };
+    let (ok, seen) = wait(
+        Box::new(move |r| {
+            via(r, "192.0.2.11") == Some(false) && via(r, "192.0.2.12") == Some(false)
+        }),
+        Duration::from_secs(30),
+    );
+    assert!(
+        ok,
+        "{vip} from both nodes, unmarked: {seen:#?}\n{}",
+        router.log()
+    );
+
+    let nodes: Api<Node> = Api::all(lab.client.clone());
+    let set = |node: &'static str, patch: serde_json::Value| {
+        let nodes = nodes.clone();
+        async move {
+            nodes
+                .patch(
+                    node,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // Cordoned: node-1 still advertises, marked; node-2 is not.
+    set("node-1", json!({"spec": {"unschedulable": true}})).await;
+    let (ok, seen) = wait(
+        Box::new(move |r| {
+            via(r, "192.0.2.11") == Some(true) && via(r, "192.0.2.12") == Some(false)
+        }),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "cordoned node-1's route marked 65535:0: {seen:#?}");
+    set("node-1", json!({"spec": {"unschedulable": false}})).await;
+    let (ok, seen) = wait(
+        Box::new(move |r| via(r, "192.0.2.11") == Some(false)),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "uncordoned node-1's route unmarked again: {seen:#?}");
+
+    // Excluded: node-2 marks its route first, and withdraws it after the grace (3 s by default).
+    let label = "node.kubernetes.io/exclude-from-external-load-balancers";
+    let excluded_at = Instant::now();
+    set("node-2", json!({"metadata": {"labels": {label: ""}}})).await;
+    let (ok, seen) = wait(
+        Box::new(move |r| via(r, "192.0.2.12") == Some(true)),
+        Duration::from_secs(10),
+    );
+    assert!(
+        ok,
+        "excluded node-2's route marked before it goes: {seen:#?}"
+    );
+    let marked = excluded_at.elapsed();
+    let (ok, seen) = wait(
+        Box::new(move |r| via(r, "192.0.2.12").is_none() && via(r, "192.0.2.11") == Some(false)),
+        Duration::from_secs(15),
+    );
+    assert!(
+        ok,
+        "excluded node-2's route withdrawn after the grace: {seen:#?}"
+    );
+    let withdrawn = excluded_at.elapsed();
+    assert!(
+        withdrawn >= Duration::from_secs(3),
+        "withdrawn {withdrawn:?} after the exclusion, before the 3 s grace"
+    );
+    println!(
+        "excluded node-2: route marked 65535:0 at FRR {} ms after the label, withdrawn {} ms after it (polled)",
+        marked.as_millis(),
+        withdrawn.as_millis()
+    );
+
+    // Drained: a cordoned node's agent told to stop withdraws, then closes with a Cease.
+    set("node-1", json!({"spec": {"unschedulable": true}})).await;
+    let (ok, seen) = wait(
+        Box::new(move |r| via(r, "192.0.2.11") == Some(true)),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "cordoned node-1's route marked again: {seen:#?}");
+    let updates = |n: &serde_json::Value| n["messageStats"]["updatesRecv"].as_u64().unwrap_or(0);
+    let before = tokio::task::block_in_place(|| updates(&frr_neighbor(&router, "192.0.2.11")));
+    let stopped = tokio::task::block_in_place(|| lab.stop_agent("node-1", Duration::from_secs(15)));
+    assert!(stopped.unwrap(), "node-1's agent did not stop within 15 s");
+    let (ok, seen) = wait(
+        Box::new(move |r| via(r, "192.0.2.11").is_none()),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "node-1's route gone after its agent stopped: {seen:#?}");
+    let neighbor = tokio::task::block_in_place(|| frr_neighbor(&router, "192.0.2.11"));
+    assert!(
+        updates(&neighbor) > before,
+        "no UPDATE (the withdrawal) reached FRR between the stop and the session's end: {neighbor:#}"
+    );
+    println!(
+        "FRR on node-1 after the stop: lastResetDueTo {}, lastNotificationReason {}",
+        neighbor["lastResetDueTo"], neighbor["lastNotificationReason"]
+    );
+    assert!(
+        neighbor["lastResetDueTo"]
+            .as_str()
+            .is_some_and(|r| r.contains("Notification received"))
+            && neighbor["lastNotificationReason"]
+                .as_str()
+                .is_some_and(|r| r.contains("Cease")),
+        "the session did not end with a Cease: {neighbor:#}"
+    );
+}

@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::alloc::ServiceKey;
 use crate::bgp::fsm::{FsmConfig, PeerAs, State};
 use crate::bgp::session::{RouteSet, Session, SessionConfig, SessionStatus};
+use crate::config::community::CommunityValue;
 use crate::config::{Config, Labels, PeerEndpoint, PeerPassword, RemoteAsn, Validated};
 use crate::k8s::allocation::ServiceAction;
 use crate::k8s::events::Note;
@@ -41,6 +42,10 @@ pub const DEFAULT_HOLD_TIME: u16 = 90;
 pub const DEFAULT_CONNECT_TIME: Duration = Duration::from_secs(5);
 /// Restart time announced with graceful restart.
 pub const RESTART_TIME: u16 = 120;
+/// How long a leaving node's routes carry GRACEFUL_SHUTDOWN before it withdraws them, unless
+/// `--bgp-shutdown-grace` says otherwise. With the 3 s hand-off running at the same time, a stopping agent still
+/// ends within the manifests' 10 s termination grace.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// A session this node should run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -433,8 +438,8 @@ struct Running {
     /// Counters already added to the metrics.
     seen_updates: u64,
     seen_flaps: u64,
-    /// The prefixes the session has been told to advertise.
-    routes: BTreeSet<IpNet>,
+    /// The routes the session has been told to advertise.
+    routes: RouteSet,
 }
 
 /// Why a `passwordSecret` gives no password now.
@@ -510,6 +515,64 @@ pub struct BgpSpeaker {
     service_peers: BTreeMap<ServiceKey, Vec<String>>,
     /// Sessions being stopped (a Cease sent, the connection closing); awaited at shutdown, aborted when dropped.
     stopping: Vec<crate::task::Task<()>>,
+    /// Set while this node leaves the routers' paths (see [`leaving_reason`]), or its agent stops for good.
+    leaving: Option<Leaving>,
+    /// The agent is stopping, and the Node says it is not coming back (see [`BgpSpeaker::stop_for_good`]).
+    for_good: Option<&'static str>,
+    /// How long routes carry GRACEFUL_SHUTDOWN before they are withdrawn (`--bgp-shutdown-grace`).
+    shutdown_grace: Duration,
+}
+
+/// A node on its way out of the routers' paths, RFC 8326's procedure: from `since`, every route carries
+/// [`GRACEFUL_SHUTDOWN`] (and LOCAL_PREF 0 towards iBGP peers), so routers move traffic to other nodes while this one
+/// still serves it; the routes each session held at `since` stay advertised until `since + grace` even if the plan
+/// drops them (an exclusion label or an out-of-service taint makes the node ineligible at once), and are withdrawn
+/// after.
+struct Leaving {
+    since: tokio::time::Instant,
+    held: BTreeMap<String, RouteSet>,
+    /// A pass to withdraw the held routes was asked for and has not run yet.
+    release_asked: bool,
+}
+
+/// Marks a route for RFC 8326: the GRACEFUL_SHUTDOWN community, and LOCAL_PREF 0 (sent to iBGP peers only, where
+/// the RFC asks for it).
+fn graceful_shutdown(attrs: &mut crate::bgp::codec::RouteAttrs) {
+    attrs.communities.insert(GRACEFUL_SHUTDOWN);
+    attrs.local_pref = Some(0);
+}
+
+/// RFC 8326's GRACEFUL_SHUTDOWN well-known community, 65535:0.
+pub const GRACEFUL_SHUTDOWN: CommunityValue = CommunityValue::Standard {
+    asn: 65535,
+    value: 0,
+};
+
+/// Why this node is on its way out of the routers' paths, as its Node shows it: being deleted, labelled
+/// `node.kubernetes.io/exclude-from-external-load-balancers`, tainted `node.kubernetes.io/out-of-service`, or cordoned
+/// (a drain starts with one). None for a node in service, whose agent merely restarts.
+pub fn leaving_reason(state: &ClusterState, node: &str) -> Option<&'static str> {
+    let n = state.nodes.get(&ObjectKey::new("", node))?;
+    let spec = n.spec.as_ref();
+    if n.metadata.deletion_timestamp.is_some() {
+        Some("the Node is being deleted")
+    } else if n
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(crate::plan::input::EXCLUDE_LABEL))
+    {
+        Some("the Node is labelled node.kubernetes.io/exclude-from-external-load-balancers")
+    } else if spec.and_then(|s| s.taints.as_ref()).is_some_and(|t| {
+        t.iter()
+            .any(|t| t.key == crate::plan::input::OUT_OF_SERVICE_TAINT)
+    }) {
+        Some("the Node is tainted node.kubernetes.io/out-of-service")
+    } else if spec.and_then(|s| s.unschedulable).unwrap_or(false) {
+        Some("the Node is cordoned")
+    } else {
+        None
+    }
 }
 
 impl BgpSpeaker {
@@ -524,6 +587,86 @@ impl BgpSpeaker {
             services: BTreeMap::new(),
             service_peers: BTreeMap::new(),
             stopping: Vec::new(),
+            leaving: None,
+            for_good: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+
+    /// How long routes carry GRACEFUL_SHUTDOWN before a leaving node withdraws them.
+    pub fn with_shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The agent is stopping and its Node says why it is not coming back (`reason`, from [`leaving_reason`]): the
+    /// next pass marks every route with GRACEFUL_SHUTDOWN, and [`BgpSpeaker::leave`] withdraws them and closes the
+    /// sessions with a Cease. A plain restart does not call this, and keeps graceful restart.
+    pub fn stop_for_good(&mut self, reason: &'static str) {
+        self.for_good = Some(reason);
+    }
+
+    /// Whether [`BgpSpeaker::stop_for_good`] was called.
+    pub fn stopping_for_good(&self) -> bool {
+        self.for_good.is_some()
+    }
+
+    /// When routes held for a leaving node are due for withdrawal: a pass must run then.
+    pub fn release_at(&self) -> Option<tokio::time::Instant> {
+        let l = self.leaving.as_ref()?;
+        (!l.held.is_empty() && !l.release_asked).then_some(l.since + self.shutdown_grace)
+    }
+
+    /// The main loop asked for the pass [`BgpSpeaker::release_at`] was waiting for.
+    pub fn release_asked(&mut self) {
+        if let Some(l) = &mut self.leaving {
+            l.release_asked = true;
+        }
+    }
+
+    /// RFC 8326 for a sessions' routes this node is leaving: GRACEFUL_SHUTDOWN on every route from the moment it
+    /// starts leaving, the routes it had then kept until the grace is over.
+    fn mark_leaving(&mut self, state: &ClusterState, plan: &mut BgpPlan) {
+        let now = tokio::time::Instant::now();
+        let reason = self.for_good.or_else(|| leaving_reason(state, &self.node));
+        match (reason, &self.leaving) {
+            (Some(why), None) => {
+                tracing::info!(
+                    node = %self.node,
+                    why,
+                    "leaving: every route carries GRACEFUL_SHUTDOWN (RFC 8326); what would be withdrawn stays for {:?}",
+                    self.shutdown_grace
+                );
+                self.leaving = Some(Leaving {
+                    since: now,
+                    held: self
+                        .sessions
+                        .iter()
+                        .map(|(name, r)| (name.clone(), r.routes.clone()))
+                        .collect(),
+                    release_asked: false,
+                });
+            }
+            (None, Some(_)) => {
+                tracing::info!(node = %self.node, "no longer leaving: routes without GRACEFUL_SHUTDOWN again");
+                self.leaving = None;
+            }
+            _ => {}
+        }
+        let Some(leaving) = &mut self.leaving else {
+            return;
+        };
+        if now >= leaving.since + self.shutdown_grace {
+            leaving.held.clear();
+        }
+        leaving.release_asked = false;
+        for (name, p) in plan.peers.iter_mut() {
+            if let Some(held) = leaving.held.get(name) {
+                for (prefix, attrs) in held {
+                    p.routes.entry(*prefix).or_insert_with(|| attrs.clone());
+                }
+            }
+            p.routes.values_mut().for_each(graceful_shutdown);
         }
     }
 
@@ -578,6 +721,7 @@ impl BgpSpeaker {
         }
         plan.peers
             .retain(|_, p| p.password_secret.is_none() || p.config.password.is_some());
+        self.mark_leaving(state, &mut plan);
 
         // Stop sessions no longer wanted or whose parameters changed.
         let stale: Vec<String> = self
@@ -607,12 +751,12 @@ impl BgpSpeaker {
         for (name, p) in plan.peers {
             match self.sessions.get_mut(&name) {
                 Some(r) => {
-                    r.routes = p.routes.keys().copied().collect();
+                    r.routes = p.routes.clone();
                     r.session.set_routes(p.routes);
                 }
                 None => {
                     tracing::info!(peer = %name, address = %p.config.peer, "starting BGP session");
-                    let routes = p.routes.keys().copied().collect();
+                    let routes = p.routes.clone();
                     let session = Session::spawn(p.config.clone(), p.routes);
                     self.sessions.insert(
                         name,
@@ -646,7 +790,7 @@ impl BgpSpeaker {
                         .iter()
                         .filter(|(_, r)| {
                             r.routes
-                                .iter()
+                                .keys()
                                 .any(|prefix| ips.iter().any(|ip| prefix.contains(ip)))
                         })
                         .map(|(name, _)| name.clone())
@@ -748,6 +892,41 @@ impl BgpSpeaker {
             .map(|(n, r)| (n.as_str(), r.session.status().state.as_str()))
             .collect();
         crate::plan::visibility::bgp_peers(previous, states)
+    }
+
+    /// Leaves for good, the end of RFC 8326's procedure: waits out the rest of the grace in which the routes carried
+    /// GRACEFUL_SHUTDOWN, withdraws every route (and waits, at most 1 s, until each peer holds none), then closes
+    /// each session with a Cease.
+    pub async fn leave(mut self) {
+        if self.leaving.is_none() {
+            // No pass ran since the agent was told to stop: mark what the sessions hold now.
+            for r in self.sessions.values_mut() {
+                r.routes.values_mut().for_each(graceful_shutdown);
+                r.session.set_routes(r.routes.clone());
+            }
+            self.leaving = Some(Leaving {
+                since: tokio::time::Instant::now(),
+                held: BTreeMap::new(),
+                release_asked: false,
+            });
+        }
+        if let Some(l) = &self.leaving {
+            tokio::time::sleep_until(l.since + self.shutdown_grace).await;
+        }
+        for r in self.sessions.values() {
+            r.session.set_routes(RouteSet::new());
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        for r in self.sessions.values() {
+            let mut status = r.session.watch_status();
+            let _ = tokio::time::timeout_at(
+                deadline,
+                status.wait_for(|s| s.state != State::Established || s.advertised == 0),
+            )
+            .await;
+        }
+        tracing::info!(node = %self.node, "routes withdrawn; closing the BGP sessions with a Cease");
+        self.shutdown(false).await;
     }
 
     /// Stops every session. `graceful` (agent restart): no Cease, so peers with graceful restart keep the routes.

@@ -119,6 +119,11 @@ pub struct AgentArgs {
     /// The metrics and health listener.
     #[arg(long, env = "IRONLB_METRICS_ADDR", default_value = "0.0.0.0:7472")]
     pub metrics_addr: SocketAddr,
+    /// Seconds a leaving node's BGP routes carry the GRACEFUL_SHUTDOWN community (RFC 8326) before it withdraws them:
+    /// when its Node is cordoned, tainted out-of-service, excluded from load balancers or deleted, and when its agent
+    /// stops on such a Node. Raise the Pod's terminationGracePeriodSeconds with it.
+    #[arg(long, env = "IRONLB_BGP_SHUTDOWN_GRACE", default_value_t = 3)]
+    pub bgp_shutdown_grace: u64,
     /// How long a dead allocator blocks the others, in seconds.
     #[arg(long, env = "IRONLB_LEASE_DURATION", default_value_t = 5)]
     pub lease_duration: u64,
@@ -369,7 +374,8 @@ pub async fn run_with(
     .await;
     announcer.set_cannot_forward(dataplane.cannot_forward());
     let bgp_metrics = bgp::BgpMetrics::register(&mut registry);
-    let mut bgp = bgp::BgpSpeaker::new(&args.node_name, &args.namespace, bgp_metrics);
+    let mut bgp = bgp::BgpSpeaker::new(&args.node_name, &args.namespace, bgp_metrics)
+        .with_shutdown_grace(Duration::from_secs(args.bgp_shutdown_grace));
     let mut refresh = crate::task::interval(Duration::from_secs(2));
 
     // The tasks the agent depends on: told to stop at shutdown and awaited (a bounded time), and the watches, aborted
@@ -575,6 +581,13 @@ pub async fn run_with(
                     "stopping: handing this node's VIPs over first, for at most {HAND_OFF_LIMIT:?}"
                 );
                 announcer.begin_hand_off();
+                // The Node says whether this node comes back: a cordon, an out-of-service taint, an exclusion or a
+                // deletion means it does not, and its routes leave the routers gracefully (RFC 8326) rather than
+                // being kept for a restart.
+                if let Some(why) = bgp::leaving_reason(&core.state, &args.node_name) {
+                    tracing::info!(node = %args.node_name, why, "stopping for good: BGP routes leave gracefully");
+                    bgp.stop_for_good(why);
+                }
                 hand_off = Some(Instant::now() + HAND_OFF_LIMIT);
                 Input::Refresh { node_changed: true }
             }
@@ -641,6 +654,11 @@ pub async fn run_with(
             }
             // A due pass must not wait for a quiet moment either.
             _ = sleep_until(core.next_deadline()) => Input::Timer,
+            // The routes a leaving node kept through its graceful-shutdown grace are due for withdrawal.
+            _ = sleep_until(bgp.release_at()) => {
+                bgp.release_asked();
+                Input::Refresh { node_changed: true }
+            }
             change = changes.recv() => {
                 let Some(change) = change else { break };
                 let seen = Instant::now();
@@ -670,8 +688,12 @@ pub async fn run_with(
         todo.extend(core.handle(input, Instant::now()));
     }
     stop_tx.send_replace(true);
-    // Close the sessions without a Cease: peers with graceful restart keep the routes while the agent restarts.
-    bgp.shutdown(true).await;
+    if bgp.stopping_for_good() {
+        bgp.leave().await;
+    } else {
+        // Close the sessions without a Cease: peers with graceful restart keep the routes while the agent restarts.
+        bgp.shutdown(true).await;
+    }
     drop(watches);
     // The elector releases the allocator Lease and the node lease task deletes this node's Lease, within STOP_LIMIT.
     let late = tasks.shutdown(STOP_LIMIT).await;

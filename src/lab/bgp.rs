@@ -494,6 +494,22 @@ fn parse_err(daemon: &'static str, message: impl Into<String>) -> Error {
     }
 }
 
+/// One word of FRR's community string: `asn:value`, or the name FRR prints for a well-known community (RFC 1997,
+/// RFC 7999, RFC 8326, RFC 8642).
+fn frr_community(word: &str) -> Option<CommunityValue> {
+    let value = match word {
+        "graceful-shutdown" => 0,
+        "accept-own" => 1,
+        "blackhole" => 666,
+        "no-export" => 0xff01,
+        "no-advertise" => 0xff02,
+        "local-AS" => 0xff03,
+        "no-peer" => 0xff04,
+        _ => return word.parse().ok(),
+    };
+    Some(CommunityValue::Standard { asn: 0xffff, value })
+}
+
 /// `gobgp -j global rib -a FAMILY`: `{prefix: [path...]}`, each path with `attrs` by type code.
 pub fn parse_gobgp(json: &str) -> Result<Vec<PeerRoute>> {
     let v: serde_json::Value = serde_json::from_str(json.trim()).or_else(|e| {
@@ -640,10 +656,7 @@ pub fn parse_frr(json: &str) -> Result<Vec<PeerRoute>> {
             let Some(next_hop) = next_hop else { continue };
             let mut communities = BTreeSet::new();
             if let Some(list) = path["community"]["string"].as_str() {
-                communities.extend(
-                    list.split_whitespace()
-                        .filter_map(|c| c.parse::<CommunityValue>().ok()),
-                );
+                communities.extend(list.split_whitespace().filter_map(frr_community));
             }
             if let Some(list) = path["largeCommunity"]["string"].as_str() {
                 communities.extend(
@@ -843,3 +856,17 @@ pub async fn peer_lab(
 /// AS numbers of the lab (documentation range).
 pub const LAB_ROUTER_AS: u32 = 64496;
 pub const LAB_NODE_AS: u32 = 64497;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frr_names_of_well_known_communities_are_read() {
+        let std = |asn, value| Some(CommunityValue::Standard { asn, value });
+        assert_eq!(frr_community("graceful-shutdown"), std(65535, 0));
+        assert_eq!(frr_community("no-export"), std(65535, 65281));
+        assert_eq!(frr_community("64497:80"), std(64497, 80));
+        assert_eq!(frr_community("no-such-name"), None);
+    }
+}
