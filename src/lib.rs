@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod arp;
+pub mod bfd;
 pub mod bgp;
 pub mod cli;
 pub mod config;
