@@ -25,6 +25,80 @@ fn from(routes: &[PeerRoute], vip: IpAddr, next_hop: &str) -> bool {
         .any(|r| r.prefix == ipnet::IpNet::from(vip) && r.next_hop == nh)
 }
 
+/// A router of `daemon` in the lab's switch namespace (AS 64496, 192.0.2.1) expecting every node in AS `node_as`.
+fn router(lab: &Lab, daemon: Daemon, dir: &std::path::Path, node_as: u32) -> Router {
+    tokio::task::block_in_place(|| {
+        Router::start(
+            daemon,
+            &lab.topology.switch,
+            dir,
+            RouterConfig {
+                asn: 64496,
+                router_id: Ipv4Addr::new(192, 0, 2, 1),
+                neighbors: node_neighbors(lab, node_as, None),
+                graceful_restart: false,
+            },
+        )
+    })
+    .unwrap()
+}
+
+/// The BGPPeer `router` (to 192.0.2.1, AS 64496) with `spec` merged into its spec, and the BGPAdvertisement
+/// `router` of the lab pool with `adv_spec`.
+async fn configure_bgp(lab: &Lab, spec: serde_json::Value, adv_spec: serde_json::Value) {
+    let pp = PostParams::default();
+    let mut peer_spec = json!({"peerASN": 64496, "peerAddress": "192.0.2.1", "connectTime": "1s"});
+    for (k, v) in spec.as_object().unwrap() {
+        peer_spec[k] = v.clone();
+    }
+    let peer: BGPPeer = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
+        "metadata": {"name": "router", "namespace": "metallb-system"},
+        "spec": peer_spec,
+    }))
+    .unwrap();
+    Api::<BGPPeer>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &peer)
+        .await
+        .unwrap();
+    let mut adv_spec = adv_spec;
+    adv_spec["ipAddressPools"] = json!(["lab"]);
+    let adv: BGPAdvertisement = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
+        "metadata": {"name": "router", "namespace": "metallb-system"},
+        "spec": adv_spec,
+    }))
+    .unwrap();
+    Api::<BGPAdvertisement>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&pp, &adv)
+        .await
+        .unwrap();
+}
+
+/// The ingress IPs of `default/<name>` once it has `count` of them (at most 30 s).
+async fn service_ips(lab: &Lab, name: &str, count: usize) -> Vec<IpAddr> {
+    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ips: Vec<IpAddr> = services
+            .get(name)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i.ip.as_ref()?.parse().ok())
+            .collect();
+        if ips.len() >= count {
+            return ips;
+        }
+        assert!(Instant::now() < deadline, "{name} got {ips:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_service_route_follows_its_endpoint() {
     if skip() {
@@ -35,21 +109,7 @@ async fn local_service_route_follows_its_endpoint() {
         .unwrap();
     let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
-    let router = tokio::task::block_in_place(|| {
-        Router::start(
-            Daemon::Bird,
-            &lab.topology.switch,
-            dir.path(),
-            RouterConfig {
-                asn: 64496,
-                router_id: Ipv4Addr::new(192, 0, 2, 1),
-                neighbors: node_neighbors(&lab, 64497, None),
-                graceful_restart: false,
-            },
-        )
-    })
-    .unwrap();
-    let pp = PostParams::default();
+    let router = router(&lab, Daemon::Bird, dir.path(), 64497);
     let bfd: BFDProfile = serde_json::from_value(json!({
         "apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",
         "metadata": {"name": "fast", "namespace": "metallb-system"},
@@ -57,48 +117,19 @@ async fn local_service_route_follows_its_endpoint() {
     }))
     .unwrap();
     Api::<BFDProfile>::namespaced(lab.client.clone(), "metallb-system")
-        .create(&pp, &bfd)
+        .create(&PostParams::default(), &bfd)
         .await
         .unwrap();
-    let peer: BGPPeer = serde_json::from_value(json!({
-        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
-        "metadata": {"name": "router", "namespace": "metallb-system"},
-        "spec": {"myASN": 64497, "peerASN": 64496, "peerAddress": "192.0.2.1", "connectTime": "1s", "bfdProfile": "fast"},
-    }))
-    .unwrap();
-    Api::<BGPPeer>::namespaced(lab.client.clone(), "metallb-system")
-        .create(&pp, &peer)
-        .await
-        .unwrap();
-    let adv: BGPAdvertisement = serde_json::from_value(json!({
-        "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
-        "metadata": {"name": "router", "namespace": "metallb-system"},
-        "spec": {"ipAddressPools": ["lab"], "communities": ["64497:7"]},
-    }))
-    .unwrap();
-    Api::<BGPAdvertisement>::namespaced(lab.client.clone(), "metallb-system")
-        .create(&pp, &adv)
-        .await
-        .unwrap();
+    configure_bgp(
+        &lab,
+        json!({"myASN": 64497, "bfdProfile": "fast"}),
+        json!({"communities": ["64497:7"]}),
+    )
+    .await;
     lab.create_demo_service("web", false, true, Some(&["node-1"]))
         .await
         .unwrap();
-
-    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let vip: IpAddr = loop {
-        let svc = services.get("web").await.unwrap();
-        let ip = svc
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|l| l.ingress)
-            .and_then(|i| i.first().and_then(|i| i.ip.clone()));
-        if let Some(ip) = ip {
-            break ip.parse().unwrap();
-        }
-        assert!(Instant::now() < deadline, "the Service got no IP");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let vip = service_ips(&lab, "web", 1).await[0];
 
     let wait = |pred: Box<RoutePred>| {
         tokio::task::block_in_place(|| router.wait_routes(Duration::from_secs(30), pred))
@@ -275,61 +306,13 @@ async fn local_asn_and_address_families_against_frr() {
         .unwrap();
     let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
-    let router = tokio::task::block_in_place(|| {
-        Router::start(
-            Daemon::Frr,
-            &lab.topology.switch,
-            dir.path(),
-            RouterConfig {
-                asn: 64496,
-                router_id: Ipv4Addr::new(192, 0, 2, 1),
-                neighbors: node_neighbors(&lab, 64999, None),
-                graceful_restart: false,
-            },
-        )
-    })
-    .unwrap();
-    let pp = PostParams::default();
+    let router = router(&lab, Daemon::Frr, dir.path(), 64999);
+    configure_bgp(&lab, json!({"myASN": 64497, "localASN": 64999}), json!({})).await;
     let peers: Api<BGPPeer> = Api::namespaced(lab.client.clone(), "metallb-system");
-    let peer: BGPPeer = serde_json::from_value(json!({
-        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
-        "metadata": {"name": "router", "namespace": "metallb-system"},
-        "spec": {"myASN": 64497, "localASN": 64999, "peerASN": 64496, "peerAddress": "192.0.2.1",
-                 "connectTime": "1s"},
-    }))
-    .unwrap();
-    peers.create(&pp, &peer).await.unwrap();
-    let adv: BGPAdvertisement = serde_json::from_value(json!({
-        "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
-        "metadata": {"name": "router", "namespace": "metallb-system"},
-        "spec": {"ipAddressPools": ["lab"]},
-    }))
-    .unwrap();
-    Api::<BGPAdvertisement>::namespaced(lab.client.clone(), "metallb-system")
-        .create(&pp, &adv)
-        .await
-        .unwrap();
     lab.create_demo_service("dual", true, false, None)
         .await
         .unwrap();
-    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let vips: Vec<IpAddr> = loop {
-        let svc = services.get("dual").await.unwrap();
-        let ips: Vec<IpAddr> = svc
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|l| l.ingress)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|i| i.ip.as_ref()?.parse().ok())
-            .collect();
-        if ips.len() == 2 {
-            break ips;
-        }
-        assert!(Instant::now() < deadline, "the Service got {ips:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let vips = service_ips(&lab, "dual", 2).await;
     let v4 = *vips.iter().find(|ip| ip.is_ipv4()).unwrap();
     let v6 = *vips.iter().find(|ip| ip.is_ipv6()).unwrap();
     let wait = |pred: Box<RoutePred>, limit: Duration| {
@@ -396,61 +379,12 @@ async fn leaving_nodes_mark_their_routes_graceful_shutdown_then_withdraw() {
         .unwrap();
     let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
-    let router = tokio::task::block_in_place(|| {
-        Router::start(
-            Daemon::Frr,
-            &lab.topology.switch,
-            dir.path(),
-            RouterConfig {
-                asn: 64496,
-                router_id: Ipv4Addr::new(192, 0, 2, 1),
-                neighbors: node_neighbors(&lab, 64497, None),
-                graceful_restart: false,
-            },
-        )
-    })
-    .unwrap();
-    let pp = PostParams::default();
-    let peer: BGPPeer = serde_json::from_value(json!({
-        "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
-        "metadata": {"name": "router", "namespace": "metallb-system"},
-        "spec": {"myASN": 64497, "peerASN": 64496, "peerAddress": "192.0.2.1", "connectTime": "1s"},
-    }))
-    .unwrap();
-    Api::<BGPPeer>::namespaced(lab.client.clone(), "metallb-system")
-        .create(&pp, &peer)
-        .await
-        .unwrap();
-    let adv: BGPAdvertisement = serde_json::from_value(json!({
-        "apiVersion": "metallb.io/v1beta1", "kind": "BGPAdvertisement",
-        "metadata": {"name": "router", "namespace": "metallb-system"},
-        "spec": {"ipAddressPools": ["lab"]},
-    }))
-    .unwrap();
-    Api::<BGPAdvertisement>::namespaced(lab.client.clone(), "metallb-system")
-        .create(&pp, &adv)
-        .await
-        .unwrap();
+    let router = router(&lab, Daemon::Frr, dir.path(), 64497);
+    configure_bgp(&lab, json!({"myASN": 64497}), json!({})).await;
     lab.create_demo_service("web", false, false, None)
         .await
         .unwrap();
-    let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let vip: IpAddr = loop {
-        let ip = services
-            .get("web")
-            .await
-            .unwrap()
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|l| l.ingress)
-            .and_then(|i| i.first().and_then(|i| i.ip.clone()));
-        if let Some(ip) = ip {
-            break ip.parse().unwrap();
-        }
-        assert!(Instant::now() < deadline, "the Service got no IP");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let vip = service_ips(&lab, "web", 1).await[0];
     let gshut: ironlb::config::community::CommunityValue = "65535:0".parse().unwrap();
     // Whether the route via `next_hop` is there, and whether it carries GRACEFUL_SHUTDOWN.
     let via = move |r: &[PeerRoute], next_hop: &str| -> Option<bool> {
