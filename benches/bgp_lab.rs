@@ -107,6 +107,7 @@ fn route_load(n: u32) -> Option<(Duration, Duration)> {
                 },
             ],
             graceful_restart: false,
+            bfd: false,
         },
     )
     .ok()?;

@@ -132,6 +132,7 @@ fn bird_ibgp_ecmp_withdraw_restart_and_graceful_restart() {
                 })
                 .collect(),
             graceful_restart: true,
+            bfd: false,
         },
     )
     .unwrap();
@@ -301,6 +302,7 @@ fn gobgp_ebgp_md5_wrong_password_and_multihop() {
                 },
             ],
             graceful_restart: false,
+            bfd: false,
         },
     )
     .unwrap();
@@ -408,6 +410,7 @@ fn frr_ebgp_routes_and_restart() {
                 multihop: false,
             }],
             graceful_restart: true,
+            bfd: false,
         },
     )
     .unwrap();

@@ -25,8 +25,9 @@ fn from(routes: &[PeerRoute], vip: IpAddr, next_hop: &str) -> bool {
         .any(|r| r.prefix == ipnet::IpNet::from(vip) && r.next_hop == nh)
 }
 
-/// A router of `daemon` in the lab's switch namespace (AS 64496, 192.0.2.1) expecting every node in AS `node_as`.
-fn router(lab: &Lab, daemon: Daemon, dir: &std::path::Path, node_as: u32) -> Router {
+/// A router of `daemon` in the lab's switch namespace (AS 64496, 192.0.2.1) expecting every node in AS `node_as`,
+/// with a BFD session beside each (FRR) when `bfd`.
+fn router(lab: &Lab, daemon: Daemon, dir: &std::path::Path, node_as: u32, bfd: bool) -> Router {
     tokio::task::block_in_place(|| {
         Router::start(
             daemon,
@@ -37,6 +38,7 @@ fn router(lab: &Lab, daemon: Daemon, dir: &std::path::Path, node_as: u32) -> Rou
                 router_id: Ipv4Addr::new(192, 0, 2, 1),
                 neighbors: node_neighbors(lab, node_as, None),
                 graceful_restart: false,
+                bfd,
             },
         )
     })
@@ -109,7 +111,7 @@ async fn local_service_route_follows_its_endpoint() {
         .unwrap();
     let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
-    let router = router(&lab, Daemon::Bird, dir.path(), 64497);
+    let router = router(&lab, Daemon::Bird, dir.path(), 64497, false);
     let bfd: BFDProfile = serde_json::from_value(json!({
         "apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",
         "metadata": {"name": "fast", "namespace": "metallb-system"},
@@ -237,11 +239,12 @@ async fn local_service_route_follows_its_endpoint() {
     assert!(ok, "after the endpoint moved: {seen:#?}");
     bgp_status_is(&lab, &[("node-2", "router")]).await;
 
-    // The unsupported bfdProfile was reported.
+    // The bfdProfile started a BFD session; BIRD here runs no BFD, so it never comes Up, and BGP runs regardless
+    // (only a Down after Up resets a BGP session).
     let log = std::fs::read_to_string(lab.agent_log("node-1")).unwrap_or_default();
     assert!(
-        log.contains("bfdProfile"),
-        "no warning about bfdProfile in the agent log"
+        log.contains("starting BFD session"),
+        "no BFD session started for the bfdProfile"
     );
 }
 
@@ -306,7 +309,7 @@ async fn local_asn_and_address_families_against_frr() {
         .unwrap();
     let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
-    let router = router(&lab, Daemon::Frr, dir.path(), 64999);
+    let router = router(&lab, Daemon::Frr, dir.path(), 64999, false);
     configure_bgp(&lab, json!({"myASN": 64497, "localASN": 64999}), json!({})).await;
     let peers: Api<BGPPeer> = Api::namespaced(lab.client.clone(), "metallb-system");
     lab.create_demo_service("dual", true, false, None)
@@ -379,7 +382,7 @@ async fn leaving_nodes_mark_their_routes_graceful_shutdown_then_withdraw() {
         .unwrap();
     let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
-    let router = router(&lab, Daemon::Frr, dir.path(), 64497);
+    let router = router(&lab, Daemon::Frr, dir.path(), 64497, false);
     configure_bgp(&lab, json!({"myASN": 64497}), json!({})).await;
     lab.create_demo_service("web", false, false, None)
         .await
@@ -503,5 +506,112 @@ async fn leaving_nodes_mark_their_routes_graceful_shutdown_then_withdraw() {
                 .as_str()
                 .is_some_and(|r| r.contains("Cease")),
         "the session did not end with a Cease: {neighbor:#}"
+    );
+}
+
+/// BFD beside the BGP sessions, against FRR's bgpd and bfdd: with a BFDProfile of 300 ms both ways and multiplier 3,
+/// bfdd lists a session Up to every node with those intervals, and a node that dies (link cut, agent SIGKILLed)
+/// loses its route at FRR within about a second, where BGP alone would keep it for the 90 s hold time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bfd_takes_a_dead_nodes_route_away_within_a_second() {
+    if skip() {
+        return;
+    }
+    let mut lab = Lab::start(netns_support::options("ilb-bgpf", 2, 0, "enforce", &[]))
+        .await
+        .unwrap();
+    let _logs = Logs::of(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let router = router(&lab, Daemon::Frr, dir.path(), 64497, true);
+    let bfd: BFDProfile = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",
+        "metadata": {"name": "fast", "namespace": "metallb-system"},
+        "spec": {"receiveInterval": 300, "transmitInterval": 300, "detectMultiplier": 3},
+    }))
+    .unwrap();
+    Api::<BFDProfile>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&PostParams::default(), &bfd)
+        .await
+        .unwrap();
+    configure_bgp(
+        &lab,
+        json!({"myASN": 64497, "bfdProfile": "fast"}),
+        json!({}),
+    )
+    .await;
+    lab.create_demo_service("web", false, false, None)
+        .await
+        .unwrap();
+    let vip = service_ips(&lab, "web", 1).await[0];
+    let wait = |pred: Box<RoutePred>, limit: Duration| {
+        tokio::task::block_in_place(|| router.wait_routes(limit, pred))
+    };
+    let (ok, seen) = wait(
+        Box::new(move |r| from(r, vip, "192.0.2.11") && from(r, vip, "192.0.2.12")),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "{vip} from both nodes: {seen:#?}\n{}", router.log());
+
+    // bfdd's view: a session Up to each node, with the profile's intervals.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let peers = loop {
+        let text = tokio::task::block_in_place(|| router.cli(&["-c", "show bfd peers json"]))
+            .unwrap_or_default();
+        let peers: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        let up = |ip: &str| {
+            peers.iter().any(|p| {
+                p["peer"] == ip
+                    && p["status"] == "up"
+                    && p["remote-receive-interval"] == 300
+                    && p["remote-transmit-interval"] == 300
+                    && p["remote-detect-multiplier"] == 3
+            })
+        };
+        if up("192.0.2.11") && up("192.0.2.12") {
+            break peers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bfdd's sessions to the nodes: {peers:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("bfdd: {} sessions Up with 300 ms / 300 ms / 3", peers.len());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lab
+        .metrics("node-1")
+        .unwrap()
+        .lines()
+        .any(|l| l == "ironlb_bfd_session_up{peer=\"router\"} 1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node-1's metrics lack ironlb_bfd_session_up 1"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // node-1 dies: its link cut, then its agent SIGKILLed (after the cut, so that the kernel's FIN for the agent's
+    // TCP socket cannot tell FRR either: only BFD or the hold time can).
+    let node = lab.node("node-1").unwrap().clone();
+    let cut = Instant::now();
+    lab.topology.cut(&node).unwrap();
+    lab.kill_agent("node-1");
+    let (ok, seen) = wait(
+        Box::new(move |r| !from(r, vip, "192.0.2.11") && from(r, vip, "192.0.2.12")),
+        Duration::from_secs(10),
+    );
+    let gone = cut.elapsed();
+    assert!(
+        ok,
+        "node-1's route still at FRR 10 s after its death: {seen:#?}"
+    );
+    println!(
+        "node-1 killed and cut: its route gone from FRR {} ms later (BFD detection 900 ms; polled)",
+        gone.as_millis()
+    );
+    assert!(
+        gone < Duration::from_secs(3),
+        "the route went after {gone:?}: BFD should take it within about a second"
     );
 }

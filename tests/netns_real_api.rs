@@ -467,6 +467,7 @@ async fn bgp_sessions_survive_a_minute_of_unreadable_password_secrets() {
                 router_id: Ipv4Addr::new(192, 0, 2, 1),
                 neighbors: node_neighbors(&lab, 64497, Some(PASSWORD)),
                 graceful_restart: false,
+                bfd: false,
             },
         )
     })

@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::alloc::ServiceKey;
+use crate::bfd::transport::{Bfd, BfdLink, BfdPeer, BfdStatus};
 use crate::bgp::fsm::{FsmConfig, PeerAs, State};
 use crate::bgp::session::{RouteSet, Session, SessionConfig, SessionStatus};
 use crate::config::community::CommunityValue;
@@ -52,6 +53,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub struct PeerPlan {
     pub config: SessionConfig,
     pub routes: RouteSet,
+    /// The BFD session beside it, when the BGPPeer names a BFDProfile.
+    pub bfd: Option<BfdPeer>,
     /// The password comes from this Secret (namespace, name), to be filled in by the caller.
     pub password_secret: Option<(String, String)>,
 }
@@ -135,10 +138,16 @@ pub fn plan(
             ));
             skip = true;
         }
-        if let Some(bfd) = &peer.bfd_profile {
-            warnings.push(format!(
-                "spec.bfdProfile {bfd:?} is not supported: the session runs without BFD"
-            ));
+        if let Some(name) = &peer.bfd_profile {
+            match config.bfd_profiles.get(name) {
+                None => warnings.push(format!(
+                    "spec.bfdProfile {name:?} names no BFDProfile: the session runs without BFD until it exists"
+                )),
+                Some(p) if p.echo_mode => warnings.push(format!(
+                    "BFDProfile {name:?}: echoMode is not supported: the BFD session uses control packets only"
+                )),
+                Some(_) => {}
+            }
         }
         if let PeerEndpoint::Interface(i) = &peer.endpoint {
             warnings.push(format!(
@@ -171,6 +180,32 @@ pub fn plan(
         let PeerEndpoint::Address(address) = peer.endpoint else {
             continue;
         };
+        let bfd = peer
+            .bfd_profile
+            .as_ref()
+            .and_then(|name| config.bfd_profiles.get(name))
+            .map(|p| {
+                let ms = |v: Option<u32>, default: u64| {
+                    Duration::from_millis(v.map_or(default, u64::from))
+                };
+                BfdPeer {
+                    peer: address,
+                    local: peer.source_address,
+                    multihop: peer.ebgp_multi_hop,
+                    minimum_ttl: p
+                        .minimum_ttl
+                        .map_or(254, |t| u8::try_from(t).unwrap_or(255)),
+                    profile: crate::bfd::fsm::Profile {
+                        transmit_interval: ms(p.transmit_interval, 300),
+                        receive_interval: ms(p.receive_interval, 300),
+                        detect_mult: p
+                            .detect_multiplier
+                            .map_or(3, |m| u8::try_from(m).unwrap_or(255).max(1)),
+                        passive: p.passive_mode,
+                        echo_receive_interval: Duration::ZERO,
+                    },
+                }
+            });
         let mut routes = RouteSet::new();
         for g in input.groups.iter().filter(|g| g.bgp_nodes.contains(node)) {
             let services: Vec<Labels> = g.services.keys().map(service_labels).collect();
@@ -280,6 +315,7 @@ pub fn plan(
                 config,
                 routes,
                 password_secret,
+                bfd,
             },
         );
     }
@@ -351,6 +387,8 @@ pub struct BgpMetrics {
     metallb_updates: Family<PeerLabels, Counter>,
     metallb_announced: Family<PeerLabels, Gauge>,
     metallb_pending: Family<PeerLabels, Gauge>,
+    bfd_up: Family<PeerLabels, Gauge>,
+    bfd_downs: Family<PeerLabels, Counter>,
 }
 
 impl BgpMetrics {
@@ -375,6 +413,16 @@ impl BgpMetrics {
             "ironlb_bgp_session_flaps",
             "Times an Established session went down",
             m.flaps.clone(),
+        );
+        registry.register(
+            "ironlb_bfd_session_up",
+            "1 while the BFD session beside the BGP session to the peer is Up",
+            m.bfd_up.clone(),
+        );
+        registry.register(
+            "ironlb_bfd_session_downs",
+            "Times the BFD session to the peer went Down from Up (each one reset the BGP session)",
+            m.bfd_downs.clone(),
         );
         registry.register(
             "metallb_bgp_session_up",
@@ -440,6 +488,15 @@ struct Running {
     seen_flaps: u64,
     /// The routes the session has been told to advertise.
     routes: RouteSet,
+}
+
+/// The BFD session beside a BGP session: a Down after Up resets the BGP session at once.
+struct BfdRun {
+    peer: BfdPeer,
+    link: BfdLink,
+    status: tokio::sync::watch::Receiver<BfdStatus>,
+    /// Downs already acted on.
+    seen_downs: u64,
 }
 
 /// Why a `passwordSecret` gives no password now.
@@ -521,6 +578,10 @@ pub struct BgpSpeaker {
     for_good: Option<&'static str>,
     /// How long routes carry GRACEFUL_SHUTDOWN before they are withdrawn (`--bgp-shutdown-grace`).
     shutdown_grace: Duration,
+    /// BFD's shared receiving side, opened with the first BFD session; `Err` once opening failed (said once).
+    bfd: Option<Result<Bfd, ()>>,
+    /// The BFD sessions, by BGPPeer.
+    bfd_runs: BTreeMap<String, BfdRun>,
 }
 
 /// A node on its way out of the routers' paths, RFC 8326's procedure: from `since`, every route carries
@@ -590,6 +651,8 @@ impl BgpSpeaker {
             leaving: None,
             for_good: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            bfd: None,
+            bfd_runs: BTreeMap::new(),
         }
     }
 
@@ -723,11 +786,28 @@ impl BgpSpeaker {
             .retain(|_, p| p.password_secret.is_none() || p.config.password.is_some());
         self.mark_leaving(state, &mut plan);
 
-        // Stop sessions no longer wanted or whose parameters changed.
+        // BFD sessions that went Down since the last look: their BGP sessions are reset now, not at the hold time.
+        let mut bfd_down = BTreeSet::new();
+        for (name, run) in self.bfd_runs.iter_mut() {
+            let downs = run.status.borrow_and_update().downs;
+            if downs > run.seen_downs {
+                self.metrics
+                    .bfd_downs
+                    .get_or_create(&PeerLabels { peer: name.clone() })
+                    .inc_by(downs - run.seen_downs);
+                run.seen_downs = downs;
+                tracing::warn!(peer = %name, "BFD session Down: resetting the BGP session");
+                bfd_down.insert(name.clone());
+            }
+        }
+        // Stop sessions no longer wanted, whose parameters changed, or whose BFD went Down.
         let stale: Vec<String> = self
             .sessions
             .iter()
-            .filter(|(name, r)| plan.peers.get(*name).is_none_or(|p| p.config != r.config))
+            .filter(|(name, r)| {
+                plan.peers.get(*name).is_none_or(|p| p.config != r.config)
+                    || bfd_down.contains(*name)
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
@@ -748,6 +828,12 @@ impl BgpSpeaker {
             .values()
             .flat_map(|p| p.routes.keys().copied())
             .collect();
+        let wanted_bfd: BTreeMap<String, BfdPeer> = plan
+            .peers
+            .iter()
+            .filter_map(|(name, p)| Some((name.clone(), p.bfd.clone()?)))
+            .collect();
+        self.sync_bfd(wanted_bfd);
         for (name, p) in plan.peers {
             match self.sessions.get_mut(&name) {
                 Some(r) => {
@@ -813,21 +899,64 @@ impl BgpSpeaker {
         (notes, actions)
     }
 
-    /// Resolves when a session's status changed since [`BgpSpeaker::record`] last read it; never without sessions.
-    /// Cancel-safe, for a `select!` arm.
+    /// Starts, replaces and stops the BFD sessions to match `wanted` (by BGPPeer).
+    fn sync_bfd(&mut self, wanted: BTreeMap<String, BfdPeer>) {
+        self.bfd_runs
+            .retain(|name, run| wanted.get(name) == Some(&run.peer));
+        for (name, peer) in wanted {
+            if self.bfd_runs.contains_key(&name) {
+                continue;
+            }
+            let bfd = self.bfd.get_or_insert_with(|| {
+                Bfd::start().map_err(|error| {
+                    tracing::error!(%error, "BFD cannot open its sockets (UDP 3784, 4784): BGP runs without BFD");
+                })
+            });
+            let Ok(bfd) = bfd else { continue };
+            match bfd.session(peer.clone()) {
+                Ok(link) => {
+                    tracing::info!(peer = %name, address = %peer.peer, "starting BFD session");
+                    let status = link.status();
+                    self.bfd_runs.insert(
+                        name,
+                        BfdRun {
+                            peer,
+                            link,
+                            status,
+                            seen_downs: 0,
+                        },
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(peer = %name, %error, "BFD session not started; BGP runs without it");
+                }
+            }
+        }
+    }
+
+    /// Resolves when a session's status changed since [`BgpSpeaker::record`] last read it, or a BFD session's since
+    /// the last pass; never without sessions. Cancel-safe, for a `select!` arm.
     pub async fn status_changed(&mut self) {
-        let changes: Vec<_> = self
-            .sessions
-            .values_mut()
-            .map(|r| {
-                Box::pin(async {
+        let bgp = self.sessions.values_mut().map(|r| &mut r.status);
+        let mut changes: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> =
+            bgp.map(|status| {
+                Box::pin(async move {
                     // A session whose task ended publishes nothing more; it is replaced or stopped by a pass.
-                    if r.status.changed().await.is_err() {
+                    if status.changed().await.is_err() {
                         std::future::pending::<()>().await;
                     }
                 })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
             })
             .collect();
+        changes.extend(self.bfd_runs.values_mut().map(|run| {
+            let status = &mut run.status;
+            Box::pin(async move {
+                if status.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
+        }));
         if changes.is_empty() {
             std::future::pending::<()>().await;
         }
@@ -859,6 +988,21 @@ impl BgpSpeaker {
             r.seen_updates = s.updates_sent;
             r.seen_flaps = s.flaps;
         }
+        for (name, run) in &self.bfd_runs {
+            let labels = PeerLabels { peer: name.clone() };
+            let state = run.link.status().borrow().state;
+            self.metrics
+                .bfd_up
+                .get_or_create(&labels)
+                .set(i64::from(state == crate::bfd::codec::BfdState::Up));
+        }
+    }
+
+    /// Whether a BFD session went Down since the last pass: the next pass resets its BGP session, so one is due.
+    pub fn bfd_down_pending(&self) -> bool {
+        self.bfd_runs
+            .values()
+            .any(|run| run.status.borrow().downs > run.seen_downs)
     }
 
     /// The VIPs this node advertises over BGP (for the node's `ironlb.io/vips`).

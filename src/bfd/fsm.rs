@@ -28,19 +28,19 @@ pub struct Profile {
     pub detect_mult: u8,
     /// Wait for the peer to speak first.
     pub passive: bool,
-    /// Required Min Echo RX Interval to advertise (0: this end does not loop echo packets back).
+    /// Required Min Echo RX Interval to advertise; 0, as IronLB has no echo function: it loops no echo packet back.
     pub echo_receive_interval: Duration,
 }
 
 impl Default for Profile {
-    /// MetalLB's BFDProfile defaults (FRR's): 300 ms both ways, multiplier 3, active, echo 50 ms.
+    /// MetalLB's BFDProfile defaults (FRR's): 300 ms both ways, multiplier 3, active; no echo.
     fn default() -> Self {
         Profile {
             transmit_interval: Duration::from_millis(300),
             receive_interval: Duration::from_millis(300),
             detect_mult: 3,
             passive: false,
-            echo_receive_interval: Duration::from_millis(50),
+            echo_receive_interval: Duration::ZERO,
         }
     }
 }

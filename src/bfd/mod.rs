@@ -2,10 +2,12 @@
 //!
 //! - [`codec`]: the Control packet, decode (with RFC 5880's reception checks) and encode, golden bytes from FRR's
 //!   bfdd;
-//! - [`fsm`]: one session's state machine, pure: packets and time in, packets and state changes out.
+//! - [`fsm`]: one session's state machine, pure: packets and time in, packets and state changes out;
+//! - [`transport`]: the sessions over UDP (RFC 5881 single hop, RFC 5883 multihop), with the TTL checks.
 //!
-//! Not yet here: the UDP transport (RFC 5881 single hop, RFC 5883 multihop), the echo function, and the link to
-//! the BGP sessions; until they are, a BGPPeer's `bfdProfile` is accepted and warned about as not acted on.
+//! The BGP speaker (`agent::bgp`) runs a session beside each BGP session whose BGPPeer names a BFDProfile, and
+//! resets the BGP session when it goes Down. Not here: the echo function (a profile's `echoMode` is warned about).
 
 pub mod codec;
 pub mod fsm;
+pub mod transport;

@@ -67,6 +67,8 @@ pub struct RouterConfig {
     pub neighbors: Vec<Neighbor>,
     /// Keep a restarting neighbour's routes (RFC 4724 receiving side).
     pub graceful_restart: bool,
+    /// FRR only: a BFD session (bfdd's defaults: 300 ms both ways, multiplier 3) beside every neighbour.
+    pub bfd: bool,
 }
 
 /// A route as the router holds it.
@@ -165,13 +167,15 @@ impl Router {
                     dir,
                     std::os::unix::fs::PermissionsExt::from_mode(0o777),
                 );
-                for (bin, extra) in [
-                    ("/usr/lib/frr/zebra", vec![]),
-                    (
-                        "/usr/lib/frr/bgpd",
-                        vec!["-f".to_string(), conf.display().to_string()],
-                    ),
-                ] {
+                let mut daemons = vec![("/usr/lib/frr/zebra", vec![])];
+                if self.config.bfd {
+                    daemons.push(("/usr/lib/frr/bfdd", vec![]));
+                }
+                daemons.push((
+                    "/usr/lib/frr/bgpd",
+                    vec!["-f".to_string(), conf.display().to_string()],
+                ));
+                for (bin, extra) in daemons {
                     let name = bin.rsplit('/').next().unwrap_or(bin);
                     let status = Command::new("ip")
                         .args(["netns", "exec", &self.netns, bin, "-d", "--vty_socket"])
@@ -475,6 +479,9 @@ fn frr_config(c: &RouterConfig) -> String {
         }
         if n.multihop {
             let _ = writeln!(s, " neighbor {} ebgp-multihop 16", n.address);
+        }
+        if c.bfd {
+            let _ = writeln!(s, " neighbor {} bfd", n.address);
         }
     }
     for fam in ["ipv4", "ipv6"] {
@@ -810,6 +817,7 @@ pub async fn peer_lab(
         router_id: super::topology::SWITCH_V4,
         neighbors: node_neighbors(lab, LAB_NODE_AS, None),
         graceful_restart: true,
+        bfd: false,
     };
     let netns = lab.topology.switch.clone();
     let dir = dir.to_path_buf();

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Findings, NOT_ACTED_ON, Named, Validated, selected_pools};
+use super::{Findings, Named, Validated, selected_pools};
 use crate::config::community::CommunityValue;
 use crate::config::crd;
 use crate::config::model::{BfdProfile, BgpAdvertisement, Family, Labels};
@@ -28,10 +28,12 @@ pub(super) fn bfd_profiles(objects: &[Named<crd::BFDProfile>], out: &mut Validat
                 f.error(field, format!("{v} is outside {min}..={max}"));
             }
         }
-        f.warn(
-            "",
-            format!("BFD is {NOT_ACTED_ON}: no BFD session is set up"),
-        );
+        if s.echo_mode == Some(true) {
+            f.warn(
+                "spec.echoMode",
+                "not supported: IronLB's BFD sessions use control packets only (the intervals above apply)",
+            );
+        }
         if f.finish(out) {
             let profile = BfdProfile {
                 name: n.name.clone(),

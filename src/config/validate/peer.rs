@@ -224,15 +224,13 @@ pub(super) fn peers(objects: &[Named<crd::BGPPeer>], out: &mut Validated) {
             (None, secret) => secret,
         };
         let bfd_profile = s.bfd_profile.clone().filter(|b| !b.is_empty());
-        if let Some(b) = &bfd_profile {
-            if out.config.bfd_profiles.contains_key(b) {
-                f.warn("spec.bfdProfile", NOT_ACTED_ON);
-            } else {
-                f.error(
-                    "spec.bfdProfile",
-                    format!("BFDProfile/{b} does not exist or is invalid"),
-                );
-            }
+        if let Some(b) = &bfd_profile
+            && !out.config.bfd_profiles.contains_key(b)
+        {
+            f.error(
+                "spec.bfdProfile",
+                format!("BFDProfile/{b} does not exist or is invalid"),
+            );
         }
         let vrf = s.vrf.clone().filter(|v| !v.is_empty());
         if let Some(v) = &vrf {
@@ -502,13 +500,13 @@ mod tests {
             ..Default::default()
         });
         assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
-        assert!(has(
-            &v.warnings,
-            "BGPPeer",
-            "p",
-            "spec.bfdProfile",
-            "does not act on it yet"
-        ));
+        assert!(
+            !v.warnings
+                .iter()
+                .any(|d| d.field == "spec.bfdProfile" || d.kind == "BFDProfile"),
+            "BFD is acted on: {:?}",
+            lines(&v.warnings)
+        );
         assert!(has(
             &v.warnings,
             "BGPPeer",
@@ -516,7 +514,6 @@ mod tests {
             "spec.vrf",
             "does not act on it yet"
         ));
-        assert!(has(&v.warnings, "BFDProfile", "fast", "", "no BFD session"));
     }
 
     #[test]
