@@ -35,8 +35,16 @@ pub fn check_paths(lab: &Lab, rows: &[StatusRow], local_service: &str) -> Vec<Po
         let owner = lab.node(&row.owners[0]).unwrap();
         for vip in &row.vips {
             let ip: IpAddr = vip.parse().unwrap();
-            // A few tries: under the VM's emulated CPUs one arping can miss its 2 s. A wrong answer is not retried.
-            let mac = (0..5).find_map(|_| lab.resolve_from_client(ip));
+            // Under the VM's emulated CPUs one arping can miss its 2 s, and a starved agent can be declared Down for a
+            // few seconds, yielding its VIPs meanwhile while no other node claims them (no split brain): up to 15
+            // tries, half a second apart, for an answer. A wrong answer is not retried.
+            let mac = (0..15).find_map(|_| {
+                let mac = lab.resolve_from_client(ip);
+                if mac.is_none() {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                mac
+            });
             assert_eq!(
                 mac.as_deref(),
                 Some(owner.mac.as_str()),
