@@ -11,7 +11,8 @@
 //!   profile's `minimumTtl` for multihop. A packet goes to the session of its source address; one from an address
 //!   with no session, or failing the checks, is dropped and counted.
 //! - Sending: each session has its own socket, bound to a source port in 49152..=65535 (RFC 5881), TTL 255.
-//! - Nothing here blocks: sessions are tasks, and their state is a `watch`.
+//! - Nothing here blocks: sessions are tasks, and their state is a `watch`. They run on a runtime and thread of their
+//!   own, so that a long pass of the agent's main loop delays no packet.
 
 use std::collections::HashMap;
 use std::io;
@@ -62,6 +63,9 @@ type Inbox = mpsc::UnboundedSender<Control>;
 
 /// The receiving side shared by the sessions of one agent.
 pub struct Bfd {
+    /// BFD's own runtime, on a thread of its own: a long pass on the agent's main loop must not delay a packet,
+    /// or the peer would declare the session Down and take the node's routes with it.
+    runtime: tokio::runtime::Handle,
     sessions: Arc<Mutex<HashMap<(IpAddr, bool), Inbox>>>,
     /// Multihop peers' lowest accepted TTL.
     minimum_ttl: Arc<Mutex<HashMap<IpAddr, u8>>>,
@@ -238,6 +242,14 @@ impl Bfd {
     pub fn start() -> io::Result<Bfd> {
         let sessions = Arc::new(Mutex::new(HashMap::new()));
         let minimum_ttl = Arc::new(Mutex::new(HashMap::new()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("ironlb-bfd".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+        let _on_bfd_runtime = handle.enter();
         let mut receivers = Vec::new();
         let mut last_error = None;
         for (port, multihop) in [(SINGLE_HOP_PORT, false), (MULTIHOP_PORT, true)] {
@@ -264,6 +276,7 @@ impl Bfd {
             minimum_ttl,
             _receivers: receivers,
             next_disc: 1,
+            runtime: handle.clone(),
         })
     }
 
@@ -290,6 +303,7 @@ impl Bfd {
             timers: None,
             downs: 0,
         });
+        let _on_bfd_runtime = self.runtime.enter();
         let task = Task::spawn("BFD session", async move {
             loop {
                 let deadline = fsm.next_deadline().map(tokio::time::Instant::from_std);
