@@ -77,6 +77,20 @@ async fn configure_bgp(lab: &Lab, spec: serde_json::Value, adv_spec: serde_json:
         .unwrap();
 }
 
+/// The BFDProfile `fast` with `spec`.
+async fn bfd_profile(lab: &Lab, spec: serde_json::Value) {
+    let bfd: BFDProfile = serde_json::from_value(json!({
+        "apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",
+        "metadata": {"name": "fast", "namespace": "metallb-system"},
+        "spec": spec,
+    }))
+    .unwrap();
+    Api::<BFDProfile>::namespaced(lab.client.clone(), "metallb-system")
+        .create(&PostParams::default(), &bfd)
+        .await
+        .unwrap();
+}
+
 /// The ingress IPs of `default/<name>` once it has `count` of them (at most 30 s).
 async fn service_ips(lab: &Lab, name: &str, count: usize) -> Vec<IpAddr> {
     let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
@@ -112,16 +126,7 @@ async fn local_service_route_follows_its_endpoint() {
     let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
     let router = router(&lab, Daemon::Bird, dir.path(), 64497, false);
-    let bfd: BFDProfile = serde_json::from_value(json!({
-        "apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",
-        "metadata": {"name": "fast", "namespace": "metallb-system"},
-        "spec": {},
-    }))
-    .unwrap();
-    Api::<BFDProfile>::namespaced(lab.client.clone(), "metallb-system")
-        .create(&PostParams::default(), &bfd)
-        .await
-        .unwrap();
+    bfd_profile(&lab, json!({})).await;
     configure_bgp(
         &lab,
         json!({"myASN": 64497, "bfdProfile": "fast"}),
@@ -523,16 +528,11 @@ async fn bfd_takes_a_dead_nodes_route_away_within_a_second() {
     let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
     let router = router(&lab, Daemon::Frr, dir.path(), 64497, true);
-    let bfd: BFDProfile = serde_json::from_value(json!({
-        "apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",
-        "metadata": {"name": "fast", "namespace": "metallb-system"},
-        "spec": {"receiveInterval": 300, "transmitInterval": 300, "detectMultiplier": 3},
-    }))
-    .unwrap();
-    Api::<BFDProfile>::namespaced(lab.client.clone(), "metallb-system")
-        .create(&PostParams::default(), &bfd)
-        .await
-        .unwrap();
+    bfd_profile(
+        &lab,
+        json!({"receiveInterval": 300, "transmitInterval": 300, "detectMultiplier": 3}),
+    )
+    .await;
     configure_bgp(
         &lab,
         json!({"myASN": 64497, "bfdProfile": "fast"}),
