@@ -238,14 +238,52 @@ impl Lab {
     }
 
     fn announce(&self, vips: &[(&str, &[&str])], since: Option<Instant>) {
+        self.announce_yielding(vips, since, &[]);
+    }
+
+    /// As [`Lab::announce`], with the VIPs in `yielding` given up at another station's claim.
+    fn announce_yielding(
+        &self,
+        vips: &[(&str, &[&str])],
+        since: Option<Instant>,
+        yielding: &[&str],
+    ) {
         let vips: BTreeMap<IpAddr, Announce> = vips
             .iter()
             .map(|(vip, ifs)| {
                 let interfaces = ifs.iter().map(|s| s.to_string()).collect();
-                (vip.parse().unwrap(), Announce { interfaces, since })
+                let yields = yielding.contains(vip);
+                (
+                    vip.parse().unwrap(),
+                    Announce {
+                        interfaces,
+                        since,
+                        yields,
+                    },
+                )
             })
             .collect();
         self.plan.send_replace(Announcements { vips });
+    }
+
+    /// The client claims `vip` on c0 with gratuitous ARP requests and replies from its own MAC, as a node taking it
+    /// over does (arping needs the source address to be local, so the client holds it on c1 meanwhile).
+    fn claim_from_client(&self, vip: &str) -> Result<()> {
+        self.client.ip(&format!("addr add {vip}/32 dev c1"))?;
+        for mode in ["-U", "-A"] {
+            run_in(
+                &self.client.name,
+                &["arping", mode, "-c", "2", "-I", "c0", "-s", vip, vip],
+                Duration::from_secs(10),
+            )?;
+        }
+        self.client.ip(&format!("addr del {vip}/32 dev c1"))
+    }
+
+    fn metric(&self, name: &str) -> Option<String> {
+        self.metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ').map(str::to_string))
     }
 
     fn gratuitous_sent(&self) -> u64 {
@@ -374,17 +412,9 @@ fn answers_arp_and_ndp_for_owned_vips_on_selected_interfaces_only() -> Result<()
         "VIP answered on an unselected interface"
     );
 
-    // Hostile input: the client claims VIP_A with gratuitous requests and replies from its own MAC (arping needs the
-    // source address to be local, so the client holds it briefly on c1). The responder must keep answering.
-    lab.client.ip(&format!("addr add {VIP_A}/32 dev c1"))?;
-    for mode in ["-U", "-A"] {
-        run_in(
-            &lab.client.name,
-            &["arping", mode, "-c", "2", "-I", "c0", "-s", VIP_A, VIP_A],
-            Duration::from_secs(10),
-        )?;
-    }
-    lab.client.ip(&format!("addr del {VIP_A}/32 dev c1"))?;
+    // Hostile input: the client claims VIP_A with gratuitous requests and replies from its own MAC. The responder
+    // must keep answering.
+    lab.claim_from_client(VIP_A)?;
     assert_eq!(
         lab.arping("c0", "192.0.2.1", VIP_A)?,
         vec![N0_MAC.to_string()],
@@ -420,6 +450,57 @@ fn answers_arp_and_ndp_for_owned_vips_on_selected_interfaces_only() -> Result<()
     lab.announce(&[], None);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(lab.ndisc6(VIP_6)?, None, "released IPv6 VIP still answered");
+    Ok(())
+}
+
+#[test]
+fn a_vip_being_handed_over_goes_quiet_when_another_station_announces_it() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipping netns_arp: needs root to create network namespaces");
+        return Ok(());
+    }
+    let lab = Lab::new(no_repeats())?;
+    lab.announce(&[(VIP_A, &["n0"]), (VIP_B, &["n1"])], None);
+    lab.wait_gratuitous(4)?;
+    // The agent hands VIP_A over: still answered until the new owner shows itself (make before break).
+    lab.announce_yielding(&[(VIP_A, &["n0"]), (VIP_B, &["n1"])], None, &[VIP_A]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        lab.arping("c0", "192.0.2.1", VIP_A)?,
+        vec![N0_MAC.to_string()],
+        "a VIP being handed over must be answered until another station announces it"
+    );
+    // The new owner (here the client's MAC) announces it: no more answers, while VIP_B is untouched.
+    lab.claim_from_client(VIP_A)?;
+    assert_eq!(
+        lab.arping("c0", "192.0.2.1", VIP_A)?,
+        Vec::<String>::new(),
+        "still answering for a VIP another station took over"
+    );
+    assert_eq!(
+        lab.arping("c1", "198.51.100.1", VIP_B)?,
+        vec![N1_MAC.to_string()]
+    );
+    assert_eq!(lab.metric("ironlb_arp_yielded_total").as_deref(), Some("1"));
+    // Later passes that still hand it over do not bring it back.
+    lab.announce_yielding(
+        &[(VIP_A, &["n0"]), (VIP_B, &["n1"]), (VIP_6, &["n0"])],
+        None,
+        &[VIP_A],
+    );
+    lab.wait_gratuitous(5)?;
+    assert_eq!(lab.arping("c0", "192.0.2.1", VIP_A)?, Vec::<String>::new());
+    // The move is undone (the plan owns it plainly again): answered and announced again.
+    let before = lab.gratuitous_sent();
+    lab.announce(
+        &[(VIP_A, &["n0"]), (VIP_B, &["n1"]), (VIP_6, &["n0"])],
+        None,
+    );
+    lab.wait_gratuitous(before + 2)?;
+    assert_eq!(
+        lab.arping("c0", "192.0.2.1", VIP_A)?,
+        vec![N0_MAC.to_string()]
+    );
     Ok(())
 }
 

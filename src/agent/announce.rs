@@ -540,9 +540,25 @@ impl Announcer {
         let held = make_before_break(&self.node, &input.groups, &assignments)
             .map(|kept| node_plan(&self.node, &input.groups, &kept, &local).announce);
         let mut node_plan = node_plan(&self.node, &input.groups, &owners, &local);
-        if let Some(announce) = held {
-            node_plan.announce = announce;
-        }
+        // The VIPs this node answers for only until another node announces them: those it is handing over, and,
+        // cut off from its peers, all it keeps (the others may have confirmed it gone and taken them).
+        let yielding: BTreeSet<IpAddr> = if standing == gossip::Standing::CutOff {
+            node_plan.announce.keys().copied().collect()
+        } else {
+            BTreeSet::new()
+        };
+        let yielding = match held {
+            Some(announce) => {
+                let handing_over = announce
+                    .keys()
+                    .filter(|ip| !node_plan.announce.contains_key(*ip))
+                    .copied();
+                let yielding = yielding.into_iter().chain(handing_over).collect();
+                node_plan.announce = announce;
+                yielding
+            }
+            None => yielding,
+        };
 
         let mut pass = AnnouncePass::default();
         let allowed = facts.strict_allowed();
@@ -592,6 +608,7 @@ impl Announcer {
                     Announce {
                         interfaces: interfaces.clone(),
                         since,
+                        yields: yielding.contains(ip),
                     },
                 );
             }

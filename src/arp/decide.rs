@@ -152,15 +152,102 @@ pub fn decide(frame: &Frame, own: MacAddr, owned: &BTreeSet<IpAddr>) -> Verdict 
     }
 }
 
-/// The VIPs to answer for on each interface.
-pub fn per_interface(plan: &Announcements) -> BTreeMap<String, BTreeSet<IpAddr>> {
-    let mut out: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+/// The VIPs to answer for on each interface, each with whether it gives way to another station's claim
+/// ([`super::Announce::yields`]).
+pub fn per_interface(plan: &Announcements) -> BTreeMap<String, BTreeMap<IpAddr, bool>> {
+    let mut out: BTreeMap<String, BTreeMap<IpAddr, bool>> = BTreeMap::new();
     for (vip, announce) in &plan.vips {
         for interface in &announce.interfaces {
-            out.entry(interface.clone()).or_default().insert(*vip);
+            out.entry(interface.clone())
+                .or_default()
+                .insert(*vip, announce.yields);
         }
     }
     out
+}
+
+/// How long a claim by another station is remembered. A node handing a VIP over and the node taking it decide
+/// from the same event, each in its own pass: the new owner's gratuitous announcement may arrive a little before the
+/// old owner's plan lets the VIP go. Short, so that a stale claim (a node resuming from a pause) is not held
+/// against a hand-off that comes later.
+pub const CLAIM_MEMORY: Duration = Duration::from_millis(300);
+
+/// What one interface answers for, shared by the control task (which follows the plan) and the receive thread
+/// (which sees other stations' claims).
+///
+/// A VIP that *yields* is one this node still answers for while another node takes it (make before break), or
+/// one it keeps only for want of news (cut off from gossip). It stops answering for it the moment another station
+/// claims it with a gratuitous ARP or an unsolicited neighbour advertisement: that is the new owner taking over, seen
+/// on the wire, well before the new owner's `announced-by` reaches this node through the API. Two nodes then answer
+/// for one VIP for well under a millisecond instead of a round trip through the API. A spoofed claim can make it
+/// stop early, which costs only that head start: the VIP is leaving this node anyway. A VIP that does not yield keeps
+/// being answered whatever is claimed, so a spoofed frame cannot silence its owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answering {
+    /// The VIPs answered for.
+    pub owned: BTreeSet<IpAddr>,
+    /// Of the VIPs the plan lists, those that yield to a claim.
+    yielding: BTreeSet<IpAddr>,
+    /// Yielding VIPs another station claimed: not answered while the plan still lists them as yielding.
+    yielded: BTreeSet<IpAddr>,
+    /// The latest claim by another station to each VIP of the plan, for [`CLAIM_MEMORY`].
+    claims: BTreeMap<IpAddr, Instant>,
+}
+
+impl Answering {
+    /// Follows the plan for this interface (`wanted`: each VIP and whether it yields). Returns the VIPs answered for
+    /// now that were not before: they get a gratuitous announcement.
+    pub fn follow(&mut self, wanted: &BTreeMap<IpAddr, bool>, now: Instant) -> Vec<IpAddr> {
+        self.claims.retain(|vip, at| {
+            wanted.contains_key(vip) && now.saturating_duration_since(*at) < CLAIM_MEMORY
+        });
+        self.yielding = wanted
+            .iter()
+            .filter(|(_, y)| **y)
+            .map(|(v, _)| *v)
+            .collect();
+        // A VIP the plan no longer lists, or lists as plainly owned again, forgets that it yielded.
+        self.yielded.retain(|vip| self.yielding.contains(vip));
+        let claimed: Vec<IpAddr> = self
+            .yielding
+            .iter()
+            .filter(|vip| self.claims.contains_key(vip))
+            .copied()
+            .collect();
+        self.yielded.extend(claimed);
+        let next: BTreeSet<IpAddr> = wanted
+            .keys()
+            .filter(|vip| !self.yielded.contains(vip))
+            .copied()
+            .collect();
+        let new = next.difference(&self.owned).copied().collect();
+        self.owned = next;
+        new
+    }
+
+    /// Stops answering for the VIPs `wanted` no longer lists, and only that: done first, before any socket is opened.
+    pub fn release(&mut self, wanted: &BTreeMap<IpAddr, bool>) {
+        self.owned.retain(|vip| wanted.contains_key(vip));
+    }
+
+    /// Another station claimed `vip`. Returns true when this interface stopped answering for it.
+    pub fn claimed(&mut self, vip: IpAddr, now: Instant) -> bool {
+        if !self.owned.contains(&vip) {
+            return false;
+        }
+        self.claims.insert(vip, now);
+        if !self.yielding.contains(&vip) {
+            return false;
+        }
+        self.owned.remove(&vip);
+        self.yielded.insert(vip);
+        true
+    }
+
+    /// Stops answering for everything (the interface is going away).
+    pub fn clear(&mut self) {
+        *self = Answering::default();
+    }
 }
 
 /// Admits at most `burst` log lines per `window` and counts the rest, so a flood of bad frames cannot flood the logs.
@@ -418,6 +505,7 @@ mod tests {
             Announce {
                 interfaces: ["eth0".into(), "eth1".into()].into(),
                 since: None,
+                yields: false,
             },
         );
         plan.vips.insert(
@@ -425,11 +513,86 @@ mod tests {
             Announce {
                 interfaces: ["eth1".into()].into(),
                 since: None,
+                yields: true,
             },
         );
         let by_if = per_interface(&plan);
-        assert_eq!(by_if["eth0"], [a].into());
-        assert_eq!(by_if["eth1"], [a, b].into());
+        assert_eq!(by_if["eth0"], [(a, false)].into());
+        assert_eq!(by_if["eth1"], [(a, false), (b, true)].into());
+    }
+
+    fn wanted(list: &[(IpAddr, bool)]) -> BTreeMap<IpAddr, bool> {
+        list.iter().copied().collect()
+    }
+
+    #[test]
+    fn a_yielding_vip_stops_being_answered_at_the_first_claim_and_a_plain_one_never() {
+        let t0 = Instant::now();
+        let (kept, leaving) = (IpAddr::V4(VIP4), IpAddr::V6(VIP6));
+        let mut a = Answering::default();
+        assert_eq!(
+            a.follow(&wanted(&[(kept, false), (leaving, false)]), t0),
+            [kept, leaving]
+        );
+        // The plan hands `leaving` over: still answered (make before break), nothing new to announce.
+        assert!(
+            a.follow(&wanted(&[(kept, false), (leaving, true)]), t0)
+                .is_empty()
+        );
+        assert_eq!(a.owned, [kept, leaving].into());
+        // Claims: the plain VIP stays, the yielding one goes at once.
+        assert!(!a.claimed(kept, t0));
+        assert!(a.claimed(leaving, t0));
+        assert_eq!(a.owned, [kept].into());
+        // Later passes that still list it as yielding do not bring it back, even after the claim is forgotten.
+        let later = t0 + CLAIM_MEMORY * 2;
+        assert!(
+            a.follow(&wanted(&[(kept, false), (leaving, true)]), later)
+                .is_empty()
+        );
+        assert_eq!(a.owned, [kept].into());
+        // The new owner's `announced-by` arrives: the plan drops it, and nothing is left of it.
+        assert!(a.follow(&wanted(&[(kept, false)]), later).is_empty());
+        assert_eq!(
+            a,
+            Answering {
+                owned: [kept].into(),
+                ..Answering::default()
+            }
+        );
+        // A claim to a VIP not answered for changes nothing.
+        assert!(!a.claimed(leaving, later));
+        assert!(a.follow(&wanted(&[(kept, false)]), later).is_empty());
+        assert_eq!(a.owned, [kept].into());
+    }
+
+    #[test]
+    fn a_claim_seen_just_before_the_plan_lets_go_yields_at_once_and_an_old_one_does_not() {
+        let t0 = Instant::now();
+        let vip = IpAddr::V4(VIP4);
+        let mut a = Answering::default();
+        assert_eq!(a.follow(&wanted(&[(vip, false)]), t0), [vip]);
+        // The new owner's announcement arrives first: kept, as it is plainly owned...
+        assert!(!a.claimed(vip, t0));
+        // ...and the pass that hands it over comes shortly after: given up at once.
+        assert!(
+            a.follow(&wanted(&[(vip, true)]), t0 + CLAIM_MEMORY / 2)
+                .is_empty()
+        );
+        assert!(a.owned.is_empty());
+        // The move is undone (the plan owns it plainly again): answered, and announced again.
+        assert_eq!(a.follow(&wanted(&[(vip, false)]), t0 + CLAIM_MEMORY), [vip]);
+
+        // A claim older than the memory (a node that resumed from a pause and announced what it no longer owns)
+        // does not cut a later hand-off short.
+        let mut b = Answering::default();
+        b.follow(&wanted(&[(vip, false)]), t0);
+        assert!(!b.claimed(vip, t0));
+        assert!(
+            b.follow(&wanted(&[(vip, true)]), t0 + CLAIM_MEMORY)
+                .is_empty()
+        );
+        assert_eq!(b.owned, [vip].into());
     }
 
     #[test]

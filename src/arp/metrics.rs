@@ -56,6 +56,8 @@ pub struct ArpMetrics {
     pub malformed: Counter,
     /// Frames dropped unread because they queued while the process was stopped.
     pub stale: Counter,
+    /// VIPs this node stopped answering for when the node taking them over announced them.
+    pub yielded: Counter,
     pub failover_seconds: Histogram,
     pub metallb: MetallbLayer2,
 }
@@ -70,6 +72,7 @@ impl Default for ArpMetrics {
             gratuitous: Family::default(),
             malformed: Counter::default(),
             stale: Counter::default(),
+            yielded: Counter::default(),
             failover_seconds: Histogram::new(FAILOVER_BUCKETS),
             metallb: MetallbLayer2::default(),
         }
@@ -114,6 +117,12 @@ impl ArpMetrics {
             "ARP or NDP frames dropped unanswered because they queued while this agent was stopped (SIGSTOP, a paused \
              VM): the VIPs may have moved meanwhile",
             m.stale.clone(),
+        );
+        registry.register(
+            "ironlb_arp_yielded",
+            "VIPs this node stopped answering for the moment another station announced them, while handing them \
+             over or kept only for want of news from its peers",
+            m.yielded.clone(),
         );
         registry.register(
             "ironlb_failover_seconds",

@@ -12,6 +12,7 @@
 //!   │  • diffs the plan: new (interface, VIP) pairs → gratuitous now     │
 //!   │  • every garp_period → gratuitous for all VIPs                     │
 //!   │  • writes each Port's owned-VIP set (release is immediate)         ▼
+//!   │    (a VIP that yields is dropped by the thread at another's claim)  │
 //!   └──────────── send via Port's sender (Mutex) ◀──── receive thread per Port (std, blocking pnet,
 //!                                                       read timeout so it sees stop flags):
 //!                                                       decode → decide (pure) → reply
@@ -46,6 +47,9 @@ pub struct Announce {
     pub interfaces: BTreeSet<String>,
     /// When the change leading to this node owning the VIP was observed (for the failover histogram).
     pub since: Option<Instant>,
+    /// Whether answering stops as soon as another station claims the VIP: true while the VIP is being handed to
+    /// another node, or kept only for want of news (see [`decide::Answering`]).
+    pub yields: bool,
 }
 
 /// How the responder behaves.

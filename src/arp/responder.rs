@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::codec::{ArpPacket, Frame, MacAddr, NdpMessage, NdpPacket, may_be_arp_or_ndp};
-use super::decide::{self, LinkFacts, LinkRefusal, LogLimiter, Verdict};
+use super::decide::{self, Answering, LinkFacts, LinkRefusal, LogLimiter, Verdict};
 use super::{Announcements, ArpConfig, ArpMetrics, Error, Result};
 
 /// Consecutive socket errors after which a receive thread gives up on its interface.
@@ -114,8 +114,12 @@ impl Control {
                     current = plan.borrow_and_update().clone();
                     self.apply(&current);
                 }
-                _ = next_tick(&mut repeat) => {
-                    self.repeat_announcements();
+                scheduled = next_tick(&mut repeat) => {
+                    // A tick this late means the process was stopped: what it owned then may have moved meanwhile,
+                    // and announcing it now would point clients back here. The agent catches up first.
+                    if scheduled.elapsed() <= STALL_MARGIN {
+                        self.repeat_announcements();
+                    }
                     // A tick is also the moment to retry interfaces that were missing.
                     self.apply(&current);
                 }
@@ -130,12 +134,13 @@ impl Control {
         self.ports.retain(|name, _| wanted.contains_key(name));
         self.refused.retain(|name, _| wanted.contains_key(name));
         self.announced.retain(|vip| plan.vips.contains_key(vip));
+        let now = Instant::now();
         for port in self.ports.values() {
             let keep = &wanted[&port.name];
-            port.owned
+            port.answering
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
-                .retain(|vip| keep.contains(vip));
+                .release(keep);
         }
 
         for (name, vips) in &wanted {
@@ -163,12 +168,11 @@ impl Control {
             let Some(port) = self.ports.get(name) else {
                 continue;
             };
-            let new: Vec<IpAddr> = {
-                let mut owned = port.owned.write().unwrap_or_else(PoisonError::into_inner);
-                let new = vips.difference(&owned).copied().collect();
-                owned.clone_from(vips);
-                new
-            };
+            let new = port
+                .answering
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .follow(vips, now);
             for vip in new {
                 if port.announce(vip, &self.metrics) && self.announced.insert(vip) {
                     if let Some(since) = plan.vips.get(&vip).and_then(|a| a.since) {
@@ -185,9 +189,10 @@ impl Control {
     fn repeat_announcements(&self) {
         for port in self.ports.values() {
             let owned: Vec<IpAddr> = port
-                .owned
+                .answering
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
+                .owned
                 .iter()
                 .copied()
                 .collect();
@@ -198,12 +203,10 @@ impl Control {
     }
 }
 
-/// The next repeat tick, or never when repeats are disabled.
-async fn next_tick(repeat: &mut Option<tokio::time::Interval>) {
+/// The next repeat tick (when it was due), or never when repeats are disabled.
+async fn next_tick(repeat: &mut Option<tokio::time::Interval>) -> tokio::time::Instant {
     match repeat {
-        Some(interval) => {
-            interval.tick().await;
-        }
+        Some(interval) => interval.tick().await,
         None => std::future::pending().await,
     }
 }
@@ -212,7 +215,7 @@ async fn next_tick(repeat: &mut Option<tokio::time::Interval>) {
 struct Port {
     name: String,
     mac: MacAddr,
-    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    answering: Arc<RwLock<Answering>>,
     tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
     stop: Arc<AtomicBool>,
 }
@@ -220,7 +223,7 @@ struct Port {
 impl Drop for Port {
     fn drop(&mut self) {
         // The owned set empties at once, so the thread answers nothing more even before it sees the flag.
-        self.owned
+        self.answering
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
@@ -275,14 +278,14 @@ impl Port {
         let port = Port {
             name: name.to_owned(),
             mac,
-            owned: Arc::new(RwLock::new(BTreeSet::new())),
+            answering: Arc::new(RwLock::new(Answering::default())),
             tx: Arc::new(Mutex::new(tx)),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let receiver = Receiver {
             name: port.name.clone(),
             mac,
-            owned: port.owned.clone(),
+            answering: port.answering.clone(),
             tx: port.tx.clone(),
             stop: port.stop.clone(),
             global_stop: global_stop.clone(),
@@ -436,7 +439,7 @@ impl StallFilter {
 struct Receiver {
     name: String,
     mac: MacAddr,
-    owned: Arc<RwLock<BTreeSet<IpAddr>>>,
+    answering: Arc<RwLock<Answering>>,
     tx: Arc<Mutex<Box<dyn DataLinkSender>>>,
     stop: Arc<AtomicBool>,
     global_stop: Arc<AtomicBool>,
@@ -462,8 +465,11 @@ impl Receiver {
                     consecutive_errors = 0;
                     let now = Instant::now();
                     let freshness = {
-                        let owned = self.owned.read().unwrap_or_else(PoisonError::into_inner);
-                        stall.frame(now, now - started, &owned)
+                        let answering = self
+                            .answering
+                            .read()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        stall.frame(now, now - started, &answering.owned)
                     };
                     match freshness {
                         Freshness::Fresh => {
@@ -514,8 +520,11 @@ impl Receiver {
             Err(_) => return,
         };
         let verdict = {
-            let owned = self.owned.read().unwrap_or_else(PoisonError::into_inner);
-            decide::decide(&frame, self.mac, &owned)
+            let answering = self
+                .answering
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            decide::decide(&frame, self.mac, &answering.owned)
         };
         match verdict {
             Verdict::Ignore => {}
@@ -532,7 +541,16 @@ impl Receiver {
                 }
             }
             Verdict::Conflict { vip, mac } => {
-                if let Some(suppressed) = self.conflicts.admit(Instant::now()) {
+                let yielded = self
+                    .answering
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .claimed(vip, Instant::now());
+                if yielded {
+                    self.metrics.yielded.inc();
+                    tracing::info!(interface = %self.name, vip = %vip, new_mac = %mac,
+                        "the node taking this VIP over announced it; no longer answering for it");
+                } else if let Some(suppressed) = self.conflicts.admit(Instant::now()) {
                     tracing::warn!(interface = %self.name, vip = %vip, other_mac = %mac, suppressed,
                         "another station claims a VIP this node announces; still answering");
                 }
