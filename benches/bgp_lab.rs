@@ -128,6 +128,7 @@ fn route_load(n: u32) -> Option<(Duration, Duration)> {
             ttl: 1,
             connect_timeout: Duration::from_secs(2),
             alt_next_hop: None,
+            vrf: None,
             fsm: FsmConfig {
                 local_asn: 64497,
                 peer_as: PeerAs::Fixed(64496),
@@ -319,6 +320,7 @@ async fn withdraw_in(
     let (router, _) = ironlb::lab::bgp::peer_lab(
         &lab,
         Daemon::Bird,
+        false,
         dir.path(),
         &vips,
         Duration::from_secs(1),

@@ -39,6 +39,7 @@ fn speaker_config(name: &str, port: u16) -> SessionConfig {
         ttl: 255,
         connect_timeout: Duration::from_secs(2),
         alt_next_hop: None,
+        vrf: None,
         fsm: FsmConfig {
             local_asn: LOCAL_ASN,
             peer_as: PeerAs::Fixed(PEER_ASN),

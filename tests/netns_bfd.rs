@@ -1,16 +1,18 @@
-//! IronLB's BFD sessions against FRR's bfdd, over a veth pair between two network namespaces (192.0.2.2, IronLB;
-//! 192.0.2.3, bfdd, single hop, 300 ms both ways, multiplier 3). The session comes up on both sides, the intervals
-//! are the profile's, and a cut link takes both sides Down within the detection time (900 ms), measured on
-//! IronLB's side and read from bfdd's. Needs root and FRR (scripts/setup); namespaces and daemons are removed on
-//! drop, also on failure.
+//! IronLB's BFD sessions against FRR's bfdd and BIRD's BFD, over a veth pair between two network namespaces
+//! (192.0.2.2, IronLB; 192.0.2.3, the daemon; single hop). The session comes up on both sides, the intervals are
+//! the ones the profiles negotiate, and a cut link takes both sides Down within the detection time, measured on
+//! IronLB's side and read from the daemon's. Needs root, FRR and BIRD (scripts/setup); namespaces and daemons are
+//! removed on drop, also on failure.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ironlb::bfd::codec::BfdState;
+use ironlb::bfd::fsm::BfdTimers;
 use ironlb::bfd::fsm::Profile;
 use ironlb::bfd::transport::{Bfd, BfdPeer, wait_for};
+use ironlb::lab::bgp::{RouterBfdSession, parse_bird_bfd};
 use ironlb::lab::netns::in_netns;
 
 struct Pair {
@@ -21,7 +23,7 @@ struct Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        for name in ["bfdd", "zebra"] {
+        for name in ["bfdd", "zebra", "bird"] {
             if let Ok(pid) = std::fs::read_to_string(self.dir.path().join(format!("{name}.pid"))) {
                 let _ = Command::new("kill").arg(pid.trim()).status();
             }
@@ -52,6 +54,22 @@ fn skip() -> bool {
     false
 }
 
+fn skip_bird() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipped: needs root to create network namespaces");
+        return true;
+    }
+    if Command::new("bird").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "BIRD is missing (scripts/setup installs bird2)"
+        );
+        println!("skipped: BIRD is not installed");
+        return true;
+    }
+    false
+}
+
 fn vtysh(dir: &Path, command: &str) -> String {
     let out = Command::new("vtysh")
         .arg("--vty_socket")
@@ -70,11 +88,13 @@ fn bfdd_peer(dir: &Path) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-fn setup() -> Pair {
+/// Two namespaces joined by a veth pair: IronLB's side `a` (192.0.2.2), the daemon's side `b` (192.0.2.3).
+/// `tag` tells apart the tests of this file, which run at the same time in one process.
+fn namespaces(tag: &str) -> Pair {
     let id = std::process::id();
     let pair = Pair {
-        a: format!("ilb-bfd-a-{id}"),
-        b: format!("ilb-bfd-b-{id}"),
+        a: format!("ilb-bfd{tag}-a-{id}"),
+        b: format!("ilb-bfd{tag}-b-{id}"),
         dir: tempfile::tempdir().unwrap(),
     };
     let (a, b) = (pair.a.as_str(), pair.b.as_str());
@@ -89,8 +109,18 @@ fn setup() -> Pair {
     sh(&["ip", "-n", b, "addr", "add", "192.0.2.3/24", "dev", "eth0"]);
     sh(&["ip", "-n", a, "link", "set", "eth0", "up"]);
     sh(&["ip", "-n", b, "link", "set", "eth0", "up"]);
+    std::fs::set_permissions(
+        pair.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    pair
+}
+
+/// The namespaces, with FRR's zebra and bfdd in `b` expecting 192.0.2.2 at 300 ms both ways, multiplier 3.
+fn setup() -> Pair {
+    let pair = namespaces("f");
     let dir: PathBuf = pair.dir.path().to_path_buf();
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     std::fs::write(
         dir.join("bfdd.conf"),
         "bfd\n peer 192.0.2.2 local-address 192.0.2.3\n  receive-interval 300\n  transmit-interval 300\n  \
@@ -99,7 +129,7 @@ fn setup() -> Pair {
     .unwrap();
     for daemon in ["zebra", "bfdd"] {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", b])
+        cmd.args(["netns", "exec", &pair.b])
             .arg(format!("/usr/lib/frr/{daemon}"))
             .args(["-d", "--vty_socket"])
             .arg(&dir)
@@ -115,15 +145,18 @@ fn setup() -> Pair {
     pair
 }
 
-#[test]
-fn session_with_frr_bfdd_comes_up_and_a_cut_link_takes_both_sides_down() {
-    if skip() {
-        return;
-    }
-    let pair = setup();
-    let a = pair.a.clone();
-    // IronLB's side runs in its own runtime on a thread inside namespace a, where its sockets are made.
-    let (up_after, timers, down_after) = in_netns(&a.clone(), move || {
+/// What IronLB's side saw: how long until Up, the timers once they reached `transmit`, and how long after the cut
+/// it went Down.
+struct Seen {
+    up_after: Duration,
+    timers: Option<BfdTimers>,
+    down_after: Duration,
+}
+
+/// Runs IronLB's side in namespace `a` against 192.0.2.3 with `profile`: waits for Up and for the transmit interval
+/// to reach `transmit`, then cuts the link from this side and waits for Down.
+fn ironlb_side(a: &str, profile: Profile, transmit: Duration) -> Seen {
+    in_netns(a, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -136,7 +169,8 @@ fn session_with_frr_bfdd_comes_up_and_a_cut_link_takes_both_sides_down() {
                     local: Some("192.0.2.2".parse().unwrap()),
                     multihop: false,
                     minimum_ttl: 254,
-                    profile: Profile::default(),
+                    profile,
+                    vrf: None,
                 })
                 .unwrap();
             let start = Instant::now();
@@ -146,14 +180,11 @@ fn session_with_frr_bfdd_comes_up_and_a_cut_link_takes_both_sides_down() {
                 *link.status().borrow()
             );
             let up_after = start.elapsed();
-            // The Poll to 300 ms completes within a few packets.
+            // The Poll to the profile's intervals completes within a few packets.
             let mut status = link.status();
             let timers = tokio::time::timeout(
                 Duration::from_secs(5),
-                status.wait_for(|s| {
-                    s.timers
-                        .is_some_and(|t| t.transmit == Duration::from_millis(300))
-                }),
+                status.wait_for(|s| s.timers.is_some_and(|t| t.transmit == transmit)),
             )
             .await
             .ok()
@@ -169,21 +200,36 @@ fn session_with_frr_bfdd_comes_up_and_a_cut_link_takes_both_sides_down() {
                 wait_for(&link, BfdState::Down, Duration::from_secs(5)).await,
                 "not Down within 5 s of the cut"
             );
-            (up_after, timers.flatten(), cut_at.elapsed())
+            Seen {
+                up_after,
+                timers: timers.flatten(),
+                down_after: cut_at.elapsed(),
+            }
         })
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn session_with_frr_bfdd_comes_up_and_a_cut_link_takes_both_sides_down() {
+    if skip() {
+        return;
+    }
+    let pair = setup();
+    let seen = ironlb_side(&pair.a, Profile::default(), Duration::from_millis(300));
     println!(
-        "IronLB's session with bfdd: Up after {} ms; timers {timers:?}; Down {} ms after the link was cut",
-        up_after.as_millis(),
-        down_after.as_millis()
+        "IronLB's session with bfdd: Up after {} ms; timers {:?}; Down {} ms after the link was cut",
+        seen.up_after.as_millis(),
+        seen.timers,
+        seen.down_after.as_millis()
     );
-    let timers = timers.expect("the intervals never reached 300 ms");
+    let timers = seen.timers.expect("the intervals never reached 300 ms");
     assert_eq!(timers.transmit, Duration::from_millis(300));
     assert_eq!(timers.detection, Duration::from_millis(900));
     assert!(
-        down_after <= Duration::from_millis(900) + Duration::from_millis(100),
-        "Down {down_after:?} after the cut, detection time 900 ms"
+        seen.down_after <= Duration::from_millis(900) + Duration::from_millis(100),
+        "Down {:?} after the cut, detection time 900 ms",
+        seen.down_after
     );
     // bfdd's side: it saw the session Up with IronLB's intervals, and now Down.
     let dir = pair.dir.path();
@@ -203,4 +249,105 @@ fn session_with_frr_bfdd_comes_up_and_a_cut_link_takes_both_sides_down() {
     assert_eq!(peer["remote-receive-interval"], 300, "{peer:#}");
     assert_eq!(peer["remote-transmit-interval"], 300, "{peer:#}");
     assert_eq!(peer["remote-detect-multiplier"], 3, "{peer:#}");
+}
+
+/// BIRD's side as `birdc show bfd sessions` prints it for 192.0.2.2.
+fn bird_session(dir: &Path) -> Option<RouterBfdSession> {
+    let out = Command::new("birdc")
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .args(["show", "bfd", "sessions"])
+        .output()
+        .ok()?;
+    parse_bird_bfd(&String::from_utf8_lossy(&out.stdout))
+        .ok()?
+        .into_iter()
+        .find(|s| s.peer.to_string() == "192.0.2.2")
+}
+
+/// Against BIRD's BFD, with intervals that differ on the two sides: BIRD asks for 100 ms and a multiplier of 3,
+/// IronLB's profile for 250 ms and 4. Each side sends at the slower of its own wish and the other's requirement
+/// (250 ms both ways) and waits its peer's multiplier times that: IronLB 750 ms, BIRD 1 s. A cut link takes both
+/// Down.
+#[test]
+fn session_with_bird_negotiates_the_profiles_intervals_and_a_cut_link_takes_both_sides_down() {
+    if skip_bird() {
+        return;
+    }
+    let pair = namespaces("b");
+    let dir = pair.dir.path().to_path_buf();
+    std::fs::write(
+        dir.join("bird.conf"),
+        "router id 192.0.2.3;\nprotocol device { scan time 10; }\nprotocol bfd {\n  interface \"*\" { min rx \
+         interval 100 ms; min tx interval 100 ms; multiplier 3; };\n  neighbor 192.0.2.2 local 192.0.2.3;\n}\n",
+    )
+    .unwrap();
+    let status = Command::new("ip")
+        .args(["netns", "exec", &pair.b, "bird", "-c"])
+        .arg(dir.join("bird.conf"))
+        .arg("-s")
+        .arg(dir.join("bird.ctl"))
+        .arg("-P")
+        .arg(dir.join("bird.pid"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "bird did not start");
+    let profile = Profile {
+        transmit_interval: Duration::from_millis(250),
+        receive_interval: Duration::from_millis(250),
+        detect_mult: 4,
+        ..Profile::default()
+    };
+    // BIRD's view while Up, read from a thread beside IronLB's side before the cut.
+    let watcher = {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let session = bird_session(&dir);
+                let settled = session
+                    .as_ref()
+                    .is_some_and(|s| s.is_up() && s.transmit == Duration::from_millis(250));
+                if settled || Instant::now() > deadline {
+                    return session;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // IronLB's side holds the session Up long enough for the watcher to read it: it cuts only once the timers have
+    // settled, and BIRD's view settles at the same Poll.
+    let seen = ironlb_side(&pair.a, profile, Duration::from_millis(250));
+    let bird_up = watcher.join().unwrap();
+    println!(
+        "IronLB's session with BIRD: Up after {} ms; timers {:?}; Down {} ms after the link was cut; BIRD while Up: \
+         {bird_up:?}",
+        seen.up_after.as_millis(),
+        seen.timers,
+        seen.down_after.as_millis()
+    );
+    let timers = seen.timers.expect("the intervals never reached 250 ms");
+    assert_eq!(timers.transmit, Duration::from_millis(250));
+    assert_eq!(timers.detection, Duration::from_millis(750));
+    assert!(
+        seen.down_after <= Duration::from_millis(750) + Duration::from_millis(100),
+        "Down {:?} after the cut, detection time 750 ms",
+        seen.down_after
+    );
+    let bird_up = bird_up.expect("BIRD lists no session to 192.0.2.2");
+    assert!(bird_up.is_up(), "BIRD's view: {bird_up:?}");
+    assert_eq!(bird_up.transmit, Duration::from_millis(250), "{bird_up:?}");
+    assert_eq!(bird_up.detection, Duration::from_secs(1), "{bird_up:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let session = bird_session(&dir);
+        if session.as_ref().is_some_and(|s| !s.is_up()) || Instant::now() > deadline {
+            break session;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        after.as_ref().is_some_and(|s| s.state == "down"),
+        "BIRD's view after the cut: {after:?}"
+    );
 }

@@ -62,6 +62,7 @@ fn session(
         ttl,
         connect_timeout: Duration::from_secs(2),
         alt_next_hop: Some(format!("2001:db8::{:x}", 0x10 + node).parse().unwrap()),
+        vrf: None,
         fsm: FsmConfig {
             local_asn,
             peer_as,

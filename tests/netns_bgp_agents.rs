@@ -615,3 +615,61 @@ async fn bfd_takes_a_dead_nodes_route_away_within_a_second() {
         "the route went after {gone:?}: BFD should take it within about a second"
     );
 }
+
+/// `ironlb lab --bgp bird --bfd`, as a user runs it: the demo lists BIRD's BFD sessions, one Up to every node with
+/// the lab profile's intervals (300 ms, multiplier 3), and after it kills a node, BIRD holds no route via it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lab_with_bird_and_bfd_shows_every_node_up_and_drops_a_dead_nodes_routes() {
+    if skip() {
+        return;
+    }
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_ironlb"))
+        .args([
+            "lab",
+            "--nodes",
+            "2",
+            "--services",
+            "2",
+            "--bgp",
+            "bird",
+            "--bfd",
+        ])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the lab ran for more than 240 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "the lab failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("BFD: bird lists 2 session(s), one Up to every node (`show bfd sessions`):"),
+        "no BFD summary with every node Up"
+    );
+    for node in ["192.0.2.11", "192.0.2.12"] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(node) && l.contains("sends every"))
+            .unwrap_or_else(|| panic!("no BFD session line for {node}"));
+        assert!(
+            line.contains(" up ")
+                && line.contains("sends every 300 ms, declares it Down after 900 ms"),
+            "{line}"
+        );
+    }
+    let after = text
+        .lines()
+        .find(|l| l.starts_with("BGP: bird ") && l.contains("its BFD session to"))
+        .expect("no line on the dead node's routes");
+    assert!(
+        after.contains("holds no more route via node-") && after.ends_with(": down"),
+        "{after}"
+    );
+}

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! [`plan`] is pure; [`BgpSpeaker`] owns the sessions, reads MD5 passwords from Secrets and reports what it cannot
-//! do (a `vrf`, a `bfdProfile`, an interface peer) as Warning Events, once per peer.
+//! do (BFD inside a `vrf`, an echo-mode `bfdProfile`, an interface peer) as Warning Events, once per peer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -132,12 +132,6 @@ pub fn plan(
     for peer in config.peers.values() {
         let mut warnings = Vec::new();
         let mut skip = false;
-        if let Some(vrf) = peer.vrf.as_ref().filter(|v| !v.is_empty()) {
-            warnings.push(format!(
-                "spec.vrf {vrf:?} is not supported: no session is made to this peer"
-            ));
-            skip = true;
-        }
         if let Some(name) = &peer.bfd_profile {
             match config.bfd_profiles.get(name) {
                 None => warnings.push(format!(
@@ -180,6 +174,7 @@ pub fn plan(
         let PeerEndpoint::Address(address) = peer.endpoint else {
             continue;
         };
+        let vrf = peer.vrf.clone().filter(|v| !v.is_empty());
         let bfd = peer
             .bfd_profile
             .as_ref()
@@ -204,6 +199,7 @@ pub fn plan(
                         passive: p.passive_mode,
                         echo_receive_interval: Duration::ZERO,
                     },
+                    vrf: vrf.clone(),
                 }
             });
         let mut routes = RouteSet::new();
@@ -285,6 +281,7 @@ pub fn plan(
             } else {
                 None
             },
+            vrf,
             fsm: FsmConfig {
                 local_asn,
                 peer_as,
@@ -578,8 +575,9 @@ pub struct BgpSpeaker {
     for_good: Option<&'static str>,
     /// How long routes carry GRACEFUL_SHUTDOWN before they are withdrawn (`--bgp-shutdown-grace`).
     shutdown_grace: Duration,
-    /// BFD's shared receiving side, opened with the first BFD session; `Err` once opening failed (said once).
-    bfd: Option<Result<Bfd, ()>>,
+    /// BFD's shared receiving side per VRF (None: the default one), opened with its first BFD session; `Err` once
+    /// opening failed (said once).
+    bfd: BTreeMap<Option<String>, Result<Bfd, ()>>,
     /// The BFD sessions, by BGPPeer.
     bfd_runs: BTreeMap<String, BfdRun>,
 }
@@ -651,7 +649,7 @@ impl BgpSpeaker {
             leaving: None,
             for_good: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            bfd: None,
+            bfd: BTreeMap::new(),
             bfd_runs: BTreeMap::new(),
         }
     }
@@ -907,9 +905,10 @@ impl BgpSpeaker {
             if self.bfd_runs.contains_key(&name) {
                 continue;
             }
-            let bfd = self.bfd.get_or_insert_with(|| {
-                Bfd::start().map_err(|error| {
-                    tracing::error!(%error, "BFD cannot open its sockets (UDP 3784, 4784): BGP runs without BFD");
+            let bfd = self.bfd.entry(peer.vrf.clone()).or_insert_with(|| {
+                Bfd::start_in(peer.vrf.as_deref()).map_err(|error| {
+                    let vrf = peer.vrf.as_deref().unwrap_or("default");
+                    tracing::error!(%error, vrf, "BFD cannot open its sockets (UDP 3784, 4784): BGP runs without BFD");
                 })
             });
             let Ok(bfd) = bfd else { continue };
@@ -1117,6 +1116,9 @@ mod tests {
                 Some("L2Advertisement") => sources
                     .l2_advertisements
                     .push(serde_yaml::from_value(value).expect("l2 adv")),
+                Some("BFDProfile") => sources
+                    .bfd_profiles
+                    .push(serde_yaml::from_value(value).expect("bfd profile")),
                 other => panic!("unexpected kind {other:?}"),
             }
         }
@@ -1349,14 +1351,25 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_fields_warn() {
+    fn a_vrf_peer_gets_its_session_and_bfd_bound_to_its_vrf() {
         let yaml = adv("{}").replace(
             "peerAddress: 192.0.2.1}",
             "peerAddress: 192.0.2.1, vrf: red, ebgpMultiHop: true}",
         );
         let p = plan_for("n1", &yaml, false, &[Ep::Ready("n1")]);
-        assert!(p.peers.is_empty(), "a VRF peer gets no session");
-        assert!(p.warnings["router"][0].contains("vrf"));
+        assert_eq!(p.peers["router"].config.vrf.as_deref(), Some("red"));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+
+        let with_bfd = format!(
+            "{}\n---\napiVersion: metallb.io/v1beta1\nkind: BFDProfile\nmetadata: {{name: fast, namespace: \
+             metallb-system}}\nspec: {{}}\n",
+            yaml.replace("vrf: red,", "vrf: red, bfdProfile: fast,")
+        );
+        let p = plan_for("n1", &with_bfd, false, &[Ep::Ready("n1")]);
+        assert_eq!(p.peers["router"].config.vrf.as_deref(), Some("red"));
+        let bfd = p.peers["router"].bfd.as_ref().expect("BFD in the VRF");
+        assert_eq!(bfd.vrf.as_deref(), Some("red"));
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct BfdPeer {
     /// Multihop only: the lowest TTL accepted (MetalLB's `minimumTtl`, 254 by default).
     pub minimum_ttl: u8,
     pub profile: Profile,
+    /// The VRF device the session runs in; it must be the one its [`Bfd`] was started in.
+    pub vrf: Option<String>,
 }
 
 /// What a session shows.
@@ -71,6 +73,8 @@ pub struct Bfd {
     minimum_ttl: Arc<Mutex<HashMap<IpAddr, u8>>>,
     _receivers: Vec<Task<()>>,
     next_disc: u32,
+    /// The VRF device every socket is bound to, or None for the default VRF.
+    vrf: Option<String>,
 }
 
 /// A running session; dropping it stops the session (the peer detects it).
@@ -95,7 +99,23 @@ impl Drop for BfdLink {
     }
 }
 
-fn receive_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// Binds `socket` to the VRF device `vrf`, if any, naming it in the error.
+fn bind_vrf(socket: &Socket, vrf: Option<&str>) -> io::Result<()> {
+    match vrf {
+        Some(vrf) => setsockopt(
+            socket,
+            sockopt::BindToDevice,
+            &std::ffi::OsString::from(vrf),
+        )
+        .map_err(|e| {
+            let e = io::Error::from(e);
+            io::Error::new(e.kind(), format!("binding to VRF device {vrf:?}: {e}"))
+        }),
+        None => Ok(()),
+    }
+}
+
+fn receive_socket(addr: SocketAddr, vrf: Option<&str>) -> io::Result<UdpSocket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -107,6 +127,7 @@ fn receive_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    bind_vrf(&socket, vrf)?;
     socket.bind(&addr.into())?;
     let socket: UdpSocket = socket.into();
     if addr.is_ipv4() {
@@ -218,6 +239,7 @@ fn send_socket(peer: &BfdPeer, seed: u32) -> io::Result<UdpSocket> {
         let source =
             49152 + ((seed.wrapping_mul(2654435761).wrapping_add(i * 7919)) % 16384) as u16;
         let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        bind_vrf(&socket, peer.vrf.as_deref())?;
         if peer.peer.is_ipv4() {
             socket.set_ttl_v4(255)?;
         } else {
@@ -240,6 +262,13 @@ impl Bfd {
     /// namespace and starts their tasks on the current runtime. A family the system lacks is skipped; no socket at
     /// all is an error.
     pub fn start() -> io::Result<Bfd> {
+        Bfd::start_in(None)
+    }
+
+    /// [`Bfd::start`] inside the VRF device `vrf`: every socket is bound to it, so packets come and go through the
+    /// VRF's interfaces and routing table. Sockets in the default VRF do not receive what arrives in a VRF, so one
+    /// `Bfd` per VRF runs beside the default one on the same ports.
+    pub fn start_in(vrf: Option<&str>) -> io::Result<Bfd> {
         let sessions = Arc::new(Mutex::new(HashMap::new()));
         let minimum_ttl = Arc::new(Mutex::new(HashMap::new()));
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -257,7 +286,7 @@ impl Bfd {
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 IpAddr::V6(Ipv6Addr::UNSPECIFIED),
             ] {
-                match receive_socket(SocketAddr::new(ip, port))
+                match receive_socket(SocketAddr::new(ip, port), vrf)
                     .and_then(tokio::net::UdpSocket::from_std)
                 {
                     Ok(socket) => receivers.push(Task::spawn(
@@ -277,11 +306,21 @@ impl Bfd {
             _receivers: receivers,
             next_disc: 1,
             runtime: handle.clone(),
+            vrf: vrf.map(str::to_string),
         })
     }
 
     /// Starts a session to `peer`. One session per peer address and hop kind.
     pub fn session(&mut self, peer: BfdPeer) -> io::Result<BfdLink> {
+        if peer.vrf != self.vrf {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a session in VRF {:?} on the BFD sockets of VRF {:?}",
+                    peer.vrf, self.vrf
+                ),
+            ));
+        }
         let disc = self.next_disc;
         self.next_disc = self.next_disc.wrapping_add(1).max(1);
         let socket = send_socket(&peer, disc ^ std::process::id())?;

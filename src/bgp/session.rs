@@ -41,6 +41,9 @@ pub struct SessionConfig {
     /// The next hop of IPv6 routes sent over an IPv4 session: the node's IPv6 address toward the peer. Without
     /// it such a session carries IPv4 routes only (and the other way round for IPv4 routes over IPv6).
     pub alt_next_hop: Option<IpAddr>,
+    /// The VRF device the session's socket is bound to (`SO_BINDTODEVICE`): the VRF's routing table then reaches
+    /// the peer and picks the source address, which is also the routes' next hop.
+    pub vrf: Option<String>,
     pub fsm: FsmConfig,
 }
 
@@ -545,6 +548,11 @@ async fn connect(config: &SessionConfig) -> io::Result<TcpStream> {
     }
     if let Some(password) = &config.password {
         set_md5(&socket, config.peer.ip(), password)?;
+    }
+    if let Some(vrf) = &config.vrf {
+        socket
+            .bind_device(Some(vrf.as_bytes()))
+            .map_err(|e| io::Error::new(e.kind(), format!("binding to VRF device {vrf:?}: {e}")))?;
     }
     if let Some(source) = config.source {
         socket.bind(SocketAddr::new(source, 0))?;

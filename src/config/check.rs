@@ -130,9 +130,14 @@ fn report(sources: &Sources, v: &Validated, out: &mut impl Write) -> Result<(), 
             super::PeerEndpoint::Address(ip) => std::net::SocketAddr::new(*ip, p.port).to_string(),
             super::PeerEndpoint::Interface(i) => format!("interface {i}"),
         };
+        let vrf = p
+            .vrf
+            .as_ref()
+            .map(|v| format!(" in VRF {v}"))
+            .unwrap_or_default();
         writeln!(
             out,
-            "  {}: AS{} -> {remote} at {endpoint}",
+            "  {}: AS{} -> {remote} at {endpoint}{vrf}",
             p.name, p.my_asn
         )?;
     }

@@ -67,8 +67,43 @@ pub struct RouterConfig {
     pub neighbors: Vec<Neighbor>,
     /// Keep a restarting neighbour's routes (RFC 4724 receiving side).
     pub graceful_restart: bool,
-    /// FRR only: a BFD session (bfdd's defaults: 300 ms both ways, multiplier 3) beside every neighbour.
+    /// FRR and BIRD: a BFD session beside every neighbour, with [`LAB_BFD`]'s intervals (FRR's defaults). GoBGP
+    /// has no BFD: [`Router::start`] refuses.
     pub bfd: bool,
+}
+
+/// The BFD intervals the lab's routers ask for, and the lab's BFDProfile with them: 300 ms both ways, multiplier 3
+/// (FRR's and MetalLB's defaults).
+pub const LAB_BFD: BfdIntervals = BfdIntervals {
+    receive: Duration::from_millis(300),
+    transmit: Duration::from_millis(300),
+    multiplier: 3,
+};
+
+/// A BFD configuration's intervals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BfdIntervals {
+    pub receive: Duration,
+    pub transmit: Duration,
+    pub multiplier: u8,
+}
+
+/// A BFD session as the router shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterBfdSession {
+    pub peer: IpAddr,
+    /// Up, or the state the daemon names (lowercase).
+    pub state: String,
+    /// How often the router sends to this peer: the larger of its own desired interval and the peer's required one.
+    pub transmit: Duration,
+    /// How long the router waits before it declares the peer Down: the peer's multiplier times the peer's interval.
+    pub detection: Duration,
+}
+
+impl RouterBfdSession {
+    pub fn is_up(&self) -> bool {
+        self.state == "up"
+    }
 }
 
 /// A route as the router holds it.
@@ -108,6 +143,11 @@ pub struct Router {
 impl Router {
     /// Writes the config into `dir` and starts the daemon in `netns`; returns once its CLI answers.
     pub fn start(daemon: Daemon, netns: &str, dir: &Path, config: RouterConfig) -> Result<Router> {
+        if config.bfd && daemon == Daemon::Gobgp {
+            return Err(Error::Io(
+                "gobgpd has no BFD: use bird or frr for a router with BFD".into(),
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
         let mut r = Router {
             daemon,
@@ -306,6 +346,43 @@ impl Router {
         Ok(out)
     }
 
+    /// The router's BFD sessions (FRR: `show bfd peers json`; BIRD: `show bfd sessions`; GoBGP has none).
+    pub fn bfd_sessions(&self) -> Result<Vec<RouterBfdSession>> {
+        match self.daemon {
+            Daemon::Gobgp => Ok(Vec::new()),
+            Daemon::Bird => parse_bird_bfd(&self.cli(&["show", "bfd", "sessions"])?),
+            Daemon::Frr => parse_frr_bfd(&self.cli(&["-c", "show bfd peers json"])?),
+        }
+    }
+
+    /// The command that lists the router's BFD sessions, as a user types it after [`Router::cli_prefix`].
+    pub fn bfd_command(&self) -> &'static [&'static str] {
+        match self.daemon {
+            Daemon::Gobgp => &[],
+            Daemon::Bird => &["show", "bfd", "sessions"],
+            Daemon::Frr => &["-c", "show bfd peers"],
+        }
+    }
+
+    /// Waits, at most `limit`, until every address of `peers` has a BFD session Up; returns the sessions last seen.
+    pub fn wait_bfd_up(&self, peers: &[IpAddr], limit: Duration) -> (bool, Vec<RouterBfdSession>) {
+        let deadline = Instant::now() + limit;
+        let mut last = Vec::new();
+        loop {
+            if let Ok(sessions) = self.bfd_sessions() {
+                last = sessions;
+                let up = |ip: &IpAddr| last.iter().any(|s| s.peer == *ip && s.is_up());
+                if peers.iter().all(up) {
+                    return (true, last);
+                }
+            }
+            if Instant::now() > deadline {
+                return (false, last);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// How many routes the router holds (cheaper than [`Router::routes`] for large tables).
     pub fn route_count(&self) -> Result<usize> {
         match self.daemon {
@@ -432,6 +509,19 @@ fn bird_config(c: &RouterConfig) -> String {
         "router id {};\nprotocol device {{ scan time 10; }}\nprotocol direct {{ ipv4; ipv6; }}\n",
         c.router_id
     );
+    if c.bfd {
+        // The BGP protocols ask this one for their sessions (`bfd on`); single-hop and multihop alike.
+        let options = format!(
+            "min rx interval {} ms; min tx interval {} ms; multiplier {};",
+            LAB_BFD.receive.as_millis(),
+            LAB_BFD.transmit.as_millis(),
+            LAB_BFD.multiplier
+        );
+        let _ = writeln!(
+            s,
+            "protocol bfd {{\n  interface \"*\" {{ {options} }};\n  multihop {{ {options} }};\n}}"
+        );
+    }
     for (i, n) in c.neighbors.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -451,6 +541,9 @@ fn bird_config(c: &RouterConfig) -> String {
         }
         if c.graceful_restart {
             let _ = writeln!(s, "  graceful restart on;");
+        }
+        if c.bfd {
+            let _ = writeln!(s, "  bfd on;");
         }
         let _ = writeln!(
             s,
@@ -499,6 +592,67 @@ fn parse_err(daemon: &'static str, message: impl Into<String>) -> Error {
         daemon,
         message: message.into(),
     }
+}
+
+/// BIRD's `show bfd sessions`: a header line, then `address interface state since interval timeout`, the last two
+/// in seconds.
+pub fn parse_bird_bfd(text: &str) -> Result<Vec<RouterBfdSession>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(peer) = words.first().and_then(|w| w.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        let seconds = |i: usize| -> Result<Duration> {
+            words
+                .get(i)
+                .and_then(|w| w.parse::<f64>().ok())
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| parse_err("bird", format!("BFD session line {line:?}")))
+        };
+        // The since column is a time of day, or a date and a time: the intervals are the last two words.
+        let n = words.len();
+        if n < 6 {
+            return Err(parse_err("bird", format!("BFD session line {line:?}")));
+        }
+        out.push(RouterBfdSession {
+            peer,
+            state: words[2].to_lowercase(),
+            transmit: seconds(n - 2)?,
+            detection: seconds(n - 1)?,
+        });
+    }
+    Ok(out)
+}
+
+/// FRR's `show bfd peers json`: per peer its own configured intervals and the peer's, from which the negotiated ones
+/// follow (RFC 5880 §6.8.2 and §6.8.4).
+pub fn parse_frr_bfd(text: &str) -> Result<Vec<RouterBfdSession>> {
+    let list: serde_json::Value =
+        serde_json::from_str(text.trim()).map_err(|e| parse_err("frr", e.to_string()))?;
+    let mut out = Vec::new();
+    for p in list.as_array().into_iter().flatten() {
+        let ms = |key: &str| -> Result<Duration> {
+            p[key]
+                .as_u64()
+                .map(Duration::from_millis)
+                .ok_or_else(|| parse_err("frr", format!("BFD peer without {key}: {p}")))
+        };
+        let peer = p["peer"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| parse_err("frr", format!("BFD peer without an address: {p}")))?;
+        let multiplier = p["remote-detect-multiplier"].as_u64().unwrap_or(0);
+        out.push(RouterBfdSession {
+            peer,
+            state: p["status"].as_str().unwrap_or("unknown").to_lowercase(),
+            transmit: ms("transmit-interval")?.max(ms("remote-receive-interval")?),
+            detection: ms("remote-transmit-interval")?.max(ms("receive-interval")?)
+                * u32::try_from(multiplier).unwrap_or(0),
+        });
+    }
+    Ok(out)
 }
 
 /// One word of FRR's community string: `asn:value`, or the name FRR prints for a well-known community (RFC 1997,
@@ -804,20 +958,23 @@ pub fn node_neighbors(
 pub async fn peer_lab(
     lab: &super::cluster::Lab,
     daemon: Daemon,
+    bfd: bool,
     dir: &Path,
     vips: &[IpAddr],
     limit: Duration,
 ) -> super::cluster::Result<(Router, Vec<PeerRoute>)> {
     use super::cluster::Error as LabError;
-    use crate::config::crd::{BGPAdvertisement, BGPPeer};
+    use crate::config::crd::{BFDProfile, BGPAdvertisement, BGPPeer};
     use kube::api::{Api, PostParams};
 
     let config = RouterConfig {
         asn: LAB_ROUTER_AS,
         router_id: super::topology::SWITCH_V4,
         neighbors: node_neighbors(lab, LAB_NODE_AS, None),
-        graceful_restart: true,
-        bfd: false,
+        // Graceful restart keeps a restarting node's routes; BFD is there to drop a dead node's at once. With BFD,
+        // the lab shows the latter, so it negotiates no graceful restart.
+        graceful_restart: !bfd,
+        bfd,
     };
     let netns = lab.topology.switch.clone();
     let dir = dir.to_path_buf();
@@ -826,11 +983,28 @@ pub async fn peer_lab(
         .map_err(|e| LabError::Setup(e.to_string()))?
         .map_err(|e| LabError::Setup(format!("starting {}: {e}", daemon.name())))?;
     let pp = PostParams::default();
+    let mut peer_spec = serde_json::json!({
+        "myASN": LAB_NODE_AS, "peerASN": LAB_ROUTER_AS, "peerAddress": super::topology::SWITCH_V4.to_string(),
+        "connectTime": "1s", "enableGracefulRestart": !bfd, "dualStackAddressFamily": true,
+    });
+    if bfd {
+        let profile: BFDProfile = serde_json::from_value(serde_json::json!({
+            "apiVersion": "metallb.io/v1beta1", "kind": "BFDProfile",
+            "metadata": {"name": LAB_BFD_PROFILE, "namespace": "metallb-system"},
+            "spec": {"receiveInterval": LAB_BFD.receive.as_millis() as u64,
+                     "transmitInterval": LAB_BFD.transmit.as_millis() as u64,
+                     "detectMultiplier": LAB_BFD.multiplier},
+        }))
+        .map_err(|e| LabError::Setup(e.to_string()))?;
+        Api::<BFDProfile>::namespaced(lab.client.clone(), "metallb-system")
+            .create(&pp, &profile)
+            .await?;
+        peer_spec["bfdProfile"] = LAB_BFD_PROFILE.into();
+    }
     let peer: BGPPeer = serde_json::from_value(serde_json::json!({
         "apiVersion": "metallb.io/v1beta2", "kind": "BGPPeer",
         "metadata": {"name": "lab-router", "namespace": "metallb-system"},
-        "spec": {"myASN": LAB_NODE_AS, "peerASN": LAB_ROUTER_AS, "peerAddress": super::topology::SWITCH_V4.to_string(),
-                 "connectTime": "1s", "enableGracefulRestart": true, "dualStackAddressFamily": true},
+        "spec": peer_spec,
     }))
     .map_err(|e| LabError::Setup(e.to_string()))?;
     Api::<BGPPeer>::namespaced(lab.client.clone(), "metallb-system")
@@ -861,6 +1035,9 @@ pub async fn peer_lab(
     Ok((router, seen))
 }
 
+/// The lab's BFDProfile (with `--bfd`), named by its BGPPeer.
+pub const LAB_BFD_PROFILE: &str = "lab-bfd";
+
 /// AS numbers of the lab (documentation range).
 pub const LAB_ROUTER_AS: u32 = 64496;
 pub const LAB_NODE_AS: u32 = 64497;
@@ -868,6 +1045,78 @@ pub const LAB_NODE_AS: u32 = 64497;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bfd_sessions_are_read_from_bird_and_frr() {
+        let bird = "BIRD 2.0.12 ready.\nbfd1:\n\
+            IP address                Interface  State      Since         Interval  Timeout\n\
+            192.0.2.2                 eth0       Up         20:45:20.203    0.300    0.900\n\
+            2001:db8::2               eth0       Down       20:45:19.001    1.000    0.000\n";
+        let got = parse_bird_bfd(bird).unwrap();
+        assert_eq!(
+            got,
+            [
+                RouterBfdSession {
+                    peer: "192.0.2.2".parse().unwrap(),
+                    state: "up".into(),
+                    transmit: Duration::from_millis(300),
+                    detection: Duration::from_millis(900),
+                },
+                RouterBfdSession {
+                    peer: "2001:db8::2".parse().unwrap(),
+                    state: "down".into(),
+                    transmit: Duration::from_secs(1),
+                    detection: Duration::ZERO,
+                },
+            ]
+        );
+        assert!(parse_bird_bfd("192.0.2.2 eth0 Up\n").is_err());
+        assert_eq!(parse_bird_bfd("BIRD 2.0.12 ready.\n").unwrap(), []);
+
+        // FRR: the router wants 300 ms both ways; the peer asks for 250 ms and a multiplier of 4.
+        let frr = r#"[{"peer":"192.0.2.11","status":"up","receive-interval":300,"transmit-interval":300,
+            "remote-receive-interval":250,"remote-transmit-interval":250,"remote-detect-multiplier":4}]"#;
+        assert_eq!(
+            parse_frr_bfd(frr).unwrap(),
+            [RouterBfdSession {
+                peer: "192.0.2.11".parse().unwrap(),
+                state: "up".into(),
+                transmit: Duration::from_millis(300),
+                detection: Duration::from_millis(1200),
+            }]
+        );
+        assert!(parse_frr_bfd(r#"[{"peer":"192.0.2.11","status":"up"}]"#).is_err());
+    }
+
+    #[test]
+    fn bird_config_asks_for_bfd_beside_each_neighbour() {
+        let config = RouterConfig {
+            asn: LAB_ROUTER_AS,
+            router_id: Ipv4Addr::new(192, 0, 2, 1),
+            neighbors: vec![Neighbor {
+                address: "192.0.2.11".parse().unwrap(),
+                asn: LAB_NODE_AS,
+                password: None,
+                multihop: false,
+            }],
+            graceful_restart: false,
+            bfd: true,
+        };
+        let text = bird_config(&config);
+        assert!(text.contains("protocol bfd {"), "{text}");
+        assert!(
+            text.contains("min rx interval 300 ms; min tx interval 300 ms; multiplier 3;"),
+            "{text}"
+        );
+        assert!(text.contains("  bfd on;"), "{text}");
+        assert!(
+            !bird_config(&RouterConfig {
+                bfd: false,
+                ..config
+            })
+            .contains("bfd")
+        );
+    }
 
     #[test]
     fn frr_names_of_well_known_communities_are_read() {

@@ -26,6 +26,10 @@ pub struct LabArgs {
     /// Also run a BGP router (gobgp, bird or frr) in the switch namespace, peering with every node.
     #[arg(long, value_name = "DAEMON")]
     pub bgp: Option<super::bgp::Daemon>,
+    /// With `--bgp bird` or `--bgp frr`: BFD beside every BGP session (a BFDProfile of 300 ms both ways, multiplier
+    /// 3, on the lab's BGPPeer; the router's BFD configured to match). The demo lists the router's BFD sessions.
+    #[arg(long, requires = "bgp")]
+    pub bfd: bool,
     /// The Kubernetes API the lab runs on: `embedded` (the lab's own, in-process, starts at once) or `real` (etcd
     /// and kube-apiserver built from their Go modules, RBAC enforced, every agent a ServiceAccount).
     #[arg(long, value_enum, default_value_t = Api::Embedded)]
@@ -102,6 +106,11 @@ pub async fn run_with_binary(
     out: &mut impl Write,
 ) -> cluster::Result<()> {
     let api = api_choice(args.api, args.control_plane_bin.as_deref())?;
+    if args.bfd && args.bgp == Some(super::bgp::Daemon::Gobgp) {
+        return Err(cluster::Error::Setup(
+            "--bfd: gobgpd has no BFD; use --bgp bird or --bgp frr".into(),
+        ));
+    }
     let prefix = format!("ilb-lab-{}", std::process::id());
     let dir = cluster::default_dir(&prefix);
     let options = LabOptions {
@@ -151,7 +160,7 @@ pub async fn run_with_binary(
         )?;
     }
     let result = tokio::select! {
-        r = demo(options, args.keep, args.bgp, out) => r,
+        r = demo(options, args.keep, args.bgp.map(|daemon| (daemon, args.bfd)), out) => r,
         // Ctrl-C or SIGTERM: either way the lab must be torn down, not left behind.
         _ = crate::agent::shutdown_signal() => {
             let _ = writeln!(out, "interrupted; tearing the lab down");
@@ -169,7 +178,7 @@ pub async fn run_with_binary(
 async fn demo(
     options: LabOptions,
     keep: bool,
-    bgp: Option<super::bgp::Daemon>,
+    bgp: Option<(super::bgp::Daemon, bool)>,
     out: &mut impl Write,
 ) -> cluster::Result<()> {
     let router_dir = options.dir.join("router");
@@ -307,14 +316,21 @@ async fn demo(
     }
 
     let mut router = None;
-    if let Some(daemon) = bgp {
+    if let Some((daemon, bfd)) = bgp {
         let vips: Vec<IpAddr> = rows
             .iter()
             .flat_map(|r| r.vips.iter())
             .filter_map(|v| v.parse().ok())
             .collect();
-        let (r, routes) =
-            super::bgp::peer_lab(&lab, daemon, &router_dir, &vips, Duration::from_secs(30)).await?;
+        let (r, routes) = super::bgp::peer_lab(
+            &lab,
+            daemon,
+            bfd,
+            &router_dir,
+            &vips,
+            Duration::from_secs(30),
+        )
+        .await?;
         writeln!(
             out,
             "\nBGP: {} in {} peers with every node; it holds:",
@@ -328,6 +344,38 @@ async fn demo(
                 route.prefix.to_string(),
                 route.next_hop
             )?;
+        }
+        if bfd {
+            let nodes: Vec<IpAddr> = lab
+                .topology
+                .nodes
+                .iter()
+                .map(|n| IpAddr::V4(n.ipv4))
+                .collect();
+            let limit = Duration::from_secs(15);
+            let (all_up, sessions) = tokio::task::block_in_place(|| r.wait_bfd_up(&nodes, limit));
+            writeln!(
+                out,
+                "BFD: {} lists {} session(s){} (`{}`):",
+                daemon.name(),
+                sessions.len(),
+                if all_up {
+                    ", one Up to every node"
+                } else {
+                    "; NOT every node Up within 15 s"
+                },
+                r.bfd_command().join(" ")
+            )?;
+            for s in &sessions {
+                writeln!(
+                    out,
+                    "  {:<22} {:<5} sends every {} ms, declares it Down after {} ms of silence",
+                    s.peer.to_string(),
+                    s.state,
+                    s.transmit.as_millis(),
+                    s.detection.as_millis()
+                )?;
+            }
         }
         router = Some(r);
     }
@@ -362,6 +410,31 @@ async fn demo(
             )?;
         }
         None => writeln!(out, "failover: did not complete within 10 s")?,
+    }
+    if let (Some(r), Some((_, true))) = (&router, bgp) {
+        // Read after the failover above; how fast BFD takes a dead node's routes is measured by
+        // tests/netns_bgp_agents.rs (about a second).
+        let dead = lab.node(&owner).map(|n| IpAddr::V4(n.ipv4));
+        let (gone, _) = tokio::task::block_in_place(|| {
+            r.wait_routes(Duration::from_secs(10), |routes| {
+                !routes.iter().any(|route| Some(route.next_hop) == dead)
+            })
+        });
+        let session = tokio::task::block_in_place(|| r.bfd_sessions())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| Some(s.peer) == dead)
+            .map_or("none".to_string(), |s| s.state);
+        writeln!(
+            out,
+            "BGP: {} {} route via {owner}; its BFD session to {owner}: {session}",
+            r.daemon.name(),
+            if gone {
+                "holds no more"
+            } else {
+                "STILL holds a"
+            },
+        )?;
     }
     heal(&mut lab, &owner)?;
 

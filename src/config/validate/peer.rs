@@ -234,10 +234,17 @@ pub(super) fn peers(objects: &[Named<crd::BGPPeer>], out: &mut Validated) {
         }
         let vrf = s.vrf.clone().filter(|v| !v.is_empty());
         if let Some(v) = &vrf {
-            if v.contains(['\n', '\r']) {
-                f.error("spec.vrf", "contains a line break");
-            } else {
-                f.warn("spec.vrf", NOT_ACTED_ON);
+            // The name of a Linux network device: at most 15 bytes, no '/', no whitespace.
+            if v.len() > 15
+                || v.contains('/')
+                || v.chars().any(char::is_whitespace)
+                || v == "."
+                || v == ".."
+            {
+                f.error(
+                    "spec.vrf",
+                    format!("{v:?} is not a network device name (at most 15 bytes, no '/', no whitespace)"),
+                );
             }
         }
         if s.disable_mp == Some(true) {
@@ -492,6 +499,18 @@ mod tests {
             status: None,
         };
         let v = validate(&Sources {
+            bfd_profiles: vec![profile.clone()],
+            peers: vec![with(|s| s.bfd_profile = Some("fast".into()))],
+            ..Default::default()
+        });
+        assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
+        assert!(
+            v.warnings.is_empty(),
+            "BFD is acted on: {:?}",
+            lines(&v.warnings)
+        );
+        // A VRF is acted on, BFD inside one too.
+        let v = validate(&Sources {
             bfd_profiles: vec![profile],
             peers: vec![with(|s| {
                 s.bfd_profile = Some("fast".into());
@@ -500,20 +519,15 @@ mod tests {
             ..Default::default()
         });
         assert!(v.errors.is_empty(), "{:?}", lines(&v.errors));
-        assert!(
-            !v.warnings
-                .iter()
-                .any(|d| d.field == "spec.bfdProfile" || d.kind == "BFDProfile"),
-            "BFD is acted on: {:?}",
-            lines(&v.warnings)
-        );
-        assert!(has(
-            &v.warnings,
-            "BGPPeer",
-            "p",
-            "spec.vrf",
-            "does not act on it yet"
-        ));
+        assert!(v.warnings.is_empty(), "{:?}", lines(&v.warnings));
+        for bad in ["a/b", "sixteen-bytes-xx", "re d"] {
+            let e = peer_errors(with(|s| s.vrf = Some(bad.into())));
+            assert!(
+                has(&e, "BGPPeer", "p", "spec.vrf", "not a network device name"),
+                "{bad}: {:?}",
+                lines(&e)
+            );
+        }
     }
 
     #[test]
