@@ -450,25 +450,30 @@ async fn gossip_settled(lab: &Lab) {
     .await;
 }
 
-/// Per VIP, the rounds in which two or more nodes answered, over the whole log; printed and returned.
+/// Per VIP, the rounds in which two or more nodes answered, over the whole log; printed. Returns the most such
+/// rounds any VIP had, and the longest run of them in a row (one overlap).
 fn overlap(
     lab: &Lab,
     log: &ArpLog,
     owners: &std::collections::BTreeMap<Ipv4Addr, String>,
 ) -> usize {
-    let mut worst = 0;
+    let (mut worst, mut longest) = (0, 0);
     for (vip, owner) in owners {
         let s = log.summary(*vip, Duration::ZERO, Duration::MAX);
         let sole: Vec<String> = s.owners.iter().map(|m| node_of(lab, m)).collect();
         println!(
-            "  {vip} (owner {owner}): {} rounds, {} with two answerers ({} ms), {} unanswered, answerers {sole:?}",
+            "  {vip} (owner {owner}): {} rounds, {} with two answerers ({} ms; at most {} in a row), {} unanswered, \
+             answerers {sole:?}",
             s.rounds,
             s.split_rounds,
             ms(s.split_brain),
+            s.longest_split,
             s.unanswered
         );
         worst = worst.max(s.split_rounds);
+        longest = longest.max(s.longest_split);
     }
+    println!("  longest single overlap: {longest} round(s) of 20 ms in a row");
     worst
 }
 
@@ -788,11 +793,13 @@ async fn a_rolling_restart_hands_every_vip_over_before_each_agent_stops() {
         let s = log.summary(*vip, Duration::ZERO, Duration::MAX);
         let answerers: Vec<String> = s.owners.iter().map(|m| node_of(&lab, m)).collect();
         println!(
-            "  {vip}: {} rounds, {} unanswered (longest {} ms), {} with two answerers, answerers {answerers:?}",
+            "  {vip}: {} rounds, {} unanswered (longest {} ms), {} with two answerers (at most {} in a row), \
+             answerers {answerers:?}",
             s.rounds,
             s.unanswered,
             ms(s.longest_unanswered),
-            s.split_rounds
+            s.split_rounds,
+            s.longest_split
         );
         dark = dark.max(s.longest_unanswered);
         let last = last_answerers(&lab, &log, *vip);
@@ -932,8 +939,9 @@ async fn a_cordoned_owner_hands_its_vips_over_without_a_failed_connection() {
         let s = log.summary(*vip, Duration::ZERO, Duration::MAX);
         let answerers: Vec<String> = s.owners.iter().map(|m| node_of(&lab, m)).collect();
         println!(
-            "  {vip}: {} unanswered ARP rounds, {} with two answerers, answerers {answerers:?}",
-            s.unanswered, s.split_rounds
+            "  {vip}: {} unanswered ARP rounds, {} with two answerers (at most {} in a row), answerers \
+             {answerers:?}",
+            s.unanswered, s.split_rounds, s.longest_split
         );
         dark = dark.max(s.longest_unanswered);
     }

@@ -60,6 +60,8 @@ pub struct ArpSummary {
     pub split_brain: Duration,
     /// From the first split round to the last one (zero if none).
     pub split_span: Duration,
+    /// The longest run of consecutive split rounds: one overlap, where `split_rounds` adds up several.
+    pub longest_split: usize,
     /// The succession of sole answerers, with repeats collapsed: `[a, b, a]` is two flaps.
     pub owners: Vec<String>,
     /// Changes of sole answerer: `owners.len() - 1`.
@@ -103,9 +105,16 @@ pub fn summarize_arp(rounds: &[BTreeSet<String>], period: Duration) -> ArpSummar
     };
     let mut run = 0u32;
     let mut longest = 0u32;
+    let mut split_run = 0usize;
     let mut first_split = None;
     let mut last_split = 0;
     for (i, macs) in rounds.iter().enumerate() {
+        if macs.len() > 1 {
+            split_run += 1;
+            s.longest_split = s.longest_split.max(split_run);
+        } else {
+            split_run = 0;
+        }
         if macs.is_empty() {
             s.unanswered += 1;
             run += 1;
@@ -480,6 +489,7 @@ mod tests {
         assert_eq!(s.split_rounds, 2);
         assert_eq!(s.split_brain, ms(200));
         assert_eq!(s.split_span, ms(200));
+        assert_eq!(s.longest_split, 2);
         assert_eq!(s.owners, vec!["a", "b", "a"]);
         assert_eq!(s.flaps, 2);
     }
