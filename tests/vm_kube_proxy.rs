@@ -538,11 +538,12 @@ impl Setup {
 }
 
 /// Trials of each figure per setup.
-const TRIALS: usize = 5;
+const TRIALS: usize = 3;
 
 /// Creates a `Cluster` Service with a pod behind every node and times, from the create call, until its VIP is in its
-/// status and until a pod first answers the client on it (tries every 50 ms, each bounded to 200 ms).
-async fn create_to_connection(lab: &Lab, name: &str) -> (Duration, Duration) {
+/// status and until a pod first answers the client on it (tries every 50 ms, each bounded to 200 ms). None when
+/// either takes longer than [`LIMIT`].
+async fn create_to_connection(lab: &Lab, name: &str) -> Option<(Duration, Duration)> {
     use k8s_openapi::api::core::v1::Service;
     let services: Api<Service> = Api::namespaced(lab.client.clone(), "default");
     let start = Instant::now();
@@ -559,7 +560,10 @@ async fn create_to_connection(lab: &Lab, name: &str) -> (Duration, Duration) {
         if let Some(ip) = ip {
             break (ip.parse::<IpAddr>().unwrap(), start.elapsed());
         }
-        assert!(start.elapsed() < LIMIT, "{name} got no IP within {LIMIT:?}");
+        if start.elapsed() > LIMIT {
+            println!("{name} got no IP within {LIMIT:?}");
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     loop {
@@ -570,12 +574,12 @@ async fn create_to_connection(lab: &Lab, name: &str) -> (Duration, Duration) {
                 .is_some()
         });
         if answered {
-            return (got_ip, start.elapsed());
+            return Some((got_ip, start.elapsed()));
         }
-        assert!(
-            start.elapsed() < LIMIT,
-            "no pod answered {name}'s VIP {vip} within {LIMIT:?}"
-        );
+        if start.elapsed() > LIMIT {
+            println!("no pod answered {name}'s VIP {vip} within {LIMIT:?}");
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -597,7 +601,8 @@ fn spread(samples: &mut [Duration]) -> String {
 /// Benchmark (figures printed for BENCHMARKS.md; no timing is asserted): for kube-proxy in IPVS mode and in nftables
 /// mode with the integrated data plane, and nftables mode with the direct one, on a lab of its own each: Service
 /// create to first connection answered by a pod, and failover after the owner's death (agent SIGKILLed and link cut;
-/// `ironlb::lab::demo::measure_failover`, TCP every 50 ms), the same trial count for each. Debug agents under TCG: the
+/// `ironlb::lab::demo::measure_failover`, TCP every 50 ms), the same trial count for each. Under TCG (scripts/bench
+/// builds it in release) the
 /// figures compare the setups with each other, not with real hardware.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: scripts/bench runs it in the VM"]
@@ -633,11 +638,23 @@ async fn bench_failover_and_create_to_connection_per_kube_proxy_mode() {
         .expect("the control plane's binaries");
         let mut lab = Lab::start(options).await.expect("lab starts");
         let _logs = Logs::of(&lab);
-        lab.wait_announced(LIMIT).await.unwrap();
-        lab.wait_forwarding(LIMIT).await.unwrap();
+        let ready = match lab.wait_announced(LIMIT).await {
+            Ok(_) => lab.wait_forwarding(LIMIT).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            lines.push(format!(
+                "bench kube-proxy: {}: the lab never forwarded: {e}",
+                setup.name()
+            ));
+            continue;
+        }
         let (mut to_ip, mut to_connection) = (Vec::new(), Vec::new());
         for t in 0..TRIALS {
-            let (ip, connected) = create_to_connection(&lab, &format!("bench-{t}")).await;
+            let Some((ip, connected)) = create_to_connection(&lab, &format!("bench-{t}")).await
+            else {
+                continue;
+            };
             println!(
                 "{}: bench-{t} IP after {} ms, first connection after {} ms",
                 setup.name(),
@@ -678,7 +695,15 @@ async fn bench_failover_and_create_to_connection_per_kube_proxy_mode() {
                 }
             }
             ironlb::lab::demo::heal(&mut lab, &owner).unwrap();
-            lab.wait_forwarding(LIMIT).await.unwrap();
+            // Under TCG a healed node can take minutes to serve again: a trial that never recovers ends this
+            // setup's failovers (said in its line), and the next setup still runs.
+            if let Err(e) = lab.wait_forwarding(LIMIT).await {
+                println!(
+                    "{}: after failover {t}, not forwarding again: {e}",
+                    setup.name()
+                );
+                break;
+            }
         }
         lines.push(format!(
             "bench kube-proxy: {}: create to IP {}; create to first connection {}; failover {} ({incomplete} not within \
