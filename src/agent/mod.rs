@@ -858,7 +858,14 @@ fn spawn_watches(
         &tx,
         metrics,
         "Node",
-        Change::Node,
+        // A Node's status lists every container image on it (often tens of KiB): no consumer reads it.
+        |event: watcher::Event<Node>| {
+            Change::Node(event.modify(|node| {
+                if let Some(status) = node.status.as_mut() {
+                    status.images = None;
+                }
+            }))
+        },
     );
     spawn_watch(
         tasks,
@@ -903,6 +910,20 @@ fn spawn_watches(
     }
 }
 
+/// kubectl's copy of the object as last applied, kept in an annotation.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what every object carries and no consumer reads, before it is kept: `managedFields` (server-side apply's
+/// bookkeeping, often larger than the rest of the metadata) and kubectl's last-applied copy of the object. The
+/// agent keeps every Service, EndpointSlice and Node of the cluster, so these would be kept for each.
+fn strip<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
 fn spawn_watch<K>(
     tasks: &mut Tasks,
     api: Api<K>,
@@ -929,7 +950,7 @@ fn spawn_watch<K>(
             match item {
                 Ok(event) => {
                     updates.inc();
-                    if tx.send(wrap(event)).await.is_err() {
+                    if tx.send(wrap(event.modify(strip))).await.is_err() {
                         return;
                     }
                 }
@@ -941,4 +962,46 @@ fn spawn_watch<K>(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    #[test]
+    fn kept_objects_lose_managed_fields_and_the_last_applied_copy_only() {
+        let mut svc = Service::default();
+        svc.metadata.name = Some("web".into());
+        svc.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            ..Default::default()
+        }]);
+        svc.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_string(), "{\"big\":\"copy\"}".to_string()),
+                (
+                    "metallb.io/loadBalancerIPs".to_string(),
+                    "192.0.2.10".to_string(),
+                ),
+            ]
+            .into(),
+        );
+        let event = watcher::Event::Apply(svc).modify(strip);
+        let watcher::Event::Apply(svc) = event else {
+            panic!("the event changed kind")
+        };
+        assert_eq!(svc.metadata.managed_fields, None);
+        assert_eq!(
+            svc.metadata.annotations,
+            Some(
+                [(
+                    "metallb.io/loadBalancerIPs".to_string(),
+                    "192.0.2.10".to_string()
+                )]
+                .into()
+            )
+        );
+        assert_eq!(svc.metadata.name.as_deref(), Some("web"));
+    }
 }
