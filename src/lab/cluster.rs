@@ -843,10 +843,8 @@ impl Lab {
                     .and_then(|s| s.external_traffic_policy.as_deref())
                     == Some("Local");
                 for vip in crate::k8s::status::ingress_ips(svc) {
-                    let reply = self
-                        .connect_from_client(vip, Duration::from_secs(1))
-                        .ok()
-                        .and_then(|text| PodReply::parse(&text));
+                    let answer = self.connect_from_client(vip, Duration::from_secs(1));
+                    let reply = answer.as_ref().ok().and_then(|text| PodReply::parse(text));
                     let client = match vip {
                         IpAddr::V4(_) => IpAddr::V4(topology::CLIENT_V4),
                         IpAddr::V6(_) => IpAddr::V6(topology::CLIENT_V6),
@@ -859,7 +857,12 @@ impl Lab {
                         }
                     });
                     if !ok {
-                        pending.push(vip);
+                        let got = match answer {
+                            Ok(text) => format!("answered {:?}", text.trim()),
+                            Err(e) => format!("no answer: {e}"),
+                        };
+                        let policy = if local { "Local" } else { "Cluster" };
+                        pending.push((vip, format!("{policy}, {got}")));
                     }
                 }
             }
@@ -867,9 +870,28 @@ impl Lab {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > limit {
+                // What the client sees, for the one reading the failure: who answers ARP/NDP for each VIP left, and
+                // what its connection got.
+                let seen: Vec<String> = pending
+                    .iter()
+                    .map(|(vip, got)| {
+                        let by = self
+                            .resolve_from_client(*vip)
+                            .map(|mac| {
+                                self.topology
+                                    .node_by_mac(&mac)
+                                    .map_or(mac.clone(), |n| n.name.clone())
+                            })
+                            .unwrap_or_else(|| "nobody".into());
+                        format!("{vip} (resolved to {by}; {got})")
+                    })
+                    .collect();
                 return Err(Error::Timeout(
                     limit,
-                    format!("pods to answer on {pending:?} as the Services' policies say"),
+                    format!(
+                        "pods to answer as the Services' policies say on {}",
+                        seen.join("; ")
+                    ),
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
