@@ -316,36 +316,31 @@ impl Topology {
                 gateway6: gw6,
             });
         }
+        for node in &self.nodes {
+            self.route_pods(node, false)?;
+        }
+        Ok(())
+    }
+
+    /// Routes, in `node`, each other node's pod subnets via that node over the lab bridge. With `replace`, a
+    /// route that already exists is replaced rather than refused.
+    fn route_pods(&self, node: &LabNode, replace: bool) -> Result<()> {
+        let verb = if replace { "replace" } else { "add" };
         for (i, pod) in self.pods.iter().enumerate() {
+            if pod.node == node.name {
+                continue;
+            }
             let via = &self.nodes[i];
             // The subnets' network addresses: the node's side with its host bits cleared.
             let net4 = Ipv4Addr::from(u32::from(pod_v4(i + 1).0) & !3);
             let net6 = Ipv6Addr::from(u128::from(pod_v6(i + 1).0) & !u128::from(u64::MAX));
-            for node in self.nodes.iter().filter(|n| n.name != pod.node) {
-                run_in(
-                    &node.netns,
-                    &[
-                        "ip",
-                        "route",
-                        "add",
-                        &format!("{net4}/30"),
-                        "via",
-                        &via.ipv4.to_string(),
-                    ],
-                )?;
-                run_in(
-                    &node.netns,
-                    &[
-                        "ip",
-                        "-6",
-                        "route",
-                        "add",
-                        &format!("{net6}/64"),
-                        "via",
-                        &via.ipv6.to_string(),
-                    ],
-                )?;
-            }
+            let (net4, via4) = (format!("{net4}/30"), via.ipv4.to_string());
+            let (net6, via6) = (format!("{net6}/64"), via.ipv6.to_string());
+            run_in(&node.netns, &["ip", "route", verb, &net4, "via", &via4])?;
+            run_in(
+                &node.netns,
+                &["ip", "-6", "route", verb, &net6, "via", &via6],
+            )?;
         }
         Ok(())
     }
@@ -395,9 +390,12 @@ impl Topology {
         run_in(&node.netns, &["ip", "link", "set", UPLINK, "down"]).map(|_| ())
     }
 
-    /// Reconnects a node cut with [`Topology::cut`].
+    /// Reconnects a node cut with [`Topology::cut`]. The kernel dropped the routes over the uplink when it went
+    /// down, and bringing it up restores only its own subnets: the routes to the other nodes' pods are put back, as
+    /// a real node's network configuration would, or its IPVS could not reach those pods again.
     pub fn heal(&self, node: &LabNode) -> Result<()> {
-        run_in(&node.netns, &["ip", "link", "set", UPLINK, "up"]).map(|_| ())
+        run_in(&node.netns, &["ip", "link", "set", UPLINK, "up"])?;
+        self.route_pods(node, true)
     }
 
     /// The MAC the client's neighbour table holds for `ip`, if any.
