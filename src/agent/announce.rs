@@ -540,25 +540,10 @@ impl Announcer {
         let held = make_before_break(&self.node, &input.groups, &assignments)
             .map(|kept| node_plan(&self.node, &input.groups, &kept, &local).announce);
         let mut node_plan = node_plan(&self.node, &input.groups, &owners, &local);
-        // The VIPs this node answers for only until another node announces them: those it is handing over, and,
-        // cut off from its peers, all it keeps (the others may have confirmed it gone and taken them).
-        let yielding: BTreeSet<IpAddr> = if standing == gossip::Standing::CutOff {
-            node_plan.announce.keys().copied().collect()
-        } else {
-            BTreeSet::new()
-        };
-        let yielding = match held {
-            Some(announce) => {
-                let handing_over = announce
-                    .keys()
-                    .filter(|ip| !node_plan.announce.contains_key(*ip))
-                    .copied();
-                let yielding = yielding.into_iter().chain(handing_over).collect();
-                node_plan.announce = announce;
-                yielding
-            }
-            None => yielding,
-        };
+        let yielding = yielding(standing, &node_plan.announce, held.as_ref());
+        if let Some(announce) = held {
+            node_plan.announce = announce;
+        }
 
         let mut pass = AnnouncePass::default();
         let allowed = facts.strict_allowed();
@@ -763,6 +748,22 @@ fn make_before_break(
             })
             .collect()
     })
+}
+
+/// The VIPs this node answers for only until another node announces them (see [`crate::arp::decide::Answering`]):
+/// those `held` (make before break) beyond what it `owns`, and, cut off from its peers, everything it answers for,
+/// since the others may have confirmed it gone and taken its VIPs over.
+fn yielding<V>(
+    standing: gossip::Standing,
+    owns: &BTreeMap<IpAddr, V>,
+    held: Option<&BTreeMap<IpAddr, V>>,
+) -> BTreeSet<IpAddr> {
+    let answered = held.unwrap_or(owns);
+    answered
+        .keys()
+        .filter(|ip| standing == gossip::Standing::CutOff || !owns.contains_key(*ip))
+        .copied()
+        .collect()
 }
 
 /// After a rejoin: drops from `assignments` this node's claim to every group it is still published as announcing
@@ -1148,6 +1149,28 @@ mod tests {
             })
             .collect();
         assert_eq!(make_before_break("a", &published_by_b, &assignments), None);
+    }
+
+    #[test]
+    fn only_vips_being_handed_over_or_kept_while_cut_off_yield_to_another_nodes_claim() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let owns: BTreeMap<IpAddr, ()> = [(ip("192.0.2.10"), ())].into();
+        let held: BTreeMap<IpAddr, ()> = [(ip("192.0.2.10"), ()), (ip("192.0.2.11"), ())].into();
+        use gossip::Standing::{Connected, CutOff, Off, Unhealthy};
+        // Nothing held: nothing yields, unless the node is cut off, where all it keeps does.
+        for standing in [Connected, Off, Unhealthy] {
+            assert!(yielding(standing, &owns, None).is_empty(), "{standing:?}");
+        }
+        assert_eq!(yielding(CutOff, &owns, None), [ip("192.0.2.10")].into());
+        // Held for make before break: only the VIP on its way out yields.
+        assert_eq!(
+            yielding(Connected, &owns, Some(&held)),
+            [ip("192.0.2.11")].into()
+        );
+        assert_eq!(
+            yielding(CutOff, &owns, Some(&held)),
+            [ip("192.0.2.10"), ip("192.0.2.11")].into()
+        );
     }
 
     #[test]
