@@ -575,11 +575,34 @@ pub struct BgpSpeaker {
     for_good: Option<&'static str>,
     /// How long routes carry GRACEFUL_SHUTDOWN before they are withdrawn (`--bgp-shutdown-grace`).
     shutdown_grace: Duration,
-    /// BFD's shared receiving side per VRF (None: the default one), opened with its first BFD session; `Err` once
-    /// opening failed (said once).
-    bfd: BTreeMap<Option<String>, Result<Bfd, ()>>,
+    /// BFD's shared receiving side per VRF (None: the default one), opened with its first BFD session; `Err` with
+    /// when opening last failed, tried again on a pass [`BFD_RETRY`] later (a VRF created after the agent started,
+    /// another daemon that let go of the ports).
+    bfd: BTreeMap<Option<String>, Result<Bfd, tokio::time::Instant>>,
     /// The BFD sessions, by BGPPeer.
     bfd_runs: BTreeMap<String, BfdRun>,
+}
+
+/// How long after a failed attempt BFD's sockets are tried again.
+const BFD_RETRY: Duration = Duration::from_secs(30);
+
+/// Opens BFD's sockets in `vrf` (None: the default VRF). A failure is an error the first time and a debug line on
+/// each retry after it.
+fn open_bfd(
+    vrf: Option<&str>,
+    now: tokio::time::Instant,
+    first: bool,
+) -> Result<Bfd, tokio::time::Instant> {
+    Bfd::start_in(vrf).map_err(|error| {
+        let vrf = vrf.unwrap_or("default");
+        if first {
+            tracing::error!(%error, vrf, "BFD cannot open its sockets (UDP 3784, 4784): BGP runs without BFD \
+                until they open; retried every {BFD_RETRY:?}");
+        } else {
+            tracing::debug!(%error, vrf, "BFD's sockets still cannot be opened");
+        }
+        now
+    })
 }
 
 /// A node on its way out of the routers' paths, RFC 8326's procedure: from `since`, every route carries
@@ -905,12 +928,23 @@ impl BgpSpeaker {
             if self.bfd_runs.contains_key(&name) {
                 continue;
             }
-            let bfd = self.bfd.entry(peer.vrf.clone()).or_insert_with(|| {
-                Bfd::start_in(peer.vrf.as_deref()).map_err(|error| {
-                    let vrf = peer.vrf.as_deref().unwrap_or("default");
-                    tracing::error!(%error, vrf, "BFD cannot open its sockets (UDP 3784, 4784): BGP runs without BFD");
-                })
-            });
+            let now = tokio::time::Instant::now();
+            let entry = self.bfd.entry(peer.vrf.clone());
+            let bfd = match entry {
+                std::collections::btree_map::Entry::Occupied(e) if matches!(e.get(), Err(at) if now.duration_since(*at) < BFD_RETRY) =>
+                {
+                    continue;
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    if e.get().is_err() {
+                        *e.get_mut() = open_bfd(peer.vrf.as_deref(), now, false);
+                    }
+                    e.into_mut()
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(open_bfd(peer.vrf.as_deref(), now, true))
+                }
+            };
             let Ok(bfd) = bfd else { continue };
             match bfd.session(peer.clone()) {
                 Ok(link) => {
