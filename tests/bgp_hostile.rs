@@ -50,6 +50,7 @@ fn speaker_config(name: &str, port: u16) -> SessionConfig {
             graceful_restart: None,
             ipv4: true,
             ipv6: false,
+            extended_next_hop: false,
             restarted: false,
         },
     }
@@ -72,6 +73,7 @@ fn peer_open(asn: u32) -> Vec<u8> {
         graceful_restart: None,
         ipv4: true,
         ipv6: false,
+        extended_next_hop: false,
         restarted: false,
     });
     let bytes = codec::encode(&fsm.open_message());

@@ -168,6 +168,7 @@ fn ironlb_side(a: &str, profile: Profile, transmit: Duration) -> Seen {
                     peer: "192.0.2.3".parse().unwrap(),
                     local: Some("192.0.2.2".parse().unwrap()),
                     multihop: false,
+                    interface: None,
                     minimum_ttl: 254,
                     profile,
                     vrf: None,

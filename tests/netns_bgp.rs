@@ -73,6 +73,7 @@ fn session(
             graceful_restart: Some(120),
             ipv4: true,
             ipv6: true,
+            extended_next_hop: false,
             restarted: true,
         },
     }
@@ -130,6 +131,7 @@ fn bird_ibgp_ecmp_withdraw_restart_and_graceful_restart() {
                     asn: ROUTER_AS,
                     password: None,
                     multihop: false,
+                    interface: None,
                 })
                 .collect(),
             graceful_restart: true,
@@ -288,18 +290,21 @@ fn gobgp_ebgp_md5_wrong_password_and_multihop() {
                     asn: NODE_AS,
                     password: Some("s3cret-md5".into()),
                     multihop: false,
+                    interface: None,
                 },
                 Neighbor {
                     address: "192.0.2.12".parse().unwrap(),
                     asn: NODE_AS,
                     password: Some("s3cret-md5".into()),
                     multihop: false,
+                    interface: None,
                 },
                 Neighbor {
                     address: "198.51.100.2".parse().unwrap(),
                     asn: NODE_AS,
                     password: None,
                     multihop: true,
+                    interface: None,
                 },
             ],
             graceful_restart: false,
@@ -409,6 +414,7 @@ fn frr_ebgp_routes_and_restart() {
                 asn: 65540,
                 password: None,
                 multihop: false,
+                interface: None,
             }],
             graceful_restart: true,
             bfd: false,
@@ -455,4 +461,104 @@ impl Drop for NetnsGuard {
     fn drop(&mut self) {
         let _ = run(&["ip", "netns", "del", &self.0]);
     }
+}
+
+/// The IPv6 link-local address of `link` in `netns`.
+fn link_local(netns: &str, link: &str) -> std::net::Ipv6Addr {
+    let out = run_in(
+        netns,
+        &[
+            "ip", "-6", "-o", "addr", "show", "dev", link, "scope", "link",
+        ],
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no link-local address on {link} in {netns}: {text}"))
+}
+
+/// Unnumbered eBGP to FRR's `neighbor <if> interface`, as MetalLB configures a BGPPeer with `interface`: IronLB
+/// finds the router from its Router Advertisements and advertises itself, the session runs between link-local
+/// addresses, and the IPv4 route reaches FRR's kernel table with an IPv6 next hop (RFC 8950) that carries traffic.
+#[test]
+fn frr_unnumbered_ipv4_over_an_ipv6_next_hop() {
+    if skip() {
+        return;
+    }
+    let t = topo("unnum", 1);
+    let node = &t.nodes[0].netns;
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::start(
+        Daemon::Frr,
+        &t.switch,
+        dir.path(),
+        RouterConfig {
+            asn: ROUTER_AS,
+            router_id: Ipv4Addr::new(192, 0, 2, 1),
+            neighbors: vec![Neighbor {
+                address: IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                asn: NODE_AS,
+                password: None,
+                multihop: false,
+                interface: Some("br0".into()),
+            }],
+            graceful_restart: false,
+            bfd: false,
+        },
+    )
+    .unwrap();
+    // The VIP, on the node, for the data path check.
+    run_in(node, &["ip", "addr", "add", "203.0.113.30/32", "dev", "lo"]).unwrap();
+    let mut config = session(
+        "frr-unnumbered",
+        NODE_AS,
+        PeerAs::Fixed(ROUTER_AS),
+        1,
+        None,
+        1,
+    );
+    // What the agent's plan gives an `interface` peer: the port only, both families, RFC 8950, no IPv4 next hop.
+    config.peer = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 179);
+    config.alt_next_hop = None;
+    config.fsm.extended_next_hop = true;
+    let a = attrs(None);
+    let started = std::time::Instant::now();
+    let s = NsSpeaker::start_unnumbered(
+        node,
+        ironlb::lab::topology::UPLINK,
+        config,
+        routes(&a, &["203.0.113.30/32", "2001:db8:30::1/128"]),
+    )
+    .unwrap();
+    let heard = started.elapsed();
+    assert!(established(&s), "{:?}\n{}", s.status(), router.log());
+    println!(
+        "router heard after {heard:?}, session Established after {:?}",
+        started.elapsed()
+    );
+    let ours = link_local(node, ironlb::lab::topology::UPLINK).to_string();
+    let want = |r: &[PeerRoute]| {
+        from(r, "203.0.113.30/32", &ours).is_some()
+            && from(r, "2001:db8:30::1/128", &ours).is_some()
+    };
+    let (ok, seen) = router.wait_routes(WAIT, want);
+    assert!(ok, "routes at FRR, next hop {ours} wanted: {seen:#?}");
+    // zebra installed the IPv4 route through the IPv6 next hop, and traffic follows it.
+    let route = run_in(&t.switch, &["ip", "route", "show", "203.0.113.30"]).unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(
+        route.contains(&format!("via inet6 {ours}")) && route.contains("dev br0"),
+        "kernel route at the router: {route:?}"
+    );
+    let ping = run_in(&t.switch, &["ping", "-c", "1", "-W", "2", "203.0.113.30"]);
+    assert!(ping.is_ok(), "ping through the IPv6 next hop: {ping:?}");
+    // A withdrawal reaches FRR.
+    s.set_routes(RouteSet::new());
+    let (ok, seen) = router.wait_routes(WAIT, |r| r.is_empty());
+    assert!(ok, "after withdrawal: {seen:#?}");
+    s.stop(false);
 }

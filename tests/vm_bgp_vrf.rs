@@ -115,6 +115,7 @@ fn session(vrf: Option<&str>) -> SessionConfig {
             graceful_restart: None,
             ipv4: true,
             ipv6: false,
+            extended_next_hop: false,
             restarted: true,
         },
     }
@@ -139,6 +140,7 @@ fn a_session_bound_to_its_vrf_reaches_frr_and_the_route_has_the_vrf_address_as_n
                 asn: 64497,
                 password: None,
                 multihop: false,
+                interface: None,
             }],
             graceful_restart: false,
             bfd: true,
@@ -203,6 +205,7 @@ fn a_session_bound_to_its_vrf_reaches_frr_and_the_route_has_the_vrf_address_as_n
                     peer: "192.0.2.1".parse().unwrap(),
                     local: None,
                     multihop: false,
+                    interface: None,
                     minimum_ttl: 254,
                     profile: Profile::default(),
                     vrf: Some("red".into()),

@@ -21,6 +21,7 @@ fn fsm() -> Fsm {
         graceful_restart: Some(120),
         ipv4: true,
         ipv6: true,
+        extended_next_hop: false,
         restarted: true,
     })
 }

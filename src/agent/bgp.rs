@@ -10,7 +10,7 @@
 //! do (BFD inside a `vrf`, an echo-mode `bfdProfile`, an interface peer) as Warning Events, once per peer.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -26,6 +26,7 @@ use crate::alloc::ServiceKey;
 use crate::bfd::transport::{Bfd, BfdLink, BfdPeer, BfdStatus};
 use crate::bgp::fsm::{FsmConfig, PeerAs, State};
 use crate::bgp::session::{RouteSet, Session, SessionConfig, SessionStatus};
+use crate::bgp::unnumbered::{Discovery, DiscoveryStatus};
 use crate::config::community::CommunityValue;
 use crate::config::{Config, Labels, PeerEndpoint, PeerPassword, RemoteAsn, Validated};
 use crate::k8s::allocation::ServiceAction;
@@ -57,6 +58,9 @@ pub struct PeerPlan {
     pub bfd: Option<BfdPeer>,
     /// The password comes from this Secret (namespace, name), to be filled in by the caller.
     pub password_secret: Option<(String, String)>,
+    /// An unnumbered peer: the router heard on this interface (see [`crate::bgp::unnumbered`]). Its link-local
+    /// address goes into `config.peer` and the BFD peer once known; until then they hold the unspecified address.
+    pub interface: Option<String>,
 }
 
 /// What [`plan`] decided.
@@ -131,7 +135,6 @@ pub fn plan(
     let mut usable: Vec<&crate::config::Peer> = Vec::new();
     for peer in config.peers.values() {
         let mut warnings = Vec::new();
-        let mut skip = false;
         if let Some(name) = &peer.bfd_profile {
             match config.bfd_profiles.get(name) {
                 None => warnings.push(format!(
@@ -143,18 +146,10 @@ pub fn plan(
                 Some(_) => {}
             }
         }
-        if let PeerEndpoint::Interface(i) = &peer.endpoint {
-            warnings.push(format!(
-                "spec.interface {i:?} (unnumbered BGP) is not supported: no session is made"
-            ));
-            skip = true;
-        }
         if !warnings.is_empty() {
             out.warnings.insert(peer.name.clone(), warnings);
         }
-        if !skip {
-            usable.push(peer);
-        }
+        usable.push(peer);
     }
 
     // Which nodes advertise which group (for `announced-by`): eligible nodes that run a session to some peer.
@@ -171,8 +166,11 @@ pub fn plan(
     }
 
     for peer in usable.into_iter().filter(|p| peer_selects(p, &node_labels)) {
-        let PeerEndpoint::Address(address) = peer.endpoint else {
-            continue;
+        // An unnumbered peer's address is learned on the link; the session carries both families, IPv4 routes with
+        // an IPv6 next hop (RFC 8950), as MetalLB's FRR configuration does for `interface` peers.
+        let (address, interface) = match &peer.endpoint {
+            PeerEndpoint::Address(a) => (*a, None),
+            PeerEndpoint::Interface(i) => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), Some(i.clone())),
         };
         let vrf = peer.vrf.clone().filter(|v| !v.is_empty());
         let bfd = peer
@@ -200,6 +198,7 @@ pub fn plan(
                         echo_receive_interval: Duration::ZERO,
                     },
                     vrf: vrf.clone(),
+                    interface: interface.clone(),
                 }
             });
         let mut routes = RouteSet::new();
@@ -245,7 +244,7 @@ pub fn plan(
         let family_match = |ip: &IpAddr| ip.is_ipv4() == address.is_ipv4();
         // As MetalLB (0.15 on) does: a session carries the routes of its own address family only, unless
         // `dualStackAddressFamily` asks for both. The deprecated `disableMP` asks for what is now the default.
-        let both_families = peer.dual_stack_address_family;
+        let both_families = peer.dual_stack_address_family || interface.is_some();
         let router_id = peer
             .router_id
             .or_else(|| {
@@ -276,7 +275,7 @@ pub fn plan(
             ttl: if ebgp && !peer.ebgp_multi_hop { 1 } else { 255 },
             connect_timeout: connect_retry.min(Duration::from_secs(30)),
             // Routes of the other family need a next hop of that family: only when the session carries both.
-            alt_next_hop: if both_families {
+            alt_next_hop: if both_families && interface.is_none() {
                 addresses.iter().find(|a| !family_match(a)).copied()
             } else {
                 None
@@ -294,6 +293,7 @@ pub fn plan(
                 graceful_restart: peer.graceful_restart.then_some(RESTART_TIME),
                 ipv4: both_families || address.is_ipv4(),
                 ipv6: both_families || address.is_ipv6(),
+                extended_next_hop: interface.is_some(),
                 restarted: true,
             },
         };
@@ -313,6 +313,7 @@ pub fn plan(
                 routes,
                 password_secret,
                 bfd,
+                interface,
             },
         );
     }
@@ -581,6 +582,8 @@ pub struct BgpSpeaker {
     bfd: BTreeMap<Option<String>, Result<Bfd, tokio::time::Instant>>,
     /// The BFD sessions, by BGPPeer.
     bfd_runs: BTreeMap<String, BfdRun>,
+    /// Router discovery on the interfaces of unnumbered peers, with the status the last pass used.
+    unnumbered: BTreeMap<String, (Discovery, DiscoveryStatus)>,
 }
 
 /// How long after a failed attempt BFD's sockets are tried again.
@@ -674,6 +677,7 @@ impl BgpSpeaker {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             bfd: BTreeMap::new(),
             bfd_runs: BTreeMap::new(),
+            unnumbered: BTreeMap::new(),
         }
     }
 
@@ -805,6 +809,7 @@ impl BgpSpeaker {
         }
         plan.peers
             .retain(|_, p| p.password_secret.is_none() || p.config.password.is_some());
+        notes.extend(self.resolve_unnumbered(&mut plan));
         self.mark_leaving(state, &mut plan);
 
         // BFD sessions that went Down since the last look: their BGP sessions are reset now, not at the hold time.
@@ -920,6 +925,64 @@ impl BgpSpeaker {
         (notes, actions)
     }
 
+    /// Unnumbered peers: runs router discovery on their interfaces (and on no other), gives each peer the router
+    /// heard on its interface, and leaves out of the plan those whose router has not been heard yet. Returns a
+    /// Warning for an interface that cannot be used, once per cause.
+    fn resolve_unnumbered(&mut self, plan: &mut BgpPlan) -> Vec<Note> {
+        let wanted: BTreeSet<String> = plan
+            .peers
+            .values()
+            .filter_map(|p| p.interface.clone())
+            .collect();
+        self.unnumbered.retain(|i, _| wanted.contains(i));
+        for i in wanted {
+            self.unnumbered.entry(i.clone()).or_insert_with(|| {
+                tracing::info!(interface = %i, "unnumbered BGP: looking for the router on the interface");
+                (Discovery::start(&i), DiscoveryStatus::default())
+            });
+        }
+        let mut notes = Vec::new();
+        let mut waiting = Vec::new();
+        for (name, p) in plan.peers.iter_mut() {
+            let Some(interface) = &p.interface else {
+                continue;
+            };
+            let Some((discovery, seen)) = self.unnumbered.get_mut(interface) else {
+                continue;
+            };
+            let status = discovery.status();
+            if let Some(error) = &status.error
+                && seen.error.as_ref() != Some(error)
+            {
+                let msg = format!("BGPPeer {name}: spec.interface {interface:?}: {error}");
+                notes.push(Note::warning("BGPPeerInterfaceUnusable", msg));
+            }
+            *seen = status.clone();
+            match status.peer {
+                Some(router) => {
+                    p.config.peer = SocketAddr::V6(router.socket_addr(p.config.peer.port()));
+                    if let Some(bfd) = &mut p.bfd {
+                        bfd.peer = IpAddr::V6(router.address);
+                    }
+                }
+                None => waiting.push(name.clone()),
+            }
+        }
+        for name in waiting {
+            tracing::debug!(peer = %name, "unnumbered BGP: no router heard on the interface yet; the session waits");
+            plan.peers.remove(&name);
+        }
+        notes
+    }
+
+    /// Whether router discovery on an unnumbered peer's interface learned something the last pass did not use: a
+    /// pass is due to start or move the session.
+    pub fn discovery_pending(&self) -> bool {
+        self.unnumbered
+            .values()
+            .any(|(discovery, seen)| discovery.status() != *seen)
+    }
+
     /// Starts, replaces and stops the BFD sessions to match `wanted` (by BGPPeer).
     fn sync_bfd(&mut self, wanted: BTreeMap<String, BfdPeer>) {
         self.bfd_runs
@@ -982,6 +1045,14 @@ impl BgpSpeaker {
                     as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
             })
             .collect();
+        changes.extend(self.unnumbered.values().map(|(discovery, _)| {
+            let mut status = discovery.watch();
+            Box::pin(async move {
+                if status.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
+        }));
         changes.extend(self.bfd_runs.values_mut().map(|run| {
             let status = &mut run.status;
             Box::pin(async move {
@@ -1230,6 +1301,64 @@ mod tests {
                 "n1,n2".to_string()
             )]
         );
+    }
+
+    const UNNUMBERED: &str = "apiVersion: metallb.io/v1beta1\nkind: IPAddressPool\nmetadata: {name: pool, namespace: metallb-system}\nspec: {addresses: [203.0.113.0/24, '2001:db8:5::/64']}\n---\napiVersion: metallb.io/v1beta2\nkind: BGPPeer\nmetadata: {name: tor, namespace: metallb-system}\nspec: {myASN: 64497, peerASN: 64496, interface: ilb-nosuch0}\n---\napiVersion: metallb.io/v1beta1\nkind: BGPAdvertisement\nmetadata: {name: adv, namespace: metallb-system}\nspec: {}";
+
+    #[test]
+    fn an_interface_peer_is_planned_unnumbered_with_both_families() {
+        let plan = plan_for("n1", UNNUMBERED, false, &[Ep::Ready("n1")]);
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        let p = &plan.peers["tor"];
+        assert_eq!(p.interface.as_deref(), Some("ilb-nosuch0"));
+        // The address is the router's, learned on the link; only the port is known now.
+        assert_eq!(p.config.peer, "[::]:179".parse().unwrap());
+        assert!(p.config.fsm.ipv4 && p.config.fsm.ipv6 && p.config.fsm.extended_next_hop);
+        assert_eq!(p.config.alt_next_hop, None);
+        assert!(p.routes.contains_key(&"203.0.113.5/32".parse().unwrap()));
+        // A numbered peer offers no extended next hop.
+        let plan = plan_for("n1", &adv("{}"), false, &[]);
+        assert!(!plan.peers["router"].config.fsm.extended_next_hop);
+        assert_eq!(plan.peers["router"].interface, None);
+    }
+
+    #[tokio::test]
+    async fn an_unnumbered_peer_waits_for_its_router_and_names_an_unusable_interface() {
+        let mut speaker = BgpSpeaker::new("n1", "ironlb-system", BgpMetrics::default());
+        let mut plan = plan_for("n1", UNNUMBERED, false, &[]);
+        let notes = speaker.resolve_unnumbered(&mut plan);
+        assert!(notes.is_empty(), "{notes:?}");
+        assert!(plan.peers.is_empty(), "no router heard: the session waits");
+        // Discovery finds no such interface, and says so; the speaker sees a pass is due.
+        let mut status = speaker.unnumbered["ilb-nosuch0"].0.watch();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            status.wait_for(|s| s.error.is_some()),
+        )
+        .await
+        .expect("discovery reports the missing interface")
+        .expect("discovery runs");
+        assert!(speaker.discovery_pending());
+        let mut plan = plan_for("n1", UNNUMBERED, false, &[]);
+        let notes = speaker.resolve_unnumbered(&mut plan);
+        assert!(plan.peers.is_empty());
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        let text = format!("{:?}", notes[0]);
+        assert!(
+            text.contains("BGPPeerInterfaceUnusable")
+                && text.contains("BGPPeer tor")
+                && text.contains("ilb-nosuch0"),
+            "{text}"
+        );
+        assert!(!speaker.discovery_pending());
+        // Said once per cause.
+        let mut plan = plan_for("n1", UNNUMBERED, false, &[]);
+        assert!(speaker.resolve_unnumbered(&mut plan).is_empty());
+        // A plan without the peer stops the discovery.
+        let mut plan = plan_for("n1", &adv("{}"), false, &[]);
+        speaker.resolve_unnumbered(&mut plan);
+        assert!(speaker.unnumbered.is_empty());
+        assert!(plan.peers.contains_key("router"));
     }
 
     #[test]

@@ -674,7 +674,9 @@ pub async fn run_with(
                 // A session changed state: a new value for the Node needs a pass to write it.
                 let shown = node_bgp_peers(&core.state, &args.node_name);
                 Input::Refresh {
-                    node_changed: bgp.peers_annotation(&shown) != shown || bgp.bfd_down_pending(),
+                    node_changed: bgp.peers_annotation(&shown) != shown
+                        || bgp.bfd_down_pending()
+                        || bgp.discovery_pending(),
                 }
             }
             _ = refresh.tick() => {

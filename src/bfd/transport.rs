@@ -48,6 +48,8 @@ pub struct BfdPeer {
     pub profile: Profile,
     /// The VRF device the session runs in; it must be the one its [`Bfd`] was started in.
     pub vrf: Option<String>,
+    /// The interface a link-local `peer` is reached on (an unnumbered BGP peer): packets are sent on it alone.
+    pub interface: Option<String>,
 }
 
 /// What a session shows.
@@ -109,7 +111,7 @@ fn bind_vrf(socket: &Socket, vrf: Option<&str>) -> io::Result<()> {
         )
         .map_err(|e| {
             let e = io::Error::from(e);
-            io::Error::new(e.kind(), format!("binding to VRF device {vrf:?}: {e}"))
+            io::Error::new(e.kind(), format!("binding to device {vrf:?}: {e}"))
         }),
         None => Ok(()),
     }
@@ -239,7 +241,8 @@ fn send_socket(peer: &BfdPeer, seed: u32) -> io::Result<UdpSocket> {
         let source =
             49152 + ((seed.wrapping_mul(2654435761).wrapping_add(i * 7919)) % 16384) as u16;
         let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-        bind_vrf(&socket, peer.vrf.as_deref())?;
+        // A link-local peer is reached on its interface, which is in the VRF if there is one.
+        bind_vrf(&socket, peer.interface.as_deref().or(peer.vrf.as_deref()))?;
         if peer.peer.is_ipv4() {
             socket.set_ttl_v4(255)?;
         } else {
@@ -247,7 +250,17 @@ fn send_socket(peer: &BfdPeer, seed: u32) -> io::Result<UdpSocket> {
         }
         match socket.bind(&SocketAddr::new(local, source).into()) {
             Ok(()) => {
-                socket.connect(&SocketAddr::new(peer.peer, port).into())?;
+                let to = match (peer.peer, &peer.interface) {
+                    (IpAddr::V6(v6), Some(interface)) => {
+                        let index =
+                            nix::net::if_::if_nametoindex(interface.as_str()).map_err(|e| {
+                                io::Error::other(format!("interface {interface:?}: {e}"))
+                            })?;
+                        SocketAddr::V6(std::net::SocketAddrV6::new(v6, port, 0, index))
+                    }
+                    (ip, _) => SocketAddr::new(ip, port),
+                };
+                socket.connect(&to.into())?;
                 socket.set_nonblocking(true)?;
                 return Ok(socket.into());
             }

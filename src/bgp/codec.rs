@@ -3,7 +3,7 @@
 //! failures to the NOTIFICATION they call for (RFC 4271 section 6), and builds the UPDATEs for a route set.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netgauze_bgp_pkt::BgpMessage;
@@ -206,8 +206,9 @@ pub struct UpdateContext {
     pub ibgp: bool,
     /// The peer announced 4-byte AS support.
     pub asn4: bool,
-    /// Next hop for IPv4 routes: the session's local address when it is IPv4.
-    pub next_hop_v4: Option<Ipv4Addr>,
+    /// Next hop for IPv4 routes: an IPv4 address, or an IPv6 one on a session that negotiated RFC 8950's extended
+    /// next hop (the routes then go in MP_REACH_NLRI, as the RFC asks).
+    pub next_hop_v4: Option<IpAddr>,
     /// Next hop for IPv6 routes: the session's local address when it is IPv6.
     pub next_hop_v6: Option<Ipv6Addr>,
 }
@@ -362,7 +363,28 @@ pub fn announce(ctx: &UpdateContext, attrs: &RouteAttrs, prefixes: &[IpNet]) -> 
             IpNet::V6(_) => None,
         })
         .collect();
-    if let (false, Some(nh)) = (v4.is_empty(), ctx.next_hop_v4) {
+    if let (false, Some(IpAddr::V6(nh))) = (v4.is_empty(), ctx.next_hop_v4) {
+        let mp = |nlri: &[Ipv4UnicastAddress]| {
+            let mut attrs = common.clone();
+            attrs.extend(attr(
+                true,
+                false,
+                true,
+                PathAttributeValue::MpReach(MpReach::Ipv4Unicast {
+                    next_hop: IpAddr::V6(nh),
+                    next_hop_local: None,
+                    nlri: nlri.into(),
+                }),
+            ));
+            BgpMessage::Update(BgpUpdateMessage::new([], sorted(attrs), []))
+        };
+        let base = mp(&[]).len();
+        let per_message = ((MAX_MESSAGE_LEN - base) / 5).max(1);
+        for chunk in v4.chunks(per_message) {
+            out.push(mp(chunk));
+        }
+    }
+    if let (false, Some(IpAddr::V4(nh))) = (v4.is_empty(), ctx.next_hop_v4) {
         let mut attrs = common.clone();
         attrs.extend(attr(
             false,
@@ -472,6 +494,8 @@ pub fn host_prefix(ip: IpAddr) -> IpNet {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn ctx(ibgp: bool, asn4: bool) -> UpdateContext {
@@ -528,6 +552,41 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a.value(), PathAttributeValue::LargeCommunities(_)))
         );
+    }
+
+    #[test]
+    fn ipv4_routes_with_an_ipv6_next_hop_go_in_mp_reach() {
+        let lla: Ipv6Addr = "fe80::1".parse().unwrap();
+        let ctx = UpdateContext {
+            next_hop_v4: Some(IpAddr::V6(lla)),
+            next_hop_v6: Some(lla),
+            ..ctx(false, true)
+        };
+        let prefixes: Vec<IpNet> = vec!["203.0.113.5/32".parse().unwrap()];
+        let msgs = announce(&ctx, &RouteAttrs::default(), &prefixes);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(&parse_back(&msgs[0], true), &msgs[0]);
+        let BgpMessage::Update(u) = &msgs[0] else {
+            panic!()
+        };
+        // RFC 8950: no NEXT_HOP attribute and no NLRI outside MP_REACH_NLRI.
+        assert!(u.nlri().is_empty());
+        assert!(
+            !u.path_attributes()
+                .iter()
+                .any(|a| matches!(a.value(), PathAttributeValue::NextHop(_)))
+        );
+        let bytes = encode(&msgs[0]);
+        // MP_REACH_NLRI (optional, extended length, type 14), then AFI 1, SAFI 1, a next hop of 16 bytes.
+        let at = bytes
+            .windows(2)
+            .position(|w| w == [0x90, 14])
+            .expect("an MP_REACH_NLRI attribute");
+        let body = &bytes[at + 4..];
+        assert_eq!(&body[..4], &[0, 1, 1, 16]);
+        assert_eq!(&body[4..20], &lla.octets());
+        // No SNPA, then the /32.
+        assert_eq!(&body[20..26], &[0, 32, 203, 0, 113, 5]);
     }
 
     #[test]

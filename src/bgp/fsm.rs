@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use netgauze_bgp_pkt::BgpMessage;
 use netgauze_bgp_pkt::capabilities::{
-    BgpCapability, FourOctetAsCapability, GracefulRestartAddressFamily, GracefulRestartCapability,
+    BgpCapability, ExtendedNextHopEncoding, ExtendedNextHopEncodingCapability,
+    FourOctetAsCapability, GracefulRestartAddressFamily, GracefulRestartCapability,
     MultiProtocolExtensionsCapability,
 };
 use netgauze_bgp_pkt::notification::{
@@ -17,7 +18,7 @@ use netgauze_bgp_pkt::notification::{
     OpenMessageError,
 };
 use netgauze_bgp_pkt::open::{BgpOpenMessage, BgpOpenMessageParameter};
-use netgauze_iana::address_family::AddressType;
+use netgauze_iana::address_family::{AddressFamily, AddressType};
 
 use super::codec::AS_TRANS;
 
@@ -73,6 +74,9 @@ pub struct FsmConfig {
     /// The families to offer: IPv4 unicast, IPv6 unicast.
     pub ipv4: bool,
     pub ipv6: bool,
+    /// Offer IPv4 unicast routes with an IPv6 next hop (RFC 8950's Extended Next Hop Encoding capability): for
+    /// sessions between link-local addresses (unnumbered peers), where this node has no IPv4 next hop to give.
+    pub extended_next_hop: bool,
     /// This is the first session of this process: announce the Restart State bit (RFC 4724 section 3).
     pub restarted: bool,
 }
@@ -143,6 +147,8 @@ pub struct Negotiated {
     pub asn4: bool,
     pub ipv4: bool,
     pub ipv6: bool,
+    /// Both sides offered IPv4 unicast with an IPv6 next hop (RFC 8950).
+    pub extended_next_hop: bool,
     pub route_refresh: bool,
     pub graceful_restart: bool,
     pub ibgp: bool,
@@ -194,6 +200,14 @@ impl Fsm {
         if c.ipv6 {
             caps.push(BgpCapability::MultiProtocolExtensions(
                 MultiProtocolExtensionsCapability::new(AddressType::Ipv6Unicast),
+            ));
+        }
+        if c.ipv4 && c.extended_next_hop {
+            caps.push(BgpCapability::ExtendedNextHopEncoding(
+                ExtendedNextHopEncodingCapability::new(vec![ExtendedNextHopEncoding::new(
+                    AddressType::Ipv4Unicast,
+                    AddressFamily::IPv6,
+                )]),
             ));
         }
         caps.push(BgpCapability::RouteRefresh);
@@ -513,6 +527,14 @@ impl Fsm {
                 BgpCapability::RouteRefresh | BgpCapability::CiscoRouteRefresh
             )
         });
+        let extended_next_hop = c.extended_next_hop
+            && caps.iter().any(|c| match c {
+                BgpCapability::ExtendedNextHopEncoding(e) => e.encodings().iter().any(|e| {
+                    e.address_type() == AddressType::Ipv4Unicast
+                        && e.next_hop_afi() == AddressFamily::IPv6
+                }),
+                _ => false,
+            });
         let graceful_restart = c.graceful_restart.is_some()
             && caps
                 .iter()
@@ -525,6 +547,7 @@ impl Fsm {
             asn4: four_octet.is_some(),
             ipv4: c.ipv4 && peer_v4,
             ipv6: c.ipv6 && peer_v6,
+            extended_next_hop: extended_next_hop && c.ipv4 && peer_v4,
             route_refresh,
             graceful_restart,
             ibgp,
@@ -563,6 +586,7 @@ mod tests {
             graceful_restart: Some(120),
             ipv4: true,
             ipv6: true,
+            extended_next_hop: false,
             restarted: true,
         }
     }
@@ -634,6 +658,46 @@ mod tests {
             ),
         );
         assert_eq!(fsm.handle(Event::Received(rr)), vec![Action::ResendRoutes]);
+    }
+
+    #[test]
+    fn extended_next_hop_is_used_only_when_both_sides_offer_it() {
+        let enhe =
+            BgpCapability::ExtendedNextHopEncoding(ExtendedNextHopEncodingCapability::new(vec![
+                ExtendedNextHopEncoding::new(AddressType::Ipv4Unicast, AddressFamily::IPv6),
+            ]));
+        let ours = FsmConfig {
+            extended_next_hop: true,
+            ..config()
+        };
+        let BgpMessage::Open(open) = Fsm::new(ours.clone()).open_message() else {
+            panic!()
+        };
+        assert!(open.capabilities().contains(&&enhe));
+        let negotiate = |config: FsmConfig, caps: Vec<BgpCapability>| {
+            let mut fsm = Fsm::new(config);
+            let a = established(&mut fsm, peer_open(64501, 90, caps));
+            let Some(Action::Established(neg)) = a.last() else {
+                panic!("{a:?}")
+            };
+            neg.extended_next_hop
+        };
+        let v4 = mp(AddressType::Ipv4Unicast);
+        assert!(negotiate(ours.clone(), vec![v4.clone(), enhe.clone()]));
+        // The peer did not offer it: IPv4 routes need an IPv4 next hop.
+        assert!(!negotiate(ours.clone(), vec![v4.clone()]));
+        // Offered for another family only.
+        let other =
+            BgpCapability::ExtendedNextHopEncoding(ExtendedNextHopEncodingCapability::new(vec![
+                ExtendedNextHopEncoding::new(AddressType::Ipv4Multicast, AddressFamily::IPv6),
+            ]));
+        assert!(!negotiate(ours, vec![v4.clone(), other]));
+        // Not asked for by us: never used, and not offered.
+        let BgpMessage::Open(open) = Fsm::new(config()).open_message() else {
+            panic!()
+        };
+        assert!(!open.capabilities().contains(&&enhe));
+        assert!(!negotiate(config(), vec![v4, enhe]));
     }
 
     #[test]

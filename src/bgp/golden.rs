@@ -53,7 +53,7 @@ fn encodes_the_same_update_as_a_real_speaker() {
         local_asn: 64496,
         ibgp: false,
         asn4: true,
-        next_hop_v4: Some(std::net::Ipv4Addr::new(192, 0, 2, 2)),
+        next_hop_v4: Some(std::net::Ipv4Addr::new(192, 0, 2, 2).into()),
         next_hop_v6: None,
     };
     let attrs = RouteAttrs {

@@ -452,10 +452,13 @@ impl Driver {
             asn4: neg.asn4,
             // The next hop is the session's own source address; routes of the other family need the node's
             // address of that family (`alt_next_hop`).
+            // RFC 8950: over IPv6 with no IPv4 next hop to give (an unnumbered peer), IPv4 routes may name the
+            // session's IPv6 address when both sides offered it.
             next_hop_v4: match (local, self.config.alt_next_hop) {
-                (IpAddr::V4(a), _) => Some(a),
-                (_, Some(IpAddr::V4(a))) => Some(a),
-                (IpAddr::V6(a), _) => a.to_ipv4_mapped(),
+                (IpAddr::V4(a), _) => Some(IpAddr::V4(a)),
+                (_, Some(IpAddr::V4(a))) => Some(IpAddr::V4(a)),
+                (IpAddr::V6(a), _) if neg.extended_next_hop => Some(IpAddr::V6(a)),
+                (IpAddr::V6(a), _) => a.to_ipv4_mapped().map(IpAddr::V4),
             },
             next_hop_v6: match (local, self.config.alt_next_hop) {
                 (IpAddr::V6(a), _) => Some(a),

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,6 +57,9 @@ pub struct Neighbor {
     pub password: Option<String>,
     /// The neighbour is more than one hop away.
     pub multihop: bool,
+    /// FRR only: an unnumbered neighbour, the one heard on this interface (`neighbor <if> interface`); `address` is
+    /// then not used.
+    pub interface: Option<String>,
 }
 
 /// What the router is.
@@ -143,6 +146,12 @@ pub struct Router {
 impl Router {
     /// Writes the config into `dir` and starts the daemon in `netns`; returns once its CLI answers.
     pub fn start(daemon: Daemon, netns: &str, dir: &Path, config: RouterConfig) -> Result<Router> {
+        if daemon != Daemon::Frr && config.neighbors.iter().any(|n| n.interface.is_some()) {
+            return Err(Error::Io(format!(
+                "the lab configures unnumbered neighbours for FRR only, not {}",
+                daemon.name()
+            )));
+        }
         if config.bfd && daemon == Daemon::Gobgp {
             return Err(Error::Io(
                 "gobgpd has no BFD: use bird or frr for a router with BFD".into(),
@@ -561,26 +570,32 @@ fn frr_config(c: &RouterConfig) -> String {
     if c.graceful_restart {
         s.push_str(" bgp graceful-restart\n");
     }
+    let key = |n: &Neighbor| n.interface.clone().unwrap_or_else(|| n.address.to_string());
     for n in &c.neighbors {
-        let _ = writeln!(
-            s,
-            " neighbor {} remote-as {}\n neighbor {} passive",
-            n.address, n.asn, n.address
-        );
+        let key = key(n);
+        match &n.interface {
+            Some(i) => {
+                let _ = writeln!(s, " neighbor {i} interface remote-as {}", n.asn);
+            }
+            None => {
+                let _ = writeln!(s, " neighbor {key} remote-as {}", n.asn);
+            }
+        }
+        let _ = writeln!(s, " neighbor {key} passive");
         if let Some(p) = &n.password {
-            let _ = writeln!(s, " neighbor {} password {p}", n.address);
+            let _ = writeln!(s, " neighbor {key} password {p}");
         }
         if n.multihop {
-            let _ = writeln!(s, " neighbor {} ebgp-multihop 16", n.address);
+            let _ = writeln!(s, " neighbor {key} ebgp-multihop 16");
         }
         if c.bfd {
-            let _ = writeln!(s, " neighbor {} bfd", n.address);
+            let _ = writeln!(s, " neighbor {key} bfd");
         }
     }
     for fam in ["ipv4", "ipv6"] {
         let _ = writeln!(s, " address-family {fam} unicast");
         for n in &c.neighbors {
-            let _ = writeln!(s, "  neighbor {} activate", n.address);
+            let _ = writeln!(s, "  neighbor {} activate", key(n));
         }
         s.push_str(" exit-address-family\n");
     }
@@ -854,10 +869,32 @@ pub struct NsSpeaker {
 
 impl NsSpeaker {
     pub fn start(netns: &str, config: SessionConfig, routes: RouteSet) -> Result<NsSpeaker> {
+        NsSpeaker::spawn(netns, None, config, routes)
+    }
+
+    /// An unnumbered session, as the agent runs one: router discovery on `interface` first (see
+    /// [`crate::bgp::unnumbered`]), then the session to the router heard there, on `config.peer`'s port. Fails when
+    /// no router is heard within 20 s.
+    pub fn start_unnumbered(
+        netns: &str,
+        interface: &str,
+        config: SessionConfig,
+        routes: RouteSet,
+    ) -> Result<NsSpeaker> {
+        NsSpeaker::spawn(netns, Some(interface.to_string()), config, routes)
+    }
+
+    fn spawn(
+        netns: &str,
+        interface: Option<String>,
+        mut config: SessionConfig,
+        routes: RouteSet,
+    ) -> Result<NsSpeaker> {
         let file = std::fs::File::open(format!("/run/netns/{netns}"))
             .map_err(|e| Error::Io(format!("{netns}: {e}")))?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
         let (status_tx, status_rx) = std::sync::mpsc::channel();
+        let interface_name = interface.clone();
         let thread = std::thread::spawn(move || {
             if nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
                 return;
@@ -869,6 +906,25 @@ impl NsSpeaker {
                 return;
             };
             rt.block_on(async move {
+                // Kept for the session's lifetime: it keeps advertising this node to the router.
+                let _discovery = match interface {
+                    Some(interface) => {
+                        let discovery = crate::bgp::unnumbered::Discovery::start(&interface);
+                        let mut status = discovery.watch();
+                        let heard = tokio::time::timeout(
+                            Duration::from_secs(20),
+                            status.wait_for(|s| s.peer.is_some()),
+                        )
+                        .await;
+                        let Ok(Ok(heard)) = heard else { return };
+                        if let Some(router) = heard.peer {
+                            config.peer = SocketAddr::V6(router.socket_addr(config.peer.port()));
+                        }
+                        drop(heard);
+                        Some(discovery)
+                    }
+                    None => None,
+                };
                 let session = Session::spawn(config, routes);
                 let _ = status_tx.send(session.watch_status());
                 while let Some(cmd) = rx.recv().await {
@@ -884,8 +940,13 @@ impl NsSpeaker {
             });
         });
         let status = status_rx
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| Error::Io(format!("speaker thread in {netns} did not start")))?;
+            .recv_timeout(Duration::from_secs(25))
+            .map_err(|_| {
+                Error::Io(match &interface_name {
+                    Some(i) => format!("no router heard on {i} in {netns} within 20 s"),
+                    None => format!("speaker thread in {netns} did not start"),
+                })
+            })?;
         Ok(NsSpeaker {
             tx,
             status,
@@ -948,6 +1009,7 @@ pub fn node_neighbors(
             asn,
             password: password.map(str::to_string),
             multihop: false,
+            interface: None,
         })
         .collect()
 }
@@ -1098,6 +1160,7 @@ mod tests {
                 asn: LAB_NODE_AS,
                 password: None,
                 multihop: false,
+                interface: None,
             }],
             graceful_restart: false,
             bfd: true,

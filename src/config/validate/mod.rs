@@ -82,8 +82,6 @@ impl Validated {
     }
 }
 
-const NOT_ACTED_ON: &str = "accepted for MetalLB compatibility, but IronLB does not act on it yet";
-
 /// A label selector as MetalLB compares two for equality: its labels, and its expressions in order, each with its
 /// values as a set.
 type SelectorKey = (

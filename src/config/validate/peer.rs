@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use super::{Diagnostic, Findings, NOT_ACTED_ON, Named, Validated};
+use super::{Diagnostic, Findings, Named, Validated};
 use crate::config::crd;
 use crate::config::duration;
 use crate::config::load::Sources;
@@ -113,17 +113,14 @@ pub(super) fn peers(objects: &[Named<crd::BGPPeer>], out: &mut Validated) {
                     None
                 }
             },
-            (None, Some(i)) if i.contains(['\n', '\r']) => {
-                f.error("spec.interface", "contains a line break");
+            (None, Some(i)) if !is_device_name(i) => {
+                f.error(
+                    "spec.interface",
+                    format!("{i:?} is not a network device name {DEVICE_NAME_RULE}"),
+                );
                 None
             }
-            (None, Some(i)) => {
-                f.warn(
-                    "spec.interface",
-                    format!("unnumbered BGP is {NOT_ACTED_ON}"),
-                );
-                Some(PeerEndpoint::Interface(i.to_string()))
-            }
+            (None, Some(i)) => Some(PeerEndpoint::Interface(i.to_string())),
         };
         let port = s.peer_port.unwrap_or(179);
         if !(1..=16384).contains(&port) {
@@ -233,19 +230,13 @@ pub(super) fn peers(objects: &[Named<crd::BGPPeer>], out: &mut Validated) {
             );
         }
         let vrf = s.vrf.clone().filter(|v| !v.is_empty());
-        if let Some(v) = &vrf {
-            // The name of a Linux network device: at most 15 bytes, no '/', no whitespace.
-            if v.len() > 15
-                || v.contains('/')
-                || v.chars().any(char::is_whitespace)
-                || v == "."
-                || v == ".."
-            {
-                f.error(
-                    "spec.vrf",
-                    format!("{v:?} is not a network device name (at most 15 bytes, no '/', no whitespace)"),
-                );
-            }
+        if let Some(v) = &vrf
+            && !is_device_name(v)
+        {
+            f.error(
+                "spec.vrf",
+                format!("{v:?} is not a network device name {DEVICE_NAME_RULE}"),
+            );
         }
         if s.disable_mp == Some(true) {
             f.warn(
@@ -284,6 +275,20 @@ pub(super) fn peers(objects: &[Named<crd::BGPPeer>], out: &mut Validated) {
             out.config.peers.insert(n.name.clone(), peer);
         }
     }
+}
+
+/// What a Linux network device name may be, as the error says it.
+const DEVICE_NAME_RULE: &str = "(at most 15 bytes, no '/', no whitespace)";
+
+/// Whether `name` can name a Linux network device (`dev_valid_name`): 1 to 15 bytes, no '/', no whitespace, not
+/// "." or "..".
+fn is_device_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && !name.contains('/')
+        && !name.chars().any(char::is_whitespace)
+        && name != "."
+        && name != ".."
 }
 
 #[cfg(test)]
@@ -378,6 +383,44 @@ mod tests {
             "spec.localASN",
             "1"
         ));
+    }
+
+    #[test]
+    fn an_interface_peer_is_unnumbered_and_its_name_a_device_name() {
+        let unnumbered = |name: &str| {
+            with(|s| {
+                s.peer_address = None;
+                s.interface = Some(name.into());
+            })
+        };
+        let e = peer_errors(unnumbered("eth0"));
+        assert!(e.is_empty(), "{e:?}");
+        let v = validate(&Sources {
+            peers: vec![unnumbered("eth0")],
+            ..Default::default()
+        });
+        assert!(
+            v.warnings.is_empty(),
+            "acted on, so no warning: {:?}",
+            v.warnings
+        );
+        assert_eq!(
+            v.config.peers.get("p").map(|p| &p.endpoint),
+            Some(&PeerEndpoint::Interface("eth0".into()))
+        );
+        for bad in ["eth0\nx", "a/b", "sixteen-bytes-xx", "has space"] {
+            let e = peer_errors(unnumbered(bad));
+            assert!(
+                has(
+                    &e,
+                    "BGPPeer",
+                    "p",
+                    "spec.interface",
+                    "not a network device name"
+                ),
+                "{bad:?}: {e:?}"
+            );
+        }
     }
 
     #[test]
