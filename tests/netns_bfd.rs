@@ -120,11 +120,18 @@ fn namespaces(tag: &str) -> Pair {
 /// The namespaces, with FRR's zebra and bfdd in `b` expecting 192.0.2.2 at 300 ms both ways, multiplier 3.
 fn setup() -> Pair {
     let pair = namespaces("f");
+    start_bfdd(pair, "peer 192.0.2.2 local-address 192.0.2.3")
+}
+
+/// Starts FRR's zebra and bfdd in `pair.b` with one peer (`peer`, bfdd's line for it) at 300 ms both ways,
+/// multiplier 3.
+fn start_bfdd(pair: Pair, peer: &str) -> Pair {
     let dir: PathBuf = pair.dir.path().to_path_buf();
     std::fs::write(
         dir.join("bfdd.conf"),
-        "bfd\n peer 192.0.2.2 local-address 192.0.2.3\n  receive-interval 300\n  transmit-interval 300\n  \
-         detect-multiplier 3\n !\n!\n",
+        format!(
+            "bfd\n {peer}\n  receive-interval 300\n  transmit-interval 300\n  detect-multiplier 3\n !\n!\n"
+        ),
     )
     .unwrap();
     for daemon in ["zebra", "bfdd"] {
@@ -153,9 +160,22 @@ struct Seen {
     down_after: Duration,
 }
 
-/// Runs IronLB's side in namespace `a` against 192.0.2.3 with `profile`: waits for Up and for the transmit interval
-/// to reach `transmit`, then cuts the link from this side and waits for Down.
-fn ironlb_side(a: &str, profile: Profile, transmit: Duration) -> Seen {
+/// IronLB's side of the single-hop session to 192.0.2.3 with `profile`.
+fn numbered(profile: Profile) -> BfdPeer {
+    BfdPeer {
+        peer: "192.0.2.3".parse().unwrap(),
+        local: Some("192.0.2.2".parse().unwrap()),
+        multihop: false,
+        interface: None,
+        minimum_ttl: 254,
+        profile,
+        vrf: None,
+    }
+}
+
+/// Runs IronLB's side of `peer` in namespace `a`: waits for Up and for the transmit interval to reach `transmit`,
+/// then cuts the link from this side and waits for Down.
+fn ironlb_side(a: &str, peer: BfdPeer, transmit: Duration) -> Seen {
     in_netns(a, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -163,17 +183,7 @@ fn ironlb_side(a: &str, profile: Profile, transmit: Duration) -> Seen {
             .unwrap();
         rt.block_on(async move {
             let mut bfd = Bfd::start().unwrap();
-            let link = bfd
-                .session(BfdPeer {
-                    peer: "192.0.2.3".parse().unwrap(),
-                    local: Some("192.0.2.2".parse().unwrap()),
-                    multihop: false,
-                    interface: None,
-                    minimum_ttl: 254,
-                    profile,
-                    vrf: None,
-                })
-                .unwrap();
+            let link = bfd.session(peer).unwrap();
             let start = Instant::now();
             assert!(
                 wait_for(&link, BfdState::Up, Duration::from_secs(15)).await,
@@ -217,7 +227,11 @@ fn session_with_frr_bfdd_comes_up_and_a_cut_link_takes_both_sides_down() {
         return;
     }
     let pair = setup();
-    let seen = ironlb_side(&pair.a, Profile::default(), Duration::from_millis(300));
+    let seen = ironlb_side(
+        &pair.a,
+        numbered(Profile::default()),
+        Duration::from_millis(300),
+    );
     println!(
         "IronLB's session with bfdd: Up after {} ms; timers {:?}; Down {} ms after the link was cut",
         seen.up_after.as_millis(),
@@ -250,6 +264,56 @@ fn session_with_frr_bfdd_comes_up_and_a_cut_link_takes_both_sides_down() {
     assert_eq!(peer["remote-receive-interval"], 300, "{peer:#}");
     assert_eq!(peer["remote-transmit-interval"], 300, "{peer:#}");
     assert_eq!(peer["remote-detect-multiplier"], 3, "{peer:#}");
+}
+
+/// BFD beside an unnumbered BGP peer: between the link-local addresses of the link (IronLB fe80::2, bfdd fe80::3,
+/// the only ones there), sent on the named interface, as the agent runs it once the router is heard there.
+#[test]
+fn session_to_a_link_local_peer_on_an_interface_with_frr_bfdd() {
+    if skip() {
+        return;
+    }
+    let pair = namespaces("u");
+    for (ns, ll) in [(&pair.a, "fe80::2/64"), (&pair.b, "fe80::3/64")] {
+        sh(&[
+            "ip", "-n", ns, "-6", "addr", "flush", "dev", "eth0", "scope", "link",
+        ]);
+        sh(&["ip", "-n", ns, "addr", "add", ll, "dev", "eth0", "nodad"]);
+    }
+    let pair = start_bfdd(pair, "peer fe80::2 interface eth0");
+    let peer = BfdPeer {
+        peer: "fe80::3".parse().unwrap(),
+        local: None,
+        interface: Some("eth0".into()),
+        ..numbered(Profile::default())
+    };
+    let seen = ironlb_side(&pair.a, peer, Duration::from_millis(300));
+    println!(
+        "link-local session with bfdd: Up after {} ms; timers {:?}; Down {} ms after the cut",
+        seen.up_after.as_millis(),
+        seen.timers,
+        seen.down_after.as_millis()
+    );
+    assert_eq!(
+        seen.timers.map(|t| t.detection),
+        Some(Duration::from_millis(900))
+    );
+    assert!(
+        seen.down_after <= Duration::from_millis(1000),
+        "{:?}",
+        seen.down_after
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let peer = loop {
+        let peer = bfdd_peer(pair.dir.path());
+        if peer["status"] == "down" || Instant::now() > deadline {
+            break peer;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(peer["status"], "down", "bfdd's view: {peer:#}");
+    assert_eq!(peer["peer"], "fe80::2", "{peer:#}");
+    assert_eq!(peer["remote-receive-interval"], 300, "{peer:#}");
 }
 
 /// BIRD's side as `birdc show bfd sessions` prints it for 192.0.2.2.
@@ -318,7 +382,7 @@ fn session_with_bird_negotiates_the_profiles_intervals_and_a_cut_link_takes_both
     };
     // IronLB's side holds the session Up long enough for the watcher to read it: it cuts only once the timers have
     // settled, and BIRD's view settles at the same Poll.
-    let seen = ironlb_side(&pair.a, profile, Duration::from_millis(250));
+    let seen = ironlb_side(&pair.a, numbered(profile), Duration::from_millis(250));
     let bird_up = watcher.join().unwrap();
     println!(
         "IronLB's session with BIRD: Up after {} ms; timers {:?}; Down {} ms after the link was cut; BIRD while Up: \
