@@ -233,7 +233,17 @@ impl BfdSession {
             self.polling = false;
         }
         // The interval follows the peer's required minimum at once; ours takes effect after the Final.
+        let before = self.tx_interval;
         self.tx_interval = self.desired_tx.max(self.remote_min_rx);
+        if self.tx_interval < before {
+            // A shorter interval applies to the next packet, not to the one after it: the peer computes its
+            // detection time from the new interval as soon as it answers our Poll (section 6.8.4), and a packet
+            // still scheduled at the slow start rate (up to 1 s away) would arrive after that time had passed.
+            let sooner = now + self.jittered(self.tx_interval);
+            if self.next_tx.is_some_and(|at| at > sooner) {
+                self.next_tx = Some(sooner);
+            }
+        }
         if self.next_tx.is_none() {
             // Passive, now heard.
             self.next_tx = Some(now);
@@ -323,6 +333,49 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Going Up, the session Polls for the profile's 300 ms; once the peer answers, the next packet leaves within
+    /// 300 ms, not at the 1 s start rate still scheduled: the peer detects with 3 × 300 ms from its answer on, and
+    /// a packet up to 1 s away made it declare the session down (seen against FRR, about one start in three).
+    #[test]
+    fn after_the_final_the_next_packet_follows_the_new_interval() {
+        let t0 = Instant::now();
+        let mut s = BfdSession::new(Profile::default(), 1, t0);
+        assert_eq!(sent(&s.timers(t0)).len(), 1);
+        let peer = |state, your_disc, desired_ms: u32, final_| Control {
+            diag: Diag::None,
+            state,
+            poll: false,
+            final_,
+            cpi: false,
+            demand: false,
+            detect_mult: 3,
+            my_disc: 9,
+            your_disc,
+            desired_min_tx: desired_ms * 1000,
+            required_min_rx: 300_000,
+            required_min_echo_rx: 0,
+        };
+        let t1 = t0 + Duration::from_millis(10);
+        s.receive(&peer(BfdState::Down, 0, 1000, false), t1);
+        let t2 = t1 + Duration::from_millis(10);
+        let up = s.receive(&peer(BfdState::Up, 1, 1000, false), t2);
+        assert_eq!(s.state(), BfdState::Up);
+        let poll = sent(&up);
+        assert!(poll.iter().any(|p| p.poll && p.desired_min_tx == 300_000), "{poll:?}");
+        let t3 = t2 + Duration::from_millis(1);
+        s.receive(&peer(BfdState::Up, 1, 300, true), t3);
+        let next = s.next_deadline().expect("a packet is scheduled");
+        assert!(
+            next <= t3 + Duration::from_millis(300),
+            "next packet {:?} after the Final",
+            next - t3
+        );
+        // And it is a periodic packet at the new interval, no longer a Poll.
+        let p = sent(&s.timers(next));
+        assert_eq!(p.len(), 1);
+        assert!(!p[0].poll && p[0].desired_min_tx == 300_000, "{p:?}");
     }
 
     /// Two sessions talking to each other directly: the three-way handshake, the Poll to the profile's
