@@ -481,19 +481,17 @@ fn link_local(netns: &str, link: &str) -> std::net::Ipv6Addr {
         .unwrap_or_else(|| panic!("no link-local address on {link} in {netns}: {text}"))
 }
 
-/// Unnumbered eBGP to FRR's `neighbor <if> interface`, as MetalLB configures a BGPPeer with `interface`: IronLB
-/// finds the router from its Router Advertisements and advertises itself, the session runs between link-local
-/// addresses, and the IPv4 route reaches FRR's kernel table with an IPv6 next hop (RFC 8950) that carries traffic.
-#[test]
-fn frr_unnumbered_ipv4_over_an_ipv6_next_hop() {
-    if skip() {
-        return;
-    }
-    let t = topo("unnum", 1);
+/// Unnumbered eBGP, as MetalLB configures a BGPPeer with `interface`: IronLB finds the router from its Router
+/// Advertisements (and advertises itself, which FRR needs before it accepts the connection), the session runs
+/// between link-local addresses, and the router holds the IPv4 route with an IPv6 next hop (RFC 8950). Against FRR
+/// (`neighbor <if> interface`) the route also reaches zebra's kernel table and carries a ping; against BIRD (dynamic
+/// BGP from the link's link-local range, `radv` advertising it) the routes are checked in BIRD's table.
+fn unnumbered(daemon: Daemon, tag: &str, vip: &str, vip6: &str) {
+    let t = topo(tag, 1);
     let node = &t.nodes[0].netns;
     let dir = tempfile::tempdir().unwrap();
     let router = Router::start(
-        Daemon::Frr,
+        daemon,
         &t.switch,
         dir.path(),
         RouterConfig {
@@ -512,15 +510,12 @@ fn frr_unnumbered_ipv4_over_an_ipv6_next_hop() {
     )
     .unwrap();
     // The VIP, on the node, for the data path check.
-    run_in(node, &["ip", "addr", "add", "203.0.113.30/32", "dev", "lo"]).unwrap();
-    let mut config = session(
-        "frr-unnumbered",
-        NODE_AS,
-        PeerAs::Fixed(ROUTER_AS),
-        1,
-        None,
-        1,
-    );
+    run_in(
+        node,
+        &["ip", "addr", "add", &format!("{vip}/32"), "dev", "lo"],
+    )
+    .unwrap();
+    let mut config = session("unnumbered", NODE_AS, PeerAs::Fixed(ROUTER_AS), 1, None, 1);
     // What the agent's plan gives an `interface` peer: the port only, both families, RFC 8950, no IPv4 next hop.
     config.peer = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 179);
     config.alt_next_hop = None;
@@ -531,34 +526,58 @@ fn frr_unnumbered_ipv4_over_an_ipv6_next_hop() {
         node,
         ironlb::lab::topology::UPLINK,
         config,
-        routes(&a, &["203.0.113.30/32", "2001:db8:30::1/128"]),
+        routes(&a, &[&format!("{vip}/32"), &format!("{vip6}/128")]),
     )
     .unwrap();
     let heard = started.elapsed();
     assert!(established(&s), "{:?}\n{}", s.status(), router.log());
     println!(
-        "router heard after {heard:?}, session Established after {:?}",
+        "{}: router heard after {heard:?}, session Established after {:?}",
+        daemon.name(),
         started.elapsed()
     );
     let ours = link_local(node, ironlb::lab::topology::UPLINK).to_string();
     let want = |r: &[PeerRoute]| {
-        from(r, "203.0.113.30/32", &ours).is_some()
-            && from(r, "2001:db8:30::1/128", &ours).is_some()
+        from(r, &format!("{vip}/32"), &ours).is_some()
+            && from(r, &format!("{vip6}/128"), &ours).is_some()
     };
     let (ok, seen) = router.wait_routes(WAIT, want);
-    assert!(ok, "routes at FRR, next hop {ours} wanted: {seen:#?}");
-    // zebra installed the IPv4 route through the IPv6 next hop, and traffic follows it.
-    let route = run_in(&t.switch, &["ip", "route", "show", "203.0.113.30"]).unwrap();
-    let route = String::from_utf8_lossy(&route.stdout).to_string();
     assert!(
-        route.contains(&format!("via inet6 {ours}")) && route.contains("dev br0"),
-        "kernel route at the router: {route:?}"
+        ok,
+        "routes at {}, next hop {ours} wanted: {seen:#?}\n{}",
+        daemon.name(),
+        router.log()
     );
-    let ping = run_in(&t.switch, &["ping", "-c", "1", "-W", "2", "203.0.113.30"]);
-    assert!(ping.is_ok(), "ping through the IPv6 next hop: {ping:?}");
-    // A withdrawal reaches FRR.
+    if daemon == Daemon::Frr {
+        // zebra installed the IPv4 route through the IPv6 next hop, and traffic follows it.
+        let route = run_in(&t.switch, &["ip", "route", "show", vip]).unwrap();
+        let route = String::from_utf8_lossy(&route.stdout).to_string();
+        assert!(
+            route.contains(&format!("via inet6 {ours}")) && route.contains("dev br0"),
+            "kernel route at the router: {route:?}"
+        );
+        let ping = run_in(&t.switch, &["ping", "-c", "1", "-W", "2", vip]);
+        assert!(ping.is_ok(), "ping through the IPv6 next hop: {ping:?}");
+    }
+    // A withdrawal reaches the router.
     s.set_routes(RouteSet::new());
     let (ok, seen) = router.wait_routes(WAIT, |r| r.is_empty());
     assert!(ok, "after withdrawal: {seen:#?}");
     s.stop(false);
+}
+
+#[test]
+fn frr_unnumbered_ipv4_over_an_ipv6_next_hop() {
+    if skip() {
+        return;
+    }
+    unnumbered(Daemon::Frr, "unfrr", "203.0.113.30", "2001:db8:30::1");
+}
+
+#[test]
+fn bird_unnumbered_ipv4_over_an_ipv6_next_hop() {
+    if skip() {
+        return;
+    }
+    unnumbered(Daemon::Bird, "unbird", "203.0.113.31", "2001:db8:31::1");
 }

@@ -363,7 +363,10 @@ mod tests {
         let up = s.receive(&peer(BfdState::Up, 1, 1000, false), t2);
         assert_eq!(s.state(), BfdState::Up);
         let poll = sent(&up);
-        assert!(poll.iter().any(|p| p.poll && p.desired_min_tx == 300_000), "{poll:?}");
+        assert!(
+            poll.iter().any(|p| p.poll && p.desired_min_tx == 300_000),
+            "{poll:?}"
+        );
         let t3 = t2 + Duration::from_millis(1);
         s.receive(&peer(BfdState::Up, 1, 300, true), t3);
         let next = s.next_deadline().expect("a packet is scheduled");

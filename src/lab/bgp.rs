@@ -57,8 +57,8 @@ pub struct Neighbor {
     pub password: Option<String>,
     /// The neighbour is more than one hop away.
     pub multihop: bool,
-    /// FRR only: an unnumbered neighbour, the one heard on this interface (`neighbor <if> interface`); `address` is
-    /// then not used.
+    /// FRR and BIRD: an unnumbered neighbour on this interface (FRR's `neighbor <if> interface`; BIRD's dynamic
+    /// BGP from any link-local address there, with `radv` advertising the router); `address` is then not used.
     pub interface: Option<String>,
 }
 
@@ -146,11 +146,10 @@ pub struct Router {
 impl Router {
     /// Writes the config into `dir` and starts the daemon in `netns`; returns once its CLI answers.
     pub fn start(daemon: Daemon, netns: &str, dir: &Path, config: RouterConfig) -> Result<Router> {
-        if daemon != Daemon::Frr && config.neighbors.iter().any(|n| n.interface.is_some()) {
-            return Err(Error::Io(format!(
-                "the lab configures unnumbered neighbours for FRR only, not {}",
-                daemon.name()
-            )));
+        if daemon == Daemon::Gobgp && config.neighbors.iter().any(|n| n.interface.is_some()) {
+            return Err(Error::Io(
+                "the lab configures unnumbered neighbours for FRR and BIRD only, not gobgp".into(),
+            ));
         }
         if config.bfd && daemon == Daemon::Gobgp {
             return Err(Error::Io(
@@ -532,14 +531,33 @@ fn bird_config(c: &RouterConfig) -> String {
         );
     }
     for (i, n) in c.neighbors.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "protocol bgp n{} {{\n  local as {};\n  neighbor {} as {};\n  passive on;",
-            i + 1,
-            c.asn,
-            n.address,
-            n.asn
-        );
+        if let Some(interface) = &n.interface {
+            // Unnumbered: BIRD advertises itself on the link (radv, as no default router) and accepts a session
+            // from any link-local address there (dynamic BGP), IPv4 routes with an IPv6 next hop (RFC 8950).
+            let _ = writeln!(
+                s,
+                "protocol radv ra{} {{\n  interface \"{interface}\" {{ max ra interval 10; default lifetime 0; }};\n}}",
+                i + 1
+            );
+            let _ = writeln!(
+                s,
+                "protocol bgp n{} {{\n  local as {};\n  neighbor range fe80::/10 as {};\n  interface \"{interface}\";\n  \
+                 dynamic name \"n{}u\";\n  passive on;",
+                i + 1,
+                c.asn,
+                n.asn,
+                i + 1
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "protocol bgp n{} {{\n  local as {};\n  neighbor {} as {};\n  passive on;",
+                i + 1,
+                c.asn,
+                n.address,
+                n.asn
+            );
+        }
         if let Some(p) = &n.password {
             let _ = writeln!(s, "  password \"{p}\";");
         }
@@ -554,9 +572,14 @@ fn bird_config(c: &RouterConfig) -> String {
         if c.bfd {
             let _ = writeln!(s, "  bfd on;");
         }
+        let enhe = if n.interface.is_some() {
+            " extended next hop on;"
+        } else {
+            ""
+        };
         let _ = writeln!(
             s,
-            "  ipv4 {{ import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}"
+            "  ipv4 {{{enhe} import all; export none; }};\n  ipv6 {{ import all; export none; }};\n}}"
         );
     }
     s
@@ -784,7 +807,12 @@ pub fn parse_bird(text: &str) -> Result<Vec<PeerRoute>> {
         }
         let Some(r) = out.last_mut() else { continue };
         if let Some(v) = trimmed.strip_prefix("BGP.next_hop:") {
-            if let Some(nh) = v.split_whitespace().next().and_then(|s| s.parse().ok()) {
+            // `global [link-local]`; a link-local next hop alone shows as `:: fe80::…`.
+            if let Some(nh) = v
+                .split_whitespace()
+                .filter_map(|s| s.parse::<IpAddr>().ok())
+                .find(|ip| !ip.is_unspecified())
+            {
                 r.next_hop = nh;
             }
         } else if let Some(v) = trimmed.strip_prefix("BGP.local_pref:") {
@@ -1179,6 +1207,15 @@ mod tests {
             })
             .contains("bfd")
         );
+    }
+
+    #[test]
+    fn bird_link_local_next_hops_are_read() {
+        let text = "BIRD 2.0.12 ready.\nTable master4:\n203.0.113.31/32      unicast [n1u1 00:45:09.576] * (100) \
+                    [AS64497i]\n\tvia fe80::1 on br0\n\tType: BGP univ\n\tBGP.origin: IGP\n\tBGP.next_hop: :: fe80::1\n";
+        let routes = parse_bird(text).unwrap();
+        assert_eq!(routes.len(), 1, "{routes:?}");
+        assert_eq!(routes[0].next_hop, "fe80::1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
