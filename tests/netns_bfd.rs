@@ -316,6 +316,77 @@ fn session_to_a_link_local_peer_on_an_interface_with_frr_bfdd() {
     assert_eq!(peer["remote-receive-interval"], 300, "{peer:#}");
 }
 
+/// RFC 5882 section 3.2: bfdd taking the session administratively down takes IronLB's side Down without counting
+/// a failure (the count is what resets the BGP session), and the session comes back when bfdd lets it; a real
+/// failure after that is counted.
+#[test]
+fn a_peer_taking_the_session_administratively_down_is_not_a_failure() {
+    if skip() {
+        return;
+    }
+    let pair = start_bfdd(namespaces("s"), "peer 192.0.2.2 local-address 192.0.2.3");
+    let dir = pair.dir.path().to_path_buf();
+    let b = pair.b.clone();
+    let admin = move |shutdown: bool| {
+        let no = if shutdown { "" } else { "no " };
+        let out = Command::new("ip")
+            .args(["netns", "exec", &b, "vtysh", "--vty_socket"])
+            .arg(&dir)
+            .args(["-c", "configure terminal", "-c", "bfd"])
+            .args(["-c", "peer 192.0.2.2 local-address 192.0.2.3"])
+            .args(["-c", &format!("{no}shutdown")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let seen = in_netns(&pair.a, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut bfd = Bfd::start().unwrap();
+            let link = bfd.session(numbered(Profile::default())).unwrap();
+            let limit = Duration::from_secs(15);
+            assert!(wait_for(&link, BfdState::Up, limit).await, "never Up");
+            admin(true);
+            assert!(
+                wait_for(&link, BfdState::Down, limit).await,
+                "not Down after bfdd's shutdown"
+            );
+            let after_admin = link.status().borrow().clone();
+            admin(false);
+            assert!(
+                wait_for(&link, BfdState::Up, limit).await,
+                "not Up again after no shutdown"
+            );
+            let cut = Command::new("ip")
+                .args(["link", "set", "eth0", "down"])
+                .status()
+                .unwrap();
+            assert!(cut.success());
+            assert!(
+                wait_for(&link, BfdState::Down, limit).await,
+                "not Down after the cut"
+            );
+            let after_cut = link.status().borrow().clone();
+            (after_admin, after_cut)
+        })
+    })
+    .unwrap();
+    let (after_admin, after_cut) = seen;
+    assert_eq!(
+        after_admin.diag,
+        ironlb::bfd::codec::Diag::NeighborSignaledDown,
+        "{after_admin:?}"
+    );
+    assert_eq!(
+        after_admin.downs, 0,
+        "an administrative down counted as a failure: {after_admin:?}"
+    );
+    assert_eq!(after_cut.downs, 1, "the cut is a failure: {after_cut:?}");
+}
+
 /// BIRD's side as `birdc show bfd sessions` prints it for 192.0.2.2.
 fn bird_session(dir: &Path) -> Option<RouterBfdSession> {
     let out = Command::new("birdc")

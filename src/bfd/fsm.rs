@@ -134,6 +134,11 @@ impl BfdSession {
         self.diag
     }
 
+    /// The state the peer last said it was in.
+    pub fn remote_state(&self) -> BfdState {
+        self.remote_state
+    }
+
     /// The transmit interval in use and the detection time, once the peer has been heard.
     pub fn negotiated(&self) -> Option<BfdTimers> {
         self.heard.then(|| BfdTimers {

@@ -59,7 +59,8 @@ pub struct BfdStatus {
     pub diag: Diag,
     /// The intervals in use, once the peer has been heard.
     pub timers: Option<BfdTimers>,
-    /// Times the session went from Up to Down.
+    /// Times the session went from Up to Down because the path failed (detection time expired, or the peer said
+    /// Down); not when the peer took it administratively down.
     pub downs: u64,
 }
 
@@ -375,10 +376,19 @@ impl Bfd {
                         }
                         BfdAction::StateChanged { from, to, diag } => {
                             tracing::info!(peer = %peer.peer, %from, %to, ?diag, "BFD session state");
+                            // RFC 5882 section 3.2: a peer taking the session administratively down is not a
+                            // failure of the path, and must not take the BGP session down with it.
+                            let failed = from == BfdState::Up
+                                && to != BfdState::Up
+                                && fsm.remote_state() != BfdState::AdminDown;
+                            if from == BfdState::Up && !failed {
+                                tracing::info!(peer = %peer.peer, "the peer took the BFD session administratively \
+                                    down: not counted as a failure (RFC 5882)");
+                            }
                             status_tx.send_modify(|s| {
                                 s.state = to;
                                 s.diag = diag;
-                                if from == BfdState::Up && to != BfdState::Up {
+                                if failed {
                                     s.downs += 1;
                                 }
                             });
