@@ -591,6 +591,117 @@ async fn bfd_takes_a_dead_nodes_route_away_within_a_second() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // IronLB's side acts on BFD too: BFD alone cut on node-2 (its BGP session's TCP still flows) takes node-2's
+    // BFD session Down, and its agent resets the BGP session at once, counting it; with BFD back, so is the route.
+    let node2 = lab.node("node-2").unwrap().netns.clone();
+    let nft = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(["netns", "exec", &node2, "nft"])
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "nft {args:?}");
+    };
+    nft(&["add", "table", "inet", "ilb_bfd_cut"]);
+    for (chain, hook) in [("i", "input"), ("o", "output")] {
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            "ilb_bfd_cut",
+            chain,
+            "{",
+            "type",
+            "filter",
+            "hook",
+            hook,
+            "priority",
+            "0",
+            ";",
+            "}",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "ilb_bfd_cut",
+            chain,
+            "udp",
+            "dport",
+            "{",
+            "3784,",
+            "4784",
+            "}",
+            "drop",
+        ]);
+        nft(&[
+            "add",
+            "rule",
+            "inet",
+            "ilb_bfd_cut",
+            chain,
+            "udp",
+            "sport",
+            "{",
+            "3784,",
+            "4784",
+            "}",
+            "drop",
+        ]);
+    }
+    let counted = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{peer=\"router\"}} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = lab.metrics("node-2").unwrap();
+        if counted(&m, "ironlb_bfd_session_downs_total") >= 1.0 {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node-2's agent never counted its BFD session Down:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    nft(&["delete", "table", "inet", "ilb_bfd_cut"]);
+    assert_eq!(counted(&metrics, "ironlb_bfd_session_downs_total"), 1.0);
+    // The reset counts as a flap of the session.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counted(
+        &lab.metrics("node-2").unwrap(),
+        "ironlb_bgp_session_flaps_total",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node-2's BFD reset is not counted in ironlb_bgp_session_flaps_total"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The reset, in the agent's words: the BFD Down, the session stopped, and a new one started after it.
+    let log = std::fs::read_to_string(lab.agent_log("node-2")).unwrap_or_default();
+    let down = log
+        .find("BFD session Down: resetting the BGP session")
+        .expect("node-2's agent did not log the BFD Down");
+    let after = &log[down..];
+    assert!(
+        after.contains("stopping BGP session") && after.contains("starting BGP session"),
+        "node-2's agent did not restart its BGP session after the BFD Down:\n{after}"
+    );
+    let (ok, seen) = wait(
+        Box::new(move |r| from(r, vip, "192.0.2.11") && from(r, vip, "192.0.2.12")),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "node-2's route back after BFD came back: {seen:#?}");
+    println!(
+        "BFD cut on node-2: its agent counted the Down and reset its BGP session; the route came back"
+    );
+
     // node-1 dies: its link cut, then its agent SIGKILLed (after the cut, so that the kernel's FIN for the agent's
     // TCP socket cannot tell FRR either: only BFD or the hold time can).
     let node = lab.node("node-1").unwrap().clone();

@@ -839,8 +839,19 @@ impl BgpSpeaker {
         for name in stale {
             if let Some(r) = self.sessions.remove(&name) {
                 tracing::info!(peer = %name, "stopping BGP session");
-                // A restarted session (changed parameters) sets them again below.
-                self.metrics.forget(&name, r.config.peer);
+                let same = plan.peers.get(&name).is_some_and(|p| p.config == r.config);
+                if same && bfd_down.contains(&name) {
+                    // Reset for BFD, restarted below as it was: the series go on, and the reset is a flap.
+                    if r.status.borrow().state == State::Established {
+                        self.metrics
+                            .flaps
+                            .get_or_create(&PeerLabels { peer: name.clone() })
+                            .inc();
+                    }
+                } else {
+                    // A restarted session (changed parameters) sets them again below.
+                    self.metrics.forget(&name, r.config.peer);
+                }
                 self.stopping.push(crate::task::Task::spawn(
                     "BGP session stop",
                     r.session.stop(false),
