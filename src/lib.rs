@@ -14,6 +14,7 @@ pub mod k8s;
 pub mod lab;
 pub mod netif;
 pub mod plan;
+pub mod sys;
 pub mod task;
 pub mod telemetry;
 pub mod webhook;

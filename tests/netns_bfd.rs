@@ -387,6 +387,97 @@ fn a_peer_taking_the_session_administratively_down_is_not_a_failure() {
     assert_eq!(after_cut.downs, 1, "the cut is a failure: {after_cut:?}");
 }
 
+/// The Echo function against FRR's bfdd, both sides in echo mode at 50 ms with IPv4 forwarding on (each side's
+/// echo packets are looped back by the other's forwarding plane): IronLB's echoes come back, bfdd's too, and when
+/// the router stops forwarding IronLB's echoes (control packets still flowing) IronLB's session goes Down with
+/// diag 2, Echo Function Failed, within 3 × 50 ms, far sooner than its 900 ms control detection time.
+#[test]
+fn echo_function_with_frr_bfdd() {
+    if skip() {
+        return;
+    }
+    let pair = namespaces("e");
+    for ns in [&pair.a, &pair.b] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+    }
+    let pair = start_bfdd(
+        pair,
+        "peer 192.0.2.2 local-address 192.0.2.3\n  echo-mode\n  echo transmit-interval 50\n  echo receive-interval 50",
+    );
+    let dir = pair.dir.path().to_path_buf();
+    let b = pair.b.clone();
+    let profile = Profile {
+        echo_receive_interval: Duration::from_millis(50),
+        echo_transmit_interval: Duration::from_millis(50),
+        ..Profile::default()
+    };
+    let seen = in_netns(&pair.a, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut bfd = Bfd::start().unwrap();
+            let link = bfd.session(numbered(profile)).unwrap();
+            let limit = Duration::from_secs(15);
+            assert!(wait_for(&link, BfdState::Up, limit).await, "never Up");
+            let mut status = link.status();
+            // A bool at once: a held `Ref` would block the session's next status update.
+            let echoed = tokio::time::timeout(limit, status.wait_for(|s| s.echoes >= 20))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            assert!(
+                echoed,
+                "IronLB's echo packets did not come back: {:?}",
+                *link.status().borrow()
+            );
+            let frr = vtysh(
+                &dir,
+                "show bfd peer 192.0.2.2 local-address 192.0.2.3 counters json",
+            );
+            // The router stops forwarding IronLB's echo packets; control packets still pass.
+            for rule in [
+                "add table inet ilb_echo",
+                "add chain inet ilb_echo f { type filter hook forward priority 0 ; }",
+                "add rule inet ilb_echo f udp dport 3785 ip saddr 192.0.2.2 drop",
+            ] {
+                sh(&["ip", "netns", "exec", &b, "nft", rule]);
+            }
+            let cut = std::time::Instant::now();
+            assert!(
+                wait_for(&link, BfdState::Down, Duration::from_secs(5)).await,
+                "still Up with its echoes dropped"
+            );
+            (frr, link.status().borrow().clone(), cut.elapsed())
+        })
+    })
+    .unwrap();
+    let (frr, down, after) = seen;
+    println!(
+        "echo: bfdd's counters {frr}; IronLB Down {} ms after its echoes were dropped",
+        after.as_millis()
+    );
+    let counters: serde_json::Value = serde_json::from_str(&frr).unwrap_or_default();
+    assert!(
+        counters["echo-packet-output"].as_u64().unwrap_or(0) > 0
+            && counters["echo-packet-input"].as_u64().unwrap_or(0) > 0,
+        "bfdd's echo packets did not come back through IronLB's node: {frr}"
+    );
+    assert_eq!(down.diag, ironlb::bfd::codec::Diag::EchoFailed, "{down:?}");
+    assert!(
+        after < Duration::from_millis(400),
+        "Down only {after:?} after the echoes stopped"
+    );
+}
+
 /// BIRD's side as `birdc show bfd sessions` prints it for 192.0.2.2.
 fn bird_session(dir: &Path) -> Option<RouterBfdSession> {
     let out = Command::new("birdc")

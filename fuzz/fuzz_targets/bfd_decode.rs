@@ -15,7 +15,13 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(decode(&encode(&packet)), Ok(packet));
     let now = Instant::now();
-    let mut session = BfdSession::new(Profile::default(), 1, now);
+    // With the echo function on, so that the peer's echo interval in the packet drives it too.
+    let profile = Profile {
+        echo_receive_interval: Duration::from_millis(50),
+        echo_transmit_interval: Duration::from_millis(50),
+        ..Profile::default()
+    };
+    let mut session = BfdSession::new(profile, 1, now);
     let _ = session.receive(&packet, now);
     if let Some(at) = session.next_deadline() {
         let _ = session.timers(at.max(now) + Duration::from_millis(1));

@@ -6,8 +6,9 @@
 //!  ClusterState + Config ──PlanInput──▶ plan() ──per peer: SessionConfig + RouteSet──▶ BgpSpeaker ──▶ Session(s)
 //! ```
 //!
-//! [`plan`] is pure; [`BgpSpeaker`] owns the sessions, reads MD5 passwords from Secrets and reports what it cannot
-//! do (BFD inside a `vrf`, an echo-mode `bfdProfile`, an interface peer) as Warning Events, once per peer.
+//! [`plan`] is pure; [`BgpSpeaker`] owns the sessions (and the router discovery of unnumbered peers), reads MD5
+//! passwords from the watched Secrets and reports what it cannot do (a missing BFDProfile, an unusable interface)
+//! as Warning Events, once per peer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -135,16 +136,12 @@ pub fn plan(
     let mut usable: Vec<&crate::config::Peer> = Vec::new();
     for peer in config.peers.values() {
         let mut warnings = Vec::new();
-        if let Some(name) = &peer.bfd_profile {
-            match config.bfd_profiles.get(name) {
-                None => warnings.push(format!(
-                    "spec.bfdProfile {name:?} names no BFDProfile: the session runs without BFD until it exists"
-                )),
-                Some(p) if p.echo_mode => warnings.push(format!(
-                    "BFDProfile {name:?}: echoMode is not supported: the BFD session uses control packets only"
-                )),
-                Some(_) => {}
-            }
+        if let Some(name) = &peer.bfd_profile
+            && !config.bfd_profiles.contains_key(name)
+        {
+            warnings.push(format!(
+                "spec.bfdProfile {name:?} names no BFDProfile: the session runs without BFD until it exists"
+            ));
         }
         if !warnings.is_empty() {
             out.warnings.insert(peer.name.clone(), warnings);
@@ -195,7 +192,17 @@ pub fn plan(
                             .detect_multiplier
                             .map_or(3, |m| u8::try_from(m).unwrap_or(255).max(1)),
                         passive: p.passive_mode,
-                        echo_receive_interval: Duration::ZERO,
+                        // MetalLB's echoMode: echo packets every echoInterval (50 ms unless set), both ways.
+                        echo_receive_interval: if p.echo_mode {
+                            ms(p.echo_interval, 50)
+                        } else {
+                            Duration::ZERO
+                        },
+                        echo_transmit_interval: if p.echo_mode {
+                            ms(p.echo_interval, 50)
+                        } else {
+                            Duration::ZERO
+                        },
                     },
                     vrf: vrf.clone(),
                     interface: interface.clone(),

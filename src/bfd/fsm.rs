@@ -10,6 +10,10 @@
 //! - The detection time is the peer's multiplier times the larger of our required minimum and the peer's desired
 //!   minimum (section 6.8.4). Passing it in Init or Up takes the session Down (diag 1).
 //! - Passive: nothing is sent until the peer has been heard (section 6.1).
+//! - Echo (section 6.8.9, RFC 5881 section 4): with an echo interval in the profile, the session advertises it as
+//!   its Required Min Echo RX Interval (the node's forwarding plane loops the peer's echoes back), and once Up, when
+//!   the peer advertises a non-zero one too, it asks for an echo packet every max(ours, theirs) and goes Down with
+//!   diag 2 (Echo Function Failed) when none came back for the detection multiplier times that interval.
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +32,11 @@ pub struct Profile {
     pub detect_mult: u8,
     /// Wait for the peer to speak first.
     pub passive: bool,
-    /// Required Min Echo RX Interval to advertise; 0, as IronLB has no echo function: it loops no echo packet back.
+    /// Required Min Echo RX Interval to advertise: how often the peer may send echo packets for this node's
+    /// forwarding plane to loop back; 0 forbids them.
     pub echo_receive_interval: Duration,
+    /// How often to send echo packets once Up, if the peer allows them; 0: no echo function.
+    pub echo_transmit_interval: Duration,
 }
 
 impl Default for Profile {
@@ -41,6 +48,7 @@ impl Default for Profile {
             detect_mult: 3,
             passive: false,
             echo_receive_interval: Duration::ZERO,
+            echo_transmit_interval: Duration::ZERO,
         }
     }
 }
@@ -49,6 +57,8 @@ impl Default for Profile {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BfdAction {
     Send(Control),
+    /// Send one echo packet (its content is the transport's: it must come back to this session).
+    SendEcho,
     /// The session changed state; `diag` says why it went Down.
     StateChanged {
         from: BfdState,
@@ -85,6 +95,11 @@ pub struct BfdSession {
     next_tx: Option<Instant>,
     detect_at: Option<Instant>,
     heard: bool,
+    /// The peer's Required Min Echo RX Interval: 0 forbids echo packets to it.
+    remote_min_echo_rx: Duration,
+    /// The echo function: the next echo packet, and when missing echoes take the session Down.
+    next_echo: Option<Instant>,
+    echo_detect_at: Option<Instant>,
     /// Jitter source (xorshift, seeded by the discriminator): deterministic for a given session.
     rng: u32,
 }
@@ -114,6 +129,9 @@ impl BfdSession {
             next_tx: (!profile.passive).then_some(now),
             detect_at: None,
             heard: false,
+            remote_min_echo_rx: Duration::ZERO,
+            next_echo: None,
+            echo_detect_at: None,
             rng: local_disc ^ 0x9e37_79b9,
         }
     }
@@ -149,7 +167,59 @@ impl BfdSession {
 
     /// When [`BfdSession::timers`] has something to do next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.next_tx, self.detect_at].into_iter().flatten().min()
+        [
+            self.next_tx,
+            self.detect_at,
+            self.next_echo,
+            self.echo_detect_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The interval echo packets go out at while the echo function runs: the slower of ours and the peer's
+    /// required minimum; None when it does not run (not Up, no echo in the profile, or the peer forbids it).
+    pub fn echo_interval(&self) -> Option<Duration> {
+        (self.state == BfdState::Up
+            && !self.profile.echo_transmit_interval.is_zero()
+            && !self.remote_min_echo_rx.is_zero())
+        .then(|| {
+            self.profile
+                .echo_transmit_interval
+                .max(self.remote_min_echo_rx)
+        })
+    }
+
+    /// One of this session's echo packets came back.
+    pub fn echo_returned(&mut self, now: Instant) {
+        if let Some(interval) = self.echo_interval() {
+            self.echo_detect_at = Some(now + interval * u32::from(self.profile.detect_mult.max(1)));
+        }
+    }
+
+    /// Turns the echo function off for good (no way to send echo packets): control packets alone detect.
+    pub fn disable_echo(&mut self) {
+        self.profile.echo_transmit_interval = Duration::ZERO;
+        self.next_echo = None;
+        self.echo_detect_at = None;
+    }
+
+    /// Starts or stops the echo function to match [`BfdSession::echo_interval`].
+    fn sync_echo(&mut self, now: Instant) {
+        match self.echo_interval() {
+            Some(interval) if self.next_echo.is_none() => {
+                self.next_echo = Some(now);
+                // The first echoes get a whole detection time to come back.
+                self.echo_detect_at =
+                    Some(now + interval * u32::from(self.profile.detect_mult.max(1)));
+            }
+            Some(_) => {}
+            None => {
+                self.next_echo = None;
+                self.echo_detect_at = None;
+            }
+        }
     }
 
     fn detection_time(&self) -> Duration {
@@ -234,6 +304,7 @@ impl BfdSession {
         self.remote_min_rx = Duration::from_micros(u64::from(p.required_min_rx));
         self.remote_desired_tx = Duration::from_micros(u64::from(p.desired_min_tx));
         self.remote_mult = p.detect_mult;
+        self.remote_min_echo_rx = Duration::from_micros(u64::from(p.required_min_echo_rx));
         if p.final_ && self.polling {
             self.polling = false;
         }
@@ -283,6 +354,7 @@ impl BfdSession {
             // Answer a Poll at once with a Final (section 6.8.7 allows it outside the schedule).
             out.push(BfdAction::Send(self.packet(true)));
         }
+        self.sync_echo(now);
         out
     }
 
@@ -293,6 +365,18 @@ impl BfdSession {
             self.detect_at = None;
             self.remote_disc = 0;
             self.set_state(BfdState::Down, Diag::DetectionTimeExpired, now, &mut out);
+        }
+        if self.echo_detect_at.is_some_and(|at| now >= at) {
+            self.echo_detect_at = None;
+            self.set_state(BfdState::Down, Diag::EchoFailed, now, &mut out);
+        }
+        self.sync_echo(now);
+        if let (Some(at), Some(interval)) = (self.next_echo, self.echo_interval())
+            && now >= at
+        {
+            out.push(BfdAction::SendEcho);
+            // Echo packets are jittered like control packets (section 6.8.9).
+            self.next_echo = Some(now + self.jittered(interval));
         }
         if self.next_tx.is_some_and(|at| now >= at) {
             out.push(BfdAction::Send(self.packet(false)));
@@ -384,6 +468,105 @@ mod tests {
         let p = sent(&s.timers(next));
         assert_eq!(p.len(), 1);
         assert!(!p[0].poll && p[0].desired_min_tx == 300_000, "{p:?}");
+    }
+
+    /// A session brought Up by a peer that advertises `peer_echo_ms` as its Required Min Echo RX Interval.
+    fn up_with_echo(profile: Profile, peer_echo_ms: u32, t0: Instant) -> BfdSession {
+        let mut s = BfdSession::new(profile, 1, t0);
+        s.timers(t0);
+        let peer = |state, your_disc| Control {
+            diag: Diag::None,
+            state,
+            poll: false,
+            final_: false,
+            cpi: false,
+            demand: false,
+            detect_mult: 3,
+            my_disc: 9,
+            your_disc,
+            desired_min_tx: 300_000,
+            required_min_rx: 300_000,
+            required_min_echo_rx: peer_echo_ms * 1000,
+        };
+        s.receive(&peer(BfdState::Down, 0), t0);
+        s.receive(&peer(BfdState::Up, 1), t0);
+        assert_eq!(s.state(), BfdState::Up);
+        s
+    }
+
+    fn echoes(actions: &[BfdAction]) -> usize {
+        actions
+            .iter()
+            .filter(|a| **a == BfdAction::SendEcho)
+            .count()
+    }
+
+    #[test]
+    fn echo_runs_only_when_both_sides_allow_it_and_missing_echoes_take_the_session_down() {
+        let t0 = Instant::now();
+        let echo = Profile {
+            echo_receive_interval: Duration::from_millis(50),
+            echo_transmit_interval: Duration::from_millis(50),
+            ..Profile::default()
+        };
+        // Advertised, so the peer may send echoes for our forwarding plane to loop back.
+        let s = BfdSession::new(echo, 1, t0);
+        assert_eq!(s.packet(false).required_min_echo_rx, 50_000);
+        // The peer forbids echoes, or our profile has none: no echo function.
+        let mut s = up_with_echo(echo, 0, t0);
+        assert_eq!(s.echo_interval(), None);
+        assert_eq!(echoes(&s.timers(t0 + Duration::from_secs(1))), 0);
+        let mut s = up_with_echo(Profile::default(), 50, t0);
+        assert_eq!(s.echo_interval(), None);
+        assert_eq!(echoes(&s.timers(t0 + Duration::from_secs(1))), 0);
+        // Both allow it: echoes at the slower of the two intervals (the peer's 100 ms here).
+        let mut s = up_with_echo(echo, 100, t0);
+        assert_eq!(s.echo_interval(), Some(Duration::from_millis(100)));
+        let mut now = t0;
+        let mut sent = 0;
+        // Each echo comes back: the session stays Up for 2 s, sending one about every 75-100 ms.
+        while now < t0 + Duration::from_secs(2) {
+            now = s.next_deadline().unwrap();
+            let n = echoes(&s.timers(now));
+            if n > 0 {
+                s.echo_returned(now);
+            }
+            // Control packets from the peer keep the control detection time away.
+            s.receive(
+                &Control {
+                    diag: Diag::None,
+                    state: BfdState::Up,
+                    poll: false,
+                    final_: false,
+                    cpi: false,
+                    demand: false,
+                    detect_mult: 3,
+                    my_disc: 9,
+                    your_disc: 1,
+                    desired_min_tx: 300_000,
+                    required_min_rx: 300_000,
+                    required_min_echo_rx: 100_000,
+                },
+                now,
+            );
+            sent += n;
+            assert_eq!(s.state(), BfdState::Up);
+        }
+        assert!((20..=27).contains(&sent), "{sent} echoes in 2 s at 100 ms");
+        // Echoes stop coming back, control packets still do: Down within 3 × 100 ms, diag Echo Function Failed.
+        let lost = now;
+        while s.state() == BfdState::Up {
+            now = s.next_deadline().unwrap();
+            s.timers(now);
+            assert!(
+                now - lost <= Duration::from_millis(300),
+                "still Up {:?} later",
+                now - lost
+            );
+        }
+        assert_eq!(s.diag(), Diag::EchoFailed);
+        assert_eq!(s.echo_interval(), None);
+        assert_eq!(echoes(&s.timers(now + Duration::from_secs(1))), 0);
     }
 
     /// Two sessions talking to each other directly: the three-way handshake, the Poll to the profile's

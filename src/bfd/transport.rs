@@ -28,6 +28,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::{mpsc, watch};
 
 use super::codec::{self, BfdState, Control, Diag};
+use super::echo::EchoLink;
 use super::fsm::{BfdAction, BfdSession, BfdTimers, Profile};
 use crate::task::Task;
 
@@ -59,6 +60,8 @@ pub struct BfdStatus {
     pub diag: Diag,
     /// The intervals in use, once the peer has been heard.
     pub timers: Option<BfdTimers>,
+    /// Echo packets of this session that came back through the peer's forwarding plane.
+    pub echoes: u64,
     /// Times the session went from Up to Down because the path failed (detection time expired, or the peer said
     /// Down); not when the peer took it administratively down.
     pub downs: u64,
@@ -349,26 +352,71 @@ impl Bfd {
             m.insert(peer.peer, peer.minimum_ttl);
         }
         let now = tokio::time::Instant::now().into_std();
-        let mut fsm = BfdSession::new(peer.profile, disc, now);
+        let mut fsm = BfdSession::new(echo_profile(&peer), disc, now);
         let (status_tx, status) = watch::channel(BfdStatus {
             state: BfdState::Down,
             diag: Diag::None,
             timers: None,
+            echoes: 0,
             downs: 0,
         });
+        let local = socket.local_addr().ok().map(|a| a.ip());
         let _on_bfd_runtime = self.runtime.enter();
         let task = Task::spawn("BFD session", async move {
+            let mut echo: Option<EchoLink> = None;
             loop {
                 let deadline = fsm.next_deadline().map(tokio::time::Instant::from_std);
+                let echo_back = async {
+                    match &echo {
+                        Some(link) => link.returned().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let actions = tokio::select! {
                     packet = packets.recv() => {
                         let Some(packet) = packet else { return };
                         fsm.receive(&packet, std::time::Instant::now())
                     }
                     _ = crate::task::sleep_until(deadline) => fsm.timers(std::time::Instant::now()),
+                    back = echo_back => {
+                        match back {
+                            Ok(()) => {
+                                fsm.echo_returned(std::time::Instant::now());
+                                status_tx.send_modify(|s| s.echoes += 1);
+                            }
+                            Err(error) => {
+                                tracing::warn!(peer = %peer.peer, %error, "BFD echo socket failed: control \
+                                    packets alone detect from now on");
+                                echo = None;
+                                fsm.disable_echo();
+                            }
+                        }
+                        Vec::new()
+                    }
                 };
                 for action in actions {
                     match action {
+                        BfdAction::SendEcho => {
+                            if echo.is_none() {
+                                let opened = match (peer.peer, local) {
+                                    (IpAddr::V4(to), Some(IpAddr::V4(from))) => {
+                                        EchoLink::open(to, from, disc)
+                                    }
+                                    _ => Err(io::Error::other("echo runs over IPv4 only")),
+                                };
+                                match opened {
+                                    Ok(link) => echo = Some(link),
+                                    Err(error) => {
+                                        tracing::warn!(peer = %peer.peer, %error, "BFD echo function unavailable: \
+                                            control packets alone detect");
+                                        fsm.disable_echo();
+                                    }
+                                }
+                            }
+                            if let Some(link) = &mut echo {
+                                link.send();
+                            }
+                        }
                         BfdAction::Send(p) => {
                             let bytes = codec::encode(&p);
                             // A full send buffer or an unreachable peer loses one packet; the next one follows.
@@ -392,6 +440,10 @@ impl Bfd {
                                     s.downs += 1;
                                 }
                             });
+                            if to != BfdState::Up {
+                                // Opened again on the next Up: the peer's link-layer address may have changed.
+                                echo = None;
+                            }
                         }
                     }
                 }
@@ -410,6 +462,28 @@ impl Bfd {
             _task: task,
         })
     }
+}
+
+/// The session's profile as echo can run here: RFC 5881's echo is for single-hop sessions (and IronLB's for IPv4),
+/// and this node loops the peer's echo packets back only if it forwards IPv4; otherwise it advertises none.
+fn echo_profile(peer: &BfdPeer) -> Profile {
+    let mut profile = peer.profile;
+    let usable = !peer.multihop && peer.peer.is_ipv4();
+    if !usable {
+        profile.echo_transmit_interval = Duration::ZERO;
+        profile.echo_receive_interval = Duration::ZERO;
+    }
+    if !profile.echo_receive_interval.is_zero() && !forwards_ipv4() {
+        tracing::warn!(peer = %peer.peer, "BFD echo: this node does not forward IPv4 \
+            (net.ipv4.conf.all.forwarding is 0), so it cannot loop the peer's echo packets back: it advertises none");
+        profile.echo_receive_interval = Duration::ZERO;
+    }
+    profile
+}
+
+/// Whether the calling thread's network namespace forwards IPv4.
+fn forwards_ipv4() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/forwarding").is_ok_and(|v| v.trim() == "1")
 }
 
 /// How long to wait, at most, for a session to reach `state`.

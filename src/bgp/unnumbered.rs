@@ -176,15 +176,7 @@ fn open(interface: &str) -> io::Result<AsyncFd<Socket>> {
     socket.set_multicast_loop_v6(false)?;
     setsockopt(&socket, sockopt::Ipv6RecvHopLimit, &true).map_err(io::Error::from)?;
     socket.set_nonblocking(true)?;
-    register(socket)
-}
-
-/// Hands the socket to tokio's reactor.
-#[allow(unsafe_code)]
-fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
-    // SAFETY: the `AsyncFd` owns the `Socket`, which owns its open descriptor until it is dropped with the
-    // `AsyncFd`; `as_raw_fd` always returns that one descriptor.
-    unsafe { AsyncFd::register(socket) }.map_err(|e| e.into_parts().1)
+    crate::sys::register(socket)
 }
 
 struct Link {

@@ -28,12 +28,6 @@ pub(super) fn bfd_profiles(objects: &[Named<crd::BFDProfile>], out: &mut Validat
                 f.error(field, format!("{v} is outside {min}..={max}"));
             }
         }
-        if s.echo_mode == Some(true) {
-            f.warn(
-                "spec.echoMode",
-                "not supported: IronLB's BFD sessions use control packets only (the intervals above apply)",
-            );
-        }
         if f.finish(out) {
             let profile = BfdProfile {
                 name: n.name.clone(),
