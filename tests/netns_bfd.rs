@@ -152,6 +152,24 @@ fn start_bfdd(pair: Pair, peer: &str) -> Pair {
     pair
 }
 
+/// Runs the future `f` makes on a single-threaded runtime, in a thread inside namespace `ns` (sockets belong to the
+/// namespace of the thread that opens them).
+fn on_runtime_in<T, F, Fut>(ns: &str, f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    in_netns(ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f())
+    })
+    .unwrap()
+}
+
 /// What IronLB's side saw: how long until Up, the timers once they reached `transmit`, and how long after the cut
 /// it went Down.
 struct Seen {
@@ -176,49 +194,44 @@ fn numbered(profile: Profile) -> BfdPeer {
 /// Runs IronLB's side of `peer` in namespace `a`: waits for Up and for the transmit interval to reach `transmit`,
 /// then cuts the link from this side and waits for Down.
 fn ironlb_side(a: &str, peer: BfdPeer, transmit: Duration) -> Seen {
-    in_netns(a, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    on_runtime_in(a, move || async move {
+        let mut bfd = Bfd::start().unwrap();
+        let link = bfd.session(peer).unwrap();
+        let start = Instant::now();
+        assert!(
+            wait_for(&link, BfdState::Up, Duration::from_secs(15)).await,
+            "not Up within 15 s: {:?}",
+            *link.status().borrow()
+        );
+        let up_after = start.elapsed();
+        // The Poll to the profile's intervals completes within a few packets.
+        let mut status = link.status();
+        let timers = tokio::time::timeout(
+            Duration::from_secs(5),
+            status.wait_for(|s| s.timers.is_some_and(|t| t.transmit == transmit)),
+        )
+        .await
+        .ok()
+        .and_then(|s| s.ok().map(|s| s.timers));
+        // Hold the settled session a moment, for a watcher of the daemon's side to read it, then cut the link from
+        // this side.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cut = Command::new("ip")
+            .args(["link", "set", "eth0", "down"])
+            .status()
             .unwrap();
-        rt.block_on(async move {
-            let mut bfd = Bfd::start().unwrap();
-            let link = bfd.session(peer).unwrap();
-            let start = Instant::now();
-            assert!(
-                wait_for(&link, BfdState::Up, Duration::from_secs(15)).await,
-                "not Up within 15 s: {:?}",
-                *link.status().borrow()
-            );
-            let up_after = start.elapsed();
-            // The Poll to the profile's intervals completes within a few packets.
-            let mut status = link.status();
-            let timers = tokio::time::timeout(
-                Duration::from_secs(5),
-                status.wait_for(|s| s.timers.is_some_and(|t| t.transmit == transmit)),
-            )
-            .await
-            .ok()
-            .and_then(|s| s.ok().map(|s| s.timers));
-            // Cut the link from this side.
-            let cut = Command::new("ip")
-                .args(["link", "set", "eth0", "down"])
-                .status()
-                .unwrap();
-            assert!(cut.success());
-            let cut_at = Instant::now();
-            assert!(
-                wait_for(&link, BfdState::Down, Duration::from_secs(5)).await,
-                "not Down within 5 s of the cut"
-            );
-            Seen {
-                up_after,
-                timers: timers.flatten(),
-                down_after: cut_at.elapsed(),
-            }
-        })
+        assert!(cut.success());
+        let cut_at = Instant::now();
+        assert!(
+            wait_for(&link, BfdState::Down, Duration::from_secs(5)).await,
+            "not Down within 5 s of the cut"
+        );
+        Seen {
+            up_after,
+            timers: timers.flatten(),
+            down_after: cut_at.elapsed(),
+        }
     })
-    .unwrap()
 }
 
 #[test]
@@ -339,41 +352,34 @@ fn a_peer_taking_the_session_administratively_down_is_not_a_failure() {
             .unwrap();
         assert!(out.status.success(), "{out:?}");
     };
-    let seen = in_netns(&pair.a, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let seen = on_runtime_in(&pair.a, move || async move {
+        let mut bfd = Bfd::start().unwrap();
+        let link = bfd.session(numbered(Profile::default())).unwrap();
+        let limit = Duration::from_secs(15);
+        assert!(wait_for(&link, BfdState::Up, limit).await, "never Up");
+        admin(true);
+        assert!(
+            wait_for(&link, BfdState::Down, limit).await,
+            "not Down after bfdd's shutdown"
+        );
+        let after_admin = link.status().borrow().clone();
+        admin(false);
+        assert!(
+            wait_for(&link, BfdState::Up, limit).await,
+            "not Up again after no shutdown"
+        );
+        let cut = Command::new("ip")
+            .args(["link", "set", "eth0", "down"])
+            .status()
             .unwrap();
-        rt.block_on(async move {
-            let mut bfd = Bfd::start().unwrap();
-            let link = bfd.session(numbered(Profile::default())).unwrap();
-            let limit = Duration::from_secs(15);
-            assert!(wait_for(&link, BfdState::Up, limit).await, "never Up");
-            admin(true);
-            assert!(
-                wait_for(&link, BfdState::Down, limit).await,
-                "not Down after bfdd's shutdown"
-            );
-            let after_admin = link.status().borrow().clone();
-            admin(false);
-            assert!(
-                wait_for(&link, BfdState::Up, limit).await,
-                "not Up again after no shutdown"
-            );
-            let cut = Command::new("ip")
-                .args(["link", "set", "eth0", "down"])
-                .status()
-                .unwrap();
-            assert!(cut.success());
-            assert!(
-                wait_for(&link, BfdState::Down, limit).await,
-                "not Down after the cut"
-            );
-            let after_cut = link.status().borrow().clone();
-            (after_admin, after_cut)
-        })
-    })
-    .unwrap();
+        assert!(cut.success());
+        assert!(
+            wait_for(&link, BfdState::Down, limit).await,
+            "not Down after the cut"
+        );
+        let after_cut = link.status().borrow().clone();
+        (after_admin, after_cut)
+    });
     let (after_admin, after_cut) = seen;
     assert_eq!(
         after_admin.diag,
@@ -419,47 +425,40 @@ fn echo_function_with_frr_bfdd() {
         echo_transmit_interval: Duration::from_millis(50),
         ..Profile::default()
     };
-    let seen = in_netns(&pair.a, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut bfd = Bfd::start().unwrap();
-            let link = bfd.session(numbered(profile)).unwrap();
-            let limit = Duration::from_secs(15);
-            assert!(wait_for(&link, BfdState::Up, limit).await, "never Up");
-            let mut status = link.status();
-            // A bool at once: a held `Ref` would block the session's next status update.
-            let echoed = tokio::time::timeout(limit, status.wait_for(|s| s.echoes >= 20))
-                .await
-                .is_ok_and(|r| r.is_ok());
-            assert!(
-                echoed,
-                "IronLB's echo packets did not come back: {:?}",
-                *link.status().borrow()
-            );
-            let frr = vtysh(
-                &dir,
-                "show bfd peer 192.0.2.2 local-address 192.0.2.3 counters json",
-            );
-            // The router stops forwarding IronLB's echo packets; control packets still pass.
-            for rule in [
-                "add table inet ilb_echo",
-                "add chain inet ilb_echo f { type filter hook forward priority 0 ; }",
-                "add rule inet ilb_echo f udp dport 3785 ip saddr 192.0.2.2 drop",
-            ] {
-                sh(&["ip", "netns", "exec", &b, "nft", rule]);
-            }
-            let cut = std::time::Instant::now();
-            assert!(
-                wait_for(&link, BfdState::Down, Duration::from_secs(5)).await,
-                "still Up with its echoes dropped"
-            );
-            (frr, link.status().borrow().clone(), cut.elapsed())
-        })
-    })
-    .unwrap();
+    let seen = on_runtime_in(&pair.a, move || async move {
+        let mut bfd = Bfd::start().unwrap();
+        let link = bfd.session(numbered(profile)).unwrap();
+        let limit = Duration::from_secs(15);
+        assert!(wait_for(&link, BfdState::Up, limit).await, "never Up");
+        let mut status = link.status();
+        // A bool at once: a held `Ref` would block the session's next status update.
+        let echoed = tokio::time::timeout(limit, status.wait_for(|s| s.echoes >= 20))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        assert!(
+            echoed,
+            "IronLB's echo packets did not come back: {:?}",
+            *link.status().borrow()
+        );
+        let frr = vtysh(
+            &dir,
+            "show bfd peer 192.0.2.2 local-address 192.0.2.3 counters json",
+        );
+        // The router stops forwarding IronLB's echo packets; control packets still pass.
+        for rule in [
+            "add table inet ilb_echo",
+            "add chain inet ilb_echo f { type filter hook forward priority 0 ; }",
+            "add rule inet ilb_echo f udp dport 3785 ip saddr 192.0.2.2 drop",
+        ] {
+            sh(&["ip", "netns", "exec", &b, "nft", rule]);
+        }
+        let cut = std::time::Instant::now();
+        assert!(
+            wait_for(&link, BfdState::Down, Duration::from_secs(5)).await,
+            "still Up with its echoes dropped"
+        );
+        (frr, link.status().borrow().clone(), cut.elapsed())
+    });
     let (frr, down, after) = seen;
     println!(
         "echo: bfdd's counters {frr}; IronLB Down {} ms after its echoes were dropped",
@@ -532,9 +531,13 @@ fn session_with_bird_negotiates_the_profiles_intervals_and_a_cut_link_takes_both
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 let session = bird_session(&dir);
-                let settled = session
-                    .as_ref()
-                    .is_some_and(|s| s.is_up() && s.transmit == Duration::from_millis(250));
+                let settled = session.as_ref().is_some_and(|s| {
+                    // BIRD's detection time follows IronLB's Poll, which may come a packet after its transmit
+                    // interval settled (that follows IronLB's required interval, known from the start).
+                    s.is_up()
+                        && s.transmit == Duration::from_millis(250)
+                        && s.detection == Duration::from_secs(1)
+                });
                 if settled || Instant::now() > deadline {
                     return session;
                 }

@@ -514,6 +514,27 @@ async fn leaving_nodes_mark_their_routes_graceful_shutdown_then_withdraw() {
     );
 }
 
+/// Waits (5 s at most) until `node`'s counter `name` for peer `router` is at least 1, and returns it.
+async fn wait_counter(lab: &Lab, node: &str, name: &str) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = lab.metrics(node).unwrap();
+        let value = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{peer=\"router\"}} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if value >= 1.0 {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node}'s {name} stayed 0:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// BFD beside the BGP sessions, against FRR's bgpd and bfdd: with a BFDProfile of 300 ms both ways and multiplier 3,
 /// bfdd lists a session Up to every node with those intervals, and a node that dies (link cut, agent SIGKILLed)
 /// loses its route at FRR within about a second, where BGP alone would keep it for the 90 s hold time.
@@ -649,40 +670,11 @@ async fn bfd_takes_a_dead_nodes_route_away_within_a_second() {
             "drop",
         ]);
     }
-    let counted = |metrics: &str, name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}{{peer=\"router\"}} ")))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let metrics = loop {
-        let m = lab.metrics("node-2").unwrap();
-        if counted(&m, "ironlb_bfd_session_downs_total") >= 1.0 {
-            break m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node-2's agent never counted its BFD session Down:\n{m}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let downs = wait_counter(&lab, "node-2", "ironlb_bfd_session_downs_total").await;
     nft(&["delete", "table", "inet", "ilb_bfd_cut"]);
-    assert_eq!(counted(&metrics, "ironlb_bfd_session_downs_total"), 1.0);
+    assert_eq!(downs, 1.0, "one BFD Down counted");
     // The reset counts as a flap of the session.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while counted(
-        &lab.metrics("node-2").unwrap(),
-        "ironlb_bgp_session_flaps_total",
-    ) < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "node-2's BFD reset is not counted in ironlb_bgp_session_flaps_total"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_counter(&lab, "node-2", "ironlb_bgp_session_flaps_total").await;
     // The reset, in the agent's words: the BFD Down, the session stopped, and a new one started after it.
     let log = std::fs::read_to_string(lab.agent_log("node-2")).unwrap_or_default();
     let down = log

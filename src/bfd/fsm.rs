@@ -424,15 +424,15 @@ mod tests {
             .collect()
     }
 
-    /// Going Up, the session Polls for the profile's 300 ms; once the peer answers, the next packet leaves within
-    /// 300 ms, not at the 1 s start rate still scheduled: the peer detects with 3 × 300 ms from its answer on, and
-    /// a packet up to 1 s away made it declare the session down (seen against FRR, about one start in three).
-    #[test]
-    fn after_the_final_the_next_packet_follows_the_new_interval() {
-        let t0 = Instant::now();
-        let mut s = BfdSession::new(Profile::default(), 1, t0);
-        assert_eq!(sent(&s.timers(t0)).len(), 1);
-        let peer = |state, your_disc, desired_ms: u32, final_| Control {
+    /// A packet from the peer (discriminator 9, multiplier 3, 300 ms receive), as the tests below need it.
+    fn from_peer(
+        state: BfdState,
+        your_disc: u32,
+        desired_ms: u32,
+        echo_ms: u32,
+        final_: bool,
+    ) -> Control {
+        Control {
             diag: Diag::None,
             state,
             poll: false,
@@ -444,7 +444,20 @@ mod tests {
             your_disc,
             desired_min_tx: desired_ms * 1000,
             required_min_rx: 300_000,
-            required_min_echo_rx: 0,
+            required_min_echo_rx: echo_ms * 1000,
+        }
+    }
+
+    /// Going Up, the session Polls for the profile's 300 ms; once the peer answers, the next packet leaves within
+    /// 300 ms, not at the 1 s start rate still scheduled: the peer detects with 3 × 300 ms from its answer on, and
+    /// a packet up to 1 s away made it declare the session down (seen against FRR, about one start in three).
+    #[test]
+    fn after_the_final_the_next_packet_follows_the_new_interval() {
+        let t0 = Instant::now();
+        let mut s = BfdSession::new(Profile::default(), 1, t0);
+        assert_eq!(sent(&s.timers(t0)).len(), 1);
+        let peer = |state, your_disc, desired_ms, final_| {
+            from_peer(state, your_disc, desired_ms, 0, final_)
         };
         let t1 = t0 + Duration::from_millis(10);
         s.receive(&peer(BfdState::Down, 0, 1000, false), t1);
@@ -474,22 +487,8 @@ mod tests {
     fn up_with_echo(profile: Profile, peer_echo_ms: u32, t0: Instant) -> BfdSession {
         let mut s = BfdSession::new(profile, 1, t0);
         s.timers(t0);
-        let peer = |state, your_disc| Control {
-            diag: Diag::None,
-            state,
-            poll: false,
-            final_: false,
-            cpi: false,
-            demand: false,
-            detect_mult: 3,
-            my_disc: 9,
-            your_disc,
-            desired_min_tx: 300_000,
-            required_min_rx: 300_000,
-            required_min_echo_rx: peer_echo_ms * 1000,
-        };
-        s.receive(&peer(BfdState::Down, 0), t0);
-        s.receive(&peer(BfdState::Up, 1), t0);
+        s.receive(&from_peer(BfdState::Down, 0, 300, peer_echo_ms, false), t0);
+        s.receive(&from_peer(BfdState::Up, 1, 300, peer_echo_ms, false), t0);
         assert_eq!(s.state(), BfdState::Up);
         s
     }
@@ -532,23 +531,7 @@ mod tests {
                 s.echo_returned(now);
             }
             // Control packets from the peer keep the control detection time away.
-            s.receive(
-                &Control {
-                    diag: Diag::None,
-                    state: BfdState::Up,
-                    poll: false,
-                    final_: false,
-                    cpi: false,
-                    demand: false,
-                    detect_mult: 3,
-                    my_disc: 9,
-                    your_disc: 1,
-                    desired_min_tx: 300_000,
-                    required_min_rx: 300_000,
-                    required_min_echo_rx: 100_000,
-                },
-                now,
-            );
+            s.receive(&from_peer(BfdState::Up, 1, 300, 100, false), now);
             sent += n;
             assert_eq!(s.state(), BfdState::Up);
         }
