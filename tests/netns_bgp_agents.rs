@@ -382,12 +382,26 @@ async fn leaving_nodes_mark_their_routes_graceful_shutdown_then_withdraw() {
     if skip() {
         return;
     }
-    let mut lab = Lab::start(netns_support::options("ilb-bgpg", 2, 0, "enforce", &[]))
+    leaving_gracefully(Daemon::Frr, "ilb-bgpg").await;
+}
+
+/// The same against BIRD, which reads the community the same way; the session's end is read from BIRD's
+/// `show protocols all` ("Received: Administrative shutdown").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_nodes_mark_their_routes_graceful_shutdown_then_withdraw_against_bird() {
+    if skip() {
+        return;
+    }
+    leaving_gracefully(Daemon::Bird, "ilb-bgpgb").await;
+}
+
+async fn leaving_gracefully(daemon: Daemon, prefix: &str) {
+    let mut lab = Lab::start(netns_support::options(prefix, 2, 0, "enforce", &[]))
         .await
         .unwrap();
     let _logs = Logs::of(&lab);
     let dir = tempfile::tempdir().unwrap();
-    let router = router(&lab, Daemon::Frr, dir.path(), 64497, false);
+    let router = router(&lab, daemon, dir.path(), 64497, false);
     configure_bgp(&lab, json!({"myASN": 64497}), json!({})).await;
     lab.create_demo_service("web", false, false, None)
         .await
@@ -473,7 +487,8 @@ async fn leaving_nodes_mark_their_routes_graceful_shutdown_then_withdraw() {
         "withdrawn {withdrawn:?} after the exclusion, before the 3 s grace"
     );
     println!(
-        "excluded node-2: route marked 65535:0 at FRR {} ms after the label, withdrawn {} ms after it (polled)",
+        "excluded node-2: route marked 65535:0 at {} {} ms after the label, withdrawn {} ms after it (polled)",
+        daemon.name(),
         marked.as_millis(),
         withdrawn.as_millis()
     );
@@ -485,6 +500,27 @@ async fn leaving_nodes_mark_their_routes_graceful_shutdown_then_withdraw() {
         Duration::from_secs(10),
     );
     assert!(ok, "cordoned node-1's route marked again: {seen:#?}");
+    if daemon == Daemon::Bird {
+        let stopped =
+            tokio::task::block_in_place(|| lab.stop_agent("node-1", Duration::from_secs(15)));
+        assert!(stopped.unwrap(), "node-1's agent did not stop within 15 s");
+        let (ok, seen) = wait(
+            Box::new(move |r| via(r, "192.0.2.11").is_none()),
+            Duration::from_secs(10),
+        );
+        assert!(ok, "node-1's route gone after its agent stopped: {seen:#?}");
+        // BIRD names its protocols after the neighbours in order: n1 is node-1.
+        let protocol = tokio::task::block_in_place(|| {
+            router
+                .cli(&["show", "protocols", "all", "n1"])
+                .unwrap_or_default()
+        });
+        assert!(
+            protocol.contains("Administrative shutdown"),
+            "the session did not end with a Cease (administrative shutdown): {protocol}"
+        );
+        return;
+    }
     let updates = |n: &serde_json::Value| n["messageStats"]["updatesRecv"].as_u64().unwrap_or(0);
     let before = tokio::task::block_in_place(|| updates(&frr_neighbor(&router, "192.0.2.11")));
     let stopped = tokio::task::block_in_place(|| lab.stop_agent("node-1", Duration::from_secs(15)));

@@ -1,8 +1,8 @@
-//! VM tier: a BGPPeer with `vrf`, against FRR. The node namespace holds a Linux VRF device `red` (table 10) with the
+//! VM tier: a BGPPeer with `vrf`, against FRR and against BIRD. The node namespace holds a Linux VRF device `red` (table 10) with the
 //! link to the router enslaved to it, so the router's subnet is reachable only through the VRF: the default table
 //! has no route to it. IronLB's session, bound to `red`, comes up, and FRR receives the route with the node's
 //! address in the VRF as its next hop; the same session without the VRF cannot reach the router at all. BFD runs in
-//! the VRF too: IronLB's session and FRR's bfdd both see it Up.
+//! the VRF too: IronLB's session and the router's BFD (FRR's bfdd, BIRD's `protocol bfd`) both see it Up.
 //!
 //! Runs only inside the VM that `scripts/vm-test` boots (`IRONLB_VM=1`): the host kernel has no VRF devices.
 //! Namespaces and daemons are removed on drop, also on failure.
@@ -17,7 +17,9 @@ use ironlb::bfd::transport::{Bfd, BfdPeer, wait_for};
 use ironlb::bgp::codec::RouteAttrs;
 use ironlb::bgp::fsm::{FsmConfig, PeerAs, State};
 use ironlb::bgp::session::{RouteSet, SessionConfig};
-use ironlb::lab::bgp::{Daemon, Neighbor, NsSpeaker, Router, RouterConfig, parse_frr_bfd};
+use ironlb::lab::bgp::{
+    Daemon, Neighbor, NsSpeaker, Router, RouterConfig, parse_bird_bfd, parse_frr_bfd,
+};
 use ironlb::lab::netns::in_netns;
 
 fn in_vm() -> bool {
@@ -47,11 +49,12 @@ impl Drop for Namespaces {
     }
 }
 
-fn namespaces() -> Namespaces {
+/// `tag` tells apart the tests of this file, which run at the same time.
+fn namespaces(tag: &str) -> Namespaces {
     let id = std::process::id();
     let ns = Namespaces {
-        node: format!("ilb-vrf-node-{id}"),
-        router: format!("ilb-vrf-router-{id}"),
+        node: format!("ilb-vrf{tag}-node-{id}"),
+        router: format!("ilb-vrf{tag}-rtr-{id}"),
     };
     let (node, router) = (ns.node.as_str(), ns.router.as_str());
     // The VRF driver is a module in the VM's kernel.
@@ -126,10 +129,22 @@ fn a_session_bound_to_its_vrf_reaches_frr_and_the_route_has_the_vrf_address_as_n
     if !in_vm() {
         return;
     }
-    let ns = namespaces();
+    in_vrf_against(Daemon::Frr, "f");
+}
+
+#[test]
+fn a_session_bound_to_its_vrf_reaches_bird_and_the_route_has_the_vrf_address_as_next_hop() {
+    if !in_vm() {
+        return;
+    }
+    in_vrf_against(Daemon::Bird, "b");
+}
+
+fn in_vrf_against(daemon: Daemon, tag: &str) {
+    let ns = namespaces(tag);
     let dir = tempfile::tempdir().unwrap();
     let router = Router::start(
-        Daemon::Frr,
+        daemon,
         &ns.router,
         dir.path(),
         RouterConfig {
@@ -146,7 +161,7 @@ fn a_session_bound_to_its_vrf_reaches_frr_and_the_route_has_the_vrf_address_as_n
             bfd: true,
         },
     )
-    .expect("FRR starts in the router namespace");
+    .expect("the router starts in its namespace");
     let routes: RouteSet = [(
         "198.51.100.10/32".parse().unwrap(),
         RouteAttrs {
@@ -185,14 +200,17 @@ fn a_session_bound_to_its_vrf_reaches_frr_and_the_route_has_the_vrf_address_as_n
         r.iter()
             .any(|r| r.prefix == "198.51.100.10/32".parse().unwrap() && r.next_hop == want)
     });
-    println!("FRR holds: {seen:?}");
+    println!("{} holds: {seen:?}", daemon.name());
     assert!(
         ok,
-        "198.51.100.10/32 via 192.0.2.2 never reached FRR: {seen:#?}"
+        "198.51.100.10/32 via 192.0.2.2 never reached {}: {seen:#?}",
+        daemon.name()
     );
 
-    // BFD in the VRF: IronLB's sockets bound to `red`, FRR's bfdd on the far side (`neighbor ... bfd`).
+    // BFD in the VRF: IronLB's sockets bound to `red`, the router's BFD on the far side (FRR's `neighbor ... bfd`,
+    // BIRD's `bfd on`).
     let prefix = router.cli_prefix();
+    let list: Vec<String> = router.bfd_command().iter().map(|s| s.to_string()).collect();
     let (up, frr) = in_netns(&ns.node, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -217,11 +235,15 @@ fn a_session_bound_to_its_vrf_reaches_frr_and_the_route_has_the_vrf_address_as_n
             let frr = loop {
                 let out = Command::new(&prefix[0])
                     .args(&prefix[1..])
-                    .args(["-c", "show bfd peers json"])
+                    .args(&list)
                     .output()
                     .unwrap();
-                let sessions =
-                    parse_frr_bfd(&String::from_utf8_lossy(&out.stdout)).unwrap_or_default();
+                let text = String::from_utf8_lossy(&out.stdout);
+                let sessions = match daemon {
+                    Daemon::Bird => parse_bird_bfd(&text),
+                    _ => parse_frr_bfd(&text),
+                }
+                .unwrap_or_default();
                 let seen = sessions
                     .iter()
                     .any(|s| s.peer.to_string() == "192.0.2.2" && s.is_up());
@@ -234,12 +256,16 @@ fn a_session_bound_to_its_vrf_reaches_frr_and_the_route_has_the_vrf_address_as_n
         })
     })
     .unwrap();
-    println!("BFD in VRF red: IronLB's side Up: {up}; bfdd: {frr:?}");
+    println!(
+        "BFD in VRF red: IronLB's side Up: {up}; {}: {frr:?}",
+        daemon.name()
+    );
     assert!(up, "IronLB's BFD session in VRF red did not come up");
     assert!(
         frr.iter()
             .any(|s| s.peer.to_string() == "192.0.2.2" && s.is_up()),
-        "bfdd does not list 192.0.2.2 Up: {frr:?}"
+        "{} does not list 192.0.2.2 Up: {frr:?}",
+        daemon.name()
     );
 
     // A VRF that does not exist: the error names it.
