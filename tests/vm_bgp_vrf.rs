@@ -210,7 +210,11 @@ fn in_vrf_against(daemon: Daemon, tag: &str) {
     // BFD in the VRF: IronLB's sockets bound to `red`, the router's BFD on the far side (FRR's `neighbor ... bfd`,
     // BIRD's `bfd on`).
     let prefix = router.cli_prefix();
-    let list: Vec<String> = router.bfd_command().iter().map(|s| s.to_string()).collect();
+    // The list as JSON from FRR (`show bfd peers json`), as text from BIRD.
+    let list: Vec<String> = match daemon {
+        Daemon::Bird => router.bfd_command().iter().map(|s| s.to_string()).collect(),
+        _ => vec!["-c".into(), "show bfd peers json".into()],
+    };
     let (up, frr) = in_netns(&ns.node, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
