@@ -589,8 +589,18 @@ pub struct BgpSpeaker {
     bfd: BTreeMap<Option<String>, Result<Bfd, tokio::time::Instant>>,
     /// The BFD sessions, by BGPPeer.
     bfd_runs: BTreeMap<String, BfdRun>,
-    /// Router discovery on the interfaces of unnumbered peers, with the status the last pass used.
-    unnumbered: BTreeMap<String, (Discovery, DiscoveryStatus)>,
+    /// Router discovery on the interfaces of unnumbered peers, by interface.
+    unnumbered: BTreeMap<String, RouterDiscovery>,
+}
+
+/// Router discovery on one interface, as the speaker follows it.
+struct RouterDiscovery {
+    /// Held for its task: dropping it stops the discovery.
+    _discovery: Discovery,
+    /// Kept from the start, so that a change made while no pass was waiting for it still reads as changed.
+    status: tokio::sync::watch::Receiver<DiscoveryStatus>,
+    /// The status the last pass used (for a Warning once per cause).
+    seen: DiscoveryStatus,
 }
 
 /// How long after a failed attempt BFD's sockets are tried again.
@@ -956,7 +966,12 @@ impl BgpSpeaker {
         for i in wanted {
             self.unnumbered.entry(i.clone()).or_insert_with(|| {
                 tracing::info!(interface = %i, "unnumbered BGP: looking for the router on the interface");
-                (Discovery::start(&i), DiscoveryStatus::default())
+                let discovery = Discovery::start(&i);
+                RouterDiscovery {
+                    status: discovery.watch(),
+                    _discovery: discovery,
+                    seen: DiscoveryStatus::default(),
+                }
             });
         }
         let mut notes = Vec::new();
@@ -965,17 +980,17 @@ impl BgpSpeaker {
             let Some(interface) = &p.interface else {
                 continue;
             };
-            let Some((discovery, seen)) = self.unnumbered.get_mut(interface) else {
+            let Some(d) = self.unnumbered.get_mut(interface) else {
                 continue;
             };
-            let status = discovery.status();
+            let status = d.status.borrow_and_update().clone();
             if let Some(error) = &status.error
-                && seen.error.as_ref() != Some(error)
+                && d.seen.error.as_ref() != Some(error)
             {
                 let msg = format!("BGPPeer {name}: spec.interface {interface:?}: {error}");
                 notes.push(Note::warning("BGPPeerInterfaceUnusable", msg));
             }
-            *seen = status.clone();
+            d.seen = status.clone();
             match status.peer {
                 Some(router) => {
                     p.config.peer = SocketAddr::V6(router.socket_addr(p.config.peer.port()));
@@ -998,7 +1013,7 @@ impl BgpSpeaker {
     pub fn discovery_pending(&self) -> bool {
         self.unnumbered
             .values()
-            .any(|(discovery, seen)| discovery.status() != *seen)
+            .any(|d| d.status.has_changed().unwrap_or(false))
     }
 
     /// Starts, replaces and stops the BFD sessions to match `wanted` (by BGPPeer).
@@ -1063,8 +1078,8 @@ impl BgpSpeaker {
                     as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>
             })
             .collect();
-        changes.extend(self.unnumbered.values().map(|(discovery, _)| {
-            let mut status = discovery.watch();
+        changes.extend(self.unnumbered.values_mut().map(|d| {
+            let status = &mut d.status;
             Box::pin(async move {
                 if status.changed().await.is_err() {
                     std::future::pending::<()>().await;
@@ -1348,7 +1363,7 @@ mod tests {
         assert!(notes.is_empty(), "{notes:?}");
         assert!(plan.peers.is_empty(), "no router heard: the session waits");
         // Discovery finds no such interface, and says so; the speaker sees a pass is due.
-        let mut status = speaker.unnumbered["ilb-nosuch0"].0.watch();
+        let mut status = speaker.unnumbered["ilb-nosuch0"].status.clone();
         tokio::time::timeout(
             Duration::from_secs(5),
             status.wait_for(|s| s.error.is_some()),
@@ -1357,6 +1372,10 @@ mod tests {
         .expect("discovery reports the missing interface")
         .expect("discovery runs");
         assert!(speaker.discovery_pending());
+        // The change came while nothing waited for it: the agent loop's wait still sees it at once.
+        tokio::time::timeout(Duration::from_secs(1), speaker.status_changed())
+            .await
+            .expect("a discovery change made before the wait wakes it");
         let mut plan = plan_for("n1", UNNUMBERED, false, &[]);
         let notes = speaker.resolve_unnumbered(&mut plan);
         assert!(plan.peers.is_empty());
@@ -1369,6 +1388,13 @@ mod tests {
             "{text}"
         );
         assert!(!speaker.discovery_pending());
+        // Once a pass used it, the same status wakes nothing (the agent loop would spin otherwise).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), speaker.status_changed())
+                .await
+                .is_err(),
+            "a status the last pass used still wakes the loop"
+        );
         // Said once per cause.
         let mut plan = plan_for("n1", UNNUMBERED, false, &[]);
         assert!(speaker.resolve_unnumbered(&mut plan).is_empty());
