@@ -651,63 +651,28 @@ async fn bfd_takes_a_dead_nodes_route_away_within_a_second() {
     // IronLB's side acts on BFD too: BFD alone cut on node-2 (its BGP session's TCP still flows) takes node-2's
     // BFD session Down, and its agent resets the BGP session at once, counting it; with BFD back, so is the route.
     let node2 = lab.node("node-2").unwrap().netns.clone();
-    let nft = |args: &[&str]| {
+    // One nft command per line, its words split at spaces (nft joins its arguments).
+    let nft = |command: &str| {
         let status = std::process::Command::new("ip")
             .args(["netns", "exec", &node2, "nft"])
-            .args(args)
+            .args(command.split_whitespace())
             .status()
             .unwrap();
-        assert!(status.success(), "nft {args:?}");
+        assert!(status.success(), "nft {command}");
     };
-    nft(&["add", "table", "inet", "ilb_bfd_cut"]);
+    nft("add table inet ilb_bfd_cut");
     for (chain, hook) in [("i", "input"), ("o", "output")] {
-        nft(&[
-            "add",
-            "chain",
-            "inet",
-            "ilb_bfd_cut",
-            chain,
-            "{",
-            "type",
-            "filter",
-            "hook",
-            hook,
-            "priority",
-            "0",
-            ";",
-            "}",
-        ]);
-        nft(&[
-            "add",
-            "rule",
-            "inet",
-            "ilb_bfd_cut",
-            chain,
-            "udp",
-            "dport",
-            "{",
-            "3784,",
-            "4784",
-            "}",
-            "drop",
-        ]);
-        nft(&[
-            "add",
-            "rule",
-            "inet",
-            "ilb_bfd_cut",
-            chain,
-            "udp",
-            "sport",
-            "{",
-            "3784,",
-            "4784",
-            "}",
-            "drop",
-        ]);
+        nft(&format!(
+            "add chain inet ilb_bfd_cut {chain} {{ type filter hook {hook} priority 0 ; }}"
+        ));
+        for port in ["dport", "sport"] {
+            nft(&format!(
+                "add rule inet ilb_bfd_cut {chain} udp {port} {{ 3784, 4784 }} drop"
+            ));
+        }
     }
     let downs = wait_counter(&lab, "node-2", "ironlb_bfd_session_downs_total").await;
-    nft(&["delete", "table", "inet", "ilb_bfd_cut"]);
+    nft("delete table inet ilb_bfd_cut");
     assert_eq!(downs, 1.0, "one BFD Down counted");
     // The reset counts as a flap of the session.
     wait_counter(&lab, "node-2", "ironlb_bgp_session_flaps_total").await;
